@@ -1,0 +1,216 @@
+"""`cnlb`: the testbed's command line.
+
+Exit status: 0 success, 1 a check or run failed, 2 bad input (file or flags), 3 the machine
+cannot do it (not root, OVS missing...), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from .errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, UsageError
+
+EXIT_FAILED, EXIT_ENV, EXIT_INTERRUPTED = 1, 3, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} — see `{self.prog} --help`")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        _install_sigterm()
+        return args.func(args) or 0
+    except InputError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except EnvironmentProblem as exc:
+        print(f"cnlb: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        print("cnlb: interrupted; everything the testbed made was removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+def _install_sigterm():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="cnlb", description="Container-native load-balancing testbed: an emulated "
+               "Kubernetes cluster on real namespaces, classic NodePort vs container-native paths.")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+
+    v = sub.add_parser("validate", help="check topology files; nothing is built")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--mode", choices=("nodeport", "container-native"))
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("render", help="print what would be applied, without building anything")
+    r.add_argument("what", choices=("plan", "fabric", "cni", "kube-proxy"))
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--mode", choices=("nodeport", "container-native"))
+    r.add_argument("--node", help="the node (kube-proxy, cni)")
+    r.set_defaults(func=cmd_render)
+
+    u = sub.add_parser("up", help="build the cluster from a topology file")
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("--mode", choices=("nodeport", "container-native"))
+    u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
+                   "exit non-zero if anything expected failed")
+    u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
+    u.add_argument("--quiet", action="store_true")
+    u.set_defaults(func=cmd_up)
+
+    c = sub.add_parser("clean", help="remove everything a crashed run left behind")
+    c.set_defaults(func=cmd_clean)
+
+    d = sub.add_parser("doctor", help="what this machine can do, and the fix for what it cannot")
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def _progress(quiet: bool):
+    t0 = time.time()
+
+    def say(msg: str):
+        if not quiet:
+            print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    return say
+
+
+def _netem():
+    from . import machine
+    return machine.netem_available()
+
+
+def cmd_validate(args) -> int:
+    from .spec import validate_files
+    problems = validate_files(args.files, mode=args.mode, netem=_netem())
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
+    for f in args.files:
+        print(f"{f}: ok")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from .plan import build_plan
+    from .spec import load_topology
+    topo = load_topology(args.file, mode=args.mode)
+    plan = build_plan(topo)
+    if args.what == "plan":
+        print(json.dumps(plan.to_dict(), indent=1))
+    elif args.what == "fabric":
+        from .fabric import render_fabric
+        print(json.dumps(render_fabric(plan, topo.load_balancer.health_check), indent=1))
+    elif args.what == "cni":
+        from . import cni
+        node = _node_arg(args, plan)
+        print("\n".join(cni.node_setup(plan, plan.node(node), offloads_off=False)))
+    elif args.what == "kube-proxy":
+        node = _node_arg(args, plan)
+        from .proxy import render_node_rules
+        sys.stdout.write(render_node_rules(plan, node))
+    return 0
+
+
+def _node_arg(args, plan) -> str:
+    names = [n.name for n in plan.nodes]
+    if not args.node:
+        raise UsageError(f"cnlb render {args.what}: --node is required — one of {', '.join(names)}")
+    if args.node not in names:
+        raise UsageError(f"cnlb render {args.what}: no node named {args.node!r} in {args.file} — "
+                         f"one of {', '.join(names)}")
+    return args.node
+
+
+def cmd_up(args) -> int:
+    from . import machine
+    from .check import expected_probes, format_table, run_probes, summarise
+    from .cluster import Cluster
+    from .spec import load_topology
+    topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
+    say = _progress(args.quiet)
+    cluster = Cluster(topo, progress=say)
+    say(f"building {topo.name} ({topo.mode}): {len(cluster.plan.nodes)} nodes, "
+        f"{len(cluster.plan.pods)} pods, {len(cluster.plan.clients)} clients")
+    status = 0
+    with cluster:
+        say(f"ready in {cluster.timings['total_s']:.1f}s")
+        if args.check:
+            probes = expected_probes(cluster.plan)
+            rows = summarise(probes, run_probes(cluster, probes))
+            print(format_table(rows))
+            status = 0 if all(r.ok for r in rows) else EXIT_FAILED
+            print("reachability: " + ("all as expected" if status == 0 else "FAILED"))
+        if args.cli:
+            from mininet.cli import CLI
+            CLI(cluster.net)
+        say("tearing down ...")
+    say(f"removed in {cluster.timings.get('stop_s', 0):.1f}s")
+    return status
+
+
+def cmd_clean(args) -> int:
+    from .owner import Lock, clean, owner_pid, alive, state_dirs
+    lock = Lock()
+    if not lock.acquire():
+        raise EnvironmentProblem(f"a cluster is running (owner pid {lock.holder()}) — stop it with "
+                                 "Ctrl-C or `cnlb down`; clean is for what a crashed run left")
+    try:
+        found = 0
+        for state in state_dirs():
+            owner = owner_pid(state)
+            if owner and alive(*owner):
+                print(f"{state.path}: owner {owner[0]} still alive; left alone", file=sys.stderr)
+                continue
+            removed = clean(state, log=lambda m: print(m, file=sys.stderr))
+            found += 1
+            print(f"removed {removed['processes']} processes, {removed['bridges']} bridges, "
+                  f"{removed['links']} links left by {state.path}")
+        if not found:
+            print("nothing to clean")
+    finally:
+        lock.release()
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .machine import doctor
+    bad = 0
+    for check in doctor():
+        mark = "ok " if check.ok else "MISSING"
+        line = f"{mark:<8} {check.what:<16} {check.detail}"
+        if not check.ok:
+            bad += 1
+            line += f"  — fix: {check.fix}"
+        print(line)
+    return EXIT_FAILED if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

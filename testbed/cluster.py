@@ -1,0 +1,328 @@
+"""The emulated cluster: Mininet hosts for nodes, pods, clients and the LB host, an Open vSwitch
+fabric controlled by the VPC controller, and the workloads on top.
+
+The only module (with owner.py) that touches the machine. It builds from the pure plan and the
+pure renderers (cni, fabric, kube-proxy), in named stages, journaling every process, bridge
+and root-namespace link before it exists, so teardown (and `cnlb clean` after a crash) removes
+exactly what was made. Mininet's own stop() and `mn -c` are not used: teardown works from the
+journal, which also makes it fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from typing import Callable, Optional
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import Host, OVSSwitch
+
+from . import cni, machine
+from .controller import ControllerProcess
+from .errors import EnvironmentProblem
+from .fabric import render_fabric
+from .owner import OVS_LABEL, Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
+from .plan import CORE_SWITCH, LB_HOST, Plan, build_plan
+from .spec import Topology
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PODSERVER = os.path.join(REPO, "build", "podserver")
+
+
+class OwnedHost(Host):
+    """A Mininet host (node, pod, client or LB) whose processes are journaled as they start:
+    its shell, whose namespace dies with it, and everything started with popen()."""
+
+    def __init__(self, name, journal: Optional[Journal] = None, **params):
+        self.journal = journal
+        super().__init__(name, **params)
+
+    def _popen(self, cmd, **params):
+        popen = super()._popen(cmd, **params)
+        if self.journal:
+            # the host's interactive bash ignores SIGTERM: it is killed outright
+            shell = "bash" in cmd and "--norc" in cmd
+            self.journal.process(popen.pid, f"{self.name}: {' '.join(map(str, cmd))[:120]}",
+                                 gentle=not shell)
+        return popen
+
+
+class VpcSwitch(OVSSwitch):
+    """An OVS bridge of the VPC fabric, labelled as ours in OVSDB (external_ids) so cleanup can
+    tell it from bridges the machine's owner made."""
+
+    def __init__(self, name, journal: Optional[Journal] = None, cluster: str = "", **params):
+        self.journal = journal
+        self.cluster = cluster
+        super().__init__(name, **params)
+
+    def _popen(self, cmd, **params):
+        popen = super()._popen(cmd, **params)
+        if self.journal:
+            self.journal.process(popen.pid, f"{self.name}: switch shell", gentle=False)
+        return popen
+
+    def bridgeOpts(self):
+        return super().bridgeOpts() + f" external_ids:{OVS_LABEL}={self.cluster}"
+
+
+class ControllerRef:
+    """What OVSSwitch.start() needs to know of a controller it does not start itself."""
+
+    def __init__(self, port: int):
+        self.name, self.protocol, self.port = "c0", "tcp", port
+
+    def IP(self):
+        return "127.0.0.1"
+
+
+class Cluster:
+    """One emulated cluster in one mode.
+
+    topo: the validated topology (its mode decides classic vs container-native)
+    progress: called with one line per stage (None: quiet)
+    """
+
+    def __init__(self, topo: Topology, progress: Optional[Callable[[str], None]] = None):
+        self.topo = topo
+        self.plan: Plan = build_plan(topo)
+        self.state = StateDir.for_cluster("current")
+        self.progress = progress or (lambda msg: None)
+        self.net: Optional[Mininet] = None
+        self.controller: Optional[ControllerProcess] = None
+        self.journal: Optional[Journal] = None
+        self.lock = Lock()
+        self.pod_servers: dict = {}
+        self.timings: dict = {}
+        self.offloads_off = False
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Cluster":
+        """Build everything; on any failure (or Ctrl-C) remove what was built and re-raise."""
+        self._preflight()
+        try:
+            t0 = time.time()
+            self._stage("hosts", self._add_hosts)
+            self._stage("fabric", self._add_fabric)
+            self._stage("addresses", self._configure_hosts)
+            self._stage("controller", self._start_controller)
+            self._stage("switches", self._start_switches)
+            self._stage("workloads", self._start_workloads)
+            self.timings["total_s"] = round(time.time() - t0, 3)
+            self._write_status()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> dict:
+        """Remove everything this cluster made (idempotent)."""
+        if self._stopped:
+            return {}
+        self._stopped = True
+        t0 = time.time()
+        if self.controller:
+            self.controller.stop()
+        removed = clean(self.state, log=self.progress) if self.journal else {}
+        if self.journal:
+            self.journal.close()
+        self.lock.release()
+        self.timings["stop_s"] = round(time.time() - t0, 3)
+        return removed
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def _stage(self, name: str, fn) -> None:
+        self.progress(f"{name} ...")
+        t0 = time.time()
+        fn()
+        self.timings[f"{name}_s"] = round(time.time() - t0, 3)
+
+    # -- stages ----------------------------------------------------------------------------
+    def _preflight(self) -> None:
+        if not machine.is_root():
+            raise EnvironmentProblem("cnlb up needs root (network namespaces, Open vSwitch) — run it with sudo")
+        if not machine.start_ovs():
+            raise EnvironmentProblem("Open vSwitch is not running and could not be started — run `make setup`")
+        if not os.path.exists(PODSERVER):
+            raise EnvironmentProblem(f"{PODSERVER} is missing — run `make setup` to build the pod server")
+        if not self.lock.acquire():
+            raise EnvironmentProblem(f"another cluster is running (owner pid {self.lock.holder()}) — "
+                                     "stop it with `cnlb down` (one cluster per machine)")
+        try:
+            if self.state.exists():
+                self.progress("removing what a crashed earlier run left ...")
+                clean(self.state, log=self.progress)
+            for sw in self.plan.switches:
+                if bridge_exists(sw.name):
+                    raise EnvironmentProblem(
+                        f"an OVS bridge named {sw.name} exists and is not this testbed's — "
+                        f"remove it (ovs-vsctl del-br {sw.name}) or run cnlb on another machine")
+            for att in self.plan.attachments:
+                if os.path.exists(f"/sys/class/net/{att.port}"):
+                    raise EnvironmentProblem(f"an interface named {att.port} already exists in the root "
+                                             "namespace — remove it first (ip link del ...)")
+        except BaseException:
+            self.lock.release()
+            raise
+        self.journal = Journal(self.state)
+        self.journal.record("start", cluster=self.topo.name, mode=self.plan.mode, file=self.topo.file,
+                            pid=os.getpid(), pid_start=proc_start_time(os.getpid()))
+        setLogLevel("warning")
+        self.offloads_off = not machine.kernel_datapath()
+        self.net = Mininet(build=False, controller=None, autoSetMacs=False, autoStaticArp=False,
+                           waitConnected=False, inNamespace=False)
+
+    def _add_host(self, name: str):
+        return self.net.addHost(name, cls=OwnedHost, journal=self.journal, ip=None)
+
+    def _add_hosts(self) -> None:
+        for att in self.plan.attachments:
+            self._add_host(att.host)
+        for pod in self.plan.pods:
+            self._add_host(pod.name)
+
+    def _add_fabric(self) -> None:
+        datapath = "kernel" if machine.kernel_datapath() else "user"
+        for sw in self.plan.switches:
+            self.journal.record("bridge", name=sw.name)
+            self.net.addSwitch(sw.name, cls=VpcSwitch, journal=self.journal, cluster=self.topo.name,
+                               dpid=f"{sw.dpid:016x}", datapath=datapath, failMode="secure",
+                               protocols="OpenFlow13")
+        core = self.net.get(CORE_SWITCH)
+        for sw in self.plan.switches:
+            if sw.role != "subnet":
+                continue
+            self.journal.record("link", name=sw.uplink)
+            self.journal.record("link", name=sw.core_port)
+            self.net.addLink(self.net.get(sw.name), core, port1=_port_no(sw.uplink),
+                             port2=_port_no(sw.core_port), intfName1=sw.uplink, intfName2=sw.core_port)
+        for att in self.plan.attachments:
+            self.journal.record("link", name=att.port)
+            self.net.addLink(self.net.get(att.switch), self.net.get(att.host), port1=_port_no(att.port),
+                             intfName1=att.port, intfName2="eth0", addr2=att.mac)
+        for pod in self.plan.pods:
+            self.net.addLink(self.net.get(pod.node), self.net.get(pod.name), intfName1=pod.veth,
+                             intfName2="eth0", addr1=pod.veth_mac, addr2=pod.mac)
+
+    def _configure_hosts(self) -> None:
+        scripts = {}
+        for node in self.plan.nodes:
+            scripts[node.name] = cni.node_setup(self.plan, node, self.offloads_off, self.topo.links)
+        for att in self.plan.attachments:
+            if att.kind != "node":
+                scripts[att.host] = cni.host_fabric(att, self.offloads_off, self.topo.links)
+        for pod in self.plan.pods:
+            scripts[pod.name] = cni.pod_setup(self.plan, pod)
+        for host, cmds in scripts.items():
+            self.run_script(host, cmds)
+        if self.offloads_off:
+            ports = [a.port for a in self.plan.attachments]
+            ports += [p for s in self.plan.switches if s.role == "subnet" for p in (s.uplink, s.core_port)]
+            for port in ports:
+                subprocess.run(["ethtool", "-K", port, *cni.OFFLOADS_OFF.split()], capture_output=True)
+        links = self.topo.links
+        for att in self.plan.attachments:   # the switch side shapes traffic towards the host
+            for cmd in cni.shaping(att.port, links.bw, links.delay_ms, links.loss_pct):
+                subprocess.run(cmd.split(), capture_output=True, check=True)
+
+    def _start_controller(self) -> None:
+        lb_pid = self.net.get(LB_HOST).pid
+        fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_pid)
+        path = self.state.file("fabric.json")
+        with open(path, "w") as fh:
+            json.dump(fabric, fh, indent=1)
+        self.controller = ControllerProcess(path, self.state.file("controller.log"))
+        self.controller.start(on_pid=lambda pid: self.journal.process(pid, "vpc controller"))
+
+    def _start_switches(self) -> None:
+        ref = ControllerRef(self.controller.ofp_port)
+        for sw in self.plan.switches:
+            self.net.get(sw.name).start([ref])
+        self.controller.wait_programmed([s.name for s in self.plan.switches])
+
+    def _start_workloads(self) -> None:
+        self.start_pod_servers(self.plan.pods)
+
+    # -- workloads -------------------------------------------------------------------------
+    def start_pod_servers(self, pods) -> None:
+        """Start each pod's HTTP server and wait until every one listens."""
+        waiting = {}
+        for pod in pods:
+            r, w = os.pipe()
+            proc = self.net.get(pod.name).popen(
+                [PODSERVER, "--port", str(pod.port), "--pod", pod.name, "--node", pod.node,
+                 "--ready-fd", str(w)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(w,))
+            os.close(w)
+            self.pod_servers[pod.name] = proc
+            waiting[pod.name] = r
+        deadline = time.time() + 30
+        for name, r in waiting.items():
+            with os.fdopen(r, "rb") as fh:
+                ready = fh.read(6)
+            if ready != b"ready\n":
+                raise EnvironmentProblem(f"pod {name}'s server did not start (exit {self.pod_servers[name].poll()})")
+            if time.time() > deadline:
+                raise EnvironmentProblem("pod servers took longer than 30 s to start")
+
+    # -- running commands ------------------------------------------------------------------
+    def host(self, name: str):
+        try:
+            return self.net.get(name)
+        except KeyError:
+            raise KeyError(f"no node, pod or client named {name}") from None
+
+    def run_script(self, host: str, cmds: list[str]) -> str:
+        """Run command lines in a host's namespace as one shell script; raise on the first failure."""
+        path = self.state.file(f"{host}.sh")
+        with open(path, "w") as fh:
+            fh.write("set -e\n" + "\n".join(cmds) + "\n")
+        out = self.host(host).cmd(f"sh {path} 2>&1; echo __rc=$?")
+        os.unlink(path)
+        body, _, rc = out.rpartition("__rc=")
+        if rc.strip() != "0":
+            raise EnvironmentProblem(f"setting up {host} failed: {body.strip()[-400:]}")
+        return body
+
+    def exec(self, host: str, argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a command in a host's namespace and wait for it (output captured)."""
+        proc = self.host(host).popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(argv, proc.returncode, out.decode(errors="replace"),
+                                           err.decode(errors="replace"))
+
+    def sh(self, host: str, command: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return self.exec(host, ["sh", "-c", command], timeout)
+
+    def _write_status(self) -> None:
+        status = {"cluster": self.topo.name, "mode": self.plan.mode, "file": self.topo.file,
+                  "pid": os.getpid(), "rest_port": self.controller.rest_port,
+                  "ofp_port": self.controller.ofp_port, "timings": self.timings,
+                  "hosts": {h.name: h.pid for h in self.net.hosts},
+                  "plan": self.plan.to_dict()}
+        with open(self.state.file("status.json"), "w") as fh:
+            json.dump(status, fh, indent=1)
+
+
+def _port_no(port_name: str) -> int:
+    return int(port_name.rsplit("eth", 1)[1])
+
+
+def remove_state_dir(state: StateDir) -> None:
+    shutil.rmtree(state.path, ignore_errors=True)

@@ -1,0 +1,54 @@
+#!/bin/sh
+# Set-up for the testbed, idempotent: Debian packages, Open vSwitch running, the pod server
+# built, and .venv (Debian's python3 with system site packages, where Debian's Mininet lives)
+# with the project installed. Run as root from the repository (make setup).
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="mininet openvswitch-switch iproute2 iptables ethtool iperf iperf3 wrk curl tcpdump
+traceroute iputils-ping conntrack procps psmisc util-linux gcc libc6-dev make python3-venv
+python3-pip"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: needs root (apt-get, Open vSwitch) — run: sudo make setup" >&2
+    exit 3
+fi
+
+missing=""
+for pkg in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    case "$status" in *"install ok installed"*) ;; *) missing="$missing $pkg" ;; esac
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+# Open vSwitch: no systemd on these machines; start it the way its Debian scripts do.
+if ! ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
+    echo "setup: starting Open vSwitch"
+    /usr/share/openvswitch/scripts/ovs-ctl --system-id=random --no-monitor start >/dev/null
+fi
+
+# The pod's HTTP server (C, built here: one small process per pod).
+if [ ! -x build/podserver ] || [ workloads/podserver.c -nt build/podserver ]; then
+    echo "setup: building the pod server"
+    sh workloads/build.sh
+fi
+
+# The Python environment.
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.cnlb-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing the project into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
+.venv/bin/python -c 'import mininet.net, os_ken, yaml, matplotlib' \
+    || { echo "setup: the venv cannot import its dependencies" >&2; exit 3; }
