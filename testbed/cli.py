@@ -170,9 +170,25 @@ def cmd_up(args) -> int:
         if args.cli:
             from mininet.cli import CLI
             CLI(cluster.net)
+        if not (args.check or args.cli):
+            _hold(cluster, say)
         say("tearing down ...")
     say(f"removed in {cluster.timings.get('stop_s', 0):.1f}s")
     return status
+
+
+def _hold(cluster, say) -> None:
+    """Keep a foreground cluster up until Ctrl-C (or SIGTERM), watching the controller."""
+    plan = cluster.plan
+    vip = plan.load_balancers[0].vip if plan.load_balancers else None
+    print(f"cluster {plan.cluster} is up ({plan.mode}); press Ctrl-C to tear it down", flush=True)
+    if vip and plan.clients:
+        print(f"  try: cnlb exec {plan.clients[0]} -- curl -s http://{vip}/", flush=True)
+    while True:
+        time.sleep(1)
+        if not cluster.controller.alive():
+            say("the VPC controller died; its log ends with:\n" + cluster.controller.log_tail())
+            raise EnvironmentProblem("the VPC controller died; the cluster was torn down")
 
 
 def cmd_clean(args) -> int:

@@ -77,8 +77,8 @@ class ControllerProcess:
                                          + self.log_tail())
             try:
                 status = self.api("GET", "/v1/status", timeout=2)
-                sw = status.get("switches", {})
-                last = sw
+                sw = {s["name"]: s for s in status.get("switches", [])}
+                last = {n: (s.get("connected"), s.get("programmed"), s.get("last_error")) for n, s in sw.items()}
                 if all(sw.get(name, {}).get("programmed") for name in switches):
                     return
             except (OSError, ValueError, urllib.error.URLError):

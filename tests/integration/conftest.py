@@ -1,0 +1,39 @@
+"""Integration tests build real clusters: root, Mininet, Open vSwitch. One at a time."""
+
+import os
+import shutil
+
+import pytest
+
+from testbed import machine
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _missing():
+    if os.geteuid() != 0:
+        return "needs root"
+    if not machine.start_ovs():
+        return "Open vSwitch is not running (make setup)"
+    if not os.path.exists(os.path.join(REPO, "build", "podserver")):
+        return "build/podserver missing (make setup)"
+    if not shutil.which("mnexec"):
+        return "mininet missing (make setup)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def machine_ready():
+    why = _missing()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture
+def no_leftovers(machine_ready):
+    """Asserts the test left nothing of the testbed on the machine."""
+    from tests.integration.leftovers import snapshot
+    before = snapshot()
+    yield before
+    after = snapshot()
+    assert after == before, f"left behind: {after.diff(before)}"
