@@ -156,8 +156,6 @@ def cmd_up(args) -> int:
     topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
     say = _progress(args.quiet)
     cluster = Cluster(topo, progress=say)
-    say(f"building {topo.name} ({topo.mode}): {len(cluster.plan.nodes)} nodes, "
-        f"{len(cluster.plan.pods)} pods, {len(cluster.plan.clients)} clients")
     status = 0
     with cluster:
         say(f"ready in {cluster.timings['total_s']:.1f}s")

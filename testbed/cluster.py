@@ -105,6 +105,9 @@ class Cluster:
     def start(self) -> "Cluster":
         """Build everything; on any failure (or Ctrl-C) remove what was built and re-raise."""
         self._preflight()
+        plan = self.plan
+        self.progress(f"building {plan.cluster} ({plan.mode}): {len(plan.nodes)} nodes, "
+                      f"{len(plan.pods)} pods, {len(plan.clients)} clients")
         try:
             t0 = time.time()
             self._stage("hosts", self._add_hosts)

@@ -36,4 +36,5 @@ def no_leftovers(machine_ready):
     before = snapshot()
     yield before
     after = snapshot()
-    assert after == before, f"left behind: {after.diff(before)}"
+    left = after.diff(before)
+    assert not left, f"left behind: {left}"

@@ -40,10 +40,11 @@ def _processes():
 
 
 def snapshot() -> Snapshot:
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    netns = [line.split()[0] for line in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines() if line.strip()]
     links = frozenset(l for l in os.listdir("/sys/class/net")
                       if l.startswith("vpc") or l.startswith("veth") or l.startswith("flannel"))
     state = frozenset(d for d in (os.listdir(STATE_ROOT) if os.path.isdir(STATE_ROOT) else [])
                       if d != "lock")
-    return Snapshot(frozenset(n for n in netns if not n.startswith("(")), frozenset(owned_bridges()),
+    return Snapshot(frozenset(netns), frozenset(owned_bridges()),
                     links, _processes(), state)

@@ -1,0 +1,713 @@
+"""The VPC controller core, tested without a switch.
+
+The messages the core returns are loaded into FakeSwitch, a small model of an OpenFlow 1.3
+pipeline (tables, priorities, masked matches, apply-actions/goto, select groups, and just enough
+conntrack for ct(commit, nat(dst|src)) and the reverse `nat`), and the tests assert where a
+packet goes and how it looks when it gets there.
+"""
+
+import copy
+import ipaddress
+import struct
+
+import pytest
+
+from controllers import vpc_core as core
+from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp
+from os_ken.ofproto import nicira_ext
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as ofpp
+
+GW_A, GW_B = "02:cb:fe:00:00:01", "02:cb:fe:00:00:02"
+GW_NET, GW_LB = "02:cb:fe:00:00:fe", "02:cb:fe:00:00:fd"
+NODE1, NODE2, NODE3 = "02:cb:01:00:00:01", "02:cb:01:00:00:02", "02:cb:01:00:00:03"
+CLIENT1, LB0 = "02:cb:03:00:00:01", "02:cb:04:00:00:01"
+VIP = "198.51.100.10"
+
+
+def fabric_dict(mode="nodeport", preserve=True):
+    """Three nodes in two subnets (node1, node3 in az-a; node2 in az-b), a client, lb0."""
+    backends = ([{"name": "node1", "ip": "192.168.0.10", "port": 30080},
+                 {"name": "node2", "ip": "192.168.1.10", "port": 30080}]
+                if mode == "nodeport" else
+                [{"name": "web-0", "ip": "192.168.0.100", "port": 8080},
+                 {"name": "web-1", "ip": "192.168.1.100", "port": 8080}])
+    return {
+        "cluster": "t", "mode": mode,
+        "switches": [{"name": "vpc0", "dpid": 1, "role": "core"},
+                     {"name": "vpc1", "dpid": 2, "role": "subnet", "subnet": "az-a"},
+                     {"name": "vpc2", "dpid": 3, "role": "subnet", "subnet": "az-b"}],
+        "links": [{"a": "vpc1", "a_port": "vpc1-up", "b": "vpc0", "b_port": "vpc0-az-a"},
+                  {"a": "vpc2", "a_port": "vpc2-up", "b": "vpc0", "b_port": "vpc0-az-b"}],
+        "subnets": [
+            {"name": "az-a", "cidr": "192.168.0.0/24", "gateway": "192.168.0.1",
+             "gateway_mac": GW_A, "switch": "vpc1", "kind": "vpc"},
+            {"name": "az-b", "cidr": "192.168.1.0/24", "gateway": "192.168.1.1",
+             "gateway_mac": GW_B, "switch": "vpc2", "kind": "vpc"},
+            {"name": "internet", "cidr": "203.0.113.0/24", "gateway": "203.0.113.1",
+             "gateway_mac": GW_NET, "switch": "vpc0", "kind": "internet"},
+            {"name": "lb", "cidr": "198.51.100.0/24", "gateway": "198.51.100.1",
+             "gateway_mac": GW_LB, "switch": "vpc0", "kind": "lb"}],
+        "hosts": [
+            {"name": "node1", "kind": "node", "ip": "192.168.0.10", "mac": NODE1,
+             "subnet": "az-a", "switch": "vpc1", "port": "vpc1-node1"},
+            {"name": "node3", "kind": "node", "ip": "192.168.0.11", "mac": NODE3,
+             "subnet": "az-a", "switch": "vpc1", "port": "vpc1-node3"},
+            {"name": "node2", "kind": "node", "ip": "192.168.1.10", "mac": NODE2,
+             "subnet": "az-b", "switch": "vpc2", "port": "vpc2-node2"},
+            {"name": "client1", "kind": "client", "ip": "203.0.113.10", "mac": CLIENT1,
+             "subnet": "internet", "switch": "vpc0", "port": "vpc0-client1"},
+            {"name": "lb0", "kind": "lb", "ip": "198.51.100.2", "mac": LB0,
+             "subnet": "lb", "switch": "vpc0", "port": "vpc0-lb0"}],
+        "pod_routes": ([{"pod": "web-0", "ip": "192.168.0.100", "node": "node1"},
+                        {"pod": "web-1", "ip": "192.168.1.100", "node": "node2"}]
+                       if mode == "container-native" else []),
+        "load_balancers": [{
+            "name": "web", "vip": VIP, "port": 80, "protocol": "tcp",
+            "target_mode": mode, "preserve_client_ip": preserve, "backends": backends,
+            "health_check": {"port": None, "path": "/healthz", "interval_s": 1.0,
+                             "timeout_s": 0.5, "healthy_threshold": 2,
+                             "unhealthy_threshold": 2}}],
+        "health_checker": {"host": "lb0", "netns_pid": 4242},
+    }
+
+
+PORTS = {
+    "vpc0": {"vpc0-az-a": 1, "vpc0-az-b": 2, "vpc0-client1": 3, "vpc0-lb0": 4, "vpc0": 0xfffffffe},
+    "vpc1": {"vpc1-up": 1, "vpc1-node1": 2, "vpc1-node3": 3},
+    "vpc2": {"vpc2-up": 1, "vpc2-node2": 2},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# A small OpenFlow 1.3 pipeline model
+# ----------------------------------------------------------------------------------------------
+
+def _norm(value):
+    """Compare IPs and MACs as integers."""
+    if isinstance(value, str):
+        if ":" in value:
+            return int(value.replace(":", ""), 16)
+        return int(ipaddress.IPv4Address(value))
+    return value
+
+
+class FakeSwitch:
+    """Tables of (priority, match, instructions, cookie), select groups, and a toy conntrack.
+
+    process(pkt, in_port) returns [(port, packet)]; ("controller", packet) for invalid TTL.
+    Select buckets are chosen by hash of (ipv4_src, l4 src port), like a 5-tuple hash.
+    """
+
+    def __init__(self, msgs=()):
+        self.flows = []
+        self.groups = {}
+        self.conns = []          # dicts: zone, orig, reply, kind, to
+        self.apply(msgs)
+
+    def apply(self, msgs):
+        for m in msgs:
+            if isinstance(m, ofpp.OFPFlowMod):
+                if m.command == ofp.OFPFC_ADD:
+                    for inst in m.instructions:       # like OVS: OFPBAC_BAD_OUT_GROUP
+                        for a in getattr(inst, "actions", []):
+                            assert not isinstance(a, ofpp.OFPActionGroup) or \
+                                a.group_id in self.groups, "flow names a missing group"
+                    key = (m.table_id, m.priority, _match_key(m.match))
+                    self.flows = [f for f in self.flows if f[:3] != key]
+                    self.flows.append((m.table_id, m.priority, _match_key(m.match),
+                                       m.instructions, m.cookie))
+                elif m.command == ofp.OFPFC_DELETE:
+                    assert m.table_id == ofp.OFPTT_ALL and not list(m.match.items())
+                    mask = m.cookie_mask
+                    self.flows = [f for f in self.flows
+                                  if mask and (f[4] & mask) != (m.cookie & mask)]
+            elif isinstance(m, ofpp.OFPGroupMod):
+                if m.command == ofp.OFPGC_DELETE:
+                    self.groups.clear() if m.group_id == ofp.OFPG_ALL else \
+                        self.groups.pop(m.group_id, None)
+                elif m.command == ofp.OFPGC_ADD:
+                    assert m.group_id not in self.groups
+                    self.groups[m.group_id] = m.buckets
+                else:
+                    assert m.group_id in self.groups
+                    self.groups[m.group_id] = m.buckets
+
+    def table(self, table_id):
+        return [f for f in self.flows if f[0] == table_id]
+
+    def process(self, pkt, in_port):
+        pkt = dict(pkt, in_port=in_port)
+        pkt.setdefault("reg0", 0)
+        return self._table(0, pkt, 0)
+
+    def _table(self, table_id, pkt, depth):
+        assert depth < 32, "pipeline loop"
+        hits = [f for f in self.table(table_id) if _matches(f[2], pkt)]
+        if not hits:
+            return []
+        best = max(f[1] for f in hits)
+        top = [f for f in hits if f[1] == best]
+        assert len(top) == 1, f"ambiguous flows in table {table_id}: {top}"
+        out = []
+        for inst in top[0][3]:
+            if isinstance(inst, ofpp.OFPInstructionActions):
+                done, res = self._actions(inst.actions, pkt, depth)
+                out += res
+                if done:
+                    return out
+            elif isinstance(inst, ofpp.OFPInstructionGotoTable):
+                out += self._table(inst.table_id, pkt, depth + 1)
+        return out
+
+    def _actions(self, actions, pkt, depth):
+        """Run an action list on pkt (in place); returns (stop, outputs)."""
+        out = []
+        for a in actions:
+            if isinstance(a, ofpp.OFPActionSetField):
+                pkt[a.key] = a.value
+            elif isinstance(a, ofpp.NXActionRegMove):
+                pkt[a.dst_field] = pkt[a.src_field]
+            elif isinstance(a, ofpp.OFPActionDecNwTtl):
+                if pkt["ttl"] <= 1:
+                    return True, out + [("controller", dict(pkt))]
+                pkt["ttl"] -= 1
+            elif isinstance(a, ofpp.OFPActionOutput):
+                port = pkt["in_port"] if a.port == ofp.OFPP_IN_PORT else a.port
+                if a.port != ofp.OFPP_IN_PORT and a.port == pkt["in_port"]:
+                    continue                            # OpenFlow never outputs to in_port
+                out.append((port, dict(pkt)))
+            elif isinstance(a, ofpp.OFPActionGroup):
+                buckets = self.groups[a.group_id]
+                if buckets:
+                    h = hash((pkt["ipv4_src"], pkt.get("tcp_src"))) % len(buckets)
+                    done, res = self._actions(buckets[h].actions, dict(pkt), depth)
+                    out += res
+            elif isinstance(a, ofpp.NXActionCT):
+                self._ct(a, pkt)
+                if a.recirc_table != nicira_ext.NX_CT_RECIRC_NONE:
+                    return True, out + self._table(a.recirc_table, pkt, depth + 1)
+            else:
+                raise AssertionError(f"unmodelled action {a}")
+        return False, out
+
+    def _ct(self, a, pkt):
+        zone = a.zone_ofs_nbits
+        l4s = "tcp_src" if pkt["ip_proto"] == 6 else "udp_src"
+        l4d = "tcp_dst" if pkt["ip_proto"] == 6 else "udp_dst"
+        t = (pkt["ipv4_src"], pkt.get(l4s), pkt["ipv4_dst"], pkt.get(l4d))
+        nat = a.actions[0] if a.actions else None
+        for c in self.conns:
+            if c["zone"] != zone:
+                continue
+            if t == c["orig"]:
+                pkt["ct_state"] = core.CT_TRK | core.CT_EST
+                if nat is not None:
+                    dst = c["kind"] == "dst"
+                    ip_key, port_key = ("ipv4_dst", l4d) if dst else ("ipv4_src", l4s)
+                    pkt[ip_key], pkt[port_key] = c["to"]
+                return
+            if t == c["reply"]:
+                pkt["ct_state"] = core.CT_TRK | core.CT_EST | core.CT_RPL
+                if nat is not None:
+                    if c["kind"] == "dst":
+                        pkt["ipv4_src"], pkt[l4s] = c["orig"][2], c["orig"][3]
+                    else:
+                        pkt["ipv4_dst"], pkt[l4d] = c["orig"][0], c["orig"][1]
+                return
+        pkt["ct_state"] = core.CT_TRK | core.CT_NEW
+        if a.flags & nicira_ext.NX_CT_F_COMMIT:
+            kind, to = None, None
+            if nat is not None and nat.flags & core.NX_NAT_F_DST:
+                kind, to = "dst", (nat.range_ipv4_min, nat.range_proto_min)
+                pkt["ipv4_dst"], pkt[l4d] = to
+            elif nat is not None and nat.flags & core.NX_NAT_F_SRC:
+                lo, hi = nat.range_proto_min, nat.range_proto_max
+                port = pkt[l4s] if lo <= pkt[l4s] <= hi else lo
+                kind, to = "src", (nat.range_ipv4_min, port)
+                pkt["ipv4_src"], pkt[l4s] = to
+            now = (pkt["ipv4_src"], pkt.get(l4s), pkt["ipv4_dst"], pkt.get(l4d))
+            self.conns.append({"zone": zone, "orig": t, "reply": (now[2], now[3], now[0], now[1]),
+                               "kind": kind, "to": to})
+
+
+def _match_key(match):
+    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in match.items()))
+
+
+def _matches(fields, pkt):
+    for name, want in fields:
+        if name not in pkt:
+            return False
+        have = _norm(pkt[name])
+        if isinstance(want, tuple):
+            value, mask = _norm(want[0]), _norm(want[1])
+            if have & mask != value & mask:
+                return False
+        elif have != _norm(want):
+            return False
+    return True
+
+
+class Fabric:
+    """All switches of a fabric, programmed from a Vpc, with a walk() across links."""
+
+    def __init__(self, vpc):
+        self.vpc = vpc
+        self.sw = {name: FakeSwitch(vpc.program_switch(name, PORTS[name])) for name in PORTS}
+
+    def apply(self, by_switch):
+        for name, msgs in by_switch.items():
+            self.sw[name].apply(msgs)
+
+    def walk(self, switch, port_name, pkt):
+        """Inject pkt and follow it across switch links; returns [(switch, port name, pkt)]."""
+        peer = {}
+        for l in self.vpc.fabric.links:
+            peer[(l.a, l.a_port)] = (l.b, l.b_port)
+            peer[(l.b, l.b_port)] = (l.a, l.a_port)
+        out = []
+        todo = [(switch, port_name, pkt)]
+        while todo:
+            sw, pname, p = todo.pop()
+            names = {n: name for name, n in PORTS[sw].items()}
+            for port, q in self.sw[sw].process(copy.deepcopy(p), PORTS[sw][pname]):
+                oname = "controller" if port == "controller" else names[port]
+                if (sw, oname) in peer:
+                    todo.append((*peer[(sw, oname)], q))
+                else:
+                    out.append((sw, oname, q))
+        return out
+
+
+def make(mode="nodeport", preserve=True, checks=True, healthy=True):
+    vpc = core.Vpc(core.parse_fabric(fabric_dict(mode, preserve)), checks_enabled=checks)
+    fab = Fabric(vpc)
+    if checks and healthy:
+        for lb in vpc.fabric.load_balancers:
+            for ip, port in list(vpc.backends[lb.name]):
+                for _ in range(2):
+                    fab.apply(vpc.observe_health(lb.name, ip, port, True, {}, PORTS))
+    return vpc, fab
+
+
+def ip_pkt(eth_src, eth_dst, src, dst, sport=40000, dport=80, ttl=64):
+    return {"eth_type": 0x0800, "eth_src": eth_src, "eth_dst": eth_dst, "ipv4_src": src,
+            "ipv4_dst": dst, "ip_proto": 6, "tcp_src": sport, "tcp_dst": dport, "ttl": ttl}
+
+
+def arp_req(sha, spa, tpa):
+    return {"eth_type": 0x0806, "eth_src": sha, "eth_dst": "ff:ff:ff:ff:ff:ff", "arp_op": 1,
+            "arp_sha": sha, "arp_spa": spa, "arp_tha": "00:00:00:00:00:00", "arp_tpa": tpa}
+
+
+# ----------------------------------------------------------------------------------------------
+# ARP
+# ----------------------------------------------------------------------------------------------
+
+def test_arp_for_gateway_is_answered_with_its_mac_out_the_asking_port():
+    _, fab = make()
+    [(sw, port, reply)] = fab.walk("vpc1", "vpc1-node1", arp_req(NODE1, "192.168.0.10",
+                                                                   "192.168.0.1"))
+    assert (sw, port) == ("vpc1", "vpc1-node1")
+    assert reply["arp_op"] == 2
+    assert (reply["eth_src"], reply["eth_dst"]) == (GW_A, NODE1)
+    assert (reply["arp_sha"], reply["arp_spa"]) == (GW_A, "192.168.0.1")
+    assert (reply["arp_tha"], reply["arp_tpa"]) == (NODE1, "192.168.0.10")
+
+
+def test_arp_for_same_subnet_host_is_answered_other_subnets_are_not():
+    _, fab = make()
+    [(_, port, reply)] = fab.walk("vpc1", "vpc1-node1",
+                                  arp_req(NODE1, "192.168.0.10", "192.168.0.11"))
+    assert port == "vpc1-node1" and reply["arp_sha"] == NODE3
+    # node2 is in az-b: node1 would route, not ARP; the VPC does not answer (nor flood).
+    assert fab.walk("vpc1", "vpc1-node1", arp_req(NODE1, "192.168.0.10", "192.168.1.10")) == []
+    assert fab.walk("vpc1", "vpc1-node1", arp_req(NODE1, "192.168.0.10", "192.168.0.99")) == []
+
+
+def test_client_arps_its_internet_gateway_on_the_core():
+    _, fab = make()
+    [(sw, port, reply)] = fab.walk("vpc0", "vpc0-client1",
+                                   arp_req(CLIENT1, "203.0.113.10", "203.0.113.1"))
+    assert (sw, port, reply["arp_sha"]) == ("vpc0", "vpc0-client1", GW_NET)
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing and bridging
+# ----------------------------------------------------------------------------------------------
+
+def test_node_to_node_in_another_subnet_is_routed_once():
+    _, fab = make()
+    [(sw, port, p)] = fab.walk("vpc1", "vpc1-node1",
+                               ip_pkt(NODE1, GW_A, "192.168.0.10", "192.168.1.10", ttl=64))
+    assert (sw, port) == ("vpc2", "vpc2-node2")
+    assert p["ttl"] == 63
+    assert (p["eth_src"], p["eth_dst"]) == (GW_B, NODE2)
+    assert (p["ipv4_src"], p["ipv4_dst"]) == ("192.168.0.10", "192.168.1.10")
+
+
+def test_routed_frame_takes_the_right_port_on_each_switch():
+    vpc, fab = make()
+    frame = ip_pkt(NODE1, GW_A, "192.168.0.10", "192.168.1.10")
+    [(p1, a)] = fab.sw["vpc1"].process(copy.deepcopy(frame), PORTS["vpc1"]["vpc1-node1"])
+    assert p1 == PORTS["vpc1"]["vpc1-up"]
+    [(p0, b)] = fab.sw["vpc0"].process(copy.deepcopy(a), PORTS["vpc0"]["vpc0-az-a"])
+    assert p0 == PORTS["vpc0"]["vpc0-az-b"] and b["ttl"] == a["ttl"] == 63
+    [(p2, _)] = fab.sw["vpc2"].process(copy.deepcopy(b), PORTS["vpc2"]["vpc2-up"])
+    assert p2 == PORTS["vpc2"]["vpc2-node2"]
+
+
+def test_same_subnet_frames_are_bridged_not_routed():
+    _, fab = make()
+    [(sw, port, p)] = fab.walk("vpc1", "vpc1-node1",
+                               ip_pkt(NODE1, NODE3, "192.168.0.10", "192.168.0.11", ttl=64))
+    assert (sw, port) == ("vpc1", "vpc1-node3")
+    assert p["ttl"] == 64 and (p["eth_src"], p["eth_dst"]) == (NODE1, NODE3)
+
+
+def test_unknown_destinations_are_dropped_not_flooded():
+    _, fab = make()
+    assert fab.walk("vpc1", "vpc1-node1",
+                    ip_pkt(NODE1, "02:00:00:00:00:99", "192.168.0.10", "192.168.0.11")) == []
+    assert fab.walk("vpc1", "vpc1-node1", ip_pkt(NODE1, GW_A, "192.168.0.10", "10.9.9.9")) == []
+
+
+def test_ttl_expiry_goes_to_the_controller():
+    _, fab = make()
+    [(sw, port, p)] = fab.walk("vpc0", "vpc0-client1",
+                               ip_pkt(CLIENT1, GW_NET, "203.0.113.10", "192.168.1.10", ttl=1))
+    assert (sw, port) == ("vpc0", "controller") and p["ttl"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Pods
+# ----------------------------------------------------------------------------------------------
+
+def test_container_native_pod_ip_is_reached_via_its_node():
+    vpc, fab = make("container-native")
+    [(sw, port, p)] = fab.walk("vpc0", "vpc0-client1",
+                               ip_pkt(CLIENT1, GW_NET, "203.0.113.10", "192.168.1.100", ttl=64))
+    assert (sw, port) == ("vpc2", "vpc2-node2")
+    assert (p["eth_src"], p["eth_dst"], p["ttl"]) == (GW_B, NODE2, 63)
+    # A same-subnet asker gets the node's MAC for the pod IP.
+    [(_, _, reply)] = fab.walk("vpc1", "vpc1-node3",
+                               arp_req(NODE3, "192.168.0.11", "192.168.0.100"))
+    assert reply["arp_sha"] == NODE1
+
+
+def test_nodeport_mode_has_no_pod_routes():
+    vpc, fab = make("nodeport")
+    assert fab.walk("vpc0", "vpc0-client1",
+                    ip_pkt(CLIENT1, GW_NET, "203.0.113.10", "10.244.1.5")) == []
+    assert [r for r in vpc.routes_view() if r["kind"] == "pod"] == []
+    with pytest.raises(core.ConfigError, match="unknown to the VPC in nodeport mode"):
+        vpc.add_pod(core.PodRoute("web-9", "10.244.1.5", "node1"), PORTS)
+
+
+def test_pod_route_add_and_remove():
+    vpc, fab = make("container-native")
+    pod = core.PodRoute("web-2", "192.168.0.102", "node3")
+    fab.apply(vpc.add_pod(pod, PORTS))
+    frame = ip_pkt(NODE2, GW_B, "192.168.1.10", "192.168.0.102")
+    [(sw, port, p)] = fab.walk("vpc2", "vpc2-node2", frame)
+    assert (sw, port, p["eth_dst"]) == ("vpc1", "vpc1-node3", NODE3)
+    fab.apply(vpc.remove_pod("web-2", PORTS))
+    assert fab.walk("vpc2", "vpc2-node2", frame) == []
+    # The other pods' flows are untouched.
+    assert fab.walk("vpc2", "vpc2-node2", dict(frame, ipv4_dst="192.168.0.100"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The load balancer
+# ----------------------------------------------------------------------------------------------
+
+def _group(fab):
+    return fab.sw["vpc0"].groups[1]
+
+
+def test_vip_group_has_one_bucket_per_healthy_backend():
+    vpc, fab = make(healthy=False)
+    assert _group(fab) == []                                  # both "initial"
+    fab.apply(vpc.observe_health("web", "192.168.0.10", 30080, True, {}, PORTS))
+    assert _group(fab) == []                                  # 1 of healthy_threshold=2
+    fab.apply(vpc.observe_health("web", "192.168.0.10", 30080, True, {}, PORTS))
+    [bucket] = _group(fab)
+    [ct] = bucket.actions
+    assert ct.flags & nicira_ext.NX_CT_F_COMMIT and ct.zone_ofs_nbits == core.CT_ZONE_DNAT
+    assert (ct.actions[0].range_ipv4_min, ct.actions[0].range_proto_min) == ("192.168.0.10",
+                                                                             30080)
+    for _ in range(2):
+        fab.apply(vpc.observe_health("web", "192.168.1.10", 30080, True, {}, PORTS))
+    assert len(_group(fab)) == 2
+
+
+def test_vip_connection_is_dnated_routed_and_replies_come_back_from_the_vip():
+    vpc, fab = make()
+    seen = set()
+    for sport in range(40000, 40040):
+        syn = ip_pkt(CLIENT1, GW_NET, "203.0.113.10", VIP, sport=sport, dport=80, ttl=64)
+        [(sw, port, p)] = fab.walk("vpc0", "vpc0-client1", syn)
+        assert p["tcp_dst"] == 30080 and p["ttl"] == 63
+        assert p["ipv4_src"] == "203.0.113.10"                # client IP preserved
+        seen.add((sw, port, p["ipv4_dst"], p["eth_dst"]))
+        # The reply, routed by the backend's subnet switch, un-NATed on the core.
+        node_mac = p["eth_dst"]
+        gw = GW_A if sw == "vpc1" else GW_B
+        reply = ip_pkt(node_mac, gw, p["ipv4_dst"], "203.0.113.10", sport=30080, dport=sport)
+        [(rsw, rport, r)] = fab.walk(sw, port, reply)
+        assert (rsw, rport) == ("vpc0", "vpc0-client1")
+        assert (r["ipv4_src"], r["tcp_src"]) == (VIP, 80)
+        assert (r["eth_src"], r["eth_dst"]) == (GW_NET, CLIENT1)
+        # The same connection's next packet sticks to the same backend.
+        [(_, _, again)] = fab.walk("vpc0", "vpc0-client1", syn)
+        assert again["ipv4_dst"] == p["ipv4_dst"]
+    assert seen == {("vpc1", "vpc1-node1", "192.168.0.10", NODE1),
+                    ("vpc2", "vpc2-node2", "192.168.1.10", NODE2)}
+
+
+def test_removing_a_backend_removes_its_bucket():
+    vpc, fab = make()
+    assert len(_group(fab)) == 2
+    fab.apply(vpc.remove_backend("web", "192.168.1.10", 30080, PORTS))
+    [bucket] = _group(fab)
+    assert bucket.actions[0].actions[0].range_ipv4_min == "192.168.0.10"
+    for sport in range(41000, 41010):
+        [(sw, port, _)] = fab.walk("vpc0", "vpc0-client1",
+                                   ip_pkt(CLIENT1, GW_NET, "203.0.113.10", VIP, sport=sport))
+        assert (sw, port) == ("vpc1", "vpc1-node1")
+    fab.apply(vpc.add_backend("web", core.Backend("node3", "192.168.0.11", 30080), PORTS))
+    assert len(_group(fab)) == 1                              # new: "initial" until checked
+    for _ in range(2):
+        fab.apply(vpc.observe_health("web", "192.168.0.11", 30080, True, {}, PORTS))
+    assert len(_group(fab)) == 2
+
+
+def test_failing_backend_leaves_the_group_and_returns_when_it_recovers():
+    vpc, fab = make()
+    fab.apply(vpc.observe_health("web", "192.168.0.10", 30080, False, {}, PORTS))
+    assert len(_group(fab)) == 2                              # 1 of unhealthy_threshold=2
+    fab.apply(vpc.observe_health("web", "192.168.0.10", 30080, False, {"status": 503}, PORTS))
+    [bucket] = _group(fab)
+    assert bucket.actions[0].actions[0].range_ipv4_min == "192.168.1.10"
+    assert vpc.backends_view("web")[0]["state"] == "unhealthy"
+    for _ in range(2):
+        fab.apply(vpc.observe_health("web", "192.168.0.10", 30080, True, {}, PORTS))
+    assert len(_group(fab)) == 2
+
+
+def test_without_a_checker_backends_are_unchecked_and_in_service():
+    vpc, fab = make(checks=False)
+    assert len(_group(fab)) == 2
+    assert {b["state"] for b in vpc.backends_view("web")} == {"unchecked"}
+    assert vpc.checker_targets() == []
+
+
+def test_checker_targets_use_the_health_check_port_or_the_traffic_port():
+    vpc, _ = make()
+    assert [(t["ip"], t["port"]) for t in vpc.checker_targets()] == [
+        ("192.168.0.10", 30080), ("192.168.1.10", 30080)]
+    d = fabric_dict()
+    d["load_balancers"][0]["health_check"]["port"] = 31000   # ETP=Local healthCheckNodePort
+    vpc = core.Vpc(core.parse_fabric(d))
+    assert {t["port"] for t in vpc.checker_targets()} == {31000}
+
+
+def test_container_native_vip_goes_straight_to_the_pod_via_its_node():
+    vpc, fab = make("container-native")
+    dsts = set()
+    for sport in range(42000, 42020):
+        [(sw, port, p)] = fab.walk("vpc0", "vpc0-client1",
+                                   ip_pkt(CLIENT1, GW_NET, "203.0.113.10", VIP, sport=sport))
+        dsts.add((port, p["ipv4_dst"], p["tcp_dst"], p["eth_dst"]))
+    assert dsts == {("vpc1-node1", "192.168.0.100", 8080, NODE1),
+                    ("vpc2-node2", "192.168.1.100", 8080, NODE2)}
+
+
+def test_no_preserve_client_ip_snats_to_lb0_and_replies_still_reach_the_client():
+    vpc, fab = make(preserve=False)
+    syn = ip_pkt(CLIENT1, GW_NET, "203.0.113.10", VIP, sport=45000)
+    [(sw, port, p)] = fab.walk("vpc0", "vpc0-client1", syn)
+    assert p["ipv4_src"] == "198.51.100.2"
+    assert core.SNAT_PORTS[0] <= p["tcp_src"] <= core.SNAT_PORTS[1]
+    gw = GW_A if sw == "vpc1" else GW_B
+    reply = ip_pkt(p["eth_dst"], gw, p["ipv4_dst"], "198.51.100.2", sport=p["tcp_dst"],
+                   dport=p["tcp_src"])
+    [(rsw, rport, r)] = fab.walk(sw, port, reply)
+    assert (rsw, rport) == ("vpc0", "vpc0-client1")
+    assert (r["ipv4_src"], r["tcp_src"], r["ipv4_dst"], r["tcp_dst"]) == (VIP, 80, "203.0.113.10",
+                                                                          45000)
+    assert (r["eth_src"], r["eth_dst"]) == (GW_NET, CLIENT1)
+
+
+def test_node_to_vip_goes_up_to_the_core_and_may_come_back_down_the_same_link():
+    vpc, fab = make()
+    ports = set()
+    for sport in range(43000, 43020):
+        [(sw, port, p)] = fab.walk("vpc1", "vpc1-node3",
+                                   ip_pkt(NODE3, GW_A, "192.168.0.11", VIP, sport=sport))
+        ports.add(port)
+        assert p["ttl"] == 63
+    assert ports == {"vpc1-node1", "vpc2-node2"}
+
+
+# ----------------------------------------------------------------------------------------------
+# ICMP time exceeded
+# ----------------------------------------------------------------------------------------------
+
+def _frame(src_mac, dst_mac, src, dst, ttl=1, payload=b"x" * 1200):
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst=dst_mac, src=src_mac, ethertype=0x0800))
+    p.add_protocol(ipv4.ipv4(src=src, dst=dst, proto=6, ttl=ttl))
+    p.add_protocol(tcp.tcp(src_port=40000, dst_port=80, bits=tcp.TCP_SYN))
+    p.add_protocol(payload)
+    p.serialize()
+    return bytes(p.data)
+
+
+def test_time_exceeded_comes_from_the_ingress_gateway_and_quotes_576_bytes():
+    vpc, _ = make()
+    data = _frame(CLIENT1, GW_NET, "203.0.113.10", "192.168.1.10")
+    [out] = vpc.time_exceeded("vpc0", 3, data)
+    assert isinstance(out, ofpp.OFPPacketOut) and out.in_port == ofp.OFPP_CONTROLLER
+    assert [(type(a), a.port) for a in out.actions] == [(ofpp.OFPActionOutput, 3)]
+    p = packet.Packet(out.data)
+    e, i = p.get_protocol(ethernet.ethernet), p.get_protocol(ipv4.ipv4)
+    c = p.get_protocol(icmp.icmp)
+    assert (e.src, e.dst) == (GW_NET, CLIENT1)
+    assert (i.src, i.dst) == ("203.0.113.1", "203.0.113.10")
+    assert (c.type, c.code) == (icmp.ICMP_TIME_EXCEEDED, 0)
+    assert len(c.data.data) == core.ICMP_QUOTE_MAX and i.total_length == 576
+    assert c.data.data == data[14:14 + core.ICMP_QUOTE_MAX]
+
+
+def test_time_exceeded_for_lb_traffic_goes_back_through_conntrack():
+    vpc, _ = make()
+    data = _frame(CLIENT1, GW_NET, "203.0.113.10", "192.168.0.10", payload=b"")
+    [out] = vpc.time_exceeded("vpc0", 3, data, reg0=1)
+    [a] = out.actions
+    assert isinstance(a, ofpp.NXActionCT) and a.zone_ofs_nbits == core.CT_ZONE_DNAT
+    assert a.recirc_table == core.T_NEXTHOP
+    # A short packet is quoted whole.
+    c = packet.Packet(out.data).get_protocol(icmp.icmp)
+    assert c.data.data == data[14:]
+
+
+def test_no_icmp_error_about_an_icmp_error():
+    vpc, _ = make()
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst=GW_NET, src=CLIENT1, ethertype=0x0800))
+    p.add_protocol(ipv4.ipv4(src="203.0.113.10", dst="192.168.0.10", proto=1, ttl=1))
+    p.add_protocol(icmp.icmp(type_=icmp.ICMP_DEST_UNREACH, code=3,
+                             data=icmp.dest_unreach(data=b"\x45" + b"\0" * 27)))
+    p.serialize()
+    assert vpc.time_exceeded("vpc0", 3, bytes(p.data)) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The NXAction padding fix
+# ----------------------------------------------------------------------------------------------
+
+def _bucket_bytes(nat_cls, ct_cls):
+    nat = nat_cls(flags=core.NX_NAT_F_DST, range_ipv4_min="192.168.0.10", range_proto_min=30080)
+    ctact = ct_cls(flags=nicira_ext.NX_CT_F_COMMIT, zone_src="", zone_ofs_nbits=core.CT_ZONE_DNAT,
+                   recirc_table=core.T_ROUTE, alg=0, actions=[nat])
+    gm = core.select_group(ofp.OFPGC_ADD, 1, [[ctact], [ctact]])
+    gm.serialize()
+    return bytes(gm.buf)
+
+
+def test_padded_nat_in_ct_in_bucket_serializes_to_whole_8_byte_units():
+    buf = _bucket_bytes(core.NXActionNATPadded, core.NXActionCTPadded)
+    (msg_len,) = struct.unpack_from("!H", buf, 2)
+    assert msg_len == len(buf) and len(buf) % 8 == 0
+    offset = 16                                              # ofp_header + ofp_group_mod
+    for _ in range(2):
+        (bucket_len,) = struct.unpack_from("!H", buf, offset)
+        ct_off = offset + 16
+        ct_type, ct_len = struct.unpack_from("!HH", buf, ct_off)
+        nat_off = ct_off + 24
+        nat_type, nat_len = struct.unpack_from("!HH", buf, nat_off)
+        assert (ct_type, nat_type) == (0xffff, 0xffff)
+        assert nat_len == 24 and ct_len == 48 and bucket_len == 16 + 48
+        # NAT body: 10 header + 6 (pad, flags, range_present) + 4 ip + 2 port = 22, then 2 zeros.
+        assert buf[nat_off + 22:nat_off + 24] == b"\0\0"
+        offset += bucket_len
+    assert offset == len(buf)
+
+
+def test_unpadded_os_ken_actions_are_short_which_is_what_ovs_rejects():
+    buf = _bucket_bytes(ofpp.NXActionNAT, ofpp.NXActionCT)
+    (msg_len,) = struct.unpack_from("!H", buf, 2)
+    (bucket_len,) = struct.unpack_from("!H", buf, 16)
+    assert 16 + 2 * bucket_len != msg_len                   # buckets claim more than is there
+
+
+def test_core_buckets_use_the_padded_classes():
+    vpc, _ = make()
+    gm = vpc._lb_group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
+    gm.serialize()
+    assert struct.unpack_from("!H", gm.buf, 2)[0] == len(gm.buf)
+
+
+def test_every_message_of_a_full_program_serializes_consistently():
+    vpc, _ = make(preserve=False)
+    for sw in PORTS:
+        for m in vpc.program_switch(sw, PORTS[sw]):
+            m.serialize()
+            assert struct.unpack_from("!H", m.buf, 2)[0] == len(m.buf), m
+
+
+# ----------------------------------------------------------------------------------------------
+# Health, cookies, config errors
+# ----------------------------------------------------------------------------------------------
+
+def test_health_thresholds():
+    hc = core.HealthCheck(healthy_threshold=3, unhealthy_threshold=2)
+    h = core.Health()
+    assert [core.observe(h, True, hc) for _ in range(3)] == [False, False, True]
+    assert h.state == "healthy"
+    assert [core.observe(h, ok, hc) for ok in (False, True, False, False)] == [
+        False, False, False, True]
+    assert h.state == "unhealthy" and not h.in_service
+
+
+def test_cookie_top_byte_is_the_kind_and_flows_carry_it():
+    vpc, fab = make("container-native")
+    kinds = {f[4] >> 56 for sw in fab.sw.values() for f in sw.flows}
+    assert kinds == {core.COOKIE_BASE, core.COOKIE_GATEWAY, core.COOKIE_HOST, core.COOKIE_POD,
+                     core.COOKIE_LB, core.COOKIE_BACKEND}
+    pod_cookie = core.cookie(core.COOKIE_POD, "web-0")
+    assert {f[0] for f in fab.sw["vpc1"].flows if f[4] == pod_cookie} == {core.T_ARP,
+                                                                          core.T_NEXTHOP}
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (("mode",), "overlay", "mode: 'overlay' is not one of"),
+    (("hosts", 0, "ip"), "192.168.5.10", "hosts[0].ip: 192.168.5.10 is outside subnet az-a"),
+    (("load_balancers", 0, "vip"), "x", "load_balancers[0].vip: 'x' is not an IPv4"),
+    (("subnets", 0, "gateway_mac"), "zz", "subnets[0].gateway_mac"),
+    (("load_balancers", 0, "backends", 0, "port"), 0, "backends[0].port: 0 is not a port"),
+])
+def test_config_errors_say_where(path, value, message):
+    d = fabric_dict()
+    target = d
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(core.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        core.parse_fabric(d)
+
+
+def test_pod_routes_are_refused_in_nodeport_mode():
+    d = fabric_dict()
+    d["pod_routes"] = [{"pod": "p", "ip": "10.244.0.5", "node": "node1"}]
+    with pytest.raises(core.ConfigError, match="unknown to the VPC in nodeport mode"):
+        core.parse_fabric(d)
+
+
+def test_switch_identified_by_dpid_or_local_port_name():
+    vpc, _ = make()
+    assert core.identify_switch(vpc.fabric, 3, []).name == "vpc2"
+    assert core.identify_switch(vpc.fabric, 99, ["vpc1", "vpc1-up"]).name == "vpc1"
+    assert core.identify_switch(vpc.fabric, 99, ["other"]) is None
