@@ -80,8 +80,35 @@ def build_parser() -> Parser:
     u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
                    "exit non-zero if anything expected failed")
     u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
+    u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
+                   "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")
+    u.add_argument("--owner", action="store_true", help=argparse.SUPPRESS)
+    u.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     u.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("status", help="what is running: nodes, pods, services, the LB's backends")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    e = sub.add_parser("exec", help="run a command in a node, pod or client: cnlb exec NAME -- CMD...")
+    e.add_argument("name", metavar="NAME")
+    e.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    e.set_defaults(func=cmd_exec)
+
+    dn = sub.add_parser("down", help="tear the running cluster down")
+    dn.set_defaults(func=cmd_down)
+
+    pod = sub.add_parser("pod", help="pod lifecycle on a running cluster: add, remove, fail")
+    pod.add_argument("action", choices=("add", "remove", "fail"))
+    pod.add_argument("name", metavar="NAME", help="a pod (remove, fail) or a deployment (add)")
+    pod.add_argument("--node", help="add: the node to place the pod on")
+    pod.set_defaults(func=cmd_pod)
+
+    node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
+    node.add_argument("action", choices=("fail",))
+    node.add_argument("name", metavar="NAME")
+    node.set_defaults(func=cmd_node)
 
     c = sub.add_parser("clean", help="remove everything a crashed run left behind")
     c.set_defaults(func=cmd_clean)
@@ -155,6 +182,19 @@ def cmd_up(args) -> int:
     from .spec import load_topology
     topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
     say = _progress(args.quiet)
+    if args.owner:
+        from .detached import run_owner
+        if args.ready_fd is None:
+            raise UsageError("cnlb up --owner is internal: it needs --ready-fd")
+        return run_owner(Cluster(topo), args.ready_fd)
+    if args.detach:
+        if args.check or args.cli:
+            raise UsageError("cnlb up: --detach does not go with --check or --cli — "
+                             "use `cnlb exec` and `cnlb status` on the detached cluster")
+        from .detached import start_detached
+        status = start_detached(topo.file, topo.mode, say)
+        _print_next_steps(status)
+        return 0
     cluster = Cluster(topo, progress=say)
     status = 0
     with cluster:
@@ -187,6 +227,91 @@ def _hold(cluster, say) -> None:
         if not cluster.controller.alive():
             say("the VPC controller died; its log ends with:\n" + cluster.controller.log_tail())
             raise EnvironmentProblem("the VPC controller died; the cluster was torn down")
+
+
+def _print_next_steps(status: dict) -> None:
+    vip = next((lb["vip"] for lb in status["load_balancers"]), None)
+    client = status["clients"][0] if status["clients"] else None
+    pod = status["pods"][0] if status["pods"] else None
+    svc = status["services"][0] if status["services"] else None
+    print(f"cluster {status['cluster']} is up ({status['mode']}), owner pid {status['owner']['pid']}")
+    print("next:")
+    print("  cnlb status")
+    if vip and client:
+        print(f"  cnlb exec {client} -- curl -s http://{vip}/")
+    if pod and svc:
+        print(f"  cnlb exec {pod['name']} -- curl -s http://{svc['cluster_ip']}:{svc['port']}/")
+        print(f"  cnlb pod remove {pod['name']}")
+    print("  cnlb down")
+
+
+def cmd_status(args) -> int:
+    from .detached import read_status, request
+    try:
+        status = request("status")
+    except EnvironmentProblem:
+        status = read_status()
+        status["owner"]["alive"] = False
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"cluster {status['cluster']} ({status['mode']}) from {status['file']}")
+    print(f"owner pid {status['owner']['pid']} {'alive' if status['owner']['alive'] else 'DEAD'}; "
+          f"controller pid {status['controller']['pid']} "
+          f"{'alive' if status['controller']['alive'] else 'DEAD'} ({status['controller']['rest']})")
+    print("nodes:")
+    for n in status["nodes"]:
+        print(f"  {n['name']:<10} {n['ip']:<15} {n['subnet']:<8} {'FAILED' if n['failed'] else 'ready'}")
+    print("pods:")
+    for p in status["pods"]:
+        print(f"  {p['name']:<12} {p['node']:<10} {p['ip']:<15} {'healthy' if p['healthy'] else 'NOT healthy'}")
+    print("services:")
+    for s in status["services"]:
+        np_ = f" nodePort {s['node_port']}" if s["node_port"] else ""
+        print(f"  {s['name']:<10} {s['type']:<13} {s['cluster_ip']}:{s['port']}{np_} "
+              f"externalTrafficPolicy={s['external_traffic_policy']}")
+    for lb in status["load_balancers"]:
+        print(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} ({lb['targets']} targets):")
+        backends = lb["backends"] if isinstance(lb["backends"], list) else []
+        for b in backends:
+            state = "in service" if b.get("in_service") else b.get("state", "out of service")
+            print(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    from .detached import host_pid
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("cnlb exec: no command — write `cnlb exec NAME -- COMMAND ...`")
+    pid = host_pid(args.name)
+    sys.stdout.flush()
+    os.execvp("mnexec", ["mnexec", "-a", str(pid), *command])
+
+
+def cmd_down(args) -> int:
+    from .detached import down
+    removed = down(lambda m: print(m, file=sys.stderr))
+    print("cluster removed" if removed else "no cluster is running")
+    return 0
+
+
+def cmd_pod(args) -> int:
+    from .detached import request
+    if args.action == "add":
+        result = request("add-pod", deployment=args.name, node=args.node)
+    else:
+        if args.node:
+            raise UsageError(f"cnlb pod {args.action}: --node only goes with add")
+        result = request(f"{args.action}-pod", pod=args.name)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_node(args) -> int:
+    from .detached import request
+    print(json.dumps(request("fail-node", node=args.name)))
+    return 0
 
 
 def cmd_clean(args) -> int:

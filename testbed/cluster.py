@@ -97,6 +97,10 @@ class Cluster:
         self.journal: Optional[Journal] = None
         self.lock = Lock()
         self.pod_servers: dict = {}
+        self.failed_pods: set = set()
+        self.removed_pods: set = set()
+        self.failed_nodes: set = set()
+        self.kube_proxy = None
         self.timings: dict = {}
         self.offloads_off = False
         self._stopped = False
@@ -256,6 +260,44 @@ class Cluster:
 
     def _start_workloads(self) -> None:
         self.start_pod_servers(self.plan.pods)
+        self.sync_kube_proxy()
+        self.wait_lb_ready()
+
+    def wait_lb_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the cloud LB has every backend that should serve in service (health
+        checks need healthy_threshold good answers before a backend takes traffic)."""
+        deadline = time.time() + timeout
+        for lb in self.plan.load_balancers:
+            want = self.expected_in_service(lb.service)
+            while True:
+                rows = self.controller.api("GET", f"/v1/lbs/{lb.service}/backends")
+                serving = {r["name"] for r in rows if r.get("in_service")}
+                if want <= serving:
+                    break
+                if time.time() > deadline:
+                    raise EnvironmentProblem(
+                        f"load balancer {lb.service}: backends {sorted(want - serving)} not healthy "
+                        f"after {timeout:.0f}s; controller log ends with:\n" + self.controller.log_tail())
+                time.sleep(0.2)
+
+    def expected_in_service(self, service: str) -> set:
+        """Backends a healthy LB serves from: every pod (ip targets), every node (instance
+        targets, Cluster), or only nodes with a local endpoint (instance targets, Local)."""
+        svc = next(s for s in self.plan.services if s.name == service)
+        live = [p for p in self.plan.pods if p.name in svc.endpoints
+                and p.name not in self.failed_pods | self.removed_pods]
+        if self.plan.mode == "container-native":
+            return {p.name for p in live}
+        if svc.external_traffic_policy == "Local":
+            return {p.node for p in live} - self.failed_nodes
+        return {n.name for n in self.plan.nodes} - self.failed_nodes
+
+    def sync_kube_proxy(self) -> None:
+        """Render and apply kube-proxy's rules on every node (wired in proxy.py)."""
+        from .proxy import KubeProxy
+        if self.kube_proxy is None:
+            self.kube_proxy = KubeProxy(self)
+        self.kube_proxy.sync_all()
 
     # -- workloads -------------------------------------------------------------------------
     def start_pod_servers(self, pods) -> None:
@@ -278,6 +320,111 @@ class Cluster:
                 raise EnvironmentProblem(f"pod {name}'s server did not start (exit {self.pod_servers[name].poll()})")
             if time.time() > deadline:
                 raise EnvironmentProblem("pod servers took longer than 30 s to start")
+
+    # -- pod lifecycle (what the Kubernetes control plane would do) --------------------------
+    def add_pod(self, deployment: str, node: Optional[str] = None) -> str:
+        """Schedule a new pod of a deployment (on the node with fewest pods unless given):
+        namespace, veth, address, server; then endpoints everywhere (kube-proxy on every node,
+        and in container-native mode the VPC route and the LB's ip target)."""
+        from .plan import allocate_pod, with_pod
+        template = next((p for p in self.plan.pods if p.deployment == deployment), None)
+        if template is None:
+            raise KeyError(f"no deployment named {deployment}")
+        healthy = [n.name for n in self.plan.nodes if n.name not in self.failed_nodes]
+        if node is None:
+            live = self.live_pods()
+            node = min(healthy, key=lambda n: sum(1 for p in self.plan.pods if p.node == n and p.name in live))
+        elif node not in healthy:
+            raise KeyError(f"no healthy node named {node}")
+        if self.plan.mode == "container-native":
+            on_node = sum(1 for p in self.plan.pods if p.node == node and p.name in self.live_pods())
+            if on_node >= self.topo.vpc.max_pods_per_node:
+                raise ValueError(f"node {node} has no free ENI address slot (maxPodsPerNode="
+                                 f"{self.topo.vpc.max_pods_per_node})")
+        pod = allocate_pod(self.plan, deployment, node, template.port)
+        self._add_host(pod.name)
+        self.net.addLink(self.net.get(node), self.net.get(pod.name), intfName1=pod.veth,
+                         intfName2="eth0", addr1=pod.veth_mac, addr2=pod.mac)
+        with_pod(self.plan, pod)
+        self.run_script(pod.name, cni.pod_setup(self.plan, pod))
+        self.run_script(node, cni.pod_on_node(self.plan, pod))
+        self.start_pod_servers([pod])
+        self._endpoints_changed()
+        if self.plan.mode == "container-native":
+            self.controller.api("POST", "/v1/pods", {"pod": pod.name, "ip": pod.ip, "node": node})
+            for lb in self._lbs_selecting(pod.deployment):
+                self.controller.api("POST", f"/v1/lbs/{lb}/backends",
+                                    {"name": pod.name, "ip": pod.ip, "port": pod.port})
+        return pod.name
+
+    def remove_pod(self, name: str) -> None:
+        """Delete a pod the way Kubernetes does: endpoints go first (kube-proxy everywhere; the
+        LB target and VPC route in container-native mode), then the pod and its namespace."""
+        pod = self._pod(name)
+        self.removed_pods.add(name)
+        self.failed_pods.discard(name)
+        if self.plan.mode == "container-native":
+            for lb in self._lbs_selecting(pod.deployment):
+                self._api_quiet("DELETE", f"/v1/lbs/{lb}/backends/{pod.ip}/{pod.port}")
+            self._api_quiet("DELETE", f"/v1/pods/{pod.name}")
+        self._endpoints_changed()
+        self._kill_server(name)
+        if pod.node not in self.failed_nodes:
+            self.run_script(pod.node, cni.pod_teardown_on_node(self.plan, pod))
+        host = self.net.get(name)
+        os.kill(host.pid, 9)   # the pod's namespace, and its veth pair, go with its shell
+
+    def fail_pod(self, name: str) -> None:
+        """A pod's server crashes. Nothing else changes: the LB's health checks notice it in
+        container-native mode; kube-proxy keeps sending to it until the endpoint is removed
+        (as Kubernetes does until the readiness probe fails)."""
+        self._pod(name)
+        self._kill_server(name)
+        self.failed_pods.add(name)
+
+    def fail_node(self, name: str) -> list:
+        """A node dies: its link goes down and its pods with it; the pods are rescheduled on
+        the remaining nodes (Kubernetes evicts and recreates them). Returns the new pods."""
+        if name not in {n.name for n in self.plan.nodes} or name in self.failed_nodes:
+            raise KeyError(f"no healthy node named {name}")
+        if len(self.failed_nodes) + 1 >= len(self.plan.nodes):
+            raise ValueError("cannot fail the last healthy node")
+        self.run_script(name, ["ip link set eth0 down"])
+        self.failed_nodes.add(name)
+        lost = [p for p in self.plan.pods if p.node == name and p.name in self.live_pods()]
+        for pod in lost:
+            self._kill_server(pod.name)
+            self.remove_pod(pod.name)
+        return [self.add_pod(pod.deployment) for pod in lost]
+
+    def live_pods(self) -> set:
+        return {p.name for p in self.plan.pods} - self.failed_pods - self.removed_pods
+
+    def _pod(self, name: str):
+        pod = next((p for p in self.plan.pods if p.name == name), None)
+        if pod is None or name in self.removed_pods:
+            raise KeyError(f"no pod named {name}")
+        return pod
+
+    def _lbs_selecting(self, deployment: str) -> list:
+        return [lb.service for lb in self.plan.load_balancers
+                if next(s for s in self.plan.services if s.name == lb.service).selector == deployment]
+
+    def _endpoints_changed(self) -> None:
+        if self.kube_proxy is not None:
+            self.kube_proxy.sync_all()
+
+    def _kill_server(self, name: str) -> None:
+        proc = self.pod_servers.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+    def _api_quiet(self, method: str, path: str) -> None:
+        try:
+            self.controller.api(method, path)
+        except Exception:   # already gone (404) is fine: the goal is "not there"
+            pass
 
     # -- running commands ------------------------------------------------------------------
     def host(self, name: str):
@@ -314,13 +461,8 @@ class Cluster:
         return self.exec(host, ["sh", "-c", command], timeout)
 
     def _write_status(self) -> None:
-        status = {"cluster": self.topo.name, "mode": self.plan.mode, "file": self.topo.file,
-                  "pid": os.getpid(), "rest_port": self.controller.rest_port,
-                  "ofp_port": self.controller.ofp_port, "timings": self.timings,
-                  "hosts": {h.name: h.pid for h in self.net.hosts},
-                  "plan": self.plan.to_dict()}
-        with open(self.state.file("status.json"), "w") as fh:
-            json.dump(status, fh, indent=1)
+        from .detached import write_status
+        write_status(self)
 
 
 def _port_no(port_name: str) -> int:

@@ -144,6 +144,13 @@ def pod_setup(plan: Plan, pod: PodPlan) -> list[str]:
     return cmds
 
 
+def pod_on_node(plan: Plan, pod: PodPlan) -> list[str]:
+    """The node's half of one pod added while the cluster runs."""
+    if plan.mode == "nodeport":
+        return [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up"]
+    return _native_node(plan.node(pod.node), [pod])
+
+
 def pod_teardown_on_node(plan: Plan, pod: PodPlan) -> list[str]:
     """What a node must forget when one of its pods goes away (container-native /32 route)."""
     if plan.mode == "nodeport":

@@ -34,7 +34,13 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         field = f" {self.path}:" if self.path else ""
-        return f"{where}:{field} {self.what} — {self.fix}"
+        return _one_line(f"{where}:{field} {self.what} — {self.fix}")
+
+
+def _one_line(text: str) -> str:
+    """Control characters from a user's file (a key with a newline...) are shown escaped, so
+    every problem stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class InputError(Exception):

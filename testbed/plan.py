@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from .spec import (INTERNET_CIDR, LB_CIDR, NODE_HOST_OFFSET, POD_HOST_OFFSET, Topology,
@@ -120,6 +120,7 @@ class ServicePlan:
     session_affinity: str
     session_affinity_timeout: int
     vip: Optional[str]
+    selector: str            # the deployment whose pods are the endpoints
     endpoints: tuple         # pod names, in pod order
     protocol: str = "TCP"
 
@@ -267,7 +268,7 @@ def build_plan(topo: Topology) -> Plan:
         endpoints = tuple(p.name for p in plan.pods if p.deployment == svc.selector)
         sp = ServicePlan(svc.name, svc.type, str(cluster_ip), svc.port, svc.target_port, node_port,
                          hc_port, svc.external_traffic_policy, svc.session_affinity,
-                         svc.session_affinity_timeout, vip, endpoints, svc.protocol)
+                         svc.session_affinity_timeout, vip, svc.selector, endpoints, svc.protocol)
         plan.services.append(sp)
         if vip:
             plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, mode,
@@ -292,3 +293,37 @@ def _first_n(it, n):
         if i >= n:
             return
         yield item
+
+
+def allocate_pod(plan: Plan, deployment: str, node: str, port: int) -> PodPlan:
+    """A new pod of a deployment on a node, with the next free name, index and address (the
+    lowest free slot in the node's range, or in the node subnet's ENI pool)."""
+    taken_names = {p.name for p in plan.pods}
+    k = 0
+    while f"{deployment}-{k}" in taken_names:
+        k += 1
+    name = f"{deployment}-{k}"
+    index = max((p.index for p in plan.pods), default=0) + 1
+    used = {ipaddress.IPv4Address(p.ip) for p in plan.pods}
+    n = plan.node(node)
+    if plan.mode == "nodeport":
+        net = ipaddress.IPv4Network(n.pod_cidr)
+        candidates = (net.network_address + 2 + i for i in range(net.num_addresses - 3))
+        prefix, gw = net.prefixlen, n.cni0_ip
+    else:
+        net = ipaddress.IPv4Network(next(g.cidr for g in plan.gateways if g.subnet == n.subnet))
+        candidates = (net.network_address + POD_HOST_OFFSET + i
+                      for i in range(net.num_addresses - 1 - POD_HOST_OFFSET))
+        prefix, gw = 32, str(VETH_GATEWAY)
+    ip = next((c for c in candidates if c not in used), None)
+    if ip is None:
+        raise ValueError(f"no free pod address left for node {node}")
+    return PodPlan(name, index, deployment, node, str(ip), prefix, gw, mac(0x02, index),
+                   veth_name(name), mac(0x05, index), port)
+
+
+def with_pod(plan: Plan, pod: PodPlan) -> None:
+    """Add a pod to the plan and to the endpoints of the services that select its deployment."""
+    plan.pods.append(pod)
+    plan.services[:] = [replace(s, endpoints=s.endpoints + (pod.name,)) if s.selector == pod.deployment
+                        else s for s in plan.services]

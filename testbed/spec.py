@@ -268,7 +268,7 @@ def _nodes(r: Reader, vpc: Vpc) -> tuple[Node, ...]:
     raw = r.mapping(("nodes",), None, what="node name: {subnet: ...}")
     subnet_names = [s.name for s in vpc.subnets]
     nodes = []
-    if isinstance(r.value(("nodes",)), dict) and not raw:
+    if r.value(("nodes",)) in (None, {}) or (isinstance(r.value(("nodes",)), dict) and not raw):
         r.problem(("nodes",), "no nodes", "add at least one node, e.g. 'node1: {subnet: az-a}'")
     if len(raw) > MAX_NODES:
         r.problem(("nodes",), f"{len(raw)} nodes is more than the {MAX_NODES} supported",
