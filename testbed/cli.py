@@ -110,6 +110,21 @@ def build_parser() -> Parser:
     node.add_argument("name", metavar="NAME")
     node.set_defaults(func=cmd_node)
 
+    rn = sub.add_parser("run", help="run an experiment: every variant, repetition and workload")
+    rn.add_argument("experiment", metavar="EXPERIMENT")
+    rn.add_argument("--topology", metavar="FILE", help="use this topology instead of the file's")
+    rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
+    rn.add_argument("--quiet", action="store_true", help="no progress lines")
+    rn.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="write a one-page report (Markdown and HTML) of a run")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.set_defaults(func=cmd_report)
+
     c = sub.add_parser("clean", help="remove everything a crashed run left behind")
     c.set_defaults(func=cmd_clean)
 
@@ -132,9 +147,24 @@ def _netem():
     return machine.netem_available()
 
 
+def _is_experiment(path: str) -> bool:
+    """Experiment files have variants/workloads; everything else is read as a topology."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(line.split(":")[0].strip() in ("variants", "workloads", "kind")
+               for line in head.splitlines() if not line.startswith((" ", "\t", "#")))
+
+
 def cmd_validate(args) -> int:
+    from .experiment import validate_files as validate_experiments
     from .spec import validate_files
-    problems = validate_files(args.files, mode=args.mode, netem=_netem())
+    experiments = [f for f in args.files if _is_experiment(f)]
+    topologies = [f for f in args.files if f not in experiments]
+    problems = validate_files(topologies, mode=args.mode, netem=_netem()) if topologies else []
+    problems += validate_experiments(experiments) if experiments else []
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -312,6 +342,53 @@ def cmd_node(args) -> int:
     from .detached import request
     print(json.dumps(request("fail-node", node=args.name)))
     return 0
+
+
+def cmd_run(args) -> int:
+    from . import machine
+    from .experiment import load_resolved
+    from .plots import plot_run, written
+    from .report import write_report
+    from .results import RunWriter, new_run_dir
+    from .runner import Runner, environment
+    resolved = load_resolved(args.experiment, args.topology, netem=machine.netem_available())
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if args.out:
+        if os.path.exists(os.path.join(args.out, "meta.json")):
+            raise UsageError(f"cnlb run: --out {args.out} already holds a run — give a new directory")
+        out = args.out
+    else:
+        out = new_run_dir(os.path.join(repo, "results"), resolved.experiment.name)
+    say = _progress(args.quiet)
+    say(f"results go to {out}")
+    with RunWriter(out, resolved=resolved, environment=environment()) as writer:
+        Runner(resolved, writer, say).run()
+    say("drawing figures ...")
+    figures = written(plot_run(out))
+    report = write_report(out)
+    print(f"{len(figures)} figures in {os.path.join(out, 'figures')}")
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_run
+    _need_run_dir(args.run_dir)
+    for line in plot_run(args.run_dir):
+        print(line)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    _need_run_dir(args.run_dir)
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _need_run_dir(path: str) -> None:
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+        raise UsageError(f"{path}: not a run directory (no meta.json) — give results/<run-id> or results/latest")
 
 
 def cmd_clean(args) -> int:

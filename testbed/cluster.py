@@ -136,11 +136,26 @@ class Cluster:
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}
+        self._reap()
         if self.journal:
             self.journal.close()
         self.lock.release()
         self.timings["stop_s"] = round(time.time() - t0, 3)
         return removed
+
+    def _reap(self) -> None:
+        """Collect the exit status of our child processes (clean() killed them), so no zombies
+        stay behind while a long-lived caller (a test session, a notebook) goes on."""
+        procs = list(self.pod_servers.values())
+        if self.kube_proxy is not None:
+            procs += list(self.kube_proxy.health_servers.values())
+        if self.net is not None:
+            procs += [n.shell for n in self.net.hosts + self.net.switches if getattr(n, "shell", None)]
+        for proc in procs:
+            try:
+                proc.wait(timeout=2)
+            except Exception:
+                pass
 
     def __enter__(self):
         return self.start()
@@ -243,14 +258,26 @@ class Cluster:
             for cmd in cni.shaping(att.port, links.bw, links.delay_ms, links.loss_pct):
                 subprocess.run(cmd.split(), capture_output=True, check=True)
 
-    def _start_controller(self) -> None:
+    def _start_controller(self, ofp_port: Optional[int] = None, rest_port: Optional[int] = None) -> None:
         lb_pid = self.net.get(LB_HOST).pid
-        fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_pid)
+        fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_pid,
+                               gone=frozenset(self.removed_pods))
         path = self.state.file("fabric.json")
         with open(path, "w") as fh:
             json.dump(fabric, fh, indent=1)
-        self.controller = ControllerProcess(path, self.state.file("controller.log"))
+        self.controller = ControllerProcess(path, self.state.file("controller.log"), ofp_port, rest_port)
         self.controller.start(on_pid=lambda pid: self.journal.process(pid, "vpc controller"))
+
+    def restart_controller(self, kill: bool = True) -> None:
+        """Replace the VPC controller by a fresh process on the same ports (after it died, or
+        to show the switches are reprogrammed in full); wait until traffic can flow again."""
+        old = self.controller
+        if kill and old.alive():
+            old.proc.kill()
+            old.proc.wait(10)
+        self._start_controller(old.ofp_port, old.rest_port)
+        self.controller.wait_programmed([s.name for s in self.plan.switches])
+        self.wait_lb_ready()
 
     def _start_switches(self) -> None:
         ref = ControllerRef(self.controller.ofp_port)
@@ -373,6 +400,7 @@ class Cluster:
             self.run_script(pod.node, cni.pod_teardown_on_node(self.plan, pod))
         host = self.net.get(name)
         os.kill(host.pid, 9)   # the pod's namespace, and its veth pair, go with its shell
+        host.shell.wait(5)
 
     def fail_pod(self, name: str) -> None:
         """A pod's server crashes. Nothing else changes: the LB's health checks notice it in
@@ -416,8 +444,9 @@ class Cluster:
 
     def _kill_server(self, name: str) -> None:
         proc = self.pod_servers.pop(name, None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
             proc.wait(5)
 
     def _api_quiet(self, method: str, path: str) -> None:

@@ -91,7 +91,7 @@ def _classic_node(plan: Plan, node: NodePlan, pods, offloads_off: bool) -> list[
         f"[ -e /proc/sys/net/bridge ] && {sysctl('net.bridge.bridge-nf-call-iptables', 1)} || true",
     ]
     for pod in pods:
-        cmds += [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up"]
+        cmds += _bridge_port(plan, pod)
     if plan.overlay == "vxlan":
         dev = f"flannel.{plan.vxlan_vni}"
         cmds += [
@@ -116,6 +116,13 @@ def _classic_node(plan: Plan, node: NodePlan, pods, offloads_off: bool) -> list[
             if other.name != node.name:
                 cmds.append(f"ip route add {other.pod_cidr} via {other.ip} dev eth0")
     return cmds
+
+
+def _bridge_port(plan: Plan, pod: PodPlan) -> list[str]:
+    # hairpin: a pod reaching its own Service may be DNATed back to itself, out the port the
+    # packet came in on (the bridge CNI's hairpinMode, which flannel turns on)
+    return [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up",
+            f"bridge link set dev {pod.veth} hairpin on"]
 
 
 def _native_node(node: NodePlan, pods) -> list[str]:
@@ -147,7 +154,7 @@ def pod_setup(plan: Plan, pod: PodPlan) -> list[str]:
 def pod_on_node(plan: Plan, pod: PodPlan) -> list[str]:
     """The node's half of one pod added while the cluster runs."""
     if plan.mode == "nodeport":
-        return [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up"]
+        return _bridge_port(plan, pod)
     return _native_node(plan.node(pod.node), [pod])
 
 

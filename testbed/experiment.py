@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from .errors import InputError, Problem
+from .errors import InputError
 from .fields import Reader, choice, integer, name, text
 from .source import Document, nearest, read_document
 from .spec import MODES, Topology, parse_topology, placement
@@ -277,7 +277,8 @@ def parse_experiment(doc: Document, topology: Optional[str] = None) -> Experimen
         r.problem((), "an experiment must be a mapping of fields",
                   "start with 'name:', 'topology:', 'variants:' (see experiments/README.md)")
         r.raise_if_any()
-    kind = r.get((), "kind", choice(*KINDS), default="compare") or "compare"
+    kind = r.get((), "kind", choice(*KINDS), default="compare",
+                 fix="use compare, scaling or failover") or "compare"
     _check_keys(r, kind)
     default_name = os.path.splitext(os.path.basename(doc.file))[0]
     if not re.fullmatch(r"[a-z]([a-z0-9-]{0,38}[a-z0-9])?", default_name):

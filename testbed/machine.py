@@ -44,6 +44,35 @@ def start_ovs() -> bool:
     return ovs_running()
 
 
+def vswitchd_pid():
+    try:
+        with open("/var/run/openvswitch/ovs-vswitchd.pid") as fh:
+            pid = int(fh.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def restart_vswitchd(timeout: float = 30.0) -> None:
+    """Stop ovs-vswitchd (ports and bridges stay in OVSDB) and start it again: the fault a
+    switch software upgrade or crash causes. Waits for the old process to be gone first, or
+    ovs-ctl would find its pid file and start nothing."""
+    import time
+    old = vswitchd_pid()
+    run(["ovs-appctl", "-t", "ovs-vswitchd", "exit"], timeout=timeout)
+    deadline = time.time() + timeout
+    while old and time.time() < deadline:
+        try:
+            os.kill(old, 0)
+        except OSError:
+            break
+        time.sleep(0.05)
+    run([OVS_CTL, "--no-ovsdb-server", "--no-monitor", "--system-id=random", "start"], timeout=60)
+    if not vswitchd_pid():
+        raise RuntimeError("ovs-vswitchd did not start again")
+
+
 @lru_cache(maxsize=None)
 def kernel_datapath() -> bool:
     """True when the kernel has the openvswitch module (then OVS uses the fast kernel datapath)."""

@@ -123,6 +123,7 @@ class ServicePlan:
     selector: str            # the deployment whose pods are the endpoints
     endpoints: tuple         # pod names, in pod order
     protocol: str = "TCP"
+    health_via: Optional[str] = None   # health-check through this service's port instead
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,8 @@ def build_plan(topo: Topology) -> Plan:
         endpoints = tuple(p.name for p in plan.pods if p.deployment == svc.selector)
         sp = ServicePlan(svc.name, svc.type, str(cluster_ip), svc.port, svc.target_port, node_port,
                          hc_port, svc.external_traffic_policy, svc.session_affinity,
-                         svc.session_affinity_timeout, vip, svc.selector, endpoints, svc.protocol)
+                         svc.session_affinity_timeout, vip, svc.selector, endpoints, svc.protocol,
+                         svc.health_via)
         plan.services.append(sp)
         if vip:
             plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, mode,
@@ -281,10 +283,11 @@ def lb_backends(plan: Plan, svc: ServicePlan) -> list:
     """The cloud LB's targets for a service: every node's NodePort (instance targets) or every
     pod's targetPort (ip targets). With externalTrafficPolicy Local, instance targets are
     health-checked on kube-proxy's healthCheckNodePort, which fails on nodes without a pod."""
+    checked = next((s for s in plan.services if s.name == svc.health_via), svc)
     if plan.mode == "container-native":
-        return [Backend(p.name, p.ip, svc.target_port, svc.target_port, "/healthz")
+        return [Backend(p.name, p.ip, svc.target_port, checked.target_port, "/healthz")
                 for p in plan.pods if p.name in svc.endpoints]
-    hc_port = svc.health_check_node_port or svc.node_port
+    hc_port = svc.health_check_node_port or checked.health_check_node_port or checked.node_port
     return [Backend(n.name, n.ip, svc.node_port, hc_port, "/healthz") for n in plan.nodes]
 
 

@@ -199,6 +199,8 @@ class RunWriter:
         tool versions, cpu count...) — stored as given
     variants: variant name -> the Topology that variant runs (experiment.resolve's output);
         each one's address plan is stored in meta.json for the diagrams
+    service: the LoadBalancer service measured (the diagrams draw its path)
+    resolved: an experiment.Resolved — fills experiment, topology, variants and service at once
     git: the git_revision() dict (None: taken from the repository this package lives in)
     clock: time source (tests)
 
@@ -207,7 +209,13 @@ class RunWriter:
     """
 
     def __init__(self, out_dir: str, experiment=None, topology=None, environment: Optional[dict] = None,
-                 variants: Optional[dict] = None, git: Optional[dict] = None, clock=time.time):
+                 variants: Optional[dict] = None, service: Optional[str] = None, resolved=None,
+                 git: Optional[dict] = None, clock=time.time):
+        if resolved is not None:
+            experiment = experiment if experiment is not None else resolved.experiment
+            topology = topology if topology is not None else resolved.topology
+            variants = variants if variants is not None else resolved.variants
+            service = service if service is not None else resolved.service
         self.dir = out_dir
         self.clock = clock
         self._lock = threading.Lock()
@@ -233,6 +241,7 @@ class RunWriter:
             "finished_unix": None,
             "variants": variant_names,
             "experiment": plain(experiment.to_dict() if hasattr(experiment, "to_dict") else experiment),
+            "service": service,
             "topology": plain(topology),
             "topology_source": _source(topology),
             "plans": _plans(variants),

@@ -101,6 +101,9 @@ class Service:
     health_check_node_port: Optional[int]
     load_balancer_ip: Optional[ipaddress.IPv4Address]
     protocol: str = "TCP"
+    # the cloud LB health-checks this service's targets through another service's port (a
+    # target group's "health check port" override); set by experiments, not by topology files
+    health_via: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -184,10 +184,11 @@ def jain(values: Iterable[float]) -> float:
         raise ValueError("fairness of no values")
     if any(x < 0 for x in xs):
         raise ValueError("fairness of negative values")
-    square_sum = math.fsum(x * x for x in xs)
-    if square_sum == 0:
+    top = max(xs)
+    if top == 0:
         return math.nan
-    return math.fsum(xs) ** 2 / (len(xs) * square_sum)
+    ys = [x / top for x in xs]          # scale-free; keeps tiny or huge counts from under/overflow
+    return math.fsum(ys) ** 2 / (len(ys) * math.fsum(y * y for y in ys))
 
 
 def shares(counts: dict) -> dict:

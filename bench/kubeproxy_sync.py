@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""How long kube-proxy's iptables syncs take, on both iptables backends (needs root).
+
+Everything runs in ONE scratch network namespace, cnlb-bench-<pid>, deleted at the end (also on
+Ctrl-C or SIGTERM); every iptables command runs inside it through `ip netns exec`, so the
+machine's own rules are never read or touched.
+
+For each backend (iptables-legacy-restore, iptables-nft-restore) and each size (1,000 and
+10,000 services x 5 endpoints, cluster IPs in 10.96.0.0/12, endpoints in 10.244.0.0/16, every
+fifth service also a NodePort):
+
+- full sync: render everything with testbed.kubeproxy.render() and apply it (the jump rules
+  checked, then one iptables-restore --noflush) into empty tables; median of 3;
+- full resync: the same into the already-populated tables (upstream does this periodically);
+- one-endpoint change: one endpoint of one service replaced, rendered with render_partial()
+  and applied without the jump-rule checks, as upstream's partial sync; 3 changes, median;
+- checks: after every apply, `iptables-save -t nat` must list exactly the expected KUBE-SEP
+  chains; after the partial changes, the whole nat+filter state must equal a full render of
+  the final services applied to empty tables.
+
+Before that, a small example (Cluster and Local policy, ClientIP affinity, a service without
+endpoints) goes through several partial transitions on the real tools, each compared with a
+full render: the same check the unit tests make on a model of iptables.
+
+Writes bench/results/kubeproxy_sync.json (raw timings and metadata) and prints a Markdown table.
+
+    sudo .venv/bin/python bench/kubeproxy_sync.py [--sizes 1000 10000] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from testbed import kubeproxy as kp  # noqa: E402
+from testbed.kubeproxy import Endpoint, NodeContext, ServicePort  # noqa: E402
+
+NS = f"cnlb-bench-{os.getpid()}"
+BACKENDS = ("legacy", "nft")
+NODE = NodeContext("node1", "192.168.0.11", "10.244.0.0/16")
+NODES = ("node1", "node2", "node3")
+TARGET_FULL_S = 3.0  # 10,000 x 5 full sync
+TARGET_CHANGE_S = 0.1  # one-endpoint change
+OUT = ROOT / "bench" / "results" / "kubeproxy_sync.json"
+
+
+# --- running commands: only `ip netns add/del` outside the scratch namespace ----------------------
+
+
+def ns_run(argv: list, stdin: bytes | None = None) -> tuple[int, str]:
+    """testbed.kubeproxy's runner: every command inside the scratch namespace."""
+    proc = subprocess.run(["ip", "netns", "exec", NS, *argv], input=stdin, capture_output=True)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+def ns_output(argv: list) -> str:
+    proc = subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, check=True)
+    return proc.stdout.decode()
+
+
+def clean(backend: str) -> None:
+    """Empty the filter and nat tables of this backend, in the scratch namespace only."""
+    kp.apply(ns_run, "*filter\nCOMMIT\n*nat\nCOMMIT\n", backend, noflush=False,
+             ensure_jumps=False)
+
+
+def save_state(backend: str) -> dict:
+    """table -> chain -> rules, from iptables-save (counters and comments lines dropped)."""
+    text = ns_output([f"iptables-{backend}-save", "-t", "filter"])
+    text += ns_output([f"iptables-{backend}-save", "-t", "nat"])
+    state: dict = {}
+    table = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = state.setdefault(line[1:], {})
+        elif line.startswith(":"):
+            table.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            table.setdefault(chain, []).append(line)
+    return state
+
+
+def sep_chains(backend: str) -> set:
+    save = ns_output([f"iptables-{backend}-save", "-t", "nat"])
+    return {c for c in kp.nat_chains_in_save(save) if c.startswith(kp.SEP_PREFIX)}
+
+
+# --- synthetic services ---------------------------------------------------------------------------
+
+
+def synthetic(n: int, per: int = 5) -> list:
+    cluster_base = int(ipaddress.IPv4Address("10.96.0.0"))
+    pod_base = int(ipaddress.IPv4Address("10.244.0.0"))
+    services = []
+    for i in range(n):
+        eps = tuple(
+            Endpoint(str(ipaddress.IPv4Address(pod_base + 1 + i * per + j)), 8080,
+                     NODES[(i + j) % len(NODES)])
+            for j in range(per)
+        )
+        services.append(ServicePort(
+            "bench", f"svc-{i:05d}", "http", "TCP",
+            str(ipaddress.IPv4Address(cluster_base + 1 + i)), 80, 8080,
+            node_port=30000 + i // 5 if i % 5 == 0 else None, endpoints=eps,
+        ))
+    return services
+
+
+def replace(svc: ServicePort, **changes) -> ServicePort:
+    fields = {f: getattr(svc, f) for f in ServicePort.__dataclass_fields__}
+    return ServicePort(**{**fields, **changes})
+
+
+def change_one_endpoint(services: list, rep: int) -> list:
+    """Move the last endpoint of one service (a different one each rep) to a fresh address."""
+    k = (len(services) // 2 + 7919 * rep) % len(services)
+    svc = services[k]
+    moved = replace(svc, endpoints=svc.endpoints[:-1] + (Endpoint(f"10.244.250.{rep + 1}", 8080,
+                                                                  "node2"),))
+    return services[:k] + [moved] + services[k + 1:]
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def timed_apply(backend: str, text_fn, ensure_jumps: bool) -> dict:
+    t0 = time.perf_counter()
+    text = text_fn()
+    t1 = time.perf_counter()
+    kp.apply(ns_run, text, backend, ensure_jumps=ensure_jumps)
+    t2 = time.perf_counter()
+    return {"render_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0,
+            "restore_bytes": len(text.encode()), "restore_lines": text.count("\n")}
+
+
+def collect(samples: list) -> dict:
+    keys = samples[0].keys()
+    return {k: [s[k] for s in samples] for k in keys}
+
+
+def median(values: list) -> float:
+    return statistics.median(values)
+
+
+def bench_size(backend: str, n: int, reps: int) -> dict:
+    services = synthetic(n)
+    expected = kp.endpoint_chains(services, NODE)
+    checks = []
+
+    full = []
+    for _ in range(reps):
+        clean(backend)
+        full.append(timed_apply(backend, lambda: kp.render(services, NODE), ensure_jumps=True))
+        checks.append(sep_chains(backend) == expected)
+
+    warm = []
+    for _ in range(reps):
+        warm.append(timed_apply(backend, lambda: kp.render(services, NODE), ensure_jumps=True))
+        checks.append(sep_chains(backend) == expected)
+
+    partial, current = [], services
+    for rep in range(reps):
+        new = change_one_endpoint(current, rep)
+        old = current
+        partial.append(timed_apply(backend, lambda: kp.render_partial(old, new, NODE),
+                                   ensure_jumps=False))
+        checks.append(sep_chains(backend) == kp.endpoint_chains(new, NODE))
+        current = new
+
+    after_partial = save_state(backend)
+    clean(backend)
+    kp.apply(ns_run, kp.render(current, NODE), backend)
+    equal = after_partial == save_state(backend)
+    nat = after_partial.get("nat", {})
+    return {
+        "backend": backend, "services": n, "endpoints_per_service": 5,
+        "nat_rules": sum(len(r) for r in nat.values()),
+        "nat_chains": len(nat),
+        "filter_rules": sum(len(r) for r in after_partial.get("filter", {}).values()),
+        "full_sync_empty_tables": collect(full),
+        "full_resync_populated": collect(warm),
+        "one_endpoint_change": collect(partial),
+        "sep_chains_verified": all(checks),
+        "partial_state_equals_full": equal,
+    }
+
+
+def small_example() -> list:
+    web = ServicePort("default", "web", "http", "TCP", "10.96.0.10", 80, 8080, node_port=30080,
+                      load_balancer_ips=("198.51.100.10",), endpoints=(
+                          Endpoint("10.244.1.2", 8080, "node1"),
+                          Endpoint("10.244.2.2", 8080, "node2"),
+                          Endpoint("10.244.1.3", 8080, "node1")))
+    api = ServicePort("default", "api", "http", "TCP", "10.96.0.20", 80, 8080, node_port=30081,
+                      load_balancer_ips=("198.51.100.11",), external_traffic_policy="Local",
+                      session_affinity_seconds=10800, health_check_node_port=32000, endpoints=(
+                          Endpoint("10.244.2.4", 8080, "node2"),
+                          Endpoint("10.244.1.4", 8080, "node1"),
+                          Endpoint("10.244.2.3", 8080, "node2")))
+    empty = ServicePort("default", "empty", "", "UDP", "10.96.0.30", 53, 53, node_port=30053)
+    return [web, api, empty]
+
+
+def check_transitions(backend: str) -> dict:
+    """Partial syncs of the small example on the real tool, each compared with a full render."""
+    web, api, empty = small_example()
+    steps = {
+        "one endpoint moved": [replace(web, endpoints=web.endpoints[:2] + (
+            Endpoint("10.244.1.9", 8080, "node1"),)), api, empty],
+        "local endpoint gone": [web, replace(api, endpoints=api.endpoints[::2]), empty],
+        "policy flipped": [replace(web, external_traffic_policy="Local"),
+                           replace(api, external_traffic_policy="Cluster"), empty],
+        "service removed": [api, empty],
+        "endpoints for the empty one": [web, api, replace(empty, endpoints=(
+            Endpoint("10.244.1.5", 53, "node1"),))],
+    }
+    results = {}
+    for name, new in steps.items():
+        clean(backend)
+        kp.apply(ns_run, kp.render([web, api, empty], NODE), backend)
+        kp.apply(ns_run, kp.render_partial([web, api, empty], new, NODE), backend,
+                 ensure_jumps=False)
+        after_partial = save_state(backend)
+        clean(backend)
+        kp.apply(ns_run, kp.render(new, NODE), backend)
+        results[name] = after_partial == save_state(backend)
+    clean(backend)
+    return results
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def metadata() -> dict:
+    def version(tool: str) -> str:
+        return ns_output([tool, "-V"]).strip()
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or None
+    except OSError:
+        commit = None
+    overhead = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ns_run(["true"])
+        overhead.append(time.perf_counter() - t0)
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "iptables": {"legacy": version("iptables-legacy"), "nft": version("iptables-nft")},
+        "git_commit": commit,
+        "ip_netns_exec_true_s": overhead,
+    }
+
+
+def table(results: list) -> str:
+    rows = [
+        "| backend | services × endpoints | nat rules | full sync, empty tables (render + restore) "
+        "| full resync, populated | one-endpoint change (render + restore) | checks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        def cell(key: str) -> str:
+            d = r[key]
+            return (f"{median(d['total_s']):.3f} s ({median(d['render_s']):.3f} + "
+                    f"{median(d['apply_s']):.3f})")
+        ok = r["sep_chains_verified"] and r["partial_state_equals_full"]
+        rows.append(
+            f"| {r['backend']} | {r['services']:,} × {r['endpoints_per_service']} "
+            f"| {r['nat_rules']:,} | {cell('full_sync_empty_tables')} "
+            f"| {cell('full_resync_populated')} | {cell('one_endpoint_change')} "
+            f"| {'ok' if ok else 'FAILED'} |"
+        )
+    return "\n".join(rows)
+
+
+def verdicts(results: list) -> list:
+    lines = []
+    for r in results:
+        if r["services"] == 10000:
+            full = median(r["full_sync_empty_tables"]["total_s"])
+            lines.append(f"- {r['backend']}: 10,000×5 full sync {full:.3f} s "
+                         f"(target ≤ {TARGET_FULL_S} s: {'met' if full <= TARGET_FULL_S else 'MISSED'})")
+        change = median(r["one_endpoint_change"]["total_s"])
+        lines.append(f"- {r['backend']}: {r['services']:,}×5 one-endpoint change {change:.3f} s "
+                     f"(target ≤ {TARGET_CHANGE_S} s: "
+                     f"{'met' if change <= TARGET_CHANGE_S else 'MISSED'})")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("kubeproxy_sync: needs root (it creates a network namespace)", file=sys.stderr)
+        return 3
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    try:
+        meta = metadata()
+        correctness = {b: check_transitions(b) for b in args.backends}
+        print(f"partial-sync transitions equal to full renders: {json.dumps(correctness)}",
+              flush=True)
+        results = []
+        for backend in args.backends:
+            for n in args.sizes:
+                print(f"{backend} {n}x5 ...", flush=True)
+                results.append(bench_size(backend, n, args.reps))
+                clean(backend)
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], check=False)
+
+    record = {
+        "benchmark": "kubeproxy_sync", "schema": 1, **meta,
+        "namespace": NS, "repetitions": args.reps,
+        "targets": {"full_sync_10000x5_s": TARGET_FULL_S, "one_endpoint_change_s": TARGET_CHANGE_S},
+        "node": {"name": NODE.node_name, "ip": NODE.node_ip, "cluster_cidr": NODE.cluster_cidr},
+        "transitions_equal_full": correctness,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print()
+    print(f"kernel {meta['kernel']}, {meta['iptables']['legacy']}, {meta['iptables']['nft']}, "
+          f"{meta['cpus']} CPUs, {meta['date']}; medians of {args.reps}")
+    print()
+    print(table(results))
+    print()
+    print("\n".join(verdicts(results)))
+    print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    ok = all(r["sep_chains_verified"] and r["partial_state_equals_full"] for r in results)
+    ok = ok and all(all(v.values()) for v in correctness.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Small helpers shared by the integration tests."""
+
+import json
+import os
+
+
+def answers(cluster, host: str, url: str, n: int) -> list:
+    """n requests from a host, a new connection each; the pod servers' JSON answers."""
+    script = f"for i in $(seq {n}); do curl -s -m 2 {url}; echo; done"
+    out = cluster.sh(host, script, timeout=n * 3 + 10).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def node_addresses(cluster, node: str) -> set:
+    """Every address a node can SNAT to: its VPC address, cni0's and flannel.1's."""
+    n = cluster.plan.node(node)
+    import ipaddress
+    return {n.ip, n.cni0_ip, str(ipaddress.IPv4Network(n.pod_cidr).network_address)}
+
+
+VIP = "198.51.100.10"
+PROBE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "build", "httpprobe")
+
+
+def probe(cluster, n, host="client1"):
+    """n requests through the VIP with httpprobe: per-request pod, client seen, SYN-ACK TTL."""
+    out = cluster.exec(host, [PROBE, "--url", f"http://{VIP}/", "--requests", str(n)], timeout=120)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    return [r for r in rows if not r.get("summary")]
+
+
+def entry_node(cluster, seen_client):
+    """The node a classic-mode request entered through, from the SNAT address the pod saw."""
+    return next(n.name for n in cluster.plan.nodes if seen_client in node_addresses(cluster, n.name))

@@ -1,0 +1,89 @@
+"""kube-proxy's rules on a real classic-mode cluster: packets take the turns upstream's would."""
+
+import os
+from collections import Counter
+
+import pytest
+
+from testbed.cluster import Cluster
+from testbed.spec import load_topology
+from tests.integration.helpers import answers, node_addresses
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVICES = os.path.join(REPO, "tests", "data", "services.yaml")
+
+
+@pytest.fixture(scope="module")
+def cluster(machine_ready):
+    from tests.integration.leftovers import snapshot
+    before = snapshot()
+    with Cluster(load_topology(SERVICES, mode="nodeport")) as c:
+        yield c
+    left = snapshot().diff(before)
+    assert not left, f"left behind: {left}"
+
+
+def svc(cluster, name):
+    return next(s for s in cluster.plan.services if s.name == name)
+
+
+def test_nat_table_is_kube_proxys(cluster):
+    save = cluster.sh("node1", "iptables-save -t nat").stdout
+    for chain in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"):
+        assert f":{chain} " in save
+    assert "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES" in save
+    assert save.count("-j DNAT --to-destination") == 4 * 4   # 4 endpoints x 4 services
+
+
+def test_pod_reaches_cluster_ip_and_all_endpoints_answer(cluster):
+    s = svc(cluster, "web-internal")
+    got = answers(cluster, "web-0", f"http://{s.cluster_ip}:{s.port}/", 60)
+    assert len(got) == 60
+    assert {a["pod"] for a in got} == {"web-0", "web-1", "web-2", "web-3"}
+
+
+def test_nodeport_cluster_policy_crosses_nodes_and_snats(cluster):
+    node1 = cluster.plan.node("node1")
+    got = answers(cluster, "client1", f"http://{node1.ip}:30080/", 60)
+    assert len(got) == 60
+    pods_by_node = Counter(a["node"] for a in got)
+    assert pods_by_node["node2"] > 0, pods_by_node          # kube-proxy picked remote pods too
+    # every pod saw node1 (one of its addresses), never the client
+    assert {a["client"] for a in got} <= node_addresses(cluster, "node1")
+    remote = [a for a in got if a["node"] == "node2"]
+    assert {a["client"] for a in remote} == {"10.244.1.0"}    # node1's flannel.1: SNAT + VXLAN
+
+
+def test_nodeport_local_policy_keeps_client_ip_and_stays_on_node(cluster):
+    node2 = cluster.plan.node("node2")
+    got = answers(cluster, "client1", f"http://{node2.ip}:30081/", 40)
+    assert len(got) == 40
+    assert {a["node"] for a in got} == {"node2"}
+    assert {a["pod"] for a in got} == {"web-2", "web-3"}
+    assert {a["client"] for a in got} == {"203.0.113.10"}
+
+
+def test_health_check_node_port_answers_local_endpoint_count(cluster):
+    s = svc(cluster, "web-local")
+    node1 = cluster.plan.node("node1")
+    out = cluster.sh("lb0", f"curl -s -w ' %{{http_code}}' http://{node1.ip}:{s.health_check_node_port}/healthz").stdout
+    assert out.endswith(" 200") and '"localEndpoints": 2' in out.replace('":2', '": 2'), out
+
+
+def test_session_affinity_sticks_one_client_to_one_pod(cluster):
+    node1 = cluster.plan.node("node1")
+    for client in ("client1", "client2"):
+        got = answers(cluster, client, f"http://{node1.ip}:30082/", 15)
+        assert len(got) == 15 and len({a["pod"] for a in got}) == 1, got
+
+
+def test_removed_pod_gets_no_more_requests(cluster):
+    cluster.remove_pod("web-1")
+    s = svc(cluster, "web-internal")
+    got = answers(cluster, "web-0", f"http://{s.cluster_ip}:{s.port}/", 40)
+    assert len(got) == 40
+    assert "web-1" not in {a["pod"] for a in got}
+    assert {a["pod"] for a in got} == {"web-0", "web-2", "web-3"}
+    save = cluster.sh("node2", "iptables-save -t nat").stdout
+    web1 = cluster.plan.pod("web-1")
+    assert f"{web1.ip}:8080" not in save

@@ -1,0 +1,320 @@
+"""Tests for workloads/httpprobe.c, the per-request measuring HTTP client.
+
+No namespaces: build/podserver and build/httpprobe (both built by workloads/build.sh) talk
+over 127.0.0.1 on free ports. Servers are started and stopped with test_podserver's Server
+(killed by pid); the few misbehaving servers (silent, hanging up, full backlog) are Python
+sockets in this process, closed by their fixtures. Every probe runs with a timeout.
+
+syn_ack_ttl needs CAP_NET_RAW (a raw socket): with it the loopback SYN-ACK has TTL 64 (no
+routed hop); without it the field is null.
+
+HTTPPROBE_BIN=/path/to/binary runs the same tests against another build (e.g. one made with
+-fsanitize=address,undefined); PODSERVER_BIN does the same for the server.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_podserver import BUILD_SH, HOST, Server, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = ROOT / "build" / "httpprobe"
+PODSERVER = ROOT / "build" / "podserver"
+TIMEOUT = 10.0
+CAP_NET_RAW = 13
+
+
+def has_cap_net_raw():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_RAW & 1)
+    return False
+
+
+EXPECTED_TTL = 64 if has_cap_net_raw() else None
+
+
+@pytest.fixture(scope="session")
+def binaries():
+    """(httpprobe, podserver), built once per session; a compiler warning fails the build."""
+    if not (os.environ.get("HTTPPROBE_BIN") and os.environ.get("PODSERVER_BIN")):
+        proc = subprocess.run([str(BUILD_SH)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"build failed:\n{proc.stdout}{proc.stderr}"
+    probe = Path(os.environ.get("HTTPPROBE_BIN", PROBE))
+    server = Path(os.environ.get("PODSERVER_BIN", PODSERVER))
+    assert os.access(probe, os.X_OK) and os.access(server, os.X_OK)
+    return probe, server
+
+
+@pytest.fixture
+def probe_bin(binaries):
+    return binaries[0]
+
+
+@pytest.fixture
+def server(binaries):
+    srv = Server(binaries[1])
+    yield srv
+    srv.stop()
+
+
+def run_probe(probe_bin, *args):
+    """Run httpprobe; return (per-request records, summary record, completed process)."""
+    proc = subprocess.run([str(probe_bin), *args], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert records and records[-1].get("summary") is True
+    return records[:-1], records[-1], proc
+
+
+def url(port, path="/"):
+    return f"http://{HOST}:{port}{path}"
+
+
+# ---- against podserver ---------------------------------------------------------------------
+
+def test_new_connection_per_request(probe_bin, server):
+    lines, summary, _ = run_probe(probe_bin, "--url", url(server.port), "--requests", "20")
+    assert len(lines) == 20
+    assert summary["requests"] == 20 and summary["errors"] == 0 and summary["late"] == 0
+    for i, rec in enumerate(lines):
+        assert rec["i"] == i
+        assert rec["status"] == 200 and rec["error"] is None
+        assert (rec["pod"], rec["node"]) == ("web-0", "node1")
+        assert rec["client"] == HOST and rec["server"] == HOST
+        assert rec["client_port"] == rec["local_port"]  # no NAT on loopback
+        assert rec["connect_ms"] > 0 and rec["total_ms"] >= rec["connect_ms"]
+        assert rec["syn_ack_ttl"] == EXPECTED_TTL
+    assert len({rec["local_port"] for rec in lines}) == 20  # a new connection each time
+    starts = [rec["t_start"] for rec in lines]
+    assert starts == sorted(starts) and summary["elapsed_s"] >= starts[-1]
+
+
+def test_keepalive_reuses_one_connection(probe_bin, server):
+    lines, summary, _ = run_probe(probe_bin, "--url", url(server.port, "/ka"), "--requests",
+                                  "20", "--keepalive")
+    assert len(lines) == 20 and summary["errors"] == 0
+    for rec in lines:
+        assert rec["status"] == 200 and rec["error"] is None
+        assert rec["pod"] == "web-0" and rec["client"] == HOST
+        assert rec["total_ms"] > 0
+        assert rec["syn_ack_ttl"] == EXPECTED_TTL  # the TTL of the connection's SYN-ACK
+    assert len({rec["local_port"] for rec in lines}) == 1
+    assert lines[0]["connect_ms"] > 0 and lines[0]["total_ms"] >= lines[0]["connect_ms"]
+    assert all(rec["connect_ms"] is None for rec in lines[1:])  # no connect: reused
+
+
+def test_non_json_answer_still_names_the_pod_from_x_pod(probe_bin, server):
+    lines, summary, _ = run_probe(probe_bin, "--url", url(server.port, "/fail"),
+                                  "--requests", "2")
+    assert [rec["status"] for rec in lines] == [503, 503]
+    assert all(rec["pod"] == "web-0" and rec["node"] is None for rec in lines)
+    assert summary["errors"] == 0  # an HTTP answer is not a transport error
+
+
+def test_rate_paces_requests_open_loop(probe_bin, server):
+    lines, summary, _ = run_probe(probe_bin, "--url", url(server.port), "--rate", "200",
+                                  "--duration", "0.1")
+    assert len(lines) == 20 == summary["requests"]  # due at 0, 5, ..., 95 ms
+    for i, rec in enumerate(lines):
+        assert rec["status"] == 200
+        assert rec["t_start"] >= i / 200 - 1e-6  # never early
+    assert lines[-1]["t_start"] < 0.1 + 0.05
+
+
+def test_out_file(probe_bin, server, tmp_path):
+    out = tmp_path / "probe.jsonl"
+    proc = subprocess.run([str(probe_bin), "--url", url(server.port), "--requests", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0 and proc.stdout == ""
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4 and records[-1]["requests"] == 3
+
+
+def test_sigterm_stops_with_a_summary(probe_bin, server):
+    proc = subprocess.Popen([str(probe_bin), "--url", url(server.port), "--rate", "100",
+                             "--duration", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()  # it is running
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+    assert proc.returncode == 0
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["summary"] is True and 1 <= summary["requests"] < 6000
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+def test_closed_port_is_refused_and_counted(probe_bin):
+    lines, summary, _ = run_probe(probe_bin, "--url", url(free_port()), "--requests", "3")
+    assert len(lines) == 3
+    for rec in lines:
+        assert rec["status"] == 0 and rec["error"] == "refused"
+        assert rec["connect_ms"] is None and rec["total_ms"] is None
+        assert rec["pod"] is None and rec["syn_ack_ttl"] is None
+    assert summary["requests"] == 3 and summary["errors"] == 3
+
+
+class Misbehaving:
+    """A listener on HOST whose connections are handled by HANDLE(conn) in a thread."""
+
+    def __init__(self, handle, backlog=16, accept=True):
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.thread = None
+        if accept:
+            self.thread = threading.Thread(target=self._serve, args=(handle,), daemon=True)
+            self.thread.start()
+
+    def _serve(self, handle):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed by close()
+                return
+            self.conns.append(conn)
+            handle(conn)
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        if self.thread:
+            self.thread.join(TIMEOUT)
+        for conn in self.conns:
+            conn.close()
+
+
+def read_request(conn):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+
+
+def test_silent_server_is_a_read_timeout(probe_bin):
+    srv = Misbehaving(lambda conn: None)  # accepts, never answers
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", url(srv.port), "--requests", "2",
+                                      "--timeout-ms", "100")
+    finally:
+        srv.close()
+    for rec in lines:
+        assert rec["status"] == 0 and rec["error"] == "read timeout"
+        assert rec["connect_ms"] > 0 and rec["total_ms"] is None
+        assert rec["syn_ack_ttl"] == EXPECTED_TTL  # the connection itself was made
+    assert summary["errors"] == 2
+
+
+def test_hang_up_before_answering_is_closed(probe_bin):
+    def hang_up(conn):
+        read_request(conn)
+        conn.shutdown(socket.SHUT_WR)  # FIN without an answer
+
+    srv = Misbehaving(hang_up)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", url(srv.port), "--requests", "2")
+    finally:
+        srv.close()
+    assert [rec["error"] for rec in lines] == ["closed", "closed"]
+    assert summary["errors"] == 2
+
+
+def test_keepalive_reconnects_when_the_server_closed_the_connection(probe_bin):
+    body = b'{"pod":"web-9","node":"node2","client":"127.0.0.1","server":"127.0.0.1"}\n'
+
+    def one_answer_then_hang_up(conn):
+        read_request(conn)
+        # keep-alive by HTTP/1.1 default, yet the server closes right after: the probe must
+        # see that before its next request and open a new connection, not report an error
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        conn.shutdown(socket.SHUT_WR)
+
+    srv = Misbehaving(one_answer_then_hang_up)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", url(srv.port), "--requests", "3",
+                                      "--keepalive", "--rate", "50")  # 20 ms for the FIN
+    finally:
+        srv.close()
+    assert summary["errors"] == 0
+    assert [rec["pod"] for rec in lines] == ["web-9"] * 3
+    assert all(rec["connect_ms"] > 0 for rec in lines)
+    assert len({rec["local_port"] for rec in lines}) == 3
+
+
+def test_garbage_answer_is_a_bad_response(probe_bin):
+    def garbage(conn):
+        read_request(conn)
+        conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+        conn.shutdown(socket.SHUT_WR)
+
+    srv = Misbehaving(garbage)
+    try:
+        lines, _, _ = run_probe(probe_bin, "--url", url(srv.port), "--requests", "1")
+    finally:
+        srv.close()
+    assert lines[0]["status"] == 0 and lines[0]["error"] == "bad response"
+
+
+def test_full_accept_queue_is_a_connect_timeout(probe_bin):
+    # listen(0) holds one connection in the accept queue; with the queue full the kernel drops
+    # further SYNs, so the probe's connect never completes.
+    srv = Misbehaving(None, backlog=0, accept=False)
+    filler = socket.create_connection((HOST, srv.port), timeout=TIMEOUT)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", url(srv.port), "--requests", "1",
+                                      "--timeout-ms", "150")
+    finally:
+        filler.close()
+        srv.close()
+    rec = lines[0]
+    assert rec["status"] == 0 and rec["error"] == "connect timeout"
+    assert rec["connect_ms"] is None and rec["syn_ack_ttl"] is None
+    assert summary["errors"] == 1
+
+
+# ---- command line --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["--requests", "5"],                                        # no --url
+    ["--url", "http://127.0.0.1:8080/"],                        # no --requests / --duration
+    ["--url", "https://127.0.0.1/", "--requests", "1"],
+    ["--url", "http://localhost:8080/", "--requests", "1"],     # no DNS
+    ["--url", "http://127.0.0.1:99999/", "--requests", "1"],
+    ["--url", "http://127.0.0.1/", "--requests", "0"],
+    ["--url", "http://127.0.0.1/", "--requests", "ten"],
+    ["--url", "http://127.0.0.1/", "--requests", "1", "--rate", "-3"],
+    ["--url", "http://127.0.0.1/", "--duration", "nan"],
+    ["--url", "http://127.0.0.1/", "--requests", "1", "--timeout-ms", "0"],
+    ["--url", "http://127.0.0.1/", "--requests", "1", "--colour"],
+    ["--url", "http://127.0.0.1/", "--requests"],               # flag without a value
+    ["--url", "http://127.0.0.1/", "--requests", "1", "extra"],
+])
+def test_bad_flags_exit_2_with_one_line(probe_bin, args):
+    proc = subprocess.run([str(probe_bin), *args], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("httpprobe: ")
+    assert "usage: httpprobe --url" in lines[0]

@@ -1,0 +1,368 @@
+"""Tests for workloads/podserver.c, the pod's HTTP server.
+
+No root needed: the server is built with workloads/build.sh into build/ and run on 127.0.0.1
+on a free port. Each test gets its own server (start-up takes about a millisecond), so the
+request counter and the /fail state start fresh. Every server started here is killed by its
+pid in the fixture's finalizer.
+
+PODSERVER_BIN=/path/to/binary runs the same tests against another build (e.g. one made with
+-fsanitize=address,undefined) instead of building build/podserver.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SH = ROOT / "workloads" / "build.sh"
+BINARY = ROOT / "build" / "podserver"
+HOST = "127.0.0.1"
+TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="session")
+def podserver_bin():
+    """Build the server once per session; a compiler warning fails the build (-Werror)."""
+    if os.environ.get("PODSERVER_BIN"):
+        return Path(os.environ["PODSERVER_BIN"])
+    proc = subprocess.run([str(BUILD_SH)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"build failed:\n{proc.stdout}{proc.stderr}"
+    assert os.access(BINARY, os.X_OK)
+    return BINARY
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(read_fd, proc):
+    """Wait for "ready\\n" on the --ready-fd pipe; return False if the server exited first."""
+    deadline = time.monotonic() + TIMEOUT
+    data = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([read_fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(read_fd, 64)
+            if not chunk:  # the server closed its end: ready was written, or it died
+                break
+            data += chunk
+        elif proc.poll() is not None:
+            break
+    return data == b"ready\n"
+
+
+class Server:
+    """One running podserver.
+
+    proc: the subprocess (stdout and stderr captured)
+    port: the TCP port it listens on (on HOST)
+    """
+
+    def __init__(self, binary, pod="web-0", node="node1"):
+        for _ in range(3):  # the free port can be taken between free_port() and bind()
+            self.port = free_port()
+            read_fd, write_fd = os.pipe()
+            args = [str(binary), "--port", str(self.port), "--pod", pod, "--node", node,
+                    "--bind", HOST, "--ready-fd", str(write_fd)]
+            self.proc = subprocess.Popen(args, pass_fds=(write_fd,), stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+            os.close(write_fd)
+            try:
+                if wait_ready(read_fd, self.proc):
+                    return
+            finally:
+                os.close(read_fd)
+            self.stop()
+        raise RuntimeError(f"podserver did not start: {self.proc.stderr.read()!r}")
+
+    def stop(self):
+        """Kill this server (by its pid) and reap it; safe to call twice."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def connect(self):
+        return Conn(socket.create_connection((HOST, self.port), timeout=TIMEOUT))
+
+
+@pytest.fixture
+def server(podserver_bin):
+    srv = Server(podserver_bin)
+    yield srv
+    srv.stop()
+
+
+class Conn:
+    """A client socket that reads whole HTTP responses (by Content-Length)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("server closed the connection")
+        self.buf += chunk
+
+    def response(self, head=False):
+        """Return (status, headers with lower-case names, body bytes)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+        length = 0 if head else int(headers["content-length"])
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def get(self, path="/", extra=""):
+        self.send(f"GET {path} HTTP/1.1\r\nHost: pod\r\n{extra}\r\n".encode())
+        return self.response()
+
+    def at_eof(self):
+        """True when the server has closed the connection (and sent nothing more)."""
+        return self.buf == b"" and self.sock.recv(65536) == b""
+
+
+def get_json(conn, path="/"):
+    status, headers, body = conn.get(path)
+    assert status == 200
+    return json.loads(body)
+
+
+def get_json_from(conn):
+    """Read the next response (already requested) and parse its JSON body."""
+    status, _, body = conn.response()
+    assert status == 200
+    return json.loads(body)
+
+
+# ---- the answer ----------------------------------------------------------------------------
+
+def test_json_answer_says_who_answered_and_whom_it_saw(server):
+    conn = server.connect()
+    status, headers, body = conn.get("/")
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    assert headers["x-pod"] == "web-0"
+    assert body.endswith(b"\n") and body.count(b"\n") == 1  # one line
+    doc = json.loads(body)
+    assert doc == {
+        "pod": "web-0",
+        "node": "node1",
+        "client": "127.0.0.1",
+        "client_port": conn.sock.getsockname()[1],
+        "server": "127.0.0.1",
+        "server_port": server.port,
+        "requests": 1,
+    }
+    conn.close()
+
+
+def test_any_other_path_and_query_get_the_json_answer(server):
+    conn = server.connect()
+    assert get_json(conn, "/some/path?x=1")["pod"] == "web-0"
+    assert get_json(conn, "http://pod/abs-form")["requests"] == 2
+    conn.close()
+
+
+def test_head_sends_headers_only(server):
+    conn = server.connect()
+    conn.send(b"HEAD / HTTP/1.1\r\n\r\n")
+    status, headers, body = conn.response(head=True)
+    assert status == 200 and int(headers["content-length"]) > 0
+    assert get_json(conn)["requests"] == 2  # nothing stray was left on the wire
+    conn.close()
+
+
+def test_healthz(server):
+    conn = server.connect()
+    status, headers, body = conn.get("/healthz")
+    assert (status, body) == (200, b"ok\n")
+    assert headers["x-pod"] == "web-0"
+    assert get_json(conn)["requests"] == 1  # health checks are not counted
+    conn.close()
+
+
+# ---- connections ---------------------------------------------------------------------------
+
+def test_keep_alive_serves_several_requests_on_one_connection(server):
+    conn = server.connect()
+    first = get_json(conn)
+    second = get_json(conn)
+    assert second["client_port"] == first["client_port"]
+    assert second["requests"] == first["requests"] + 1
+    conn.close()
+
+
+def test_pipelined_requests_in_one_send_get_two_answers_in_order(server):
+    conn = server.connect()
+    conn.send(b"GET /a HTTP/1.1\r\nHost: pod\r\n\r\nGET /healthz HTTP/1.1\r\nHost: pod\r\n\r\n"
+              b"GET /b HTTP/1.1\r\nHost: pod\r\n\r\n")
+    status1, _, body1 = conn.response()
+    status2, _, body2 = conn.response()
+    status3, _, body3 = conn.response()
+    assert (status1, status2, status3) == (200, 200, 200)
+    assert body2 == b"ok\n"
+    assert json.loads(body3)["requests"] == json.loads(body1)["requests"] + 1
+    conn.close()
+
+
+def test_many_pipelined_requests_survive_output_backpressure(server):
+    conn = server.connect()
+    n = 200  # far more answers than one connection's output buffer holds
+    conn.send(b"GET / HTTP/1.1\r\n\r\n" * n)
+    counts = [json.loads(conn.response()[2])["requests"] for _ in range(n)]
+    assert counts == list(range(1, n + 1))
+    conn.close()
+
+
+def test_request_split_across_sends_is_buffered(server):
+    conn = server.connect()
+    for piece in (b"GET / HT", b"TP/1.1\r\nHo", b"st: pod\r\n", b"\r\n"):
+        conn.send(piece)
+        time.sleep(0.02)  # let each piece arrive as its own read
+    status, _, body = conn.response()
+    assert status == 200 and json.loads(body)["requests"] == 1
+    conn.close()
+
+
+def test_connection_close_is_honoured(server):
+    conn = server.connect()
+    status, headers, _ = conn.get("/", extra="Connection: close\r\n")
+    assert status == 200
+    assert headers["connection"].lower() == "close"
+    assert conn.at_eof()
+    conn.close()
+
+
+def test_http10_closes_unless_keep_alive_asked(server):
+    conn = server.connect()
+    conn.send(b"GET / HTTP/1.0\r\n\r\n")
+    status, headers, _ = conn.response()
+    assert status == 200 and headers["connection"].lower() == "close"
+    assert conn.at_eof()
+    conn.close()
+
+    conn = server.connect()
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, _ = conn.response()
+    assert headers["connection"].lower() == "keep-alive"
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert conn.response()[0] == 200
+    conn.close()
+
+
+def test_request_body_is_skipped_so_the_next_request_parses(server):
+    conn = server.connect()
+    conn.send(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n")
+    status, headers, _ = conn.response()
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert get_json_from(conn)["requests"] == 1
+    conn.close()
+
+
+
+def test_head_larger_than_8k_gets_431_and_close(server):
+    conn = server.connect()
+    conn.send(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    status, headers, _ = conn.response()
+    assert status == 431 and headers["connection"].lower() == "close"
+    assert conn.at_eof()
+    conn.close()
+
+
+def test_garbage_gets_400_and_close(server):
+    conn = server.connect()
+    conn.send(b"this is not http\r\n\r\n")
+    status, _, _ = conn.response()
+    assert status == 400
+    assert conn.at_eof()
+    conn.close()
+
+
+# ---- failure emulation ---------------------------------------------------------------------
+
+def test_fail_makes_everything_503_until_recover(server):
+    conn = server.connect()
+    assert conn.get("/")[0] == 200
+    status, headers, _ = conn.get("/fail")
+    assert status == 503 and headers["x-pod"] == "web-0"
+    assert conn.get("/")[0] == 503
+    assert conn.get("/healthz")[0] == 503
+    other = server.connect()  # the state is the server's, not the connection's
+    assert other.get("/healthz")[0] == 503
+    status, _, body = conn.get("/recover")
+    assert (status, body) == (200, b"recovered\n")
+    assert conn.get("/healthz")[0] == 200
+    assert get_json(conn)["requests"] == 2  # 503 answers were not counted
+    conn.close()
+    other.close()
+
+
+# ---- command line and lifecycle ------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["--pod", "web-0", "--node", "node1"],                          # no --port
+    ["--port", "8080", "--node", "node1"],                          # no --pod
+    ["--port", "http", "--pod", "web-0", "--node", "node1"],
+    ["--port", "70000", "--pod", "web-0", "--node", "node1"],
+    ["--port", "8080", "--pod", "web-0", "--node", "node1", "--colour"],
+    ["--port", "8080", "--pod", "web-0", "--node"],                 # flag without a value
+    ["--port", "8080", "--pod", 'we"b', "--node", "node1"],         # would break the JSON
+    ["--port", "8080", "--pod", "web-0", "--node", "node1", "--bind", "localhost"],
+    ["--port", "8080", "--pod", "web-0", "--node", "node1", "--ready-fd", "987"],
+    ["--port", "8080", "--pod", "web-0", "--node", "node1", "extra"],
+])
+def test_bad_flags_exit_2_with_one_line(podserver_bin, args):
+    proc = subprocess.run([str(podserver_bin), *args], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("podserver: ")
+    assert "usage: podserver --port PORT" in lines[0]
+
+
+def test_port_in_use_is_a_startup_error(server, podserver_bin):
+    proc = subprocess.run([str(podserver_bin), "--port", str(server.port), "--pod", "p",
+                           "--node", "n", "--bind", HOST],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1
+    assert "Address already in use" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_0_promptly_and_silently(server, sig):
+    conn = server.connect()  # an open keep-alive connection must not delay the exit
+    conn.get("/")
+    server.proc.send_signal(sig)
+    assert server.proc.wait(2) == 0
+    assert server.proc.stdout.read() == b""
+    assert server.proc.stderr.read() == b""
+    conn.close()
