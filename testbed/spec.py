@@ -321,7 +321,9 @@ def _deployments(r: Reader, nodes, declared_nodes) -> tuple[Deployment, ...]:
         except ValueError as exc:
             r.problem(path, str(exc), "name deployments like web (at most 20 characters)")
             continue
-        r.mapping(path, {"replicas", "placement", "port"})
+        r.mapping(path, {"replicas", "placement", "port"}, what="replicas, placement, port")
+        if not isinstance(r.value(path), (dict, type(None))):
+            continue
         replicas = r.get(path, "replicas", integer(0, MAX_PODS), default=1,
                          fix=f"set replicas between 0 and {MAX_PODS}")
         port = r.get(path, "port", integer(1, 65535), default=8080, fix="use a port in 1-65535")
@@ -368,7 +370,9 @@ def _services(r: Reader, deployments, declared_deployments) -> tuple[Service, ..
             continue
         r.mapping(path, {"type", "selector", "port", "targetPort", "nodePort", "externalTrafficPolicy",
                          "sessionAffinity", "sessionAffinityTimeout", "healthCheckNodePort",
-                         "loadBalancerIP", "protocol"})
+                         "loadBalancerIP", "protocol"}, what="type, port, ...")
+        if not isinstance(r.value(path), dict):
+            continue
         stype = r.get(path, "type", choice(*SERVICE_TYPES), default="LoadBalancer")
         selector = r.get(path, "selector", text, default=sname)
         if selector is not None and selector not in deploy_names:

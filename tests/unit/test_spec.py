@@ -136,7 +136,7 @@ JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floa
                                   "container-native", "1ms", "30080", "0.0.0.0/0"]))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("CNLB_HYPOTHESIS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_topologies_never_crash(data):
     path = data.draw(st.sampled_from(SHIPPED[:2]))

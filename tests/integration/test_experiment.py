@@ -1,0 +1,72 @@
+"""A short compare run on a real cluster: records for every variant and metric, no errors, the
+figures and the report; and an interrupted run keeps what it measured and leaves nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from testbed.results import read_meta, read_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
+CNLB = [sys.executable, "-m", "testbed.cli"]
+METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",
+           "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors"]
+
+
+def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run(CNLB + ["run", QUICK, "--out", str(out), "--quiet"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = read_records(str(out))
+    variants = {"nodeport-cluster", "nodeport-local", "container-native"}
+    for variant in variants:
+        got = {r["metric"] for r in records if r["variant"] == variant and r["value"] is not None}
+        missing = set(METRICS) - got
+        assert not missing, (variant, missing)
+    errors = [r for r in records if r["metric"] == "errors" and r["value"]]
+    assert not errors, errors
+    by = {(r["variant"], r["metric"]): r["value"] for r in records if r.get("workload") == "path"}
+    # the talk's claims, as measured: client address kept by container-native and Local only,
+    # no cross-node bytes for container-native, fewer hops than the classic Cluster path
+    assert by[("container-native", "source_ip_preserved")] == 1
+    assert by[("nodeport-local", "source_ip_preserved")] == 1
+    assert by[("nodeport-cluster", "source_ip_preserved")] == 0
+    assert by[("container-native", "cross_node_bytes_fraction")] == 0
+    assert by[("container-native", "path_hops")] == 2
+    meta = read_meta(str(out))
+    assert meta["status"] == "ok"
+    for key in ("kernel", "datapath", "iptables_backend", "tools"):
+        assert key in meta["environment"]
+    assert meta["git"]["revision"]
+    figures = os.listdir(out / "figures")
+    for name in ("latency-cdf-latency", "throughput", "pod-share", "path", "diagram-container-native"):
+        assert f"{name}.png" in figures and f"{name}.pdf" in figures, figures
+    report = (out / "report.md").read_text()
+    assert all(v in report for v in variants)
+
+
+def test_interrupted_run_keeps_records_and_leaves_nothing(no_leftovers, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(CNLB + ["run", QUICK, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "[nodeport-local rep 1/1] latency" in line or not line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "Traceback" not in rest
+    records = read_records(str(out))
+    assert {r["variant"] for r in records} >= {"nodeport-cluster"}
+    assert any(r["metric"] == "throughput_mbps" for r in records)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "interrupted"
