@@ -6,7 +6,7 @@ An experiment is short YAML beside the topologies (`experiments/compare.yaml`):
     kind: compare                       # compare | scaling | failover (compare)
     topology: ../topologies/talk.yaml   # relative to this file; `cnlb run --topology` overrides it
     service: web                        # the LoadBalancer service measured (the first one)
-    seed: 42                            # seeds every random choice of the runner (0)
+    seed: 42                            # seeds the order of workloads in each repetition (0)
     repetitions: 3                      # 1-100 (3)
     warmup: 1s                          # before each workload, discarded (1s)
     variants:                           # 1-8; the names become plot labels, one colour each

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import time
@@ -158,11 +159,60 @@ class Runner:
             self.w.meta.setdefault("build_s", {})[variant.name] = cluster.timings.get("total_s")
             self._install_accounting(cluster)
             for rep in range(self.exp.repetitions):
-                for wl in self.exp.workloads:
+                for wl in self.workload_order(rep):
                     self.progress(variant.name, rep, wl.name)
+                    self.mend(cluster, variant.name, rep)
                     self._flush_conntrack()
                     getattr(self, f"_wl_{wl.name}")(cluster, variant, rep, wl)
                 self.done_units += 1
+
+    def mend(self, cluster, variant: str, rep: int) -> None:
+        """Notice what broke since the last workload, record it as a fault, and recover where
+        the testbed can: a dead controller is restarted (its switches are reprogrammed), a
+        restarted ovs-vswitchd is waited for (it reconnects and is reprogrammed), a dead pod
+        server is started again. What cannot be mended stops the run with a clear message."""
+        for _ in range(10):   # it may die while we look
+            if not cluster.controller.alive():
+                self._fault("controller-died", f"the VPC controller exited ({cluster.controller.proc.returncode}) "
+                            f"before a workload of {variant}; restarted", variant, rep)
+                self.say(f"[{variant}] the VPC controller died: restarting it")
+                cluster.restart_controller(kill=False)
+            try:
+                status = cluster.controller.api("GET", "/v1/status", timeout=5)
+                down = [s["name"] for s in status["switches"] if not (s["connected"] and s["programmed"])]
+            except Exception as exc:
+                down = [f"(status unreadable: {exc})"]
+                time.sleep(0.5)   # dying or busy: look again
+                continue
+            break
+        if down:
+            self._fault("switches-disconnected", f"switches {down} not connected/programmed before a "
+                        f"workload of {variant}; waited for them", variant, rep)
+            self.say(f"[{variant}] switches {down} disconnected: waiting for them")
+            cluster.controller.wait_programmed([s.name for s in cluster.plan.switches], timeout=60)
+        dead = [name for name, proc in cluster.pod_servers.items()
+                if proc.poll() is not None and name not in cluster.failed_pods]
+        if dead:
+            self._fault("pod-server-died", f"pod servers {dead} had exited; restarted", variant, rep)
+            self.say(f"[{variant}] pod servers {dead} died: restarting them")
+            for name in dead:
+                cluster.pod_servers.pop(name)
+            cluster.start_pod_servers([cluster.plan.pod(n) for n in dead])
+        if dead or down:
+            cluster.wait_lb_ready()
+
+    def _fault(self, kind: str, detail: str, variant: str, rep: int) -> None:
+        """A fault goes to meta.json (with its story) and to records.jsonl (countable)."""
+        self.w.fault(kind, detail, variant=variant, repetition=rep)
+        self.w.record(self.exp.name, variant, rep, "fault", 1, unit="event", kind=kind, detail=detail)
+
+    def workload_order(self, rep: int) -> list:
+        """The workloads of one repetition in a seeded random order, the same for every
+        variant (so an order effect, e.g. a warm cache, cannot favour one workload's variant)."""
+        order = list(self.exp.workloads)
+        random.Random(self.exp.seed * 1000 + rep).shuffle(order)
+        self.w.meta.setdefault("workload_order", {})[str(rep)] = [w.name for w in order]
+        return order
 
     def _svc(self, cluster, name=None):
         name = name or self.res.service
