@@ -125,6 +125,11 @@ def build_parser() -> Parser:
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.set_defaults(func=cmd_report)
 
+    ag = sub.add_parser("agree", help="do two runs of one experiment agree within their intervals?")
+    ag.add_argument("run_a", metavar="RUN_A")
+    ag.add_argument("run_b", metavar="RUN_B")
+    ag.set_defaults(func=cmd_agree)
+
     c = sub.add_parser("clean", help="remove everything a crashed run left behind")
     c.set_defaults(func=cmd_clean)
 
@@ -383,6 +388,14 @@ def cmd_report(args) -> int:
     from .report import write_report
     _need_run_dir(args.run_dir)
     print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_agree(args) -> int:
+    from .agreement import agreement, format_agreement
+    _need_run_dir(args.run_a)
+    _need_run_dir(args.run_b)
+    print(format_agreement(agreement(args.run_a, args.run_b)))
     return 0
 
 

@@ -272,23 +272,38 @@ class Runner:
 
     def _wl_throughput(self, cluster, variant, rep, wl) -> None:
         svc = self._svc(cluster, IPERF_SERVICE)
-        servers = []
+        servers = {}
         try:
             for pod in cluster.plan.pods:
                 if pod.name in cluster.live_pods() and pod.name in svc.endpoints:
-                    servers.append(cluster.host(pod.name).popen(
-                        ["iperf", "-s", "-p", str(IPERF_PORT)], stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    servers[pod.name] = cluster.host(pod.name).popen(
+                        ["iperf", "-s", "-p", str(IPERF_PORT), "-y", "C"], stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             cluster.wait_lb_ready()
             time.sleep(0.3)
             out = cluster.exec(CLIENT, ["iperf", "-c", svc.vip, "-p", str(IPERF_PORT), "-t",
                                         f"{wl.duration_s:g}", "-y", "C"], timeout=wl.duration_s + 60)
+            time.sleep(0.2)   # the server prints its report as the connection closes
         finally:
-            for proc in servers:
+            for proc in servers.values():
                 proc.kill()
-                proc.wait(5)
+        served = {}
+        for pod, proc in servers.items():
+            text = proc.communicate(timeout=10)[0].decode(errors="replace")
+            if text.count(",") >= 8:
+                served[pod] = text.strip().splitlines()[-1].split(",")[3]   # the source it saw
         mbps = parse_iperf_csv(out.stdout)
-        self._rec(variant, rep, "throughput_mbps", mbps, wl.name)
+        pod = next(iter(served), None)
+        where = {}
+        if pod:
+            node = cluster.plan.pod(pod).node
+            entry = entry_nodes(cluster.plan).get(served[pod])
+            if entry is None and cluster.plan.mode == "nodeport":
+                entry = node        # Local: no SNAT, the LB's pick is the pod's node
+            # not "pod"/"node": those group records; one connection's pod is a detail of it
+            where = {"served_by": pod, "served_on": node, "entry_node": entry,
+                     "crossed_nodes": bool(entry and entry != node)}
+        self._rec(variant, rep, "throughput_mbps", mbps, wl.name, **where)
         self._rec(variant, rep, "errors", 0 if mbps else 1, wl.name)
 
     def _wl_path(self, cluster, variant, rep, wl) -> None:

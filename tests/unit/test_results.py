@@ -195,3 +195,25 @@ def test_records_are_plain_json_lines(tmp_path):
     with open(tmp_path / "run" / "records.jsonl") as fh:
         lines = fh.read().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["client"] == "client1"
+
+
+def test_agreement_of_two_runs(tmp_path):
+    from testbed.agreement import agreement, format_agreement
+    from testbed.results import RunWriter
+
+    def run(name, values):
+        w = RunWriter(str(tmp_path / name), experiment={"name": "e"}, git={"revision": "x"})
+        for rep, v in enumerate(values):
+            w.record("e", "v", rep, "latency_p50_ms", v, workload="latency")
+        w.finish()
+        return str(tmp_path / name)
+
+    a = run("a", [1.0, 1.1, 0.9])
+    b = run("b", [1.05, 1.15, 0.95])
+    c = run("c", [5.0, 5.1, 4.9])
+    same = agreement(a, b)
+    assert len(same) == 1 and same[0]["intervals_overlap"]
+    assert abs(same[0]["relative_difference"] - 0.05 / 1.05) < 1e-9
+    apart = agreement(a, c)
+    assert not apart[0]["intervals_overlap"]
+    assert "0/1 intervals overlap" in format_agreement(apart)
