@@ -145,7 +145,7 @@ def _emit(obj: dict) -> None:
 
 async def _checker() -> None:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)   # one line lists every target: 1000 pods exceed the 64 KiB default
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     _emit({"event": "ready", "pid": os.getpid(), "netns": os.readlink("/proc/self/ns/net")})
     tasks: dict[str, tuple[dict, asyncio.Task]] = {}

@@ -246,8 +246,7 @@ class Cluster:
                 scripts[att.host] = cni.host_fabric(att, self.offloads_off, self.topo.links)
         for pod in self.plan.pods:
             scripts[pod.name] = cni.pod_setup(self.plan, pod)
-        for host, cmds in scripts.items():
-            self.run_script(host, cmds)
+        self.run_scripts(scripts)
         if self.offloads_off:
             ports = [a.port for a in self.plan.attachments]
             ports += [p for s in self.plan.switches if s.role == "subnet" for p in (s.uplink, s.core_port)]
@@ -290,9 +289,12 @@ class Cluster:
         self.sync_kube_proxy()
         self.wait_lb_ready()
 
-    def wait_lb_ready(self, timeout: float = 30.0) -> None:
+    def wait_lb_ready(self, timeout: float = 0.0) -> None:
         """Wait until the cloud LB has every backend that should serve in service (health
-        checks need healthy_threshold good answers before a backend takes traffic)."""
+        checks need healthy_threshold good answers before a backend takes traffic).
+        timeout: 0 = scaled to the checks: 30 s plus a few check intervals"""
+        hc = self.topo.load_balancer.health_check
+        timeout = timeout or 30 + 3 * hc.interval_s * (hc.healthy_threshold + 1)
         deadline = time.time() + timeout
         for lb in self.plan.load_balancers:
             want = self.expected_in_service(lb.service)
@@ -302,8 +304,10 @@ class Cluster:
                 if want <= serving:
                     break
                 if time.time() > deadline:
+                    missing = sorted(want - serving)
+                    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
                     raise EnvironmentProblem(
-                        f"load balancer {lb.service}: backends {sorted(want - serving)} not healthy "
+                        f"load balancer {lb.service}: backends {shown} not healthy "
                         f"after {timeout:.0f}s; controller log ends with:\n" + self.controller.log_tail())
                 time.sleep(0.2)
 
@@ -473,6 +477,26 @@ class Cluster:
         if rc.strip() != "0":
             raise EnvironmentProblem(f"setting up {host} failed: {body.strip()[-400:]}")
         return body
+
+    def run_scripts(self, scripts: dict) -> None:
+        """Run many hosts' scripts at once: every host's shell is sent its script, then each
+        answer is collected (Mininet's sendCmd/waitOutput), so the namespaces work in parallel."""
+        paths = {}
+        for host, cmds in scripts.items():
+            paths[host] = self.state.file(f"{host}.sh")
+            with open(paths[host], "w") as fh:
+                fh.write("set -e\n" + "\n".join(cmds) + "\n")
+        failures = []
+        for host, path in paths.items():
+            self.host(host).sendCmd(f"sh {path} 2>&1; echo __rc=$?")
+        for host, path in paths.items():
+            out = self.host(host).waitOutput()
+            os.unlink(path)
+            body, _, rc = out.rpartition("__rc=")
+            if rc.strip() != "0":
+                failures.append(f"{host}: {body.strip()[-300:]}")
+        if failures:
+            raise EnvironmentProblem("setting up hosts failed: " + "; ".join(failures[:3]))
 
     def exec(self, host: str, argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run a command in a host's namespace and wait for it (output captured)."""

@@ -49,20 +49,25 @@ class ControllerProcess:
         argv = [sys.executable, "-m", "controllers.run", "--config", self.config,
                 "--ofp-port", str(self.ofp_port), "--rest-port", str(self.rest_port),
                 "--log", self.log]
-        self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        # stderr (a crash's traceback, the health checker's) goes beside the log
+        with open(self.log + ".stderr", "ab") as err:
+            self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True)
         on_pid(self.proc.pid)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            with open(self.log, errors="replace") as fh:
-                return "".join(fh.readlines()[-lines:])
-        except OSError:
-            return ""
+        out = ""
+        for path in (self.log, self.log + ".stderr"):
+            try:
+                with open(path, errors="replace") as fh:
+                    out += "".join(fh.readlines()[-lines:])
+            except OSError:
+                pass
+        return out
 
     def api(self, method: str, path: str, body=None, timeout: float = 5.0):
         return rest(self.rest_port, method, path, body, timeout)
