@@ -80,6 +80,8 @@ def build_parser() -> Parser:
     u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
                    "exit non-zero if anything expected failed")
     u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
+    u.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
+                   help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
     u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
                    "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")
@@ -115,6 +117,8 @@ def build_parser() -> Parser:
     rn.add_argument("--topology", metavar="FILE", help="use this topology instead of the file's")
     rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
     rn.add_argument("--quiet", action="store_true", help="no progress lines")
+    rn.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
+                    help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
     rn.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
@@ -221,16 +225,16 @@ def cmd_up(args) -> int:
         from .detached import run_owner
         if args.ready_fd is None:
             raise UsageError("cnlb up --owner is internal: it needs --ready-fd")
-        return run_owner(Cluster(topo), args.ready_fd)
+        return run_owner(Cluster(topo, iptables=args.iptables), args.ready_fd)
     if args.detach:
         if args.check or args.cli:
             raise UsageError("cnlb up: --detach does not go with --check or --cli — "
                              "use `cnlb exec` and `cnlb status` on the detached cluster")
         from .detached import start_detached
-        status = start_detached(topo.file, topo.mode, say)
+        status = start_detached(topo.file, topo.mode, say, args.iptables)
         _print_next_steps(status)
         return 0
-    cluster = Cluster(topo, progress=say)
+    cluster = Cluster(topo, progress=say, iptables=args.iptables)
     status = 0
     with cluster:
         say(f"ready in {cluster.timings['total_s']:.1f}s")
@@ -366,8 +370,8 @@ def cmd_run(args) -> int:
         out = new_run_dir(os.path.join(repo, "results"), resolved.experiment.name)
     say = _progress(args.quiet)
     say(f"results go to {out}")
-    with RunWriter(out, resolved=resolved, environment=environment()) as writer:
-        Runner(resolved, writer, say).run()
+    with RunWriter(out, resolved=resolved, environment=environment(args.iptables)) as writer:
+        Runner(resolved, writer, say, iptables=args.iptables).run()
     say("drawing figures ...")
     figures = written(plot_run(out))
     report = write_report(out)

@@ -87,8 +87,10 @@ class Cluster:
     progress: called with one line per stage (None: quiet)
     """
 
-    def __init__(self, topo: Topology, progress: Optional[Callable[[str], None]] = None):
+    def __init__(self, topo: Topology, progress: Optional[Callable[[str], None]] = None,
+                 iptables: str = "auto"):
         self.topo = topo
+        self.iptables = iptables   # kube-proxy's backend: auto (the machine's), nft or legacy
         self.plan: Plan = build_plan(topo)
         self.state = StateDir.for_cluster("current")
         self.progress = progress or (lambda msg: None)
@@ -327,7 +329,7 @@ class Cluster:
         """Render and apply kube-proxy's rules on every node (wired in proxy.py)."""
         from .proxy import KubeProxy
         if self.kube_proxy is None:
-            self.kube_proxy = KubeProxy(self)
+            self.kube_proxy = KubeProxy(self, backend=self.iptables)
         self.kube_proxy.sync_all()
 
     # -- workloads -------------------------------------------------------------------------
@@ -388,13 +390,15 @@ class Cluster:
                                     {"name": pod.name, "ip": pod.ip, "port": pod.port})
         return pod.name
 
-    def remove_pod(self, name: str) -> None:
+    def remove_pod(self, name: str, deregister: bool = True) -> None:
         """Delete a pod the way Kubernetes does: endpoints go first (kube-proxy everywhere; the
-        LB target and VPC route in container-native mode), then the pod and its namespace."""
+        LB target and VPC route in container-native mode), then the pod and its namespace.
+        deregister: False when nobody tells the cloud LB (a dead node): it finds out by health
+        checks, as it does for the node itself in nodeport mode."""
         pod = self._pod(name)
         self.removed_pods.add(name)
         self.failed_pods.discard(name)
-        if self.plan.mode == "container-native":
+        if self.plan.mode == "container-native" and deregister:
             for lb in self._lbs_selecting(pod.deployment):
                 self._api_quiet("DELETE", f"/v1/lbs/{lb}/backends/{pod.ip}/{pod.port}")
             self._api_quiet("DELETE", f"/v1/pods/{pod.name}")
@@ -426,7 +430,7 @@ class Cluster:
         lost = [p for p in self.plan.pods if p.node == name and p.name in self.live_pods()]
         for pod in lost:
             self._kill_server(pod.name)
-            self.remove_pod(pod.name)
+            self.remove_pod(pod.name, deregister=False)
         return [self.add_pod(pod.deployment) for pod in lost]
 
     def live_pods(self) -> set:

@@ -183,7 +183,7 @@ def run_owner(cluster, ready_fd: int) -> int:
 
 # -- the other side: commands against a detached cluster -------------------------------------
 
-def start_detached(file: str, mode: str, say) -> dict:
+def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
     """Start the owner process and wait until the cluster is ready; return its status."""
     from .owner import Lock
     lock = Lock()
@@ -195,7 +195,7 @@ def start_detached(file: str, mode: str, say) -> dict:
     log = open(os.path.join(STATE_ROOT, LOG), "w")
     r, w = os.pipe()
     argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, "--owner",
-            "--ready-fd", str(w)]
+            "--iptables", iptables, "--ready-fd", str(w)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

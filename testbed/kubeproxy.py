@@ -643,6 +643,23 @@ def endpoint_chains(services: Iterable[ServicePort], node: NodeContext) -> set[s
     return {c for c in active_nat_chains(services, node) if c.startswith(SEP_PREFIX)}
 
 
+def health_check_state(services: Iterable[ServicePort], node_name: str) -> dict:
+    """The state file testbed.healthserver reads on `node_name`: one entry per Service with a
+    healthCheckNodePort and Local policy, counting its ready endpoints on this node (upstream
+    counts per Service, so ports of one Service share one health check)."""
+    entries: dict[tuple[str, str], dict] = {}
+    for svc in services:
+        if not (svc.proxied and svc.external_policy_local and svc.health_check_node_port):
+            continue
+        local = sum(1 for ep in svc.ready_endpoints if ep.node == node_name)
+        entry = entries.setdefault((svc.namespace, svc.name), {
+            "namespace": svc.namespace, "name": svc.name,
+            "port": svc.health_check_node_port, "local_endpoints": 0,
+        })
+        entry["local_endpoints"] = max(entry["local_endpoints"], local)
+    return {"services": [entries[k] for k in sorted(entries)]}
+
+
 def nat_chains_in_save(save_text: str) -> set[str]:
     """Chain names declared in the *nat part of `iptables-save` output."""
     chains, in_nat = set(), False

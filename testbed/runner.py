@@ -123,7 +123,9 @@ class Runner:
     say: progress lines (None: quiet)
     """
 
-    def __init__(self, resolved, writer, say: Optional[Callable[[str], None]] = None):
+    def __init__(self, resolved, writer, say: Optional[Callable[[str], None]] = None,
+                 iptables: str = "auto"):
+        self.iptables = iptables
         self.res = resolved
         self.exp = resolved.experiment
         self.w = writer
@@ -155,7 +157,7 @@ class Runner:
     # -- compare -------------------------------------------------------------------------
     def _compare(self, variant, topo: Topology) -> None:
         self.say(f"[{variant.name}] building the cluster ({topo.mode})")
-        with Cluster(topo) as cluster:
+        with Cluster(topo, iptables=self.iptables) as cluster:
             self.w.meta.setdefault("build_s", {})[variant.name] = cluster.timings.get("total_s")
             self._install_accounting(cluster)
             for rep in range(self.exp.repetitions):
@@ -370,7 +372,7 @@ class Runner:
         exp = self.exp
         for rep in range(exp.repetitions):
             self.progress(variant.name, rep, "building")
-            with Cluster(topo) as cluster:
+            with Cluster(topo, iptables=self.iptables) as cluster:
                 self._warmup(cluster)
                 self.progress(variant.name, rep, f"steady load {exp.rate:g}/s for {exp.duration_s:g}s")
                 argv = [PROBE, "--url", self._url(cluster), "--duration", f"{exp.duration_s:g}",
@@ -413,7 +415,7 @@ class Runner:
         from .proxy import node_context, service_ports
         exp = self.exp
         latency = exp.workload("latency")
-        with Cluster(topo) as cluster:
+        with Cluster(topo, iptables=self.iptables) as cluster:
             node = cluster.plan.nodes[0].name
             real = service_ports(cluster.plan, cluster.live_pods())
             for rep in range(exp.repetitions):
@@ -425,7 +427,7 @@ class Runner:
                     text = kp.render(services, ctx)
                     t0 = time.time()
                     for nd in cluster.plan.nodes:   # every node's kube-proxy syncs
-                        kp.apply(cluster.kube_proxy._runner(nd.name), text, ensure_jumps=False)
+                        kp.apply(cluster.kube_proxy._runner(nd.name), text, backend=self.iptables, ensure_jumps=False)
                     sync_ms = (time.time() - t0) * 1000 / len(cluster.plan.nodes)
                     self._rec(variant, rep, "sync_time_ms", sync_ms, "scaling", services=n)
                     self._rec(variant, rep, "rules", text.count("\n-A "), "scaling", services=n)
@@ -441,7 +443,7 @@ class Runner:
                     for nd in cluster.plan.nodes:
                         kp.apply(cluster.kube_proxy._runner(nd.name),
                                  kp.render_partial(services, real, node_context(cluster.plan, nd.name)),
-                                 ensure_jumps=False)
+                                 backend=self.iptables, ensure_jumps=False)
                 self.done_units += 1
 
 
@@ -465,9 +467,9 @@ def recovery_time(rows: list, since: float) -> Optional[float]:
     return max(failed) - since if failed else 0.0
 
 
-def environment() -> dict:
+def environment(iptables: str = "auto") -> dict:
     """The machine a run was measured on (recorded beside every result)."""
-    return {"kernel": os.uname().release, "machine": os.uname().machine, "cpus": os.cpu_count(),
+    return {"kube_proxy_iptables": machine.iptables_backend() if iptables == "auto" else iptables,"kernel": os.uname().release, "machine": os.uname().machine, "cpus": os.cpu_count(),
             "datapath": "kernel" if machine.kernel_datapath() else "userspace (netdev)",
             "iptables_backend": machine.iptables_backend(), "netem": machine.netem_available(),
             "tools": machine.tool_versions()}

@@ -662,6 +662,15 @@ def test_detect_backend():
         kp.detect_backend("iptables v1.4.21\n")
 
 
+def test_health_check_state_counts_local_ready_endpoints():
+    assert kp.health_check_state([WEB, API], "node1") == {"services": [
+        {"namespace": "default", "name": "api", "port": 32000, "local_endpoints": 1}]}
+    assert kp.health_check_state([WEB, API], "node2")["services"][0]["local_endpoints"] == 2
+    assert kp.health_check_state([WEB, API], "node3")["services"][0]["local_endpoints"] == 0
+    not_ready = _replace(API, endpoints=(Endpoint("10.244.1.4", 8080, "node1", ready=False),))
+    assert kp.health_check_state([not_ready], "node1")["services"][0]["local_endpoints"] == 0
+
+
 def test_nat_chains_in_save():
     save = ("*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n"
             ":PREROUTING ACCEPT [0:0]\n:KUBE-SEP-X - [0:0]\n-A KUBE-SEP-X -j RETURN\nCOMMIT\n")

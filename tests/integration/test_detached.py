@@ -1,0 +1,67 @@
+"""A cluster that stays up: up --detach, exec, status --json, pod remove, down; and a killed
+owner process whose cluster `cnlb down` still removes completely."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from testbed.owner import StateDir, owner_pid
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TALK = os.path.join(REPO, "topologies", "talk.yaml")
+CNLB = [sys.executable, "-m", "testbed.cli"]
+
+
+def cnlb(*args, timeout=300, check=True):
+    p = subprocess.run(CNLB + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"cnlb {' '.join(args)}: {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def test_detached_session(no_leftovers):
+    up = cnlb("up", TALK, "--detach", "--quiet")
+    assert "cluster talk is up (nodeport)" in up.stdout and "cnlb exec client1" in up.stdout
+    try:
+        again = cnlb("up", TALK, "--detach", check=False)
+        assert again.returncode == 3 and "another cluster is running" in again.stderr
+
+        status = json.loads(cnlb("status", "--json").stdout)
+        assert status["mode"] == "nodeport" and status["owner"]["alive"]
+        assert [n["name"] for n in status["nodes"]] == ["node1", "node2", "node3"]
+        assert sorted(p["name"] for p in status["pods"]) == ["web-0", "web-1", "web-2", "web-3"]
+        assert all(p["healthy"] for p in status["pods"])
+        svc = status["services"][0]
+        assert (svc["name"], svc["node_port"], svc["vip"]) == ("web", 30080, "198.51.100.10")
+        assert all(b["in_service"] for b in status["load_balancers"][0]["backends"])
+
+        via_vip = cnlb("exec", "client1", "--", "curl", "-s", "-m", "3", "http://198.51.100.10/")
+        assert '"pod":"web-' in via_vip.stdout
+        via_cluster_ip = cnlb("exec", "web-0", "--", "curl", "-s", "-m", "3",
+                              f"http://{svc['cluster_ip']}:{svc['port']}/")
+        assert '"pod":"web-' in via_cluster_ip.stdout
+        assert cnlb("exec", "node1", "--", "sh", "-c", "exit 7", check=False).returncode == 7
+        assert cnlb("exec", "nosuch", "--", "true", check=False).returncode == 2
+
+        assert json.loads(cnlb("pod", "remove", "web-1").stdout) == {"removed": "web-1"}
+        script = "for i in $(seq 40); do curl -s -m 2 http://198.51.100.10/; echo; done"
+        out = cnlb("exec", "client1", "--", "sh", "-c", script).stdout
+        pods = [json.loads(l)["pod"] for l in out.splitlines() if l.startswith("{")]
+        assert len(pods) == 40 and "web-1" not in pods
+        status = json.loads(cnlb("status", "--json").stdout)
+        assert "web-1" not in [p["name"] for p in status["pods"]]
+    finally:
+        down = cnlb("down", check=False)
+    assert down.returncode == 0 and "cluster removed" in down.stdout
+
+
+def test_killed_owner_then_down_removes_everything(no_leftovers):
+    cnlb("up", TALK, "--mode", "container-native", "--detach", "--quiet")
+    pid, _ = owner_pid(StateDir.for_cluster("current"))
+    os.kill(pid, signal.SIGKILL)
+    status = cnlb("status", "--json", check=False)
+    assert status.returncode == 0 and json.loads(status.stdout)["owner"]["alive"] is False
+    down = cnlb("down")
+    assert "owner process is gone" in down.stderr and "cluster removed" in down.stdout

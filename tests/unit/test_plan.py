@@ -1,0 +1,66 @@
+"""The address plan: deterministic, unique, inside the right ranges, names the kernel accepts."""
+
+import ipaddress
+import os
+
+import pytest
+
+from testbed.check import expected_probes
+from testbed.fabric import render_fabric
+from testbed.plan import allocate_pod, build_plan, with_pod
+from testbed.spec import load_topology
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOPOLOGIES = [os.path.join(REPO, "topologies", f) for f in ("minimal.yaml", "talk.yaml", "large.yaml")]
+MODES = ["nodeport", "container-native"]
+
+
+@pytest.mark.parametrize("path", TOPOLOGIES, ids=os.path.basename)
+@pytest.mark.parametrize("mode", MODES)
+def test_plan_is_deterministic_and_unique(path, mode):
+    plan = build_plan(load_topology(path, mode=mode))
+    assert plan.to_dict() == build_plan(load_topology(path, mode=mode)).to_dict()
+    ips = [a.ip for a in plan.attachments] + [p.ip for p in plan.pods]
+    macs = [a.mac for a in plan.attachments] + [p.mac for p in plan.pods] + [p.veth_mac for p in plan.pods]
+    assert len(ips) == len(set(ips)) and len(macs) == len(set(macs))
+    for name in [a.port for a in plan.attachments] + [p.veth for p in plan.pods]:
+        assert len(name) <= 15           # IFNAMSIZ - 1
+
+
+def test_classic_pods_live_in_their_nodes_range():
+    plan = build_plan(load_topology(TOPOLOGIES[1], mode="nodeport"))
+    for pod in plan.pods:
+        node = plan.node(pod.node)
+        assert ipaddress.IPv4Address(pod.ip) in ipaddress.IPv4Network(node.pod_cidr)
+        assert pod.gateway == node.cni0_ip and pod.prefixlen == 24
+    assert all(b.port == 30080 for b in plan.load_balancers[0].backends)
+    assert {b.name for b in plan.load_balancers[0].backends} == {"node1", "node2", "node3"}
+    assert render_fabric(plan, load_topology(TOPOLOGIES[1]).load_balancer.health_check)["pod_routes"] == []
+
+
+def test_container_native_pods_take_vpc_addresses_of_their_nodes_subnet():
+    topo = load_topology(TOPOLOGIES[1], mode="container-native")
+    plan = build_plan(topo)
+    for pod in plan.pods:
+        subnet = topo.subnet(plan.node(pod.node).subnet)
+        assert ipaddress.IPv4Address(pod.ip) in subnet.cidr and pod.prefixlen == 32
+        assert pod.gateway == "169.254.1.1"
+    lb = plan.load_balancers[0]
+    assert [(b.name, b.port) for b in lb.backends] == [(p.name, 8080) for p in plan.pods]
+    fabric = render_fabric(plan, topo.load_balancer.health_check)
+    assert {r["ip"] for r in fabric["pod_routes"]} == {p.ip for p in plan.pods}
+
+
+def test_allocated_pod_takes_the_lowest_free_address_and_joins_the_service():
+    plan = build_plan(load_topology(TOPOLOGIES[1], mode="nodeport"))
+    pod = allocate_pod(plan, "web", "node3", 8080)
+    assert (pod.name, pod.ip) == ("web-4", "10.244.3.2")
+    with_pod(plan, pod)
+    assert "web-4" in plan.services[0].endpoints
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reachability_expectations_follow_the_mode(mode):
+    plan = build_plan(load_topology(TOPOLOGIES[1], mode=mode))
+    client_to_pods = {p.expect for p in expected_probes(plan) if p.group == "pod addresses"}
+    assert client_to_pods == {mode == "container-native"}
