@@ -361,6 +361,12 @@ def cmd_run(args) -> int:
     from .results import RunWriter, new_run_dir
     from .runner import Runner, environment
     resolved = load_resolved(args.experiment, args.topology, netem=machine.netem_available())
+    from .owner import Lock
+    lock = Lock()
+    if not lock.acquire():   # checked before a results directory is made
+        raise EnvironmentProblem(f"another cluster is running (owner pid {lock.holder()}) — "
+                                 "stop it with `cnlb down` (one cluster per machine)")
+    lock.release()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if args.out:
         if os.path.exists(os.path.join(args.out, "meta.json")):

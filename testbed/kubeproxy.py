@@ -595,8 +595,8 @@ def render_partial(
 
     Like upstream's partial sync: the per-service chains are written only for Services (by
     namespace/name, all their ports) whose spec or endpoints changed; chains that disappeared are
-    deleted. Applied with --noflush over render(old_services), it leaves the same tables as
-    render(new_services) on an empty node. When the large-cluster switch flips (which changes
+    deleted. Applied with --noflush over render(old_services) (for the same node), it leaves the
+    same tables as render(new_services) on an empty node. When the large-cluster switch flips (which changes
     the comments of every endpoint rule), every chain is rewritten.
     """
     old, new = _sorted_services(old_services), _sorted_services(new_services)

@@ -27,6 +27,10 @@ def test_detached_session(no_leftovers):
     try:
         again = cnlb("up", TALK, "--detach", check=False)
         assert again.returncode == 3 and "another cluster is running" in again.stderr
+        out = os.path.join(REPO, "results", "never-made")
+        run = cnlb("run", os.path.join(REPO, "experiments", "compare-quick.yaml"), "--out", out, check=False)
+        assert run.returncode == 3 and "another cluster is running" in run.stderr
+        assert not os.path.exists(out)
 
         status = json.loads(cnlb("status", "--json").stdout)
         assert status["mode"] == "nodeport" and status["owner"]["alive"]

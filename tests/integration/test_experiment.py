@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from testbed.results import read_meta, read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,7 +52,8 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
     assert all(v in report for v in variants)
 
 
-def test_interrupted_run_keeps_records_and_leaves_nothing(no_leftovers, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_keeps_records_and_leaves_nothing(no_leftovers, tmp_path, sig):
     out = tmp_path / "run"
     proc = subprocess.Popen(CNLB + ["run", QUICK, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -61,7 +64,7 @@ def test_interrupted_run_keeps_records_and_leaves_nothing(no_leftovers, tmp_path
         seen.append(line)
         if "[nodeport-local rep 1/1] latency" in line or not line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + rest
     assert "Traceback" not in rest
