@@ -80,8 +80,7 @@ def build_parser() -> Parser:
     u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
                    "exit non-zero if anything expected failed")
     u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
-    u.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
-                   help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
+    _iptables_option(u)
     u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
                    "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")
@@ -117,8 +116,7 @@ def build_parser() -> Parser:
     rn.add_argument("--topology", metavar="FILE", help="use this topology instead of the file's")
     rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
     rn.add_argument("--quiet", action="store_true", help="no progress lines")
-    rn.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
-                    help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
+    _iptables_option(rn)
     rn.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
@@ -140,6 +138,11 @@ def build_parser() -> Parser:
     d = sub.add_parser("doctor", help="what this machine can do, and the fix for what it cannot")
     d.set_defaults(func=cmd_doctor)
     return p
+
+
+def _iptables_option(parser) -> None:
+    parser.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
+                        help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
 
 
 def _progress(quiet: bool):

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from tests.badfiles import LINE_RE, expectation
 from testbed.errors import InputError
 from testbed.experiment import (Variant, load_experiment, load_resolved, resolve, seconds,
                                 validate_files)
@@ -18,19 +19,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BAD = os.path.join(REPO, "tests", "data", "bad-experiments")
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "experiments", "*.yaml")))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
-LINE_RE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): .+ — .+$")
 
 
 def bad_files():
     return sorted(glob.glob(os.path.join(BAD, "*.yaml")))
 
-
-def expectation(path):
-    with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8", errors="replace")
-    m = re.match(r"# expect line (\d+): (.*)", first)
-    assert m, f"{path} lacks its '# expect line N: text' header"
-    return int(m.group(1)), m.group(2).strip()
 
 
 def problems_of(path):

@@ -11,6 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.badfiles import LINE_RE, expectation
 from testbed.cli import main
 from testbed.errors import InputError
 from testbed.source import parse_document
@@ -19,19 +20,11 @@ from testbed.spec import load_topology, parse_topology
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad")
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))
-LINE_RE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): .+ — .+$")
 
 
 def bad_files():
     return sorted(f for f in glob.glob(os.path.join(BAD, "*.yaml")) if os.path.isfile(f))
 
-
-def expectation(path):
-    with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8", errors="replace")
-    m = re.match(r"# expect line (\d+): (.*)", first)
-    assert m, f"{path} lacks its '# expect line N: text' header"
-    return int(m.group(1)), m.group(2).strip()
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
