@@ -248,13 +248,27 @@ def cmd_up(args) -> int:
             status = 0 if all(r.ok for r in rows) else EXIT_FAILED
             print("reachability: " + ("all as expected" if status == 0 else "FAILED"))
         if args.cli:
-            from mininet.cli import CLI
-            CLI(cluster.net)
+            _mininet_cli(cluster)
         if not (args.check or args.cli):
             _hold(cluster, say)
         say("tearing down ...")
     say(f"removed in {cluster.timings.get('stop_s', 0):.1f}s")
     return status
+
+
+def _mininet_cli(cluster) -> None:
+    """Mininet's CLI on the cluster, accepting the cluster's names (pods are named web-0:
+    Mininet's CLI would stop a host name at the '-')."""
+    import cmd
+    from mininet.cli import CLI
+    from mininet.log import setLogLevel
+
+    class ClusterCLI(CLI):
+        identchars = cmd.Cmd.identchars + "-"
+
+    setLogLevel("output")   # the CLI prints through Mininet's log at this level
+    ClusterCLI(cluster.net)
+    setLogLevel("warning")
 
 
 def _hold(cluster, say) -> None:
@@ -445,10 +459,10 @@ def cmd_doctor(args) -> int:
     from .machine import doctor
     bad = 0
     for check in doctor():
-        mark = "ok " if check.ok else "MISSING"
+        mark = "ok " if check.ok else ("optional" if check.optional else "MISSING")
         line = f"{mark:<8} {check.what:<16} {check.detail}"
         if not check.ok:
-            bad += 1
+            bad += not check.optional
             line += f"  — fix: {check.fix}"
         print(line)
     return EXIT_FAILED if bad else 0

@@ -146,6 +146,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    optional: bool = False   # missing only limits what topologies may ask for
 
 
 def doctor() -> list[Check]:
@@ -160,7 +161,8 @@ def doctor() -> list[Check]:
                         "userspace (netdev; no openvswitch module): slower, offloads turned off on veths"))
     net = netem_available()
     checks.append(Check("netem", net, "link delay/loss available" if net else "no sch_netem: links.delay/loss unavailable",
-                        "use a kernel with sch_netem (a usual VM kernel has it) or leave delay/loss out"))
+                        "use a kernel with sch_netem (a usual VM kernel has it) or leave delay/loss out",
+                        optional=True))
     checks.append(Check("iptables", iptables_backend() != "missing", f"backend {iptables_backend()}",
                         "apt-get install iptables"))
     try:
