@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import select
 import subprocess
 import time
 from typing import Callable, Optional
@@ -345,14 +345,24 @@ class Cluster:
             os.close(w)
             self.pod_servers[pod.name] = proc
             waiting[pod.name] = r
-        deadline = time.time() + 30
-        for name, r in waiting.items():
-            with os.fdopen(r, "rb") as fh:
-                ready = fh.read(6)
-            if ready != b"ready\n":
-                raise EnvironmentProblem(f"pod {name}'s server did not start (exit {self.pod_servers[name].poll()})")
-            if time.time() > deadline:
-                raise EnvironmentProblem("pod servers took longer than 30 s to start")
+        deadline = time.time() + 30 + len(waiting) * 0.05
+        try:
+            for name, r in waiting.items():
+                ready = b""
+                while not ready.endswith(b"\n"):
+                    left = deadline - time.time()
+                    if left <= 0 or not select.select([r], [], [], left)[0]:
+                        raise EnvironmentProblem(f"pod {name}'s server did not say it was ready in time")
+                    chunk = os.read(r, 16)
+                    if not chunk:
+                        break
+                    ready += chunk
+                if ready != b"ready\n":
+                    raise EnvironmentProblem(f"pod {name}'s server did not start "
+                                             f"(exit {self.pod_servers[name].poll()})")
+        finally:
+            for r in waiting.values():
+                os.close(r)
 
     # -- pod lifecycle (what the Kubernetes control plane would do) --------------------------
     def add_pod(self, deployment: str, node: Optional[str] = None) -> str:
@@ -525,6 +535,3 @@ class Cluster:
 def _port_no(port_name: str) -> int:
     return int(port_name.rsplit("eth", 1)[1])
 
-
-def remove_state_dir(state: StateDir) -> None:
-    shutil.rmtree(state.path, ignore_errors=True)

@@ -21,7 +21,7 @@ import time
 from typing import Optional
 
 from .errors import EnvironmentProblem, UsageError
-from .owner import STATE_ROOT, StateDir, alive, clean, owner_pid, read_journal
+from .owner import STATE_ROOT, StateDir, alive, clean, owner_pid
 
 SOCKET = "owner.sock"
 LOG = "owner.log"
@@ -282,6 +282,3 @@ def _remove_log():
     except FileNotFoundError:
         pass
 
-
-def journal_summary() -> list:
-    return read_journal(current_state())

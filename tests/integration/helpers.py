@@ -33,3 +33,14 @@ def probe(cluster, n, host="client1"):
 def entry_node(cluster, seen_client):
     """The node a classic-mode request entered through, from the SNAT address the pod saw."""
     return next(n.name for n in cluster.plan.nodes if seen_client in node_addresses(cluster, n.name))
+
+
+def wait_answering(cluster, host: str, url: str, timeout: float = 20.0) -> None:
+    """Wait until a request through url gets an answer again (after a restart)."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if answers(cluster, host, url, 1):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f}s")

@@ -10,7 +10,7 @@ import pytest
 from testbed.cluster import Cluster
 from testbed.machine import restart_vswitchd, vswitchd_pid
 from testbed.spec import load_topology
-from tests.integration.helpers import VIP, answers, entry_node, probe
+from tests.integration.helpers import VIP, answers, entry_node, probe, wait_answering
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
@@ -35,5 +35,6 @@ def test_traffic_resumes_after_ovs_vswitchd_restart(classic):
     assert vswitchd_pid() not in (None, before)
     classic.controller.wait_programmed([s.name for s in classic.plan.switches], timeout=60)
     classic.wait_lb_ready()
+    wait_answering(classic, "client1", f"http://{VIP}/")
     got = answers(classic, "client1", f"http://{VIP}/", 20)
     assert len(got) == 20

@@ -10,7 +10,7 @@ import pytest
 
 from testbed.cluster import Cluster
 from testbed.spec import load_topology
-from tests.integration.helpers import VIP, answers, entry_node, probe
+from tests.integration.helpers import VIP, answers, entry_node, probe, wait_answering
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
@@ -53,6 +53,7 @@ def test_traffic_resumes_after_controller_restart(native):
     native.restart_controller(kill=True)
     status = native.controller.api("GET", "/v1/status")
     assert all(s["programmed"] and s["programs"] >= 1 for s in status["switches"])
+    wait_answering(native, "client1", f"http://{VIP}/")
     got = probe(native, 20)
     assert len(got) == 20 and all(r["status"] == 200 for r in got)
 
