@@ -14,7 +14,9 @@ import json
 import os
 import select
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from mininet.log import setLogLevel
@@ -31,14 +33,25 @@ from .spec import Topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PODSERVER = os.path.join(REPO, "build", "podserver")
+HOST_THREADS = 8
 
 
-class OwnedHost(Host):
+class OneShellAtATime:
+    """A node's shell runs one command at a time: links are made from several threads, and
+    two of them may need the same node (a node's eth0 and its pods' veths)."""
+
+    def cmd(self, *args, **kwargs):
+        with self._shell_lock:
+            return super().cmd(*args, **kwargs)
+
+
+class OwnedHost(OneShellAtATime, Host):
     """A Mininet host (node, pod, client or LB) whose processes are journaled as they start:
     its shell, whose namespace dies with it, and everything started with popen()."""
 
     def __init__(self, name, journal: Optional[Journal] = None, **params):
         self.journal = journal
+        self._shell_lock = threading.RLock()
         super().__init__(name, **params)
 
     def _popen(self, cmd, **params):
@@ -51,12 +64,13 @@ class OwnedHost(Host):
         return popen
 
 
-class VpcSwitch(OVSSwitch):
+class VpcSwitch(OneShellAtATime, OVSSwitch):
     """An OVS bridge of the VPC fabric, labelled as ours in OVSDB (external_ids) so cleanup can
     tell it from bridges the machine's owner made."""
 
     def __init__(self, name, journal: Optional[Journal] = None, cluster: str = "", **params):
         self.journal = journal
+        self._shell_lock = threading.RLock()
         self.cluster = cluster
         super().__init__(name, **params)
 
@@ -211,10 +225,14 @@ class Cluster:
         return self.net.addHost(name, cls=OwnedHost, journal=self.journal, ip=None)
 
     def _add_hosts(self) -> None:
-        for att in self.plan.attachments:
-            self._add_host(att.host)
-        for pod in self.plan.pods:
-            self._add_host(pod.name)
+        # Each host is a shell Mininet waits on until its prompt appears; waiting for several
+        # at once overlaps those start-ups (the GIL is free while a thread waits on its pty).
+        # Hosts are then put back in plan order, which Mininet's CLI and `nodes` show.
+        names = [a.host for a in self.plan.attachments] + [p.name for p in self.plan.pods]
+        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:
+            list(pool.map(self._add_host, names))
+        order = {name: i for i, name in enumerate(names)}
+        self.net.hosts.sort(key=lambda h: order[h.name])
 
     def _add_fabric(self) -> None:
         datapath = "kernel" if machine.kernel_datapath() else "user"
@@ -233,11 +251,22 @@ class Cluster:
                              port2=_port_no(sw.core_port), intfName1=sw.uplink, intfName2=sw.core_port)
         for att in self.plan.attachments:
             self.journal.record("link", name=att.port)
-            self.net.addLink(self.net.get(att.switch), self.net.get(att.host), port1=_port_no(att.port),
-                             intfName1=att.port, intfName2="eth0", addr2=att.mac)
+        # A link's commands run in its first node's shell: links of different switches or
+        # nodes can be made at once, those of one switch or node one after the other.
+        groups: dict = {}
+        for att in self.plan.attachments:
+            groups.setdefault(att.switch, []).append(
+                lambda att=att: self.net.addLink(self.net.get(att.switch), self.net.get(att.host),
+                                                 port1=_port_no(att.port), intfName1=att.port,
+                                                 intfName2="eth0", addr2=att.mac))
         for pod in self.plan.pods:
-            self.net.addLink(self.net.get(pod.node), self.net.get(pod.name), intfName1=pod.veth,
-                             intfName2="eth0", addr1=pod.veth_mac, addr2=pod.mac)
+            groups.setdefault(pod.node, []).append(
+                lambda pod=pod: self.net.addLink(self.net.get(pod.node), self.net.get(pod.name),
+                                                 intfName1=pod.veth, intfName2="eth0",
+                                                 addr1=pod.veth_mac, addr2=pod.mac))
+        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:
+            for future in [pool.submit(lambda g=g: [make() for make in g]) for g in groups.values()]:
+                future.result()
 
     def _configure_hosts(self) -> None:
         scripts = {}
@@ -336,22 +365,30 @@ class Cluster:
     def start_pod_servers(self, pods) -> None:
         """Start each pod's HTTP server and wait until every one listens."""
         waiting = {}
-        for pod in pods:
+
+        def start(pod):
             r, w = os.pipe()
-            proc = self.net.get(pod.name).popen(
-                [PODSERVER, "--port", str(pod.port), "--pod", pod.name, "--node", pod.node,
-                 "--ready-fd", str(w)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, pass_fds=(w,))
-            os.close(w)
-            self.pod_servers[pod.name] = proc
-            waiting[pod.name] = r
+            try:
+                proc = self.net.get(pod.name).popen(
+                    [PODSERVER, "--port", str(pod.port), "--pod", pod.name, "--node", pod.node,
+                     "--ready-fd", str(w)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, pass_fds=(w,))
+            finally:
+                os.close(w)
+            return pod.name, proc, r
+        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:   # fork+exec overlap
+            for name, proc, r in pool.map(start, pods):
+                self.pod_servers[name] = proc
+                waiting[name] = r
         deadline = time.time() + 30 + len(waiting) * 0.05
         try:
             for name, r in waiting.items():
                 ready = b""
                 while not ready.endswith(b"\n"):
                     left = deadline - time.time()
-                    if left <= 0 or not select.select([r], [], [], left)[0]:
+                    poller = select.poll()   # not select(): hosts' ptys push fds past 1024
+                    poller.register(r, select.POLLIN)
+                    if left <= 0 or not poller.poll(left * 1000):
                         raise EnvironmentProblem(f"pod {name}'s server did not say it was ready in time")
                     chunk = os.read(r, 16)
                     if not chunk:
@@ -499,7 +536,7 @@ class Cluster:
         for host, cmds in scripts.items():
             paths[host] = self.state.file(f"{host}.sh")
             with open(paths[host], "w") as fh:
-                fh.write("set -e\n" + "\n".join(cmds) + "\n")
+                fh.write("set -e\n" + "\n".join(batched(cmds)) + "\n")
         failures = []
         for host, path in paths.items():
             self.host(host).sendCmd(f"sh {path} 2>&1; echo __rc=$?")
@@ -530,6 +567,25 @@ class Cluster:
     def _write_status(self) -> None:
         from .detached import write_status
         write_status(self)
+
+
+def batched(cmds: list[str]) -> list[str]:
+    """Runs of consecutive `ip ...` lines become one `ip -batch` (one process instead of one
+    per line: a thousand pods' set-up is mostly process start-up). ip -batch stops at the
+    first failing line and fails, as `set -e` would."""
+    out, run = [], []
+    for cmd in cmds + [None]:
+        if cmd is not None and cmd.startswith("ip ") and "|" not in cmd and ">" not in cmd:
+            run.append(cmd[3:])
+            continue
+        if len(run) == 1:
+            out.append("ip " + run[0])
+        elif run:
+            out.append("ip -batch - <<'CNLB_IP'\n" + "\n".join(run) + "\nCNLB_IP")
+        run = []
+        if cmd is not None:
+            out.append(cmd)
+    return out
 
 
 def _port_no(port_name: str) -> int:

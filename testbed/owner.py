@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -77,12 +78,14 @@ class Journal:
         self.state = state
         os.makedirs(state.path, exist_ok=True)
         self._fh = open(state.journal, "a")
+        self._lock = threading.Lock()   # hosts are created from several threads
 
     def record(self, kind: str, **data) -> None:
         entry = {"kind": kind, "t": round(time.time(), 3), **data}
-        self._fh.write(json.dumps(entry) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with self._lock:
+            self._fh.write(json.dumps(entry) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def process(self, pid: int, what: str, gentle: bool = True) -> None:
         """gentle: ask with SIGTERM first (servers, the controller); shells are killed outright."""
