@@ -107,3 +107,9 @@ def run_probes(cluster, probes: list[Probe]) -> dict:
             if len(parts) == 2:
                 answered[(source, parts[0])] = parts[1] == "0"
     return answered
+
+
+def reachability(cluster) -> list[Row]:
+    """Probe everything the mode promises on a live cluster: the table `cnlb up --check` prints."""
+    probes = expected_probes(cluster.plan)
+    return summarise(probes, run_probes(cluster, probes))

@@ -219,7 +219,7 @@ def _node_arg(args, plan) -> str:
 
 def cmd_up(args) -> int:
     from . import machine
-    from .check import expected_probes, format_table, run_probes, summarise
+    from .check import format_table, reachability
     from .cluster import Cluster
     from .spec import load_topology
     topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
@@ -242,8 +242,7 @@ def cmd_up(args) -> int:
     with cluster:
         say(f"ready in {cluster.timings['total_s']:.1f}s")
         if args.check:
-            probes = expected_probes(cluster.plan)
-            rows = summarise(probes, run_probes(cluster, probes))
+            rows = reachability(cluster)
             print(format_table(rows))
             status = 0 if all(r.ok for r in rows) else EXIT_FAILED
             print("reachability: " + ("all as expected" if status == 0 else "FAILED"))
@@ -379,11 +378,7 @@ def cmd_run(args) -> int:
     from .runner import Runner, environment
     resolved = load_resolved(args.experiment, args.topology, netem=machine.netem_available())
     from .owner import Lock
-    lock = Lock()
-    if not lock.acquire():   # checked before a results directory is made
-        raise EnvironmentProblem(f"another cluster is running (owner pid {lock.holder()}) — "
-                                 "stop it with `cnlb down` (one cluster per machine)")
-    lock.release()
+    Lock().refuse_if_held()   # before a results directory is made
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if args.out:
         if os.path.exists(os.path.join(args.out, "meta.json")):

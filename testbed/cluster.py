@@ -195,8 +195,7 @@ class Cluster:
         if not os.path.exists(PODSERVER):
             raise EnvironmentProblem(f"{PODSERVER} is missing — run `make setup` to build the pod server")
         if not self.lock.acquire():
-            raise EnvironmentProblem(f"another cluster is running (owner pid {self.lock.holder()}) — "
-                                     "stop it with `cnlb down` (one cluster per machine)")
+            raise EnvironmentProblem(self.lock.busy_message())
         try:
             if self.state.exists():
                 self.progress("removing what a crashed earlier run left ...")

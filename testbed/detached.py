@@ -186,11 +186,7 @@ def run_owner(cluster, ready_fd: int) -> int:
 def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
     """Start the owner process and wait until the cluster is ready; return its status."""
     from .owner import Lock
-    lock = Lock()
-    if not lock.acquire():
-        raise EnvironmentProblem(f"another cluster is running (owner pid {lock.holder()}) — "
-                                 "stop it with `cnlb down` (one cluster per machine)")
-    lock.release()
+    Lock().refuse_if_held()
     os.makedirs(STATE_ROOT, exist_ok=True)
     log = open(os.path.join(STATE_ROOT, LOG), "w")
     r, w = os.pipe()

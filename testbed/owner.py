@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .errors import EnvironmentProblem
+
 STATE_ROOT = os.environ.get("CNLB_STATE_DIR", "/run/cnlb")
 OVS_LABEL = "cnlb-cluster"
 
@@ -147,6 +149,16 @@ class Lock:
             finally:
                 os.close(self._fd)
                 self._fd = None
+
+    def busy_message(self) -> str:
+        return (f"another cluster is running (owner pid {self.holder()}) — "
+                "stop it with `cnlb down` (one cluster per machine)")
+
+    def refuse_if_held(self) -> None:
+        """Raise the one-line refusal if a cluster runs now (checked before making anything)."""
+        if not self.acquire():
+            raise EnvironmentProblem(self.busy_message())
+        self.release()
 
     def inherit(self) -> None:
         """Keep the lock across a fork (the detached owner process takes it over)."""

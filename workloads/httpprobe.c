@@ -83,6 +83,8 @@
 
 #define USAGE "httpprobe --url http://IP[:PORT][/PATH] (--requests N | --duration S) " \
               "[--rate R] [--timeout-ms T] [--keepalive] [--out FILE]"
+#define PROG "httpprobe"
+#include "cliargs.h"
 
 enum {
     BUF_CAP = 16384,      /* response head + the part of the body we look into */
@@ -109,28 +111,6 @@ struct config {
     bool keepalive;
     const char *out;
 };
-
-/* One line on stderr, exit 2: launchers show the first line of stderr to the user. */
-static void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("httpprobe: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs(" (usage: " USAGE ")\n", stderr);
-    exit(2);
-}
-
-static long long parse_int(const char *flag, const char *text, long long lo, long long hi)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > hi)
-        usage_error("%s: '%s' is not a whole number in %lld-%lld", flag, text, lo, hi);
-    return v;
-}
 
 static double parse_positive(const char *flag, const char *text)
 {
@@ -169,7 +149,7 @@ static void parse_url(struct config *cfg, const char *url)
             usage_error("--url: '%s' has a bad port", url);
         memcpy(num, p, plen);
         num[plen] = '\0';
-        port = (long)parse_int("--url port", num, 1, 65535);
+        port = (long)parse_whole("--url port", num, 1, 65535);
         p += plen;
     }
     cfg->dst.sin_port = htons((uint16_t)port);
@@ -220,13 +200,13 @@ static struct config parse_args(int argc, char **argv)
             parse_url(&cfg, val);
             have_url = true;
         } else if (!strcmp(flag, "--requests")) {
-            cfg.requests = parse_int(flag, val, 1, 1000000000LL);
+            cfg.requests = parse_whole(flag, val, 1, 1000000000LL);
         } else if (!strcmp(flag, "--rate")) {
             cfg.rate = parse_positive(flag, val);
         } else if (!strcmp(flag, "--duration")) {
             cfg.duration = parse_positive(flag, val);
         } else if (!strcmp(flag, "--timeout-ms")) {
-            cfg.timeout_ms = (int)parse_int(flag, val, 1, 3600000);
+            cfg.timeout_ms = (int)parse_whole(flag, val, 1, 3600000);
         } else {
             if (!*val)
                 usage_error("--out needs a file name");

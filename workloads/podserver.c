@@ -56,6 +56,8 @@
 #include <unistd.h>
 
 #define USAGE "podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--ready-fd N]"
+#define PROG "podserver"
+#include "cliargs.h"
 
 enum {
     IN_CAP = 8192,        /* largest request head accepted; also the read buffer */
@@ -82,28 +84,6 @@ struct config {
     const char *bind;
     int ready_fd;          /* -1: none */
 };
-
-/* One line on stderr, exit 2: launchers show the first line of stderr to the user. */
-static void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("podserver: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs(" (usage: " USAGE ")\n", stderr);
-    exit(2);
-}
-
-static long parse_long(const char *flag, const char *text, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > hi)
-        usage_error("%s: '%s' is not a number in %ld-%ld", flag, text, lo, hi);
-    return v;
-}
 
 /* Names go verbatim into JSON and an HTTP header, so allow only characters that need no
  * escaping in either: Kubernetes names are [a-z0-9.-]; '_' and capitals are harmless extras. */
@@ -151,7 +131,7 @@ static struct config parse_args(int argc, char **argv)
             usage_error("%s needs a value", flag);
 
         if (!strcmp(flag, "--port"))
-            cfg.port = (unsigned)parse_long(flag, val, 1, 65535);
+            cfg.port = (unsigned)parse_whole(flag, val, 1, 65535);
         else if (!strcmp(flag, "--pod"))
             cfg.pod = parse_name(flag, val);
         else if (!strcmp(flag, "--node"))
@@ -159,7 +139,7 @@ static struct config parse_args(int argc, char **argv)
         else if (!strcmp(flag, "--bind"))
             cfg.bind = val;
         else {
-            cfg.ready_fd = (int)parse_long(flag, val, 0, INT_MAX);
+            cfg.ready_fd = (int)parse_whole(flag, val, 0, INT_MAX);
             if (fcntl(cfg.ready_fd, F_GETFD) < 0)
                 usage_error("--ready-fd: fd %d is not open", cfg.ready_fd);
         }

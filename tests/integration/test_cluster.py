@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from testbed.check import expected_probes, run_probes, summarise
+from testbed.check import reachability
 from testbed.cluster import Cluster
 from testbed.spec import load_topology
 
@@ -24,7 +24,7 @@ def test_classic_mode_reachability_and_vxlan(no_leftovers):
     topo = load_topology(TALK, mode="nodeport")
     with Cluster(topo) as cluster:
         plan = cluster.plan
-        rows = summarise(expected_probes(plan), run_probes(cluster, expected_probes(plan)))
+        rows = reachability(cluster)
         bad = [r for r in rows if not r.ok]
         assert not bad, bad
         # clients cannot reach pod addresses: the VPC does not know the overlay
@@ -47,7 +47,7 @@ def test_container_native_reachability_and_pod_routes(no_leftovers):
     topo = load_topology(TALK, mode="container-native")
     with Cluster(topo) as cluster:
         plan = cluster.plan
-        rows = summarise(expected_probes(plan), run_probes(cluster, expected_probes(plan)))
+        rows = reachability(cluster)
         bad = [r for r in rows if not r.ok]
         assert not bad, bad
         # the VPC routes pod addresses: a client reaches a pod directly
