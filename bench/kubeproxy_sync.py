@@ -9,7 +9,7 @@ For each backend (iptables-legacy-restore, iptables-nft-restore) and each size (
 10,000 services x 5 endpoints, cluster IPs in 10.96.0.0/12, endpoints in 10.244.0.0/16, every
 fifth service also a NodePort):
 
-- full sync: render everything with testbed.kubeproxy.render() and apply it (the jump rules
+- full sync: render everything with testbed.kubernetes.dataplane.iptables.rules.render() and apply it (the jump rules
   checked, then one iptables-restore --noflush) into empty tables; median of 3;
 - full resync: the same into the already-populated tables (upstream does this periodically);
 - one-endpoint change: one endpoint of one service replaced, rendered with render_partial()
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from testbed import kubeproxy as kp  # noqa: E402
-from testbed.kubeproxy import Endpoint, NodeContext, ServicePort  # noqa: E402
+from testbed.kubernetes.dataplane.iptables.rules import Endpoint, NodeContext, ServicePort  # noqa: E402
 
 NS = f"cnlb-bench-{os.getpid()}"
 BACKENDS = ("legacy", "nft")
@@ -64,7 +64,7 @@ OUT = ROOT / "bench" / "results" / "kubeproxy_sync.json"
 
 
 def ns_run(argv: list, stdin: bytes | None = None) -> tuple[int, str]:
-    """testbed.kubeproxy's runner: every command inside the scratch namespace."""
+    """testbed.kubernetes.dataplane.iptables.rules's runner: every command inside the scratch namespace."""
     proc = subprocess.run(["ip", "netns", "exec", NS, *argv], input=stdin, capture_output=True)
     return proc.returncode, proc.stderr.decode(errors="replace")
 

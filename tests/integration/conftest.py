@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from testbed import machine
+from testbed.emulation import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -5,9 +5,9 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from testbed.owner import STATE_ROOT, owned_bridges
+from testbed.emulation.journal import STATE_ROOT, owned_bridges
 
-MARKERS = ("mininet:", "podserver", "controllers.run", "testbed.healthserver", "cnlb")
+MARKERS = ("mininet:", "podserver", "controllers.run", "testbed.kubernetes.dataplane.healthserver", "cnlb")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from testbed.owner import STATE_ROOT
+from testbed.emulation.journal import STATE_ROOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")

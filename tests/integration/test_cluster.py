@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from testbed.check import reachability
-from testbed.cluster import Cluster
-from testbed.spec import load_topology
+from testbed.emulation.reachability import reachability
+from testbed.emulation.cluster import Cluster
+from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

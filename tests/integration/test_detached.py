@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from testbed.owner import StateDir, owner_pid
+from testbed.emulation.journal import StateDir, owner_pid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from testbed.results import read_meta, read_records
+from testbed.analysis.records import read_meta, read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")

@@ -6,8 +6,8 @@ import ipaddress
 import os
 import subprocess
 
-from testbed.cluster import Cluster
-from testbed.spec import load_topology
+from testbed.emulation.cluster import Cluster
+from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

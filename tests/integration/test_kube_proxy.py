@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from testbed.cluster import Cluster
-from testbed.spec import load_topology
+from testbed.emulation.cluster import Cluster
+from testbed.spec.topology import load_topology
 from tests.integration.helpers import answers, node_addresses
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from testbed.cluster import Cluster
-from testbed.spec import load_topology
+from testbed.emulation.cluster import Cluster
+from testbed.spec.topology import load_topology
 from tests.integration.helpers import VIP, answers, entry_node, probe, wait_answering
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

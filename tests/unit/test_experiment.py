@@ -10,10 +10,10 @@ import pytest
 
 from tests.badfiles import LINE_RE, expectation
 from testbed.errors import InputError
-from testbed.experiment import (Variant, load_experiment, load_resolved, resolve, seconds,
+from testbed.spec.experiment import (Variant, load_experiment, load_resolved, resolve, seconds,
                                 validate_files)
-from testbed.plan import build_plan
-from testbed.spec import load_topology
+from testbed.plan.addresses import build_plan
+from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad-experiments")

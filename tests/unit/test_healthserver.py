@@ -1,6 +1,6 @@
-"""kube-proxy health-check server (testbed/healthserver.py).
+"""kube-proxy health-check server (testbed/kubernetes/dataplane/healthserver.py).
 
-Runs the real server as `python -m testbed.healthserver` on 127.0.0.1 and free high ports; each
+Runs the real server as `python -m testbed.kubernetes.dataplane.healthserver` on 127.0.0.1 and free high ports; each
 server is stopped by its pid in the fixture's finalizer.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.healthserver import ServiceHealth, StateError, parse_state, service_response
+from testbed.kubernetes.dataplane.healthserver import ServiceHealth, StateError, parse_state, service_response
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -67,7 +67,7 @@ def get(port: int, path: str = "/healthz"):
 class Server:
     def __init__(self, state: Path, healthz_port: int):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "testbed.healthserver", "--state", str(state),
+            [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver", "--state", str(state),
              "--bind", HOST, "--healthz-port", str(healthz_port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed import kubeproxy as kp
-from testbed.kubeproxy import Endpoint, NodeContext, ServicePort
+from testbed.kubernetes.dataplane.iptables import rules as kp
+from testbed.kubernetes.dataplane.iptables.rules import Endpoint, NodeContext, ServicePort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iptables_model import Packet, Tables, check_jumps, sort_like_upstream, trace  # noqa: E402

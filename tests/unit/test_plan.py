@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from testbed.check import expected_probes
-from testbed.fabric import render_fabric
-from testbed.plan import allocate_pod, build_plan, with_pod
-from testbed.spec import load_topology
+from testbed.emulation.reachability import expected_probes
+from testbed.cloud.fabric import render_fabric
+from testbed.plan.addresses import allocate_pod, build_plan, with_pod
+from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = [os.path.join(REPO, "topologies", f) for f in ("minimal.yaml", "talk.yaml", "large.yaml")]

@@ -6,14 +6,14 @@ import random
 
 import pytest
 
-from testbed.diagram import draw_variant_diagram, flows
-from testbed.experiment import Variant, load_experiment, resolve
-from testbed.plan import build_plan
-from testbed.plots import PALETTE, plot_run, written
-from testbed.report import write_report
-from testbed.results import RunWriter, read_meta
-from testbed.spec import load_topology
-from testbed.stats import percentile
+from testbed.analysis.diagram import draw_variant_diagram, flows
+from testbed.spec.experiment import Variant, load_experiment, resolve
+from testbed.plan.addresses import build_plan
+from testbed.analysis.plots import PALETTE, plot_run, written
+from testbed.analysis.report import write_report
+from testbed.analysis.records import RunWriter, read_meta
+from testbed.spec.topology import load_topology
+from testbed.analysis.stats import percentile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from testbed.experiment import load_resolved
-from testbed.results import (METRICS, RunWriter, git_revision, new_run_dir, read_meta,
+from testbed.spec.experiment import load_resolved
+from testbed.analysis.records import (METRICS, RunWriter, git_revision, new_run_dir, read_meta,
                              read_records, read_samples, summarize)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,7 +76,7 @@ def test_a_cut_last_line_loses_only_that_line(tmp_path):
 def test_a_killed_writer_keeps_every_line_written(tmp_path):
     run = tmp_path / "run"
     code = (f"import os, sys; sys.path.insert(0, {REPO!r})\n"
-            "from testbed.results import RunWriter\n"
+            "from testbed.analysis.records import RunWriter\n"
             f"w = RunWriter({str(run)!r}, git={{}})\n"
             "for i in range(3): w.record('e', 'v', i, 'errors', 0)\n"
             "w.samples('v', 0, 'latency', [{'latency_ms': 1.0}])\n"
@@ -198,8 +198,8 @@ def test_records_are_plain_json_lines(tmp_path):
 
 
 def test_agreement_of_two_runs(tmp_path):
-    from testbed.agreement import agreement, format_agreement
-    from testbed.results import RunWriter
+    from testbed.analysis.agreement import agreement, format_agreement
+    from testbed.analysis.records import RunWriter
 
     def run(name, values):
         w = RunWriter(str(tmp_path / name), experiment={"name": "e"}, git={"revision": "x"})

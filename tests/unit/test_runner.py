@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from testbed.plan import build_plan
-from testbed.runner import (parse_iperf_csv, parse_wrk, recovery_time, request_rows,
+from testbed.plan.addresses import build_plan
+from testbed.experiments.runner import (parse_iperf_csv, parse_wrk, recovery_time, request_rows,
                             synthetic_services, with_iperf_service)
-from testbed.spec import load_topology
+from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

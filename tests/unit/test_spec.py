@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.badfiles import LINE_RE, expectation
-from testbed.cli import main
+from testbed.cli.commands import main
 from testbed.errors import InputError
-from testbed.source import parse_document
-from testbed.spec import load_topology, parse_topology
+from testbed.spec.yamldoc import parse_document
+from testbed.spec.topology import load_topology, parse_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad")

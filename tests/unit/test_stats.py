@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.stats import (MeanCI, ecdf, jain, mean, mean_ci, percentile, percentiles, shares,
+from testbed.analysis.stats import (MeanCI, ecdf, jain, mean, mean_ci, percentile, percentiles, shares,
                            stdev, t_cdf, t_quantile)
 
 

@@ -1,0 +1,1 @@
+"""Records, statistics, agreement, plots, diagrams and the report of a run."""

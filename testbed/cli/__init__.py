@@ -1,0 +1,1 @@
+"""`cnlb`: thin commands that parse flags, call the library and print."""

@@ -1,0 +1,468 @@
+"""`cnlb`: the testbed's command line.
+
+Exit status: 0 success, 1 a check or run failed, 2 bad input (file or flags), 3 the machine
+cannot do it (not root, OVS missing...), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from testbed.errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, UsageError
+from testbed.paths import REPO
+
+EXIT_FAILED, EXIT_ENV, EXIT_INTERRUPTED = 1, 3, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} — see `{self.prog} --help`")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        _install_sigterm()
+        return args.func(args) or 0
+    except InputError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except EnvironmentProblem as exc:
+        print(f"cnlb: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        print("cnlb: interrupted; everything the testbed made was removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+def _install_sigterm():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="cnlb", description="Container-native load-balancing testbed: an emulated "
+               "Kubernetes cluster on real namespaces, classic NodePort vs container-native paths.")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+
+    v = sub.add_parser("validate", help="check topology files; nothing is built")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--mode", choices=("nodeport", "container-native"))
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("render", help="print what would be applied, without building anything")
+    r.add_argument("what", choices=("plan", "fabric", "cni", "kube-proxy"))
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--mode", choices=("nodeport", "container-native"))
+    r.add_argument("--node", help="the node (kube-proxy, cni)")
+    r.set_defaults(func=cmd_render)
+
+    u = sub.add_parser("up", help="build the cluster from a topology file")
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("--mode", choices=("nodeport", "container-native"))
+    u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
+                   "exit non-zero if anything expected failed")
+    u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
+    _iptables_option(u)
+    u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
+                   "it stays up (cnlb status / exec / down)")
+    u.add_argument("--quiet", action="store_true")
+    u.add_argument("--owner", action="store_true", help=argparse.SUPPRESS)
+    u.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    u.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("status", help="what is running: nodes, pods, services, the LB's backends")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    e = sub.add_parser("exec", help="run a command in a node, pod or client: cnlb exec NAME -- CMD...")
+    e.add_argument("name", metavar="NAME")
+    e.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    e.set_defaults(func=cmd_exec)
+
+    dn = sub.add_parser("down", help="tear the running cluster down")
+    dn.set_defaults(func=cmd_down)
+
+    pod = sub.add_parser("pod", help="pod lifecycle on a running cluster: add, remove, fail")
+    pod.add_argument("action", choices=("add", "remove", "fail"))
+    pod.add_argument("name", metavar="NAME", help="a pod (remove, fail) or a deployment (add)")
+    pod.add_argument("--node", help="add: the node to place the pod on")
+    pod.set_defaults(func=cmd_pod)
+
+    node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
+    node.add_argument("action", choices=("fail",))
+    node.add_argument("name", metavar="NAME")
+    node.set_defaults(func=cmd_node)
+
+    rn = sub.add_parser("run", help="run an experiment: every variant, repetition and workload")
+    rn.add_argument("experiment", metavar="EXPERIMENT")
+    rn.add_argument("--topology", metavar="FILE", help="use this topology instead of the file's")
+    rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
+    rn.add_argument("--quiet", action="store_true", help="no progress lines")
+    _iptables_option(rn)
+    rn.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="write a one-page report (Markdown and HTML) of a run")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.set_defaults(func=cmd_report)
+
+    ag = sub.add_parser("agree", help="do two runs of one experiment agree within their intervals?")
+    ag.add_argument("run_a", metavar="RUN_A")
+    ag.add_argument("run_b", metavar="RUN_B")
+    ag.set_defaults(func=cmd_agree)
+
+    c = sub.add_parser("clean", help="remove everything a crashed run left behind")
+    c.set_defaults(func=cmd_clean)
+
+    d = sub.add_parser("doctor", help="what this machine can do, and the fix for what it cannot")
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def _iptables_option(parser) -> None:
+    parser.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
+                        help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
+
+
+def _progress(quiet: bool):
+    t0 = time.time()
+
+    def say(msg: str):
+        if not quiet:
+            print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    return say
+
+
+def _netem():
+    from testbed.emulation import machine
+    return machine.netem_available()
+
+
+def _is_experiment(path: str) -> bool:
+    """Experiment files have variants/workloads; everything else is read as a topology."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(line.split(":")[0].strip() in ("variants", "workloads", "kind")
+               for line in head.splitlines() if not line.startswith((" ", "\t", "#")))
+
+
+def cmd_validate(args) -> int:
+    from testbed.spec.experiment import validate_files as validate_experiments
+    from testbed.spec.topology import validate_files
+    experiments = [f for f in args.files if _is_experiment(f)]
+    topologies = [f for f in args.files if f not in experiments]
+    problems = validate_files(topologies, mode=args.mode, netem=_netem()) if topologies else []
+    problems += validate_experiments(experiments) if experiments else []
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
+    for f in args.files:
+        print(f"{f}: ok")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from testbed.plan.addresses import build_plan
+    from testbed.spec.topology import load_topology
+    topo = load_topology(args.file, mode=args.mode)
+    plan = build_plan(topo)
+    if args.what == "plan":
+        print(json.dumps(plan.to_dict(), indent=1))
+    elif args.what == "fabric":
+        from testbed.cloud.fabric import render_fabric
+        print(json.dumps(render_fabric(plan, topo.load_balancer.health_check), indent=1))
+    elif args.what == "cni":
+        from testbed.kubernetes.cni import plugins as cni
+        node = _node_arg(args, plan)
+        print("\n".join(cni.node_setup(plan, plan.node(node), offloads_off=False)))
+    elif args.what == "kube-proxy":
+        node = _node_arg(args, plan)
+        from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
+        sys.stdout.write(render_node_rules(plan, node))
+    return 0
+
+
+def _node_arg(args, plan) -> str:
+    names = [n.name for n in plan.nodes]
+    if not args.node:
+        raise UsageError(f"cnlb render {args.what}: --node is required — one of {', '.join(names)}")
+    if args.node not in names:
+        raise UsageError(f"cnlb render {args.what}: no node named {args.node!r} in {args.file} — "
+                         f"one of {', '.join(names)}")
+    return args.node
+
+
+def cmd_up(args) -> int:
+    from testbed.emulation import machine
+    from testbed.emulation.reachability import format_table, reachability
+    from testbed.emulation.cluster import Cluster
+    from testbed.spec.topology import load_topology
+    topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
+    say = _progress(args.quiet)
+    if args.owner:
+        from testbed.emulation.session import run_owner
+        if args.ready_fd is None:
+            raise UsageError("cnlb up --owner is internal: it needs --ready-fd")
+        return run_owner(Cluster(topo, iptables=args.iptables), args.ready_fd)
+    if args.detach:
+        if args.check or args.cli:
+            raise UsageError("cnlb up: --detach does not go with --check or --cli — "
+                             "use `cnlb exec` and `cnlb status` on the detached cluster")
+        from testbed.emulation.session import start_detached
+        status = start_detached(topo.file, topo.mode, say, args.iptables)
+        _print_next_steps(status)
+        return 0
+    cluster = Cluster(topo, progress=say, iptables=args.iptables)
+    status = 0
+    with cluster:
+        say(f"ready in {cluster.timings['total_s']:.1f}s")
+        if args.check:
+            rows = reachability(cluster)
+            print(format_table(rows))
+            status = 0 if all(r.ok for r in rows) else EXIT_FAILED
+            print("reachability: " + ("all as expected" if status == 0 else "FAILED"))
+        if args.cli:
+            _mininet_cli(cluster)
+        if not (args.check or args.cli):
+            _hold(cluster, say)
+        say("tearing down ...")
+    say(f"removed in {cluster.timings.get('stop_s', 0):.1f}s")
+    return status
+
+
+def _mininet_cli(cluster) -> None:
+    """Mininet's CLI on the cluster, accepting the cluster's names (pods are named web-0:
+    Mininet's CLI would stop a host name at the '-')."""
+    import cmd
+    from mininet.cli import CLI
+    from mininet.log import setLogLevel
+
+    class ClusterCLI(CLI):
+        identchars = cmd.Cmd.identchars + "-"
+
+    setLogLevel("output")   # the CLI prints through Mininet's log at this level
+    ClusterCLI(cluster.net)
+    setLogLevel("warning")
+
+
+def _hold(cluster, say) -> None:
+    """Keep a foreground cluster up until Ctrl-C (or SIGTERM), watching the controller."""
+    plan = cluster.plan
+    vip = plan.load_balancers[0].vip if plan.load_balancers else None
+    print(f"cluster {plan.cluster} is up ({plan.mode}); press Ctrl-C to tear it down", flush=True)
+    if vip and plan.clients:
+        print(f"  try: cnlb exec {plan.clients[0]} -- curl -s http://{vip}/", flush=True)
+    while True:
+        time.sleep(1)
+        if not cluster.controller.alive():
+            say("the VPC controller died; its log ends with:\n" + cluster.controller.log_tail())
+            raise EnvironmentProblem("the VPC controller died; the cluster was torn down")
+
+
+def _print_next_steps(status: dict) -> None:
+    vip = next((lb["vip"] for lb in status["load_balancers"]), None)
+    client = status["clients"][0] if status["clients"] else None
+    pod = status["pods"][0] if status["pods"] else None
+    svc = status["services"][0] if status["services"] else None
+    print(f"cluster {status['cluster']} is up ({status['mode']}), owner pid {status['owner']['pid']}")
+    print("next:")
+    print("  cnlb status")
+    if vip and client:
+        print(f"  cnlb exec {client} -- curl -s http://{vip}/")
+    if pod and svc:
+        print(f"  cnlb exec {pod['name']} -- curl -s http://{svc['cluster_ip']}:{svc['port']}/")
+        print(f"  cnlb pod remove {pod['name']}")
+    print("  cnlb down")
+
+
+def cmd_status(args) -> int:
+    from testbed.emulation.session import read_status, request
+    try:
+        status = request("status")
+    except EnvironmentProblem:
+        status = read_status()
+        status["owner"]["alive"] = False
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"cluster {status['cluster']} ({status['mode']}) from {status['file']}")
+    print(f"owner pid {status['owner']['pid']} {'alive' if status['owner']['alive'] else 'DEAD'}; "
+          f"controller pid {status['controller']['pid']} "
+          f"{'alive' if status['controller']['alive'] else 'DEAD'} ({status['controller']['rest']})")
+    print("nodes:")
+    for n in status["nodes"]:
+        print(f"  {n['name']:<10} {n['ip']:<15} {n['subnet']:<8} {'FAILED' if n['failed'] else 'ready'}")
+    print("pods:")
+    for p in status["pods"]:
+        print(f"  {p['name']:<12} {p['node']:<10} {p['ip']:<15} {'healthy' if p['healthy'] else 'NOT healthy'}")
+    print("services:")
+    for s in status["services"]:
+        np_ = f" nodePort {s['node_port']}" if s["node_port"] else ""
+        print(f"  {s['name']:<10} {s['type']:<13} {s['cluster_ip']}:{s['port']}{np_} "
+              f"externalTrafficPolicy={s['external_traffic_policy']}")
+    for lb in status["load_balancers"]:
+        print(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} ({lb['targets']} targets):")
+        backends = lb["backends"] if isinstance(lb["backends"], list) else []
+        for b in backends:
+            state = "in service" if b.get("in_service") else b.get("state", "out of service")
+            print(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    from testbed.emulation.session import host_pid
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("cnlb exec: no command — write `cnlb exec NAME -- COMMAND ...`")
+    pid = host_pid(args.name)
+    sys.stdout.flush()
+    os.execvp("mnexec", ["mnexec", "-a", str(pid), *command])
+
+
+def cmd_down(args) -> int:
+    from testbed.emulation.session import down
+    removed = down(lambda m: print(m, file=sys.stderr))
+    print("cluster removed" if removed else "no cluster is running")
+    return 0
+
+
+def cmd_pod(args) -> int:
+    from testbed.emulation.session import request
+    if args.action == "add":
+        result = request("add-pod", deployment=args.name, node=args.node)
+    else:
+        if args.node:
+            raise UsageError(f"cnlb pod {args.action}: --node only goes with add")
+        result = request(f"{args.action}-pod", pod=args.name)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_node(args) -> int:
+    from testbed.emulation.session import request
+    print(json.dumps(request("fail-node", node=args.name)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from testbed.emulation import machine
+    from testbed.spec.experiment import load_resolved
+    from testbed.analysis.plots import plot_run, written
+    from testbed.analysis.report import write_report
+    from testbed.analysis.records import RunWriter, new_run_dir
+    from testbed.experiments.runner import Runner, environment
+    resolved = load_resolved(args.experiment, args.topology, netem=machine.netem_available())
+    from testbed.emulation.journal import Lock
+    Lock().refuse_if_held()   # before a results directory is made
+    repo = REPO
+    if args.out:
+        if os.path.exists(os.path.join(args.out, "meta.json")):
+            raise UsageError(f"cnlb run: --out {args.out} already holds a run — give a new directory")
+        out = args.out
+    else:
+        out = new_run_dir(os.path.join(repo, "results"), resolved.experiment.name)
+    say = _progress(args.quiet)
+    say(f"results go to {out}")
+    with RunWriter(out, resolved=resolved, environment=environment(args.iptables)) as writer:
+        Runner(resolved, writer, say, iptables=args.iptables).run()
+    say("drawing figures ...")
+    figures = written(plot_run(out))
+    report = write_report(out)
+    print(f"{len(figures)} figures in {os.path.join(out, 'figures')}")
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from testbed.analysis.plots import plot_run
+    _need_run_dir(args.run_dir)
+    for line in plot_run(args.run_dir):
+        print(line)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from testbed.analysis.report import write_report
+    _need_run_dir(args.run_dir)
+    print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_agree(args) -> int:
+    from testbed.analysis.agreement import agreement, format_agreement
+    _need_run_dir(args.run_a)
+    _need_run_dir(args.run_b)
+    print(format_agreement(agreement(args.run_a, args.run_b)))
+    return 0
+
+
+def _need_run_dir(path: str) -> None:
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+        raise UsageError(f"{path}: not a run directory (no meta.json) — give results/<run-id> or results/latest")
+
+
+def cmd_clean(args) -> int:
+    from testbed.emulation.journal import Lock, clean, owner_pid, alive, state_dirs
+    lock = Lock()
+    if not lock.acquire():
+        raise EnvironmentProblem(f"a cluster is running (owner pid {lock.holder()}) — stop it with "
+                                 "Ctrl-C or `cnlb down`; clean is for what a crashed run left")
+    try:
+        found = 0
+        for state in state_dirs():
+            owner = owner_pid(state)
+            if owner and alive(*owner):
+                print(f"{state.path}: owner {owner[0]} still alive; left alone", file=sys.stderr)
+                continue
+            removed = clean(state, log=lambda m: print(m, file=sys.stderr))
+            found += 1
+            print(f"removed {removed['processes']} processes, {removed['bridges']} bridges, "
+                  f"{removed['links']} links left by {state.path}")
+        if not found:
+            print("nothing to clean")
+    finally:
+        lock.release()
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from testbed.emulation.machine import doctor
+    bad = 0
+    for check in doctor():
+        mark = "ok " if check.ok else ("optional" if check.optional else "MISSING")
+        line = f"{mark:<8} {check.what:<16} {check.detail}"
+        if not check.ok:
+            bad += not check.optional
+            line += f"  — fix: {check.fix}"
+        print(line)
+    return EXIT_FAILED if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The cloud parts: the VPC fabric and the cloud load balancers."""

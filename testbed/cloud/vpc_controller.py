@@ -1,0 +1,113 @@
+"""The VPC controller as seen from the testbed: a child process and its REST API.
+
+The controller (controllers/, an os-ken app) listens for OpenFlow and REST on 127.0.0.1 only.
+The testbed starts it, waits until every switch is connected and programmed, notices if it dies,
+and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Optional
+
+from testbed.errors import EnvironmentProblem
+from testbed.paths import REPO
+
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ControllerProcess:
+    """The os-ken VPC controller, run as our child with its log in the state directory.
+
+    config: path of fabric.json
+    log: path of the controller's log file
+    """
+
+    def __init__(self, config: str, log: str, ofp_port: Optional[int] = None,
+                 rest_port: Optional[int] = None):
+        self.config, self.log = config, log
+        self.ofp_port = ofp_port or free_port()
+        self.rest_port = rest_port or free_port()
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, on_pid=lambda pid: None) -> None:
+        env = dict(os.environ, OSKEN_HUB_TYPE="eventlet", PYTHONPATH=REPO + os.pathsep +
+                   os.environ.get("PYTHONPATH", ""))
+        argv = [sys.executable, "-m", "controllers.run", "--config", self.config,
+                "--ofp-port", str(self.ofp_port), "--rest-port", str(self.rest_port),
+                "--log", self.log]
+        # stderr (a crash's traceback, the health checker's) goes beside the log
+        with open(self.log + ".stderr", "ab") as err:
+            self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True)
+        on_pid(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        out = ""
+        for path in (self.log, self.log + ".stderr"):
+            try:
+                with open(path, errors="replace") as fh:
+                    out += "".join(fh.readlines()[-lines:])
+            except OSError:
+                pass
+        return out
+
+    def api(self, method: str, path: str, body=None, timeout: float = 5.0):
+        return rest(self.rest_port, method, path, body, timeout)
+
+    def wait_programmed(self, switches: list[str], timeout: float = 60.0) -> None:
+        """Block until every switch is connected and programmed; raise with the log if not."""
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if not self.alive():
+                raise EnvironmentProblem("the VPC controller exited during start-up; its log ends with:\n"
+                                         + self.log_tail())
+            try:
+                status = self.api("GET", "/v1/status", timeout=2)
+                sw = {s["name"]: s for s in status.get("switches", [])}
+                last = {n: (s.get("connected"), s.get("programmed"), s.get("last_error")) for n, s in sw.items()}
+                if all(sw.get(name, {}).get("programmed") for name in switches):
+                    return
+            except (OSError, ValueError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise EnvironmentProblem(f"switches not programmed by the controller within {timeout:.0f}s "
+                                 f"(status: {last}); controller log ends with:\n" + self.log_tail())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self.alive():
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def rest(port: int, method: str, path: str, body=None, timeout: float = 5.0):
+    """One JSON call to a controller's REST API on 127.0.0.1."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None

@@ -1,0 +1,253 @@
+"""Ownership: everything the testbed creates is written down before it exists, so it can be
+removed after a normal exit, an error, Ctrl-C, or a kill -9 followed by `cnlb clean`.
+
+The record is a journal (one JSON object per line, flushed and fsynced as it is written) in the
+cluster's state directory. Cleanup removes exactly what the journal names, never by a broad
+pattern: processes by pid *and* start time (a recycled pid is left alone), OVS bridges by name
+only when they carry our `external_ids:cnlb-cluster` label, root-namespace links by name.
+Unnamed namespaces (Mininet hosts) vanish when their last process is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from testbed.errors import EnvironmentProblem
+
+STATE_ROOT = os.environ.get("CNLB_STATE_DIR", "/run/cnlb")
+OVS_LABEL = "cnlb-cluster"
+
+
+def proc_start_time(pid: int) -> Optional[int]:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def alive(pid: int, start: Optional[int]) -> bool:
+    now = proc_start_time(pid)
+    if now is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().split(")")[-1].split()[0] == "Z":
+                return False
+    except OSError:
+        return False
+    return start is None or now == start
+
+
+@dataclass
+class StateDir:
+    """The directory that holds one cluster's journal, lock, rendered files and logs."""
+    path: str
+
+    @classmethod
+    def for_cluster(cls, name: str) -> "StateDir":
+        return cls(os.path.join(STATE_ROOT, name))
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.path, "journal.jsonl")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def exists(self) -> bool:
+        return os.path.exists(self.journal)
+
+
+class Journal:
+    """Appends what is about to be created; read back by `clean`."""
+
+    def __init__(self, state: StateDir):
+        self.state = state
+        os.makedirs(state.path, exist_ok=True)
+        self._fh = open(state.journal, "a")
+        self._lock = threading.Lock()   # hosts are created from several threads
+
+    def record(self, kind: str, **data) -> None:
+        entry = {"kind": kind, "t": round(time.time(), 3), **data}
+        with self._lock:
+            self._fh.write(json.dumps(entry) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def process(self, pid: int, what: str, gentle: bool = True) -> None:
+        """gentle: ask with SIGTERM first (servers, the controller); shells are killed outright."""
+        self.record("process", pid=pid, start=proc_start_time(pid), what=what, gentle=gentle)
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def read_journal(state: StateDir) -> list[dict]:
+    entries = []
+    try:
+        with open(state.journal) as fh:
+            for line in fh:
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    continue   # a line cut by a crash mid-write
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+class Lock:
+    """One cluster per machine at a time: an flock on STATE_ROOT/lock held by the owner process."""
+
+    def __init__(self):
+        os.makedirs(STATE_ROOT, exist_ok=True)
+        self.path = os.path.join(STATE_ROOT, "lock")
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> Optional[int]:
+        try:
+            with open(self.path) as fh:
+                return int(fh.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def busy_message(self) -> str:
+        return (f"another cluster is running (owner pid {self.holder()}) — "
+                "stop it with `cnlb down` (one cluster per machine)")
+
+    def refuse_if_held(self) -> None:
+        """Raise the one-line refusal if a cluster runs now (checked before making anything)."""
+        if not self.acquire():
+            raise EnvironmentProblem(self.busy_message())
+        self.release()
+
+    def inherit(self) -> None:
+        """Keep the lock across a fork (the detached owner process takes it over)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+
+
+def _kill(pid: int, start: Optional[int], sig=signal.SIGKILL) -> bool:
+    if not alive(pid, start):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def clean(state: StateDir, log=lambda msg: None) -> dict:
+    """Remove everything the journal of one cluster names. Returns counts of what was removed."""
+    entries = read_journal(state)
+    removed = {"processes": 0, "bridges": 0, "links": 0, "files": 0}
+    # Processes first, gently then firmly: their namespaces (and the veths in them) go with them.
+    procs = [(e["pid"], e.get("start")) for e in entries if e["kind"] == "process"]
+    gentle = [(e["pid"], e.get("start")) for e in entries
+              if e["kind"] == "process" and e.get("gentle", True)]
+    for pid, start in gentle:
+        if _kill(pid, start, signal.SIGTERM):
+            removed["processes"] += 1
+    deadline = time.time() + 3
+    while time.time() < deadline and any(alive(p, s) for p, s in gentle):
+        time.sleep(0.05)
+    for pid, start in procs:
+        if _kill(pid, start, signal.SIGKILL) and (pid, start) not in gentle:
+            removed["processes"] += 1
+    deadline = time.time() + 3
+    while time.time() < deadline and any(alive(p, s) for p, s in procs):
+        time.sleep(0.05)
+    bridges = [e["name"] for e in entries if e["kind"] == "bridge"]
+    cluster = next((e.get("cluster") for e in entries if e["kind"] == "start"), None)
+    owned = owned_bridges(cluster) if cluster else []
+    for br in sorted(set(bridges) | set(owned)):
+        if br in owned or not bridge_exists(br):
+            if bridge_exists(br):
+                subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", br],
+                               capture_output=True)
+                removed["bridges"] += 1
+        else:
+            log(f"bridge {br} is in the journal but not labelled as ours; left alone")
+    for e in entries:
+        if e["kind"] == "link" and os.path.exists(f"/sys/class/net/{e['name']}"):
+            subprocess.run(["ip", "link", "del", e["name"]], capture_output=True)
+            removed["links"] += 1
+    for e in entries:
+        if e["kind"] == "file" and os.path.exists(e["path"]):
+            shutil.rmtree(e["path"], ignore_errors=True) if os.path.isdir(e["path"]) else os.unlink(e["path"])
+            removed["files"] += 1
+    shutil.rmtree(state.path, ignore_errors=True)
+    return removed
+
+
+def bridge_exists(name: str) -> bool:
+    p = subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", name], capture_output=True)
+    return p.returncode == 0
+
+
+def owned_bridges(cluster: Optional[str] = None) -> list[str]:
+    """OVS bridges carrying our label (of one cluster, or of any)."""
+    p = subprocess.run(["ovs-vsctl", "--timeout=5", "--format=json", "--columns=name,external_ids",
+                        "list", "Bridge"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return []
+    out = []
+    for name, ext in json.loads(p.stdout).get("data", []):
+        labels = dict(ext[1]) if isinstance(ext, list) and ext and ext[0] == "map" else {}
+        if OVS_LABEL in labels and (cluster is None or labels[OVS_LABEL] == cluster):
+            out.append(name)
+    return out
+
+
+def state_dirs() -> list[StateDir]:
+    if not os.path.isdir(STATE_ROOT):
+        return []
+    return [StateDir(os.path.join(STATE_ROOT, d)) for d in sorted(os.listdir(STATE_ROOT))
+            if os.path.isdir(os.path.join(STATE_ROOT, d))]
+
+
+def owner_pid(state: StateDir) -> Optional[tuple[int, Optional[int]]]:
+    for e in read_journal(state):
+        if e["kind"] == "start":
+            return e["pid"], e.get("pid_start")
+    return None

@@ -1,0 +1,115 @@
+"""Reachability: what should reach what in each mode (pure), and probing it on a live cluster.
+
+classic (nodeport): nodes reach every pod (their own over cni0, others over the VXLAN overlay);
+  pods reach pods on other nodes; clients reach nodes but not pod addresses, which the VPC does
+  not know.
+container-native: the same inside the cluster, and the VPC routes pod addresses, so a client's
+  packet to a pod IP arrives (the load balancer's ip targets rely on exactly this).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from testbed.plan.addresses import Plan
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One ping: from a host to an address, and whether it should answer."""
+    source: str
+    target: str          # the name of what is pinged
+    ip: str
+    group: str           # how the table groups it: "pods", "nodes", "pods on other nodes", ...
+    expect: bool
+
+
+def expected_probes(plan: Plan) -> list[Probe]:
+    probes = []
+    native = plan.mode == "container-native"
+    for node in plan.nodes:
+        for pod in plan.pods:
+            probes.append(Probe(node.name, pod.name, pod.ip, "pods", True))
+        for other in plan.nodes:
+            if other.name != node.name:
+                probes.append(Probe(node.name, other.name, other.ip, "other nodes", True))
+    # one pod per node pings one pod on every other node (the overlay / VPC path)
+    first_pod = {}
+    for pod in plan.pods:
+        first_pod.setdefault(pod.node, pod)
+    for node, pod in first_pod.items():
+        for other_node, other in first_pod.items():
+            if other_node != node:
+                probes.append(Probe(pod.name, other.name, other.ip, "pods on other nodes", True))
+    for client in plan.clients:
+        for node in plan.nodes:
+            probes.append(Probe(client, node.name, node.ip, "nodes", True))
+        for pod in plan.pods:
+            probes.append(Probe(client, pod.name, pod.ip, "pod addresses", native))
+    return probes
+
+
+@dataclass
+class Row:
+    """One line of the reachability table."""
+    source: str
+    group: str
+    expect: bool
+    total: int
+    answered: int
+    failed_targets: list
+
+    @property
+    def ok(self) -> bool:
+        return self.answered == (self.total if self.expect else 0)
+
+
+def summarise(probes: list[Probe], answered: dict) -> list[Row]:
+    """Group probe results (answered: (source, ip) -> bool) into table rows."""
+    rows: dict = {}
+    for p in probes:
+        key = (p.source, p.group)
+        row = rows.setdefault(key, Row(p.source, p.group, p.expect, 0, 0, []))
+        row.total += 1
+        got = answered.get((p.source, p.ip), False)
+        row.answered += got
+        if got != p.expect:
+            row.failed_targets.append(p.target)
+    return list(rows.values())
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'from':<12} {'to':<22} {'expected':<13} {'answered':>9}  result"]
+    for r in rows:
+        expect = "reachable" if r.expect else "unreachable"
+        result = "ok" if r.ok else "FAIL " + ", ".join(r.failed_targets[:5])
+        lines.append(f"{r.source:<12} {r.group:<22} {expect:<13} {r.answered:>4}/{r.total:<4}  {result}")
+    return "\n".join(lines)
+
+
+def ping_script(ips: list[str]) -> str:
+    """A shell script that pings every address at once and prints 'ip rc' per address."""
+    body = "\n".join(f"( ping -n -c 1 -W 2 {ip} >/dev/null 2>&1; echo \"{ip} $?\" ) &" for ip in ips)
+    return body + "\nwait\n"
+
+
+def run_probes(cluster, probes: list[Probe]) -> dict:
+    """Ping from each source concurrently; return (source, ip) -> answered."""
+    by_source = defaultdict(list)
+    for p in probes:
+        by_source[p.source].append(p.ip)
+    answered = {}
+    for source, ips in by_source.items():
+        result = cluster.sh(source, ping_script(sorted(set(ips))), timeout=60)
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                answered[(source, parts[0])] = parts[1] == "0"
+    return answered
+
+
+def reachability(cluster) -> list[Row]:
+    """Probe everything the mode promises on a live cluster: the table `cnlb up --check` prints."""
+    probes = expected_probes(cluster.plan)
+    return summarise(probes, run_probes(cluster, probes))

@@ -1,0 +1,1 @@
+"""The experiment runner: builds each variant's cluster and drives real tools."""

@@ -1,0 +1,1 @@
+"""The Kubernetes parts: CNI plugins, service data planes (kube-proxy modes), pods."""

@@ -1,0 +1,1 @@
+"""CNI plugins: what a node and a pod get (addresses, devices, routes)."""

@@ -1,0 +1,1 @@
+"""Service data planes (kube-proxy modes) and the health-check node port server."""

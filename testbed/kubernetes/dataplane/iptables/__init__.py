@@ -1,0 +1,1 @@
+"""kube-proxy's iptables mode: upstream's rules, rendered and applied."""

@@ -1,0 +1,1 @@
+"""The address plan (pure): every name, address, MAC and port of a cluster."""

@@ -1,0 +1,332 @@
+"""The address plan: every name, address, MAC and port the emulated cluster will use.
+
+Pure and deterministic: the same topology and mode always give the same plan, so a run can be
+rendered (`cnlb render plan FILE`), diffed and reproduced without building anything.
+
+Naming scheme (written once, enforced here):
+  switches   vpc0 (the VPC core: router, internet gateway, load balancer), vpc1.. (one per subnet)
+  switch ports  vpc<N>-eth<K>: K=1 is a subnet switch's uplink; hosts follow in plan order
+  host side  eth0 in every node, client and pod namespace (like a real VM or container)
+  pod veth   veth<8 hex> on the node (a hash of the pod name, as real CNIs do)
+  overlay    flannel.<VNI> VXLAN device and cni0 bridge on each node (classic mode)
+MACs: 02:cb:<kind>:<index> with kind 01 node, 02 pod, 03 client, 04 LB host, 05 pod veth
+(node side), 06 VTEP, fe gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+from testbed.spec.topology import (INTERNET_CIDR, LB_CIDR, NODE_HOST_OFFSET, POD_HOST_OFFSET, Topology,
+                   node_ports, placement, service_vips)
+
+CORE_SWITCH = "vpc0"
+LB_HOST = "lb0"
+LB_HOST_IP = LB_CIDR.network_address + 2
+CLIENT_HOST_OFFSET = 10
+SERVICE_IP_OFFSET = 10
+VETH_GATEWAY = ipaddress.IPv4Address("169.254.1.1")   # aws-vpc-cni's pod default gateway
+
+
+def mac(kind: int, index: int) -> str:
+    """A locally administered MAC: 02:cb:<kind>:<index as 3 bytes>."""
+    b = index.to_bytes(3, "big")
+    return f"02:cb:{kind:02x}:{b[0]:02x}:{b[1]:02x}:{b[2]:02x}"
+
+
+def veth_name(pod: str) -> str:
+    return "veth" + hashlib.sha256(pod.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A subnet's leg of the VPC router: the address hosts use as their default gateway."""
+    subnet: str
+    cidr: str
+    ip: str
+    mac: str
+    switch: str
+    kind: str          # vpc | internet | lb
+
+
+@dataclass(frozen=True)
+class SwitchPlan:
+    """One OVS bridge of the VPC fabric."""
+    name: str
+    dpid: int
+    role: str                      # core | subnet
+    subnet: Optional[str] = None
+    uplink: Optional[str] = None   # port name towards vpc0 (subnet switches)
+    core_port: Optional[str] = None  # vpc0's port towards this switch
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A host's interface on the fabric."""
+    host: str
+    kind: str      # node | client | lb
+    ip: str
+    prefixlen: int
+    mac: str
+    gateway: str
+    subnet: str
+    switch: str
+    port: str      # the switch-side port name
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """A node: its fabric address and, in classic mode, its pod range and overlay endpoint."""
+    name: str
+    index: int
+    subnet: str
+    ip: str
+    mac: str
+    pod_cidr: str           # classic: this node's flannel range (also recorded in container-native)
+    cni0_ip: str            # classic: the cni0 bridge's address (pods' gateway)
+    vtep_mac: str
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """A pod: its namespace, address and the veth that ties it to its node."""
+    name: str
+    index: int
+    deployment: str
+    node: str
+    ip: str
+    prefixlen: int          # 24 on cni0 (classic), 32 (container-native)
+    gateway: str            # cni0 address (classic) or 169.254.1.1 (container-native)
+    mac: str
+    veth: str               # node-side interface name
+    veth_mac: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """A Service as kube-proxy and the cloud LB see it."""
+    name: str
+    type: str
+    cluster_ip: str
+    port: int
+    target_port: int
+    node_port: Optional[int]
+    health_check_node_port: Optional[int]
+    external_traffic_policy: str
+    session_affinity: str
+    session_affinity_timeout: int
+    vip: Optional[str]
+    selector: str            # the deployment whose pods are the endpoints
+    endpoints: tuple         # pod names, in pod order
+    protocol: str = "TCP"
+    health_via: Optional[str] = None   # health-check through this service's port instead
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One target of the cloud LB: a node's NodePort or a pod's targetPort."""
+    name: str
+    ip: str
+    port: int
+    health_port: int
+    health_path: str
+
+
+@dataclass(frozen=True)
+class LbPlan:
+    """The cloud LB's view of one LoadBalancer service."""
+    service: str
+    vip: str
+    port: int
+    target_mode: str
+    preserve_client_ip: bool
+    backends: tuple
+
+
+@dataclass
+class Plan:
+    """Every address of one emulated cluster in one mode."""
+    cluster: str
+    mode: str
+    overlay: str
+    mtu: int
+    pod_cidr: str
+    service_cidr: str
+    switches: list = field(default_factory=list)
+    gateways: list = field(default_factory=list)
+    attachments: list = field(default_factory=list)
+    nodes: list = field(default_factory=list)
+    pods: list = field(default_factory=list)
+    services: list = field(default_factory=list)
+    load_balancers: list = field(default_factory=list)
+    clients: list = field(default_factory=list)
+    vxlan_port: int = 8472
+    vxlan_vni: int = 1
+
+    def node(self, name: str) -> NodePlan:
+        return next(n for n in self.nodes if n.name == name)
+
+    def pod(self, name: str) -> PodPlan:
+        return next(p for p in self.pods if p.name == name)
+
+    def attachment(self, host: str) -> Attachment:
+        return next(a for a in self.attachments if a.host == host)
+
+    def pods_on(self, node: str) -> list:
+        return [p for p in self.pods if p.node == node]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_plan(topo: Topology) -> Plan:
+    """The address plan of a validated topology in its mode."""
+    mode = topo.mode
+    cni = topo.cni
+    plan = Plan(topo.name, mode, cni.overlay if mode == "nodeport" else "vpc-native",
+                cni.mtu if mode == "nodeport" and cni.overlay == "vxlan" else 1500,
+                str(cni.pod_cidr), str(cni.service_cidr), vxlan_port=cni.vxlan_port,
+                vxlan_vni=cni.vxlan_vni)
+
+    # The fabric: vpc0 plus one switch per subnet, each with its uplink as port 1.
+    plan.switches.append(SwitchPlan(CORE_SWITCH, 1, "core"))
+    next_port = {CORE_SWITCH: 1}
+    subnet_switch = {}
+    for i, subnet in enumerate(topo.vpc.subnets, start=1):
+        sw = f"vpc{i}"
+        core_port = f"{CORE_SWITCH}-eth{next_port[CORE_SWITCH]}"
+        next_port[CORE_SWITCH] += 1
+        plan.switches.append(SwitchPlan(sw, i + 1, "subnet", subnet.name, f"{sw}-eth1", core_port))
+        next_port[sw] = 2
+        subnet_switch[subnet.name] = sw
+        plan.gateways.append(Gateway(subnet.name, str(subnet.cidr), str(subnet.cidr.network_address + 1),
+                                     mac(0xFE, i), sw, "vpc"))
+    plan.gateways.append(Gateway("internet", str(INTERNET_CIDR), str(INTERNET_CIDR.network_address + 1),
+                                 mac(0xFE, 0xFE), CORE_SWITCH, "internet"))
+    plan.gateways.append(Gateway("lb", str(LB_CIDR), str(LB_CIDR.network_address + 1),
+                                 mac(0xFE, 0xFD), CORE_SWITCH, "lb"))
+
+    def attach(host, kind, ip, net, gw_mac_subnet, switch, mac_addr):
+        port = f"{switch}-eth{next_port[switch]}"
+        next_port[switch] += 1
+        gw = next(g for g in plan.gateways if g.subnet == gw_mac_subnet)
+        plan.attachments.append(Attachment(host, kind, str(ip), net.prefixlen, mac_addr, gw.ip,
+                                           gw_mac_subnet, switch, port))
+
+    # Nodes: address 10+k in their subnet; classic pod range = k-th /nodePrefix of the pod CIDR.
+    node_ranges = list(_first_n(cni.pod_cidr.subnets(new_prefix=cni.node_prefix), len(topo.nodes) + 1))
+    per_subnet: dict[str, int] = {}
+    for idx, node in enumerate(topo.nodes, start=1):
+        subnet = topo.subnet(node.subnet)
+        k = per_subnet.get(node.subnet, 0)
+        per_subnet[node.subnet] = k + 1
+        ip = subnet.cidr.network_address + NODE_HOST_OFFSET + k
+        pod_range = node_ranges[idx]   # range 0 stays unused, as the network's own address
+        plan.nodes.append(NodePlan(node.name, idx, node.subnet, str(ip), mac(0x01, idx), str(pod_range),
+                                   str(pod_range.network_address + 1), mac(0x06, idx)))
+        attach(node.name, "node", ip, subnet.cidr, node.subnet, subnet_switch[node.subnet], mac(0x01, idx))
+
+    for idx, client in enumerate(topo.clients, start=1):
+        ip = INTERNET_CIDR.network_address + CLIENT_HOST_OFFSET + idx - 1
+        plan.clients.append(client.name)
+        attach(client.name, "client", ip, INTERNET_CIDR, "internet", CORE_SWITCH, mac(0x03, idx))
+    attach(LB_HOST, "lb", LB_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 1))
+
+    # Pods: classic → next free address on the node's cni0 range; container-native → next free
+    # VPC address of the node's subnet (the ENI secondary-IP pool), /32 routed via the node.
+    pod_slot = {n.name: 0 for n in topo.nodes}
+    subnet_slot = {s.name: 0 for s in topo.vpc.subnets}
+    index = 0
+    for deploy in topo.deployments:
+        for k, node_name in enumerate(placement(topo, deploy)):
+            index += 1
+            pname = f"{deploy.name}-{k}"
+            node = plan.node(node_name)
+            if mode == "nodeport":
+                pod_slot[node_name] += 1
+                ip = ipaddress.IPv4Network(node.pod_cidr).network_address + 1 + pod_slot[node_name]
+                prefix, gw = ipaddress.IPv4Network(node.pod_cidr).prefixlen, node.cni0_ip
+            else:
+                subnet = topo.subnet(node.subnet)
+                ip = subnet.cidr.network_address + POD_HOST_OFFSET + subnet_slot[node.subnet]
+                subnet_slot[node.subnet] += 1
+                prefix, gw = 32, str(VETH_GATEWAY)
+            plan.pods.append(PodPlan(pname, index, deploy.name, node_name, str(ip), prefix, gw,
+                                     mac(0x02, index), veth_name(pname), mac(0x05, index),
+                                     deploy.container_port))
+
+    # Services: ClusterIPs from the service CIDR; VIPs for LoadBalancer services.
+    ports = node_ports(topo)
+    vips = iter(service_vips(topo))
+    for i, svc in enumerate(topo.services):
+        cluster_ip = cni.service_cidr.network_address + SERVICE_IP_OFFSET + i
+        node_port, hc_port = ports[svc.name]
+        vip = str(next(vips)) if svc.type == "LoadBalancer" else None
+        endpoints = tuple(p.name for p in plan.pods if p.deployment == svc.selector)
+        sp = ServicePlan(svc.name, svc.type, str(cluster_ip), svc.port, svc.target_port, node_port,
+                         hc_port, svc.external_traffic_policy, svc.session_affinity,
+                         svc.session_affinity_timeout, vip, svc.selector, endpoints, svc.protocol,
+                         svc.health_via)
+        plan.services.append(sp)
+        if vip:
+            plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, mode,
+                                              topo.load_balancer.preserve_client_ip,
+                                              tuple(lb_backends(plan, sp))))
+    return plan
+
+
+def lb_backends(plan: Plan, svc: ServicePlan) -> list:
+    """The cloud LB's targets for a service: every node's NodePort (instance targets) or every
+    pod's targetPort (ip targets). With externalTrafficPolicy Local, instance targets are
+    health-checked on kube-proxy's healthCheckNodePort, which fails on nodes without a pod."""
+    checked = next((s for s in plan.services if s.name == svc.health_via), svc)
+    if plan.mode == "container-native":
+        return [Backend(p.name, p.ip, svc.target_port, checked.target_port, "/healthz")
+                for p in plan.pods if p.name in svc.endpoints]
+    hc_port = svc.health_check_node_port or checked.health_check_node_port or checked.node_port
+    return [Backend(n.name, n.ip, svc.node_port, hc_port, "/healthz") for n in plan.nodes]
+
+
+def _first_n(it, n):
+    for i, item in enumerate(it):
+        if i >= n:
+            return
+        yield item
+
+
+def allocate_pod(plan: Plan, deployment: str, node: str, port: int) -> PodPlan:
+    """A new pod of a deployment on a node, with the next free name, index and address (the
+    lowest free slot in the node's range, or in the node subnet's ENI pool)."""
+    taken_names = {p.name for p in plan.pods}
+    k = 0
+    while f"{deployment}-{k}" in taken_names:
+        k += 1
+    name = f"{deployment}-{k}"
+    index = max((p.index for p in plan.pods), default=0) + 1
+    used = {ipaddress.IPv4Address(p.ip) for p in plan.pods}
+    n = plan.node(node)
+    if plan.mode == "nodeport":
+        net = ipaddress.IPv4Network(n.pod_cidr)
+        candidates = (net.network_address + 2 + i for i in range(net.num_addresses - 3))
+        prefix, gw = net.prefixlen, n.cni0_ip
+    else:
+        net = ipaddress.IPv4Network(next(g.cidr for g in plan.gateways if g.subnet == n.subnet))
+        candidates = (net.network_address + POD_HOST_OFFSET + i
+                      for i in range(net.num_addresses - 1 - POD_HOST_OFFSET))
+        prefix, gw = 32, str(VETH_GATEWAY)
+    ip = next((c for c in candidates if c not in used), None)
+    if ip is None:
+        raise ValueError(f"no free pod address left for node {node}")
+    return PodPlan(name, index, deployment, node, str(ip), prefix, gw, mac(0x02, index),
+                   veth_name(name), mac(0x05, index), port)
+
+
+def with_pod(plan: Plan, pod: PodPlan) -> None:
+    """Add a pod to the plan and to the endpoints of the services that select its deployment."""
+    plan.pods.append(pod)
+    plan.services[:] = [replace(s, endpoints=s.endpoints + (pod.name,)) if s.selector == pod.deployment
+                        else s for s in plan.services]

@@ -1,0 +1,560 @@
+"""The experiment file: what to measure, on which topology, in which variants, how often.
+
+An experiment is short YAML beside the topologies (`experiments/compare.yaml`):
+
+    name: compare                       # run directory and report title (default: the file's name)
+    kind: compare                       # compare | scaling | failover (compare)
+    topology: ../topologies/talk.yaml   # relative to this file; `cnlb run --topology` overrides it
+    service: web                        # the LoadBalancer service measured (the first one)
+    seed: 42                            # seeds the order of workloads in each repetition (0)
+    repetitions: 3                      # 1-100 (3)
+    warmup: 1s                          # before each workload, discarded (1s)
+    variants:                           # 1-8; the names become plot labels, one colour each
+      nodeport-cluster: {mode: nodeport, externalTrafficPolicy: Cluster}
+      nodeport-local:   {mode: nodeport, externalTrafficPolicy: Local}
+      container-native: {mode: container-native}
+    workloads:                          # each optional, at least one; file order = run order
+      latency: {requests: 200}          # a new TCP connection per request (our own client)
+      keepalive: {duration: 5s, connections: 4, threads: 1}   # wrk: latency percentiles
+      load: {duration: 5s, connections: 32, threads: 2}       # wrk: requests/s under load
+      throughput: {duration: 5s}        # iperf 2, one bulk TCP connection
+      path: {requests: 50}              # hops, cross-node bytes, which pod answered, source IP
+
+`kind: scaling` adds `services: [10, 100, 1000, 10000]` (synthetic services, strictly
+increasing) and `endpoints: 5` (per synthetic service); its only workload is `latency`
+(default `{requests: 100}`). `kind: failover` has no workloads but steady load instead:
+`duration: 30s`, `rate: 200` (requests/s), `timeout: 1s` (a request slower than this is an
+error) and `events: [{at: 5s, action: remove-pod, pod: web-0}, {at: 15s, action: fail-node,
+node: node2}]`.
+
+Durations carry a unit: 500ms, 5s, 2m (a bare 0 is fine). `load_experiment(file)` checks the
+file on its own (shape, ranges, the topology file exists); `resolve(experiment, topology)`
+checks it against the topology (the measured service, pods and nodes named by events, each
+variant's mode against the topology's limits) and returns every variant's topology. Every
+problem is one line: `FILE:LINE: field.path: what is wrong — how to fix`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from testbed.errors import InputError
+from testbed.spec.fields import Reader, choice, integer, name, text
+from testbed.spec.yamldoc import Document, nearest, read_document
+from testbed.spec.topology import MODES, Topology, parse_topology, placement
+
+KINDS = ("compare", "scaling", "failover")
+POLICIES = ("Cluster", "Local")
+ACTIONS = ("remove-pod", "fail-node")
+MAX_VARIANTS = 8                 # one colour each in the plots' palette
+
+# workload name -> (tool that drives it, allowed keys with their defaults)
+WORKLOADS = {
+    "latency": ("cnlb client: a new TCP connection per request", {"requests": 200}),
+    "keepalive": ("wrk: keep-alive latency percentiles",
+                  {"duration": 5.0, "connections": 4, "threads": 1}),
+    "load": ("wrk: requests/s under load", {"duration": 5.0, "connections": 32, "threads": 2}),
+    "throughput": ("iperf 2: one bulk TCP connection", {"duration": 5.0}),
+    "path": ("cnlb client: hops, cross-node bytes, pod, source address", {"requests": 50}),
+}
+
+COMMON_KEYS = {"name", "kind", "topology", "service", "seed", "repetitions", "warmup", "variants"}
+KIND_KEYS = {
+    "compare": {"workloads"},
+    "scaling": {"workloads", "services", "endpoints"},
+    "failover": {"duration", "rate", "timeout", "events"},
+}
+ALL_KEYS = COMMON_KEYS.union(*KIND_KEYS.values())
+
+_DURATION_RE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s|m|min)\s*")
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the cluster: a column in every table, a colour in every figure.
+
+    name: the label in plots and records
+    mode: nodeport (the LB targets node IP:NodePort) or container-native (pod IP:targetPort)
+    external_traffic_policy: set on every LoadBalancer service (Cluster | Local)
+    """
+    name: str
+    mode: str
+    external_traffic_policy: str = "Cluster"
+
+    def apply(self, topology: Topology) -> Topology:
+        """The topology in this variant's mode, every LoadBalancer service's policy overridden.
+
+        A service that becomes Local keeps a healthCheckNodePort the file gave it and otherwise
+        gets None, so the plan assigns the first free port; a service that becomes Cluster has
+        none (kube-proxy only serves health checks for Local)."""
+        services = []
+        for svc in topology.services:
+            if svc.type == "LoadBalancer":
+                local = self.external_traffic_policy == "Local"
+                keep = local and svc.external_traffic_policy == "Local"
+                svc = replace(svc, external_traffic_policy=self.external_traffic_policy,
+                              health_check_node_port=svc.health_check_node_port if keep else None)
+            services.append(svc)
+        return replace(topology, mode=self.mode, services=tuple(services),
+                       load_balancer=replace(topology.load_balancer, targets=self.mode))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One measurement the runner makes per variant and repetition.
+
+    name: latency | keepalive | load | throughput | path (see WORKLOADS for the tool)
+    requests: number of requests (latency, path)
+    duration_s: how long it runs (keepalive, load, throughput)
+    connections, threads: wrk's -c and -t (keepalive, load)
+    """
+    name: str
+    requests: Optional[int] = None
+    duration_s: Optional[float] = None
+    connections: int = 1
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something done to the cluster during a failover run.
+
+    at_s: seconds after the steady load started
+    action: remove-pod (delete one pod; the deployment replaces it) | fail-node (the node goes
+        down; its pods move to the other nodes)
+    target: the pod (remove-pod) or node (fail-node)
+    index: the event's position in the file's list (for messages)
+    """
+    at_s: float
+    action: str
+    target: str
+    index: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A whole experiment as the user described it.
+
+    topology: path of the topology file (relative to the working directory, or absolute)
+    service: the LoadBalancer service to measure (None: the topology's first one)
+    warmup_s: discarded run time before each workload
+    workloads: in run order (compare; scaling: latency only; failover: none)
+    services, endpoints: scaling only — synthetic service counts and endpoints per service
+    duration_s, rate, timeout_s, events: failover only — steady load of `rate` requests/s for
+        `duration_s`, a request slower than `timeout_s` counts as an error, events in time order
+    """
+    name: str
+    file: str
+    kind: str
+    topology: str
+    service: Optional[str]
+    seed: int
+    repetitions: int
+    warmup_s: float
+    variants: tuple[Variant, ...]
+    workloads: tuple[Workload, ...] = ()
+    services: tuple[int, ...] = ()
+    endpoints: int = 0
+    duration_s: float = 0.0
+    rate: float = 0.0
+    timeout_s: float = 1.0
+    events: tuple[Event, ...] = ()
+    doc: Document = field(repr=False, compare=False, default=None)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+    def workload(self, name: str) -> Optional[Workload]:
+        return next((w for w in self.workloads if w.name == name), None)
+
+    def to_dict(self) -> dict:
+        """Plain data for meta.json (the source document left out)."""
+        out = {}
+        for f in self.__dataclass_fields__.values():
+            if f.name == "doc":
+                continue
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An experiment checked against its topology: what the runner builds and measures.
+
+    variants: variant name -> the topology in that variant's mode and policy (experiment order)
+    service: the LoadBalancer service measured
+    """
+    experiment: Experiment
+    topology: Topology
+    service: str
+    variants: dict = field(default_factory=dict)
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__ if k != "doc"}
+    return value
+
+
+# -- converters -------------------------------------------------------------------------------
+
+def seconds(low: float = 0.0, high: float = 3600.0):
+    """A duration with a unit ('500ms', '5s', '2m'; a bare 0 is fine) in seconds."""
+    def convert(raw):
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a duration like 5s, got true/false {raw!r}")
+        if isinstance(raw, (int, float)):
+            if raw != 0:
+                raise ValueError(f"{raw!r} has no unit")
+            value = 0.0
+        elif isinstance(raw, str):
+            match = _DURATION_RE.fullmatch(raw)
+            if not match:
+                raise ValueError(f"'{raw}' is not a duration like 5s or 500ms")
+            value = float(match.group(1)) * _UNIT_S[match.group(2)]
+        else:
+            raise ValueError(f"expected a duration like 5s, got {type(raw).__name__} {raw!r}")
+        if value < low or value > high:
+            raise ValueError(f"{raw} is outside {_fmt_s(low)}-{_fmt_s(high)}")
+        return value
+    return convert
+
+
+def _fmt_s(value: float) -> str:
+    if value and value < 1:
+        return f"{value * 1000:g}ms"
+    return f"{value:g}s"
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+def load_experiment(file: str, topology: Optional[str] = None) -> Experiment:
+    """Read, parse and check an experiment file.
+
+    topology: a topology file to use instead of the file's `topology:` (the CLI's --topology)
+    """
+    return parse_experiment(_read(file), topology=topology)
+
+
+def load_resolved(file: str, topology: Optional[str] = None, netem: Optional[bool] = None) -> Resolved:
+    """The experiment, its topology loaded and both checked together: what `cnlb run` needs."""
+    from testbed.spec.topology import load_topology
+    exp = load_experiment(file, topology=topology)
+    return resolve(exp, load_topology(exp.topology, netem=netem))
+
+
+def validate_files(files) -> list:
+    """Every problem in several experiment files, each checked against its topology."""
+    problems = []
+    for f in files:
+        try:
+            load_resolved(f)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    return problems
+
+
+def _read(file: str) -> Document:
+    """read_document, with its hints pointed at experiments rather than topologies."""
+    try:
+        return read_document(file)
+    except InputError as exc:
+        fixes = {"no such file": "check the path (see experiments/ for shipped examples)",
+                 "file is empty": "write an experiment (see experiments/compare-quick.yaml)"}
+        raise InputError([replace(p, fix=fixes.get(p.what, p.fix)) if p.what in fixes else p
+                          for p in exc.problems]) from None
+
+
+def parse_experiment(doc: Document, topology: Optional[str] = None) -> Experiment:
+    r = Reader(doc)
+    if not isinstance(doc.data, dict):
+        r.problem((), "an experiment must be a mapping of fields",
+                  "start with 'name:', 'topology:', 'variants:' (see experiments/README.md)")
+        r.raise_if_any()
+    kind = r.get((), "kind", choice(*KINDS), default="compare",
+                 fix="use compare, scaling or failover") or "compare"
+    _check_keys(r, kind)
+    default_name = os.path.splitext(os.path.basename(doc.file))[0]
+    if not re.fullmatch(r"[a-z]([a-z0-9-]{0,38}[a-z0-9])?", default_name):
+        default_name = "experiment"
+    exp_name = r.get((), "name", name(40), default=default_name,
+                     fix="name it with lower-case letters, digits and '-' (at most 40)")
+    topo_path = _topology(r, doc.file, topology)
+    service = r.get((), "service", name(20), default=None, fix="name a LoadBalancer service of the topology")
+    seed = r.get((), "seed", integer(0, 2**32 - 1), default=0, fix="use a whole number 0-4294967295")
+    reps = r.get((), "repetitions", integer(1, 100), default=3, fix="use 1-100 repetitions")
+    warmup = r.get((), "warmup", seconds(0, 60), default=1.0, fix="write a warm-up like 1s (at most 60s)")
+    variants = _variants(r)
+    extra: dict = {}
+    if kind == "compare":
+        extra["workloads"] = _workloads(r, allowed=tuple(WORKLOADS), default=None)
+    elif kind == "scaling":
+        extra["workloads"] = _workloads(r, allowed=("latency",), default={"latency": {"requests": 100}})
+        extra.update(_scaling(r))
+    else:
+        extra.update(_failover(r))
+    r.raise_if_any()
+    return Experiment(exp_name, doc.file, kind, topo_path, service, seed, reps, warmup,
+                      variants, doc=doc, **extra)
+
+
+def _check_keys(r: Reader, kind: str) -> None:
+    data = r.value(())
+    allowed = COMMON_KEYS | KIND_KEYS[kind]
+    for key in data:
+        if key in allowed:
+            continue
+        owners = [k for k in KINDS if key in KIND_KEYS[k]]
+        if owners:
+            r.problem((key,), f"'{key}' belongs to kind {' or '.join(owners)}, this is kind {kind}",
+                      f"set 'kind: {owners[0]}' or remove '{key}'")
+        else:
+            hint = nearest(key, ALL_KEYS)
+            r.problem((key,), f"unknown key '{key}'", f"did you mean '{hint}'?" if hint else
+                      f"valid keys: {', '.join(sorted(allowed))}")
+
+
+def _topology(r: Reader, file: str, override: Optional[str]) -> str:
+    if override is not None:
+        return override
+    if "topology" not in r.value(()):
+        r.problem((), "missing required field 'topology'",
+                  "add 'topology: ../topologies/talk.yaml' (relative to this file)")
+        return ""
+    given = r.get((), "topology", text,
+                  fix="give the topology file's path relative to this file, e.g. ../topologies/talk.yaml")
+    if given is None:
+        return ""
+    path = given if os.path.isabs(given) else os.path.normpath(
+        os.path.join(os.path.dirname(file), given))
+    if os.path.isdir(path):
+        r.problem(("topology",), f"'{given}' is a directory", "name a .yaml file inside it")
+    elif not os.path.isfile(path):
+        r.problem(("topology",), f"no such file '{given}' (looked for {path})",
+                  "give the path relative to this experiment file, e.g. ../topologies/talk.yaml")
+    return path
+
+
+def _variants(r: Reader) -> tuple[Variant, ...]:
+    path = ("variants",)
+    if "variants" not in r.value(()):
+        r.problem((), "missing required field 'variants'",
+                  "add 'variants:' with e.g. 'container-native: {mode: container-native}'")
+        return ()
+    raw = r.mapping(path, None, what="variant name: {mode: ...}")
+    if not raw:
+        if isinstance(r.value(path), (dict, type(None))):
+            r.problem(path, "no variants", "add at least one, e.g. 'container-native: {mode: container-native}'")
+        return ()
+    if len(raw) > MAX_VARIANTS:
+        r.problem(path, f"{len(raw)} variants are more than the {MAX_VARIANTS} the plots have colours for",
+                  f"split the experiment into files of at most {MAX_VARIANTS} variants")
+    out = []
+    for vname in raw:
+        vpath = path + (vname,)
+        try:
+            name(30)(vname)
+        except ValueError as exc:
+            r.problem(vpath, str(exc), "name variants like nodeport-cluster (at most 30 characters)")
+            continue
+        if r.value(vpath) is None:
+            r.problem(vpath, "missing required field 'mode'", "add '{mode: nodeport}' or '{mode: container-native}'")
+            continue
+        r.mapping(vpath, {"mode", "externalTrafficPolicy"}, required=("mode",), what="mode: ...")
+        if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
+            continue
+        mode = r.get(vpath, "mode", choice(*MODES), fix="use nodeport or container-native")
+        policy = r.get(vpath, "externalTrafficPolicy", choice(*POLICIES), default="Cluster",
+                       fix="use Cluster or Local")
+        if mode and policy:
+            out.append(Variant(vname, mode, policy))
+    seen: dict = {}
+    for v in out:
+        key = (v.mode, v.external_traffic_policy)
+        if key in seen:
+            r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
+                      f"externalTrafficPolicy {v.external_traffic_policy})",
+                      "remove one, or change its mode or externalTrafficPolicy")
+        seen[key] = v.name
+    return tuple(out)
+
+
+def _workloads(r: Reader, allowed: tuple, default: Optional[dict]) -> tuple[Workload, ...]:
+    path = ("workloads",)
+    if "workloads" not in r.value(()) and default is not None:
+        return tuple(Workload(n, **{_FIELD[k]: v for k, v in body.items()}) for n, body in default.items())
+    raw = r.mapping(path, None, what="workload name: {...}")
+    if not raw:
+        if "workloads" not in r.value(()):
+            r.problem((), "missing required field 'workloads'",
+                      "add 'workloads:' with e.g. 'latency: {requests: 200}'")
+        elif isinstance(r.value(path), (dict, type(None))):
+            r.problem(path, "no workloads", "add at least one, e.g. 'latency: {requests: 200}'")
+        return ()
+    out = []
+    for wname in raw:
+        wpath = path + (wname,)
+        if wname not in allowed:
+            hint = nearest(str(wname), allowed)
+            if wname in WORKLOADS:
+                r.problem(wpath, f"workload '{wname}' is not part of this kind of experiment",
+                          f"remove it (allowed: {', '.join(allowed)})")
+            else:
+                r.problem(wpath, f"unknown workload '{wname}'",
+                          f"did you mean '{hint}'?" if hint else f"use one of {', '.join(allowed)}")
+            continue
+        defaults = WORKLOADS[wname][1]
+        if r.value(wpath) is not None:
+            r.mapping(wpath, set(defaults), what="requests/duration/...")
+        values = {}
+        for key, dflt in defaults.items():
+            if key == "requests":
+                values[key] = r.get(wpath, key, integer(1, 1_000_000), default=dflt,
+                                    fix="use 1-1000000 requests")
+            elif key == "duration":
+                values[key] = r.get(wpath, key, seconds(0.1, 3600), default=dflt,
+                                    fix="write a duration like 5s (100ms-1h)")
+            elif key == "connections":
+                values[key] = r.get(wpath, key, integer(1, 10_000), default=dflt,
+                                    fix="use 1-10000 connections")
+            elif key == "threads":
+                values[key] = r.get(wpath, key, integer(1, 64), default=dflt, fix="use 1-64 threads")
+        if None in values.values():
+            continue
+        if values.get("threads", 0) > values.get("connections", 1 << 30):
+            r.problem(wpath + ("threads",), f"{values['threads']} threads for {values['connections']} "
+                      "connections (wrk needs at least one connection per thread)",
+                      f"use at most {values['connections']} threads or more connections")
+            continue
+        out.append(Workload(wname, **{_FIELD[k]: v for k, v in values.items()}))
+    return tuple(out)
+
+
+_FIELD = {"requests": "requests", "duration": "duration_s", "connections": "connections",
+          "threads": "threads"}
+
+
+def _scaling(r: Reader) -> dict:
+    counts = r.value(("services",))
+    out: list = []
+    if "services" not in r.value(()):
+        r.problem((), "missing required field 'services'", "add e.g. 'services: [10, 100, 1000, 10000]'")
+    elif not isinstance(counts, list) or not counts:
+        r.problem(("services",), "expected a list of service counts",
+                  "write e.g. 'services: [10, 100, 1000, 10000]'")
+    else:
+        for i in range(len(counts)):
+            n = r.get(("services",), i, integer(1, 20_000), fix="use 1-20000 services")
+            if n is None:
+                continue
+            if out and n <= out[-1]:
+                r.problem(("services", i), f"{n} does not grow from the {out[-1]} before it",
+                          "list service counts in increasing order, each once")
+                continue
+            out.append(n)
+    endpoints = r.get((), "endpoints", integer(1, 100), default=5, fix="use 1-100 endpoints per service")
+    return {"services": tuple(out), "endpoints": endpoints or 5}
+
+
+def _failover(r: Reader) -> dict:
+    duration = r.get((), "duration", seconds(1, 3600), default=30.0, fix="write a duration like 30s (1s-1h)")
+    rate = r.get((), "rate", integer(1, 100_000), default=200, fix="use 1-100000 requests per second")
+    timeout = r.get((), "timeout", seconds(0.01, 10), default=1.0, fix="write a timeout like 1s (10ms-10s)")
+    events = []
+    raw = r.value(("events",))
+    if "events" not in r.value(()):
+        r.problem((), "missing required field 'events'",
+                  "add e.g. 'events: [{at: 5s, action: remove-pod, pod: web-0}]'")
+    elif not isinstance(raw, list) or not raw:
+        r.problem(("events",), "expected a list of events",
+                  "write e.g. 'events: [{at: 5s, action: remove-pod, pod: web-0}]'")
+    else:
+        for i, body in enumerate(raw):
+            epath = ("events", i)
+            if not isinstance(body, dict):
+                r.problem(epath, "expected a mapping {at: ..., action: ...}",
+                          "write e.g. '{at: 5s, action: fail-node, node: node2}'")
+                continue
+            action = r.get(epath, "action", choice(*ACTIONS), fix="use remove-pod or fail-node")
+            needs = {"remove-pod": "pod", "fail-node": "node"}.get(action)
+            r.mapping(epath, {"at", "action", needs} if needs else {"at", "action", "pod", "node"})
+            at = r.get(epath, "at", seconds(0, 3600), fix="write a time like 5s")
+            if at is not None and duration is not None and at >= duration:
+                r.problem(epath + ("at",), f"{_fmt_s(at)} is not before the end of the run ({_fmt_s(duration)})",
+                          "make the event earlier or the duration longer")
+                at = None
+            target = r.get(epath, needs, name(20), fix=f"name a {needs} of the topology") if needs else None
+            if None not in (at, action, target):
+                events.append(Event(at, action, target, i))
+    return {"duration_s": duration or 30.0, "rate": float(rate or 200), "timeout_s": timeout or 1.0,
+            "events": tuple(sorted(events, key=lambda e: e.at_s))}
+
+
+# -- against the topology ---------------------------------------------------------------------
+
+def resolve(experiment: Experiment, topology: Topology) -> Resolved:
+    """Check the experiment against its topology; every variant's topology, checked in its mode.
+
+    Problems with the experiment (an event naming a pod that does not exist) point at the
+    experiment file; a variant the topology cannot run (more pods on a node than
+    maxPodsPerNode in container-native mode) points at the topology file. All are raised
+    together as one InputError."""
+    r = Reader(experiment.doc or Document(experiment.file, {}))
+    lb_services = [s.name for s in topology.services if s.type == "LoadBalancer"]
+    service = experiment.service
+    if service is None:
+        if not lb_services:
+            r.problem(("topology",), f"topology '{topology.file}' has no LoadBalancer service",
+                      "the experiment measures through the load balancer's VIP: give a service "
+                      "'type: LoadBalancer' in the topology")
+        service = lb_services[0] if lb_services else ""
+    elif service not in lb_services:
+        hint = nearest(service, lb_services)
+        r.problem(("service",), f"the topology has no LoadBalancer service '{service}'",
+                  f"did you mean '{hint}'?" if hint else
+                  (f"use one of {', '.join(lb_services)}" if lb_services else
+                   "give the topology a service with 'type: LoadBalancer'"))
+    pods = [f"{d.name}-{k}" for d in topology.deployments for k in range(len(placement(topology, d)))]
+    nodes = [n.name for n in topology.nodes]
+    done: dict = {"pod": {}, "node": {}}
+    for ev in sorted(experiment.events, key=lambda e: e.index):
+        key = "pod" if ev.action == "remove-pod" else "node"
+        where = ("events", ev.index, key)
+        names, seen = (pods if key == "pod" else nodes), done[key]
+        if ev.target not in names:
+            hint = nearest(ev.target, names)
+            r.problem(where, f"the topology has no {key} '{ev.target}'",
+                      f"did you mean '{hint}'?" if hint else f"use one of {', '.join(names[:8])}")
+            continue
+        if ev.target in seen:
+            r.problem(where, f"{key} '{ev.target}' is already {'removed' if key == 'pod' else 'failed'} "
+                      f"by events[{seen[ev.target]}]", "name another one or remove this event")
+            continue
+        seen[ev.target] = ev.index
+        if key == "node" and len(seen) >= len(nodes):
+            r.problem(where, f"failing node '{ev.target}' leaves no node for the pods to move to",
+                      "keep at least one node up, or add nodes to the topology")
+
+    problems = list(r.problems)
+    variants = {}
+    checked: dict = {}
+    for v in experiment.variants:
+        if topology.doc is not None and v.mode not in checked:
+            try:
+                parse_topology(topology.doc, mode=v.mode)
+                checked[v.mode] = []
+            except InputError as exc:
+                checked[v.mode] = exc.problems
+                problems.extend(replace(p, what=f"{p.what} (in mode {v.mode}, which variant "
+                                        f"'{v.name}' of {experiment.file} uses)") for p in exc.problems)
+        if not checked.get(v.mode):
+            variants[v.name] = v.apply(topology)
+    if problems:
+        raise InputError(problems)
+    return Resolved(experiment, topology, service, variants)
