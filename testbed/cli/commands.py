@@ -198,9 +198,9 @@ def cmd_render(args) -> int:
         from testbed.cloud.fabric import render_fabric
         print(json.dumps(render_fabric(plan, topo.load_balancer.health_check), indent=1))
     elif args.what == "cni":
-        from testbed.kubernetes.cni import plugins as cni
+        from testbed.kubernetes.node import node_setup
         node = _node_arg(args, plan)
-        print("\n".join(cni.node_setup(plan, plan.node(node), offloads_off=False)))
+        print("\n".join(node_setup(plan, plan.node(node), offloads_off=False)))
     elif args.what == "kube-proxy":
         node = _node_arg(args, plan)
         from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules

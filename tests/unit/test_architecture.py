@@ -33,7 +33,7 @@ def test_module_paths_in_strings_exist():
 
 @pytest.mark.parametrize("importer, imported, bad", [
     ("testbed.spec.topology", "testbed.emulation.cluster", True),     # lower imports higher
-    ("testbed.kubernetes.cni.plugins", "testbed.cloud.fabric", True),  # sibling of the same rank
+    ("testbed.kubernetes.cni.vxlan", "testbed.cloud.fabric", True),  # sibling of the same rank
     ("testbed.emulation.cluster", "testbed.plan.addresses", False),
     ("testbed.cli.commands", "testbed.experiments.runner", False),
 ])

@@ -1,0 +1,49 @@
+"""flannel's node bridge: pods on the node's `cni0` in the node's pod range (vxlan and host-gw).
+
+Shared by the two flannel backends; what differs between them is how other nodes' pod
+ranges are reached (testbed.kubernetes.cni.vxlan, testbed.kubernetes.cni.hostgw).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from testbed.kubernetes.cni.base import CniPlugin, sysctl
+from testbed.plan.addresses import NodePlan, Plan, PodPlan
+
+
+class FlannelBridge(CniPlugin):
+    """The part of flannel every backend shares: cni0, its ports, the pods' addresses."""
+
+    def node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
+             offloads_off: bool) -> list[str]:
+        pod_net = ipaddress.IPv4Network(node.pod_cidr)
+        cmds = [
+            "ip link add cni0 type bridge",
+            f"ip link set cni0 address {node.vtep_mac.replace('02:cb:06', '02:cb:07')} mtu {plan.mtu}",
+            f"ip addr add {node.cni0_ip}/{pod_net.prefixlen} dev cni0",
+            "ip link set cni0 up",
+            # br_netfilter: bridged pod-to-pod traffic must see kube-proxy's rules (hairpin,
+            # ClusterIP)
+            f"[ -e /proc/sys/net/bridge ] && {sysctl('net.bridge.bridge-nf-call-iptables', 1)} "
+            "|| true",
+        ]
+        for pod in pods:
+            cmds += self.pod_on_node(plan, pod)
+        return cmds + self.remote_ranges(plan, node, offloads_off)
+
+    def remote_ranges(self, plan: Plan, node: NodePlan, offloads_off: bool) -> list[str]:
+        """How this node reaches the other nodes' pod ranges (the backend's own part)."""
+        raise NotImplementedError
+
+    def pod(self, plan: Plan, pod: PodPlan) -> list[str]:
+        return ["ip link set lo up", f"ip link set eth0 mtu {plan.mtu}",
+                f"ip addr add {pod.ip}/{pod.prefixlen} dev eth0", "ip link set eth0 up",
+                f"ip route add default via {pod.gateway} dev eth0"]
+
+    def pod_on_node(self, plan: Plan, pod: PodPlan) -> list[str]:
+        # hairpin: a pod reaching its own Service may be DNATed back to itself, out the port the
+        # packet came in on (the bridge CNI's hairpinMode, which flannel turns on)
+        return [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up",
+                f"bridge link set dev {pod.veth} hairpin on"]

@@ -1,0 +1,42 @@
+"""flannel's vxlan backend: other nodes' pod ranges through a kernel VXLAN device.
+
+`flannel.<VNI>` carries pod traffic between nodes; remote ranges are routed onlink via the
+remote VTEP's address, with static neighbour and FDB entries, as flannel's vxlan backend
+writes them. The plan's MTU (1450) leaves room for VXLAN's 50 bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from testbed.kubernetes.cni.bridge import FlannelBridge
+from testbed.kubernetes.cni.base import OFFLOADS_OFF
+from testbed.plan.addresses import NodePlan, Plan
+
+
+class Vxlan(FlannelBridge):
+    """flannel with `backend: vxlan`: an overlay the VPC never sees into."""
+
+    name = "vxlan"
+
+    def remote_ranges(self, plan: Plan, node: NodePlan, offloads_off: bool) -> list[str]:
+        dev = f"flannel.{plan.vxlan_vni}"
+        pod_net = ipaddress.IPv4Network(node.pod_cidr)
+        cmds = [
+            f"ip link add {dev} type vxlan id {plan.vxlan_vni} local {plan.node(node.name).ip} "
+            f"dev eth0 dstport {plan.vxlan_port} nolearning",
+            f"ip link set {dev} address {node.vtep_mac} mtu {plan.mtu} up",
+            f"ip addr add {pod_net.network_address}/32 dev {dev}",
+        ]
+        if offloads_off:
+            cmds.append(f"ethtool -K {dev} {OFFLOADS_OFF} >/dev/null 2>&1 || true")
+        for other in plan.nodes:
+            if other.name == node.name:
+                continue
+            remote = ipaddress.IPv4Network(other.pod_cidr).network_address
+            cmds += [
+                f"ip neigh replace {remote} lladdr {other.vtep_mac} dev {dev} nud permanent",
+                f"bridge fdb append {other.vtep_mac} dev {dev} dst {other.ip}",
+                f"ip route add {other.pod_cidr} via {remote} dev {dev} onlink",
+            ]
+        return cmds
