@@ -23,7 +23,9 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Host, OVSSwitch
 
-from testbed.kubernetes.cni import plugins as cni
+from testbed.kubernetes import node as node_setup
+from testbed.kubernetes.cni import plugin_for
+from testbed.kubernetes.cni.base import OFFLOADS_OFF
 from testbed.emulation import machine
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.errors import EnvironmentProblem
@@ -271,21 +273,21 @@ class Cluster:
     def _configure_hosts(self) -> None:
         scripts = {}
         for node in self.plan.nodes:
-            scripts[node.name] = cni.node_setup(self.plan, node, self.offloads_off, self.topo.links)
+            scripts[node.name] = node_setup.node_setup(self.plan, node, self.offloads_off, self.topo.links)
         for att in self.plan.attachments:
             if att.kind != "node":
-                scripts[att.host] = cni.host_fabric(att, self.offloads_off, self.topo.links)
+                scripts[att.host] = node_setup.host_fabric(att, self.offloads_off, self.topo.links)
         for pod in self.plan.pods:
-            scripts[pod.name] = cni.pod_setup(self.plan, pod)
+            scripts[pod.name] = plugin_for(self.plan).pod(self.plan, pod)
         self.run_scripts(scripts)
         if self.offloads_off:
             ports = [a.port for a in self.plan.attachments]
             ports += [p for s in self.plan.switches if s.role == "subnet" for p in (s.uplink, s.core_port)]
             for port in ports:
-                subprocess.run(["ethtool", "-K", port, *cni.OFFLOADS_OFF.split()], capture_output=True)
+                subprocess.run(["ethtool", "-K", port, *OFFLOADS_OFF.split()], capture_output=True)
         links = self.topo.links
         for att in self.plan.attachments:   # the switch side shapes traffic towards the host
-            for cmd in cni.shaping(att.port, links.bw, links.delay_ms, links.loss_pct):
+            for cmd in node_setup.shaping(att.port, links.bw, links.delay_ms, links.loss_pct):
                 subprocess.run(cmd.split(), capture_output=True, check=True)
 
     def _start_controller(self, ofp_port: Optional[int] = None, rest_port: Optional[int] = None) -> None:
@@ -426,8 +428,8 @@ class Cluster:
         self.net.addLink(self.net.get(node), self.net.get(pod.name), intfName1=pod.veth,
                          intfName2="eth0", addr1=pod.veth_mac, addr2=pod.mac)
         with_pod(self.plan, pod)
-        self.run_script(pod.name, cni.pod_setup(self.plan, pod))
-        self.run_script(node, cni.pod_on_node(self.plan, pod))
+        self.run_script(pod.name, plugin_for(self.plan).pod(self.plan, pod))
+        self.run_script(node, plugin_for(self.plan).pod_on_node(self.plan, pod))
         self.start_pod_servers([pod])
         self._endpoints_changed()
         if self.plan.mode == "container-native":
@@ -452,7 +454,7 @@ class Cluster:
         self._endpoints_changed()
         self._kill_server(name)
         if pod.node not in self.failed_nodes:
-            self.run_script(pod.node, cni.pod_teardown_on_node(self.plan, pod))
+            self.run_script(pod.node, plugin_for(self.plan).pod_gone_from_node(self.plan, pod))
         host = self.net.get(name)
         os.kill(host.pid, 9)   # the pod's namespace, and its veth pair, go with its shell
         host.shell.wait(5)
