@@ -9,8 +9,9 @@ For each backend (iptables-legacy-restore, iptables-nft-restore) and each size (
 10,000 services x 5 endpoints, cluster IPs in 10.96.0.0/12, endpoints in 10.244.0.0/16, every
 fifth service also a NodePort):
 
-- full sync: render everything with testbed.kubernetes.dataplane.iptables.rules.render() and apply it (the jump rules
-  checked, then one iptables-restore --noflush) into empty tables; median of 3;
+- full sync: render everything with rules.render() (testbed.kubernetes.dataplane.iptables)
+  and load it with restore.apply() (the jump rules checked, then one iptables-restore
+  --noflush) into empty tables; median of 3;
 - full resync: the same into the already-populated tables (upstream does this periodically);
 - one-endpoint change: one endpoint of one service replaced, rendered with render_partial()
   and applied without the jump-rule checks, as upstream's partial sync; 3 changes, median;
@@ -45,8 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from testbed import kubeproxy as kp  # noqa: E402
-from testbed.kubernetes.dataplane.iptables.rules import Endpoint, NodeContext, ServicePort  # noqa: E402
+from testbed.kubernetes.dataplane.iptables import names, restore, rules  # noqa: E402
+from testbed.kubernetes.dataplane.model import Endpoint, NodeContext, ServicePort  # noqa: E402
 
 NS = f"cnlb-bench-{os.getpid()}"
 BACKENDS = ("legacy", "nft")
@@ -64,7 +65,7 @@ OUT = ROOT / "bench" / "results" / "kubeproxy_sync.json"
 
 
 def ns_run(argv: list, stdin: bytes | None = None) -> tuple[int, str]:
-    """testbed.kubernetes.dataplane.iptables.rules's runner: every command inside the scratch namespace."""
+    """restore.apply()'s command runner: every command inside the scratch namespace."""
     proc = subprocess.run(["ip", "netns", "exec", NS, *argv], input=stdin, capture_output=True)
     return proc.returncode, proc.stderr.decode(errors="replace")
 
@@ -76,8 +77,8 @@ def ns_output(argv: list) -> str:
 
 def clean(backend: str) -> None:
     """Empty the filter and nat tables of this backend, in the scratch namespace only."""
-    kp.apply(ns_run, "*filter\nCOMMIT\n*nat\nCOMMIT\n", backend, noflush=False,
-             ensure_jumps=False)
+    restore.apply(ns_run, "*filter\nCOMMIT\n*nat\nCOMMIT\n", backend, noflush=False,
+                  ensure_jumps=False)
 
 
 def save_state(backend: str) -> dict:
@@ -99,7 +100,7 @@ def save_state(backend: str) -> dict:
 
 def sep_chains(backend: str) -> set:
     save = ns_output([f"iptables-{backend}-save", "-t", "nat"])
-    return {c for c in kp.nat_chains_in_save(save) if c.startswith(kp.SEP_PREFIX)}
+    return {c for c in restore.nat_chains_in_save(save) if c.startswith(names.SEP_PREFIX)}
 
 
 # --- synthetic services ---------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def timed_apply(backend: str, text_fn, ensure_jumps: bool, label: str) -> dict:
     t0 = time.perf_counter()
     text = text_fn()
     t1 = time.perf_counter()
-    kp.apply(ns_run, text, backend, ensure_jumps=ensure_jumps)
+    restore.apply(ns_run, text, backend, ensure_jumps=ensure_jumps)
     t2 = time.perf_counter()
     print(f"  {label}: render {t1 - t0:.3f} s + apply {t2 - t1:.3f} s", flush=True)
     return {"render_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0,
@@ -162,13 +163,13 @@ def median(values: list) -> float:
 
 def bench_size(backend: str, n: int, reps: int) -> dict:
     services = synthetic(n)
-    expected = kp.endpoint_chains(services, NODE)
+    expected = rules.endpoint_chains(services, NODE)
     checks = []
 
     full, slow = [], False
     for rep in range(reps):
         clean(backend)
-        full.append(timed_apply(backend, lambda: kp.render(services, NODE), ensure_jumps=True,
+        full.append(timed_apply(backend, lambda: rules.render(services, NODE), ensure_jumps=True,
                                 label=f"full sync {rep + 1}/{reps}"))
         checks.append(sep_chains(backend) == expected)
         if full[0]["total_s"] > SLOW_SYNC_S:
@@ -179,7 +180,7 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
 
     warm = []
     for rep in range(0 if slow else reps):
-        warm.append(timed_apply(backend, lambda: kp.render(services, NODE), ensure_jumps=True,
+        warm.append(timed_apply(backend, lambda: rules.render(services, NODE), ensure_jumps=True,
                                 label=f"full resync {rep + 1}/{reps}"))
         checks.append(sep_chains(backend) == expected)
 
@@ -187,14 +188,14 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
     for rep in range(reps):
         new = change_one_endpoint(current, rep)
         old = current
-        partial.append(timed_apply(backend, lambda: kp.render_partial(old, new, NODE),
+        partial.append(timed_apply(backend, lambda: rules.render_partial(old, new, NODE),
                                    ensure_jumps=False, label=f"one-endpoint change {rep + 1}/{reps}"))
-        checks.append(sep_chains(backend) == kp.endpoint_chains(new, NODE))
+        checks.append(sep_chains(backend) == rules.endpoint_chains(new, NODE))
         current = new
 
     after_partial = save_state(backend)
     clean(backend)
-    kp.apply(ns_run, kp.render(current, NODE), backend)
+    restore.apply(ns_run, rules.render(current, NODE), backend)
     equal = after_partial == save_state(backend)
     nat = after_partial.get("nat", {})
     return {
@@ -244,12 +245,12 @@ def check_transitions(backend: str) -> dict:
     results = {}
     for name, new in steps.items():
         clean(backend)
-        kp.apply(ns_run, kp.render([web, api, empty], NODE), backend)
-        kp.apply(ns_run, kp.render_partial([web, api, empty], new, NODE), backend,
+        restore.apply(ns_run, rules.render([web, api, empty], NODE), backend)
+        restore.apply(ns_run, rules.render_partial([web, api, empty], new, NODE), backend,
                  ensure_jumps=False)
         after_partial = save_state(backend)
         clean(backend)
-        kp.apply(ns_run, kp.render(new, NODE), backend)
+        restore.apply(ns_run, rules.render(new, NODE), backend)
         results[name] = after_partial == save_state(backend)
     clean(backend)
     return results

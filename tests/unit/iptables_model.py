@@ -1,14 +1,11 @@
 """A small model of iptables, enough to test kube-proxy's rendered rules without root.
 
-- `Tables.restore(text, noflush=True)` applies iptables-restore input with the real tool's
-  semantics for what kube-proxy uses: "*table", ":CHAIN" (create, or flush with --noflush),
-  "-A", "-I", "-F", "-X" (fails while the chain is referenced), "COMMIT" (all or nothing).
-- `trace(tables, ...)` walks a packet through nat PREROUTING (from outside) or OUTPUT (from the
-  node itself) like upstream's tracePacket: every probabilistic branch is followed, so the result
-  is the *set* of possible DNAT destinations, plus whether the masquerade mark was set; then the
-  filter chains kube-proxy owns give DROP / REJECT / ACCEPT verdicts.
-- `check_jumps(text)` is upstream's checkIPTablesRuleJumps: no jump to a missing or empty chain,
-  no chain created and never used.
+- `Tables.restore(text)`: iptables-restore's semantics for what kube-proxy uses ("*table",
+  ":CHAIN" creates or, with --noflush, flushes; "-A", "-I", "-F", "-X"; COMMIT all or nothing);
+- `trace(tables, packet)`: upstream's tracePacket (every probabilistic branch followed), then
+  the filter chains kube-proxy owns; `IptablesNode` is a node with kube-proxy's jumps in place;
+- `check_jumps(text)`: upstream's checkIPTablesRuleJumps (no jump to a missing or empty chain,
+  no chain created and never used); `sort_like_upstream`: upstream's test ordering.
 """
 
 from __future__ import annotations
@@ -17,6 +14,9 @@ import copy
 import ipaddress
 import shlex
 from dataclasses import dataclass, field
+
+from testbed.kubernetes.dataplane.iptables.restore import JUMP_RULES
+from tests.unit.traces import Packet, Trace
 
 BUILTIN = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -136,6 +136,20 @@ class Rule:
     extra: list[str] = field(default_factory=list)
 
 
+# Options whose value is copied into a Rule field (with its type); "-s", "-d", "--src-type" and
+# "--dst-type" also take a preceding "!".
+_VALUES = {
+    "-p": ("protocol", str), "--dport": ("dport", int), "--probability": ("probability", float),
+    "--ctstate": ("ctstate", str), "--comment": ("comment", str), "-j": ("target", str),
+    "--to-destination": ("to_destination", str),
+}
+_NEGATABLE = {
+    "-s": "source", "-d": "destination", "--src-type": "src_type", "--dst-type": "dst_type",
+}
+# Module names and values that do not affect matching here.
+_IGNORED = {"-m", "--mode", "--name", "--seconds", "--or-mark", "--xor-mark"}
+
+
 def parse_rule(spec: str) -> Rule:
     """Parse the part of a rule after "-A CHAIN"."""
     tokens = shlex.split(spec)
@@ -149,39 +163,19 @@ def parse_rule(spec: str) -> Rule:
             neg = True
             i += 1
             continue
-        if tok == "-s":
-            rule.source = Addr(nxt, neg)
-        elif tok == "-d":
-            rule.destination = Addr(nxt, neg)
-        elif tok == "-p":
-            rule.protocol = nxt
-        elif tok == "--dport":
-            rule.dport = int(nxt)
-        elif tok == "--src-type":
-            rule.src_type = (nxt, neg)
-        elif tok == "--dst-type":
-            rule.dst_type = (nxt, neg)
-        elif tok == "--probability":
-            rule.probability = float(nxt)
-        elif tok == "--rcheck":
-            rule.recent_check = True
-            i += 1
-            neg = False
-            continue
+        if tok in _NEGATABLE:
+            name = _NEGATABLE[tok]
+            setattr(rule, name, Addr(nxt, neg) if name in ("source", "destination") else (nxt, neg))
+        elif tok in _VALUES:
+            name, kind = _VALUES[tok]
+            setattr(rule, name, kind(nxt) if nxt is not None else None)
         elif tok == "--mark":
             rule.mark_check = True
-        elif tok == "--ctstate":
-            rule.ctstate = nxt
-        elif tok == "--comment":
-            rule.comment = nxt
-        elif tok == "-j":
-            rule.target = nxt
-        elif tok == "--to-destination":
-            rule.to_destination = nxt
-        elif tok in ("-m", "--mode", "--name", "--seconds", "--or-mark", "--xor-mark"):
-            pass  # module names and values that do not affect matching here
-        else:
-            rule.extra.append(tok)
+        elif tok == "--rcheck" or tok not in _IGNORED:  # flags without a value
+            if tok == "--rcheck":
+                rule.recent_check = True
+            else:
+                rule.extra.append(tok)
             i += 1
             neg = False
             continue
@@ -191,31 +185,6 @@ def parse_rule(spec: str) -> Rule:
 
 
 # --- packet tracing -------------------------------------------------------------------------------
-
-
-@dataclass
-class Packet:
-    """A new connection's first packet.
-
-    src, dst, dport, protocol: its header
-    local_origin: sent by a process on the node (nat OUTPUT) rather than arriving (PREROUTING)
-    local_ips: the node's own addresses (for -m addrtype LOCAL)
-    """
-
-    src: str
-    dst: str
-    dport: int
-    local_ips: frozenset[str]
-    protocol: str = "tcp"
-    local_origin: bool = False
-
-
-@dataclass
-class Trace:
-    destinations: set[str] = field(default_factory=set)  # "ip:port" DNAT targets
-    verdicts: list[str] = field(default_factory=list)  # filter DROP / REJECT / ACCEPT
-    masquerade: bool = False
-    matched: list[str] = field(default_factory=list)
 
 
 def _rule_matches(rule: Rule, pkt: Packet, dst: str) -> bool:
@@ -279,6 +248,30 @@ def trace(tables: Tables, pkt: Packet, filter_chains: tuple[str, ...] = (
     for chain in filter_chains:
         _run_chain(tables, "filter", chain, pkt, dst, out)
     return out
+
+
+class IptablesNode:
+    """One node's tables as kube-proxy's iptables mode keeps them: the jumps from the built-in
+    chains in place (what ensure_jump_rules() inserts), then every text loaded with --noflush."""
+
+    def __init__(self) -> None:
+        self.tables = Tables()
+        for rule in JUMP_RULES:
+            self.tables.chains(rule.table).setdefault(rule.target, [])
+            self.tables.chains(rule.table)[rule.chain].insert(0, rule.rule_text().split(" ", 2)[2])
+
+    def load(self, text: str) -> None:
+        self.tables.restore(text)
+
+    def snapshot(self) -> dict[str, dict[str, list[str]]]:
+        return self.tables.snapshot()
+
+    def trace(self, pkt: Packet) -> Trace:
+        return trace(self.tables, pkt)
+
+    @staticmethod
+    def check(text: str) -> None:
+        check_jumps(text)
 
 
 # --- consistency (upstream checkIPTablesRuleJumps) -----------------------------------------------

@@ -1,7 +1,7 @@
 """kube-proxy health-check server (testbed/kubernetes/dataplane/healthserver.py).
 
-Runs the real server as `python -m testbed.kubernetes.dataplane.healthserver` on 127.0.0.1 and free high ports; each
-server is stopped by its pid in the fixture's finalizer.
+Runs the real server as `python -m testbed.kubernetes.dataplane.healthserver` on 127.0.0.1 and
+free high ports; each server is stopped by its pid in the fixture's finalizer.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from testbed.kubernetes.dataplane.healthserver import ServiceHealth, StateError, parse_state, service_response
+from testbed.kubernetes.dataplane.healthserver import (
+    ServiceHealth,
+    StateError,
+    parse_state,
+    service_response,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -67,8 +72,8 @@ def get(port: int, path: str = "/healthz"):
 class Server:
     def __init__(self, state: Path, healthz_port: int):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver", "--state", str(state),
-             "--bind", HOST, "--healthz-port", str(healthz_port)],
+            [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver",
+             "--state", str(state), "--bind", HOST, "--healthz-port", str(healthz_port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )

@@ -1,23 +1,26 @@
-"""kube-proxy iptables renderer: names, probabilities, golden text, partial sync, apply, traces.
+"""kube-proxy's iptables mode, on text: names, probabilities, golden text, partial sync, apply.
 
 Reference facts are upstream kubernetes' pkg/proxy/iptables/proxier.go and proxier_test.go
-(TestOverallIPTablesRules, TestSortIPTablesRules, TestTracePacket).
+(TestOverallIPTablesRules, TestSortIPTablesRules). What every mode must do to packets (traces,
+partial sync equals full sync, health state) is tests/unit/test_dataplane.py.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from testbed.kubernetes.dataplane.iptables import rules as kp
-from testbed.kubernetes.dataplane.iptables.rules import Endpoint, NodeContext, ServicePort
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from iptables_model import Packet, Tables, check_jumps, sort_like_upstream, trace  # noqa: E402
+from testbed.kubernetes.dataplane.iptables import names, restore, rules
+from testbed.kubernetes.dataplane.iptables.names import (
+    endpoint_chain,
+    service_chain,
+    service_external_chain,
+    service_firewall_chain,
+    service_local_chain,
+)
+from testbed.kubernetes.dataplane.model import Endpoint, NodeContext, ServicePort, service_port_name
+from tests.unit.iptables_model import Tables, check_jumps, sort_like_upstream
+from tests.unit.kubeproxy_cases import API, NODE1, NODE3, WEB
+from tests.unit.kubeproxy_cases import replace_port as _replace
 
 # --- chain names: inputs and names copied from upstream's proxier_test.go ------------------------
 
@@ -25,21 +28,21 @@ from iptables_model import Packet, Tables, check_jumps, sort_like_upstream, trac
 @pytest.mark.parametrize(
     "func, args, expected",
     [
-        (kp.service_chain, ("ns1/svc1:p80", "tcp"), "KUBE-SVC-XPGD46QRK7WJZT7O"),
-        (kp.service_chain, ("ns2/svc2:p80", "tcp"), "KUBE-SVC-GNZBNJ2PO5MGZ6GT"),
-        (kp.service_chain, ("ns3/svc3:p80", "tcp"), "KUBE-SVC-X27LE4BHSL4DOUIK"),
-        (kp.service_chain, ("ns4/svc4:p80", "tcp"), "KUBE-SVC-4SW47YFZTEDKD3PK"),
-        (kp.service_chain, ("ns5/svc5:p80", "tcp"), "KUBE-SVC-NUKIZ6OKUXPJNT4C"),
-        (kp.service_local_chain, ("ns2/svc2:p80", "tcp"), "KUBE-SVL-GNZBNJ2PO5MGZ6GT"),
-        (kp.service_external_chain, ("ns2/svc2:p80", "tcp"), "KUBE-EXT-GNZBNJ2PO5MGZ6GT"),
-        (kp.service_external_chain, ("ns4/svc4:p80", "tcp"), "KUBE-EXT-4SW47YFZTEDKD3PK"),
-        (kp.service_firewall_chain, ("ns5/svc5:p80", "tcp"), "KUBE-FW-NUKIZ6OKUXPJNT4C"),
-        (kp.endpoint_chain, ("ns1/svc1:p80", "tcp", "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ"),
-        (kp.endpoint_chain, ("ns2/svc2:p80", "tcp", "10.180.0.2:80"), "KUBE-SEP-RS4RBKLTHTF2IUXJ"),
-        (kp.endpoint_chain, ("ns3/svc3:p80", "tcp", "10.180.0.3:80"), "KUBE-SEP-OYPFS5VJICHGATKP"),
-        (kp.endpoint_chain, ("ns4/svc4:p80", "tcp", "10.180.0.4:80"), "KUBE-SEP-UKSFD7AGPMPPLUHC"),
-        (kp.endpoint_chain, ("ns4/svc4:p80", "tcp", "10.180.0.5:80"), "KUBE-SEP-C6EBXVWJJZMIWKLZ"),
-        (kp.endpoint_chain, ("ns5/svc5:p80", "tcp", "10.180.0.3:80"), "KUBE-SEP-I77PXRDZVX7PMWMN"),
+        (service_chain, ("ns1/svc1:p80", "tcp"), "KUBE-SVC-XPGD46QRK7WJZT7O"),
+        (service_chain, ("ns2/svc2:p80", "tcp"), "KUBE-SVC-GNZBNJ2PO5MGZ6GT"),
+        (service_chain, ("ns3/svc3:p80", "tcp"), "KUBE-SVC-X27LE4BHSL4DOUIK"),
+        (service_chain, ("ns4/svc4:p80", "tcp"), "KUBE-SVC-4SW47YFZTEDKD3PK"),
+        (service_chain, ("ns5/svc5:p80", "tcp"), "KUBE-SVC-NUKIZ6OKUXPJNT4C"),
+        (service_local_chain, ("ns2/svc2:p80", "tcp"), "KUBE-SVL-GNZBNJ2PO5MGZ6GT"),
+        (service_external_chain, ("ns2/svc2:p80", "tcp"), "KUBE-EXT-GNZBNJ2PO5MGZ6GT"),
+        (service_external_chain, ("ns4/svc4:p80", "tcp"), "KUBE-EXT-4SW47YFZTEDKD3PK"),
+        (service_firewall_chain, ("ns5/svc5:p80", "tcp"), "KUBE-FW-NUKIZ6OKUXPJNT4C"),
+        (endpoint_chain, ("ns1/svc1:p80", "tcp", "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ"),
+        (endpoint_chain, ("ns2/svc2:p80", "tcp", "10.180.0.2:80"), "KUBE-SEP-RS4RBKLTHTF2IUXJ"),
+        (endpoint_chain, ("ns3/svc3:p80", "tcp", "10.180.0.3:80"), "KUBE-SEP-OYPFS5VJICHGATKP"),
+        (endpoint_chain, ("ns4/svc4:p80", "tcp", "10.180.0.4:80"), "KUBE-SEP-UKSFD7AGPMPPLUHC"),
+        (endpoint_chain, ("ns4/svc4:p80", "tcp", "10.180.0.5:80"), "KUBE-SEP-C6EBXVWJJZMIWKLZ"),
+        (endpoint_chain, ("ns5/svc5:p80", "tcp", "10.180.0.3:80"), "KUBE-SEP-I77PXRDZVX7PMWMN"),
     ],
 )
 def test_chain_names_match_upstream(func, args, expected):
@@ -48,12 +51,12 @@ def test_chain_names_match_upstream(func, args, expected):
 
 
 def test_service_port_name_and_protocol_case():
-    assert kp.service_port_name("ns1", "svc1", "p80") == "ns1/svc1:p80"
-    assert kp.service_port_name("ns1", "svc1", "") == "ns1/svc1"
+    assert service_port_name("ns1", "svc1", "p80") == "ns1/svc1:p80"
+    assert service_port_name("ns1", "svc1", "") == "ns1/svc1"
     # ServicePort hashes the lower-case protocol, as upstream does with strings.ToLower.
     svc = ServicePort("ns1", "svc1", "p80", "TCP", "172.30.0.41", 80, 80)
-    assert svc.svc_chain == "KUBE-SVC-XPGD46QRK7WJZT7O"
-    assert svc.sep_chain(Endpoint("10.180.0.1", 80)) == "KUBE-SEP-SXIVWICOYRO3J4NJ"
+    assert names.svc_chain(svc) == "KUBE-SVC-XPGD46QRK7WJZT7O"
+    assert names.sep_chain(svc, Endpoint("10.180.0.1", 80)) == "KUBE-SEP-SXIVWICOYRO3J4NJ"
 
 
 # --- probabilities ----------------------------------------------------------------------------
@@ -65,13 +68,13 @@ def test_service_port_name_and_protocol_case():
      (5, "0.2000000000"), (6, "0.1666666667"), (7, "0.1428571429"), (10, "0.1000000000")],
 )
 def test_compute_probability_matches_go_format(n, expected):
-    assert kp.compute_probability(n) == expected
+    assert rules.compute_probability(n) == expected
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 10])
 def test_probability_chain_spreads_evenly(n):
     # Rule i (0-based) carries 1/(n-i); the last rule has none. Each endpoint gets ~1/n.
-    probs = [float(kp.compute_probability(n - i)) for i in range(n - 1)] + [1.0]
+    probs = [float(rules.compute_probability(n - i)) for i in range(n - 1)] + [1.0]
     left, shares = 1.0, []
     for p in probs:
         shares.append(left * p)
@@ -81,29 +84,10 @@ def test_probability_chain_spreads_evenly(n):
 
 def test_compute_probability_rejects_zero():
     with pytest.raises(ValueError):
-        kp.compute_probability(0)
+        rules.compute_probability(0)
 
 
 # --- the two-service example (node1's table, hand-checked) ------------------------------------
-
-NODE1 = NodeContext("node1", "192.168.0.11", "10.244.0.0/16")
-NODE2 = NodeContext("node2", "192.168.1.11", "10.244.0.0/16")
-CLIENT = "203.0.113.7"
-WEB_VIP, API_VIP = "198.51.100.10", "198.51.100.11"
-
-WEB = ServicePort(
-    "default", "web", "http", "TCP", "10.96.0.10", 80, 8080, node_port=30080,
-    load_balancer_ips=(WEB_VIP,), external_traffic_policy="Cluster",
-    endpoints=(Endpoint("10.244.1.2", 8080, "node1"), Endpoint("10.244.2.2", 8080, "node2"),
-               Endpoint("10.244.1.3", 8080, "node1")),
-)
-API = ServicePort(
-    "default", "api", "http", "TCP", "10.96.0.20", 80, 8080, node_port=30081,
-    load_balancer_ips=(API_VIP,), external_traffic_policy="Local",
-    session_affinity_seconds=10800, health_check_node_port=32000,
-    endpoints=(Endpoint("10.244.2.4", 8080, "node2"), Endpoint("10.244.1.4", 8080, "node1"),
-               Endpoint("10.244.2.3", 8080, "node2")),
-)
 
 # Written rule by rule from upstream's templates (see the notes at the end of each block); the
 # hashes come from test_chain_names_match_upstream's function. Services are written in
@@ -198,9 +182,9 @@ COMMIT
 
 
 def test_golden_two_service_table_rule_by_rule():
-    got = kp.render([WEB, API], NODE1).splitlines()
+    got = rules.render([WEB, API], NODE1).splitlines()
     want = GOLDEN_NODE1.splitlines()
-    for n, (g, w) in enumerate(zip(got, want), 1):
+    for n, (g, w) in enumerate(zip(got, want, strict=False), 1):  # lengths compared below
         assert g == w, f"line {n} differs"
     assert len(got) == len(want)
     check_jumps(GOLDEN_NODE1)
@@ -209,8 +193,7 @@ def test_golden_two_service_table_rule_by_rule():
 def test_node_without_local_endpoints_drops_external_local_traffic():
     # node3 has no pod of either service: api (Local) external traffic is dropped in filter,
     # KUBE-EXT keeps only the short-circuit rules, and no KUBE-SVL chain exists.
-    node3 = NodeContext("node3", "192.168.2.11", "10.244.0.0/16")
-    text = kp.render([WEB, API], node3)
+    text = rules.render([WEB, API], NODE3)
     assert f":KUBE-SVL-{A} - [0:0]" not in text
     assert f"-A KUBE-EXT-{A} -j KUBE-SVL-{A}" not in text
     drops = [line for line in text.splitlines() if line.startswith("-A KUBE-EXTERNAL-SERVICES")]
@@ -225,7 +208,7 @@ def test_node_without_local_endpoints_drops_external_local_traffic():
 
 def test_no_cluster_cidr_drops_the_local_detector_rules():
     node = NodeContext("node1", "192.168.0.11", None)
-    text = kp.render([WEB, API], node)
+    text = rules.render([WEB, API], node)
     assert "! -s 10.244.0.0/16" not in text
     assert "pod traffic for" not in text
     assert "masquerade LOCAL traffic for default/api:http" in text  # needs no CIDR
@@ -237,7 +220,7 @@ def test_not_ready_endpoints_and_headless_services_are_skipped():
                       endpoints=(Endpoint("10.244.1.9", 53, "node1", ready=False),))
     headless = ServicePort("ns", "h", "", "TCP", None, 80, 80,
                            endpoints=(Endpoint("10.244.1.8", 80, "node1"),))
-    text = kp.render([svc, headless], NODE1)
+    text = rules.render([svc, headless], NODE1)
     assert '-A KUBE-SERVICES -m comment --comment "ns/s has no endpoints" -m udp -p udp ' \
            "-d 10.96.0.5 --dport 53 -j REJECT" in text
     assert "KUBE-SEP-" not in text and "ns/h" not in text
@@ -245,7 +228,7 @@ def test_not_ready_endpoints_and_headless_services_are_skipped():
 
 def test_duplicate_service_ports_are_refused():
     with pytest.raises(ValueError, match="listed twice"):
-        kp.render([WEB, WEB], NODE1)
+        rules.render([WEB, WEB], NODE1)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -264,8 +247,8 @@ def test_bad_service_port_input_says_what_is_wrong(kwargs, message):
 def test_large_cluster_mode_drops_endpoint_comments():
     eps = tuple(Endpoint(f"10.244.{i // 250}.{i % 250 + 1}", 80, "node1") for i in range(1001))
     svc = ServicePort("ns", "big", "", "TCP", "10.96.0.9", 80, 80, endpoints=eps)
-    text = kp.render([svc], NODE1)
-    sep = svc.sep_chain(eps[0])
+    text = rules.render([svc], NODE1)
+    sep = names.sep_chain(svc, eps[0])
     assert f"-A {sep} -s 10.244.0.1 -j KUBE-MARK-MASQ" in text
     assert '"ns/big -> ' not in text
     assert '"ns/big cluster IP"' in text  # only the per-endpoint comments go
@@ -407,7 +390,8 @@ UPSTREAM_EDITS = [
      "-j KUBE-NODEPORTS"),
     # 3. No nfacct counters.
     ("-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name "
-     "ct_state_invalid_dropped_pkts -j DROP", "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"),
+     "ct_state_invalid_dropped_pkts -j DROP",
+     "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"),
 ]
 
 
@@ -447,7 +431,7 @@ def _upstream_overall_services() -> list[ServicePort]:
 
 def test_reproduces_upstream_overall_rules():
     node = NodeContext("test-node", "192.168.0.2", "10.0.0.0/8", random_fully=False)
-    got = sort_like_upstream(kp.render(_upstream_overall_services(), node))
+    got = sort_like_upstream(rules.render(_upstream_overall_services(), node))
     want = _edited_upstream()
     got_lines, want_lines = got.splitlines(), want.splitlines()
     assert [g for g in got_lines if g not in want_lines] == []
@@ -467,14 +451,9 @@ def _after(*texts: str) -> dict:
 
 
 def _assert_partial_equivalent(old, new, node=NODE1):
-    partial = kp.render_partial(old, new, node)
-    assert _after(kp.render(old, node), partial) == _after(kp.render(new, node))
+    partial = rules.render_partial(old, new, node)
+    assert _after(rules.render(old, node), partial) == _after(rules.render(new, node))
     return partial
-
-
-def _replace(svc: ServicePort, **changes) -> ServicePort:
-    fields = {f: getattr(svc, f) for f in ServicePort.__dataclass_fields__}
-    return ServicePort(**{**fields, **changes})
 
 
 def test_partial_one_endpoint_change_rewrites_only_that_service():
@@ -484,34 +463,19 @@ def test_partial_one_endpoint_change_rewrites_only_that_service():
     partial = _assert_partial_equivalent([WEB, API], [new_web, API])
     assert f":KUBE-SVC-{W} - [0:0]" in partial
     assert f":KUBE-SEP-{W2} - [0:0]" in partial and f"-X KUBE-SEP-{W2}" in partial
-    assert new_web.sep_chain(moved) in partial
+    assert names.sep_chain(new_web, moved) in partial
     # api is unchanged: none of its chains is declared (that would flush it) or written,
     assert f"KUBE-SVC-{A} - [0:0]" not in partial and f"-A KUBE-SEP-{A1}" not in partial
     # but KUBE-SERVICES and KUBE-NODEPORTS are rewritten whole and still jump into them.
     assert f"--dport 80 -j KUBE-SVC-{A}" in partial
     assert f"--dport 30081 -j KUBE-EXT-{A}" in partial
-    check_jumps(kp.render([new_web, API], NODE1))
-
-
-@pytest.mark.parametrize("new", [
-    pytest.param([API], id="service removed"),
-    pytest.param([WEB, API, _replace(WEB, name="web2", cluster_ip="10.96.0.11")], id="added"),
-    pytest.param([_replace(WEB, external_traffic_policy="Local"), API], id="policy to Local"),
-    pytest.param([WEB, _replace(API, endpoints=API.endpoints[:1])], id="remote endpoints gone"),
-    pytest.param([WEB, _replace(API, endpoints=API.endpoints[1:2])], id="local endpoint gone"),
-    pytest.param([WEB, _replace(API, endpoints=())], id="no endpoints left"),
-    pytest.param([WEB, _replace(API, session_affinity_seconds=None)], id="affinity off"),
-    pytest.param([_replace(WEB, node_port=None, load_balancer_ips=()), API], id="to ClusterIP"),
-    pytest.param([WEB, API], id="nothing changed"),
-])
-def test_partial_equals_full(new):
-    _assert_partial_equivalent([WEB, API], new)
+    check_jumps(rules.render([new_web, API], NODE1))
 
 
 def test_partial_with_nothing_changed_writes_no_service_chain():
-    partial = kp.render_partial([WEB, API], [WEB, API], NODE1)
+    partial = rules.render_partial([WEB, API], [WEB, API], NODE1)
     declared = [line for line in partial.splitlines() if line.startswith(":")]
-    assert all(not kp.is_service_chain(line[1:].split()[0]) for line in declared)
+    assert all(not names.is_service_chain(line[1:].split()[0]) for line in declared)
 
 
 def test_partial_across_large_cluster_threshold_rewrites_everything():
@@ -526,56 +490,17 @@ def test_partial_across_large_cluster_threshold_rewrites_everything():
 
 def test_full_render_deletes_stale_chains_it_is_told_about():
     before = Tables()
-    before.restore(kp.render([WEB, API], NODE1))
+    before.restore(rules.render([WEB, API], NODE1))
     before.restore("*nat\n:CNI-FOO - [0:0]\n:KUBE-MARK-DROP - [0:0]\nCOMMIT\n")
     existing = set(before.chains("nat"))  # what iptables-save would list
-    text = kp.render([API], NODE1, existing_chains=existing)
+    text = rules.render([API], NODE1, existing_chains=existing)
     for chain in (f"KUBE-SEP-{W1}", f"KUBE-SVC-{W}", f"KUBE-EXT-{W}"):
         assert f"-X {chain}" in text
     assert "KUBE-MARK-DROP" not in text and "CNI-FOO" not in text  # not kube-proxy's to delete
     before.restore(text)
-    after = _after(kp.render([API], NODE1), "*nat\n:CNI-FOO - [0:0]\n:KUBE-MARK-DROP - [0:0]\nCOMMIT\n")
+    others = "*nat\n:CNI-FOO - [0:0]\n:KUBE-MARK-DROP - [0:0]\nCOMMIT\n"
+    after = _after(rules.render([API], NODE1), others)
     assert before.snapshot() == after
-
-
-_POOL_IPS = [f"10.244.{n}.{h}" for n in (1, 2) for h in (2, 3, 4)]
-
-
-@st.composite
-def _service(draw, name: str, index: int) -> ServicePort | None:
-    if not draw(st.booleans()):
-        return None
-    ips = draw(st.lists(st.sampled_from(_POOL_IPS), unique=True, max_size=4))
-    eps = tuple(Endpoint(ip, 8080, f"node{ip.split('.')[2]}",
-                         ready=draw(st.sampled_from([True, True, False]))) for ip in ips)
-    return ServicePort(
-        "default", name, draw(st.sampled_from(["", "http"])), draw(st.sampled_from(["TCP", "UDP"])),
-        f"10.96.0.{index + 10}", 80, 8080,
-        node_port=draw(st.sampled_from([None, 30000 + index])),
-        load_balancer_ips=draw(st.sampled_from([(), (f"198.51.100.{index + 10}",)])),
-        external_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
-        session_affinity_seconds=draw(st.sampled_from([None, 60])),
-        endpoints=eps,
-    )
-
-
-@st.composite
-def _old_and_new(draw):
-    old, new = [], []
-    for i, name in enumerate(["a", "b", "c", "d"]):
-        before = draw(_service(name, i))
-        after = before if draw(st.booleans()) else draw(_service(name, i))
-        old += [before] if before else []
-        new += [after] if after else []
-    return old, new
-
-
-@settings(max_examples=150, deadline=None)
-@given(_old_and_new(), st.sampled_from([NODE1, NODE2, NodeContext("n3", "192.168.2.11", None)]))
-def test_partial_equals_full_for_random_changes(pair, node):
-    old, new = pair
-    _assert_partial_equivalent(old, new, node)
-    check_jumps(kp.render(new, node))
 
 
 # --- apply ---------------------------------------------------------------------------------------
@@ -600,19 +525,19 @@ class FakeRun:
         return (0, "")
 
 
-@pytest.mark.parametrize("backend, restore, iptables", [
+@pytest.mark.parametrize("backend, restore_tool, iptables", [
     ("auto", "iptables-restore", "iptables"),
     ("legacy", "iptables-legacy-restore", "iptables-legacy"),
     ("nft", "iptables-nft-restore", "iptables-nft"),
 ])
-def test_apply_runs_the_backend_tools(backend, restore, iptables):
+def test_apply_runs_the_backend_tools(backend, restore_tool, iptables):
     run = FakeRun()
-    text = kp.render([WEB], NODE1)
-    kp.apply(run, text, backend=backend)
+    text = rules.render([WEB], NODE1)
+    restore.apply(run, text, backend=backend)
     argv, stdin = run.calls[-1]
-    assert argv == [restore, "--noflush", "--wait"] and stdin == text.encode()
+    assert argv == [restore_tool, "--noflush", "--wait"] and stdin == text.encode()
     inserts = [a for a, _ in run.calls if "-I" in a]
-    assert len(inserts) == len(kp.JUMP_RULES)
+    assert len(inserts) == len(restore.JUMP_RULES)
     assert inserts[-1] == [iptables, "-w", "-t", "nat", "-I", "POSTROUTING", "-m", "comment",
                            "--comment", "kubernetes postrouting rules", "-j", "KUBE-POSTROUTING"]
     assert all(a[0] == iptables for a, _ in run.calls[:-1])
@@ -620,10 +545,10 @@ def test_apply_runs_the_backend_tools(backend, restore, iptables):
 
 def test_apply_does_not_duplicate_existing_jumps_and_can_skip_them():
     run = FakeRun(rule_exists=True)
-    kp.apply(run, "*nat\nCOMMIT\n")
+    restore.apply(run, "*nat\nCOMMIT\n")
     assert not [a for a, _ in run.calls if "-I" in a]
     run = FakeRun()
-    kp.apply(run, "*nat\nCOMMIT\n", ensure_jumps=False, noflush=False)
+    restore.apply(run, "*nat\nCOMMIT\n", ensure_jumps=False, noflush=False)
     assert [a for a, _ in run.calls] == [["iptables-restore", "--wait"]]
 
 
@@ -634,11 +559,11 @@ def test_apply_does_not_duplicate_existing_jumps_and_can_skip_them():
     "information.\n",
 ])
 def test_apply_error_shows_the_lines_around_the_failing_one(stderr):
-    text = kp.render([WEB], NODE1)
+    text = rules.render([WEB], NODE1)
     lines = text.splitlines()
     run = FakeRun(restore_result=(1, stderr))
-    with pytest.raises(kp.RestoreError) as err:
-        kp.apply(run, text, backend="nft")
+    with pytest.raises(restore.RestoreError) as err:
+        restore.apply(run, text, backend="nft")
     message = str(err.value)
     assert err.value.line == 9
     assert "at input line 9" in message
@@ -650,97 +575,19 @@ def test_apply_error_shows_the_lines_around_the_failing_one(stderr):
 
 def test_apply_error_without_line_number_still_reports_stderr():
     run = FakeRun(restore_result=(4, "Another app is currently holding the xtables lock."))
-    with pytest.raises(kp.RestoreError, match="xtables lock") as err:
-        kp.apply(run, "*nat\nCOMMIT\n", ensure_jumps=False)
+    with pytest.raises(restore.RestoreError, match="xtables lock") as err:
+        restore.apply(run, "*nat\nCOMMIT\n", ensure_jumps=False)
     assert err.value.line is None
 
 
 def test_detect_backend():
-    assert kp.detect_backend("iptables v1.8.9 (nf_tables)\n") == "nft"
-    assert kp.detect_backend("iptables v1.8.9 (legacy)\n") == "legacy"
+    assert restore.detect_backend("iptables v1.8.9 (nf_tables)\n") == "nft"
+    assert restore.detect_backend("iptables v1.8.9 (legacy)\n") == "legacy"
     with pytest.raises(ValueError):
-        kp.detect_backend("iptables v1.4.21\n")
-
-
-def test_health_check_state_counts_local_ready_endpoints():
-    assert kp.health_check_state([WEB, API], "node1") == {"services": [
-        {"namespace": "default", "name": "api", "port": 32000, "local_endpoints": 1}]}
-    assert kp.health_check_state([WEB, API], "node2")["services"][0]["local_endpoints"] == 2
-    assert kp.health_check_state([WEB, API], "node3")["services"][0]["local_endpoints"] == 0
-    not_ready = _replace(API, endpoints=(Endpoint("10.244.1.4", 8080, "node1", ready=False),))
-    assert kp.health_check_state([not_ready], "node1")["services"][0]["local_endpoints"] == 0
+        restore.detect_backend("iptables v1.4.21\n")
 
 
 def test_nat_chains_in_save():
     save = ("*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n"
             ":PREROUTING ACCEPT [0:0]\n:KUBE-SEP-X - [0:0]\n-A KUBE-SEP-X -j RETURN\nCOMMIT\n")
-    assert kp.nat_chains_in_save(save) == {"PREROUTING", "KUBE-SEP-X"}
-
-
-# --- packet traces -------------------------------------------------------------------------------
-
-
-def _node_tables(node: NodeContext, services=(WEB, API)) -> Tables:
-    tables = Tables()
-    for rule in kp.JUMP_RULES:  # what ensure_jump_rules() puts in the built-in chains
-        tables.chains(rule.table).setdefault(rule.target, [])
-        tables.chains(rule.table)[rule.chain].insert(0, rule.rule_text().split(" ", 2)[2])
-    tables.restore(kp.render(list(services), node))
-    return tables
-
-
-WEB_PODS = {"10.244.1.2:8080", "10.244.1.3:8080", "10.244.2.2:8080"}
-API_PODS = {"10.244.1.4:8080", "10.244.2.3:8080", "10.244.2.4:8080"}
-
-
-@pytest.mark.parametrize("node, src, dst, dport, local_origin, dnat, masq, verdicts", [
-    # Cluster policy: any pod in the cluster, always SNATed to the node.
-    (NODE1, CLIENT, "192.168.0.11", 30080, False, WEB_PODS, True, []),
-    (NODE1, CLIENT, WEB_VIP, 80, False, WEB_PODS, True, []),
-    (NODE2, CLIENT, "192.168.1.11", 30080, False, WEB_PODS, True, []),
-    # Local policy: only this node's pods, client IP kept.
-    (NODE1, CLIENT, "192.168.0.11", 30081, False, {"10.244.1.4:8080"}, False, []),
-    (NODE1, CLIENT, API_VIP, 80, False, {"10.244.1.4:8080"}, False, []),
-    (NODE2, CLIENT, API_VIP, 80, False, {"10.244.2.3:8080", "10.244.2.4:8080"}, False, []),
-    # ... a pod calling the LB VIP is sent to any pod (as if via the cloud LB), no SNAT,
-    (NODE1, "10.244.1.2", API_VIP, 80, False, API_PODS, False, []),
-    # ... the node itself calling it goes to any pod too, SNATed (its source is the VIP path).
-    (NODE1, "192.168.0.11", API_VIP, 80, True, API_PODS, True, []),
-    # ClusterIP: from a pod no SNAT; from outside the pod CIDR SNAT.
-    (NODE1, "10.244.2.9", "10.96.0.10", 80, False, WEB_PODS, False, []),
-    (NODE1, CLIENT, "10.96.0.10", 80, False, WEB_PODS, True, []),
-    # Hairpin: a pod reaching itself via the service is SNATed (on the path back to itself).
-    (NODE1, "10.244.1.2", "10.96.0.10", 80, False, WEB_PODS, True, []),
-    # Health-check node port is accepted by filter; a wrong port matches nothing.
-    (NODE1, CLIENT, "192.168.0.11", 32000, False, set(), False, ["ACCEPT"]),
-    (NODE1, CLIENT, "192.168.0.11", 30099, False, set(), False, []),
-    # NodePorts are not served on loopback (localhost nodeports off).
-    (NODE1, "127.0.0.1", "127.0.0.1", 30080, True, set(), False, []),
-])
-def test_packet_trace(node, src, dst, dport, local_origin, dnat, masq, verdicts):
-    tables = _node_tables(node)
-    local_ips = frozenset({node.node_ip})
-    result = trace(tables, Packet(src, dst, dport, local_ips, local_origin=local_origin))
-    assert result.destinations == dnat, result.matched
-    assert result.masquerade == masq, result.matched
-    assert result.verdicts == verdicts, result.matched
-
-
-def test_packet_trace_local_policy_on_node_without_pods_is_dropped():
-    node3 = NodeContext("node3", "192.168.2.11", "10.244.0.0/16")
-    tables = _node_tables(node3)
-    local_ips = frozenset({node3.node_ip})
-    outside = trace(tables, Packet(CLIENT, "192.168.2.11", 30081, local_ips))
-    assert outside.destinations == set() and outside.verdicts == ["DROP"]
-    # but a pod on that node still reaches the service through the LB VIP
-    pod = trace(tables, Packet("10.244.3.5", API_VIP, 80, local_ips))
-    assert pod.destinations == API_PODS and pod.verdicts == []
-
-
-def test_packet_trace_service_without_endpoints_is_rejected():
-    empty = _replace(WEB, endpoints=())
-    tables = _node_tables(NODE1, [empty])
-    result = trace(tables, Packet("10.244.1.5", "10.96.0.10", 80, frozenset({"192.168.0.11"})))
-    assert result.destinations == set() and result.verdicts == ["REJECT"]
-    outside = trace(tables, Packet(CLIENT, "192.168.0.11", 30080, frozenset({"192.168.0.11"})))
-    assert outside.verdicts == ["REJECT"]
+    assert restore.nat_chains_in_save(save) == {"PREROUTING", "KUBE-SEP-X"}

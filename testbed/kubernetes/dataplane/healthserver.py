@@ -1,51 +1,26 @@
 """kube-proxy's health-check node ports, one process per node.
 
-A LoadBalancer Service with externalTrafficPolicy=Local gets a healthCheckNodePort. On every
-node, kube-proxy answers HTTP on that port: 200 when the node has ready local endpoints for the
-service, 503 when it has none, so the cloud load balancer only sends to nodes with a pod. This is
-upstream's pkg/proxy/healthcheck service server, answering any path, with the same headers and
-body:
+A LoadBalancer Service with externalTrafficPolicy=Local gets a healthCheckNodePort; on every
+node this server answers HTTP on it, 200 with ready local endpoints and 503 without (upstream's
+pkg/proxy/healthcheck), so the cloud LB only sends to nodes with a pod. It answers from the JSON
+state file the data plane writes (model.health_check_state), read again when it changes.
 
-    HTTP/1.1 200 OK
-    Content-Type: application/json
-    X-Content-Type-Options: nosniff
-    X-Load-Balancing-Endpoint-Weight: 2
-
-    {
-    	"service": {
-    		"namespace": "default",
-    		"name": "web"
-    	},
-    	"localEndpoints": 2,
-    	"serviceProxyHealthy": true
-    }
-
-Run:  python -m testbed.kubernetes.dataplane.healthserver --state FILE [--bind 0.0.0.0] [--healthz-port 10256]
-
-FILE is JSON written by the testbed:
-
-    {"services": [{"namespace": "default", "name": "web", "port": 32000, "local_endpoints": 2}],
-     "proxyHealthy": true}
-
-"proxyHealthy" (optional, default true) stands for kube-proxy's own sync health: when false,
-every service answers 503. The file is read again on SIGHUP, and before answering a request when
-its modification time changed, so counts change without a restart; ports that appear are opened,
-ports that disappear are closed. A state file that cannot be read or parsed keeps the previous
-state (and says so on stderr). --healthz-port serves kube-proxy's own /healthz (0: off).
+Run:  python -m testbed.kubernetes.dataplane.healthserver --state FILE [--bind A] [--healthz-port P]
+docs/kube-proxy.md has the responses, the state file's format and what a bad file does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Dict, Optional, Tuple
+from datetime import UTC, datetime
 
 PROXY_HEALTHZ_PORT = 10256  # upstream's default --healthz-bind-address port
 MAX_REQUEST_BYTES = 16384
@@ -71,7 +46,7 @@ class ServiceHealth:
 class State:
     """Everything the server answers from: services by port, and kube-proxy's own health."""
 
-    services: Dict[int, ServiceHealth]
+    services: dict[int, ServiceHealth]
     proxy_healthy: bool = True
 
 
@@ -90,7 +65,7 @@ def parse_state(text: str, source: str = "state") -> State:
     healthy = data.get("proxyHealthy", True)
     if not isinstance(healthy, bool):
         raise StateError(f"{source}: proxyHealthy must be true or false")
-    services: Dict[int, ServiceHealth] = {}
+    services: dict[int, ServiceHealth] = {}
     for i, item in enumerate(data.get("services", [])):
         where = f"{source}: services[{i}]"
         if not isinstance(item, dict):
@@ -109,7 +84,7 @@ def parse_state(text: str, source: str = "state") -> State:
     return State(services, healthy)
 
 
-def service_response(svc: ServiceHealth, proxy_healthy: bool) -> Tuple[int, Dict[str, str], str]:
+def service_response(svc: ServiceHealth, proxy_healthy: bool) -> tuple[int, dict[str, str], str]:
     """(status, headers, body) for a probe of `svc`, as upstream's hcHandler writes it."""
     healthy = svc.local_endpoints > 0 and proxy_healthy
     body = (
@@ -130,10 +105,10 @@ def service_response(svc: ServiceHealth, proxy_healthy: bool) -> Tuple[int, Dict
     return (200 if healthy else 503), headers, body
 
 
-def proxy_healthz_response(started: float, proxy_healthy: bool) -> Tuple[int, Dict[str, str], str]:
+def proxy_healthz_response(started: float, proxy_healthy: bool) -> tuple[int, dict[str, str], str]:
     """kube-proxy's own /healthz: when it last synced (here: when the server started)."""
     def stamp(t: float) -> str:
-        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC")
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC")
 
     body = json.dumps({"lastUpdated": stamp(started), "currentTime": stamp(time.time())})
     headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
@@ -143,7 +118,7 @@ def proxy_healthz_response(started: float, proxy_healthy: bool) -> Tuple[int, Di
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
 
 
-def http_bytes(status: int, headers: Dict[str, str], body: str) -> bytes:
+def http_bytes(status: int, headers: dict[str, str], body: str) -> bytes:
     """A complete HTTP/1.1 response that closes the connection."""
     payload = body.encode()
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
@@ -166,10 +141,10 @@ class HealthServer:
         self.bind = bind
         self.healthz_port = healthz_port
         self.state = State({})
-        self.mtime: Optional[int] = None
-        self.servers: Dict[int, asyncio.AbstractServer] = {}
+        self.mtime: int | None = None
+        self.servers: dict[int, asyncio.AbstractServer] = {}
         self.started = time.time()
-        self.stopping: Optional[asyncio.Event] = None
+        self.stopping: asyncio.Event | None = None
 
     def load(self) -> bool:
         """Read the state file; keep the old state on error. True when the state was read."""
@@ -205,7 +180,8 @@ class HealthServer:
         for port in sorted(wanted - set(self.servers)):
             try:
                 self.servers[port] = await asyncio.start_server(
-                    lambda r, w, p=port: self.handle(r, w, p), self.bind, port, reuse_address=True
+                    functools.partial(self.handle, port=port), self.bind, port,
+                    reuse_address=True,
                 )
             except OSError as err:
                 print(f"healthserver: cannot listen on {self.bind}:{port}: {err}",
@@ -217,7 +193,7 @@ class HealthServer:
                      port: int) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             writer.close()
             return
@@ -253,7 +229,7 @@ class HealthServer:
             server.close()
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.kubernetes.dataplane.healthserver",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--state", required=True, help="JSON state file (see module docs)")

@@ -1,1 +1,1 @@
-"""kube-proxy's iptables mode: upstream's rules, rendered and applied."""
+"""kube-proxy's iptables mode: upstream's rules, rendered (rules) and applied (restore, proxier)."""

@@ -1,12 +1,9 @@
-"""kube-proxy on the emulated nodes: the plan's services and live endpoints, rendered by
-testbed.kubernetes.dataplane.iptables.rules, applied in each node's namespace the way kube-proxy applies them.
+"""kube-proxy's iptables mode on the emulated nodes: the ServiceDataPlane called "iptables".
 
-At start each node gets one atomic `iptables-restore --noflush` holding its whole state,
-including the jumps from the built-in chains (a fresh namespace has none, so they are written
-once, in the same transaction, instead of upstream's rule-by-rule EnsureRule). When endpoints
-change, each node gets a partial restore that rewrites only the changed services' chains.
-For externalTrafficPolicy=Local services each node also runs kube-proxy's health-check server
-(testbed.kubernetes.dataplane.healthserver) on the service's healthCheckNodePort, which the cloud LB probes.
+Renders with rules.py and loads with restore.py, in each node's namespace: the whole state with
+the jumps from the built-in chains at the first sync, upstream's partial sync after; runs the
+health-check node port server (testbed.kubernetes.dataplane.healthserver) on every node when a
+Service has externalTrafficPolicy=Local. docs/kube-proxy.md tells the whole story.
 """
 
 from __future__ import annotations
@@ -16,144 +13,110 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from typing import ClassVar
 
-from testbed.kubernetes.dataplane.iptables import rules as kp
 from testbed.errors import EnvironmentProblem
-from testbed.plan.addresses import Plan
+from testbed.kubernetes.dataplane.base import ClusterView, CommandRunner, ServiceDataPlane
+from testbed.kubernetes.dataplane.iptables import rules
+from testbed.kubernetes.dataplane.iptables.restore import RestoreError, apply, with_jump_rules
+from testbed.kubernetes.dataplane.model import (
+    NodeContext,
+    ServicePort,
+    node_context,
+    service_ports,
+)
 from testbed.paths import REPO
-
-NAMESPACE = "default"
-
-
-def service_ports(plan: Plan, live_pods=None) -> list:
-    """The plan's services as kube-proxy's model: one ServicePort each, with the endpoints of
-    the pods that are alive (live_pods: names; None = every pod of the plan)."""
-    out = []
-    for svc in plan.services:
-        eps = tuple(kp.Endpoint(p.ip, svc.target_port, p.node) for p in plan.pods
-                    if p.name in svc.endpoints and (live_pods is None or p.name in live_pods))
-        out.append(kp.ServicePort(
-            namespace=NAMESPACE, name=svc.name, port_name="", protocol=svc.protocol,
-            cluster_ip=svc.cluster_ip, port=svc.port, target_port=svc.target_port,
-            node_port=svc.node_port, load_balancer_ips=(svc.vip,) if svc.vip else (),
-            external_traffic_policy=svc.external_traffic_policy,
-            session_affinity_seconds=svc.session_affinity_timeout if svc.session_affinity == "ClientIP" else None,
-            health_check_node_port=svc.health_check_node_port, endpoints=eps))
-    return out
-
-
-def node_context(plan: Plan, node: str) -> kp.NodeContext:
-    # kube-proxy's --cluster-cidr: the pod range in classic mode; in container-native mode
-    # pods live in the VPC ranges (aws-vpc-cni clusters set it to the VPC CIDR)
-    n = plan.node(node)
-    cluster_cidr = plan.pod_cidr if plan.mode == "nodeport" else None
-    return kp.NodeContext(node_name=node, node_ip=n.ip, cluster_cidr=cluster_cidr)
-
-
-def with_jump_rules(text: str) -> str:
-    """The restore input with the jumps from the built-in chains added before each table's
-    COMMIT (for a fresh namespace, whose built-in chains are empty)."""
-    out, table = [], None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        if line == "COMMIT" and table:
-            out += [r.rule_text() for r in kp.JUMP_RULES if r.table == table]
-        out.append(line)
-    return "\n".join(out) + "\n"
+from testbed.plan.addresses import Plan
 
 
 def render_node_rules(plan: Plan, node: str) -> str:
     """What `cnlb render kube-proxy` prints: the node's first sync, jumps included."""
-    return with_jump_rules(kp.render(service_ports(plan), node_context(plan, node)))
+    ctx = node_context(plan, node)
+    return with_jump_rules(rules.render(service_ports(plan), ctx))
 
 
-def health_state(plan: Plan, node: str, live_pods=None) -> dict:
-    """The health-check server's view for one node: local endpoints per Local service."""
-    services = []
-    for svc in plan.services:
-        if svc.health_check_node_port:
-            local = [p for p in plan.pods if p.name in svc.endpoints and p.node == node
-                     and (live_pods is None or p.name in live_pods)]
-            services.append({"namespace": NAMESPACE, "name": svc.name,
-                             "port": svc.health_check_node_port, "local_endpoints": len(local)})
-    return {"services": services}
-
-
-class KubeProxy:
-    """kube-proxy on every node of a running cluster.
+class KubeProxy(ServiceDataPlane):
+    """kube-proxy in iptables mode on every node of a running cluster.
 
     cluster: the Cluster (for namespaces, the plan and which pods are alive)
     backend: iptables backend: auto (the machine's default), nft or legacy
     """
 
-    def __init__(self, cluster, backend: str = "auto"):
-        self.cluster = cluster
-        self.backend = backend
-        self.applied: dict = {}        # node -> the service ports last applied there
-        self.health_servers: dict = {}  # node -> Popen
-        self.sync_times: list = []      # (node, seconds, kind) for the record
+    mode: ClassVar[str] = "iptables"
 
-    def live_pods(self) -> set:
-        c = self.cluster
-        return {p.name for p in c.plan.pods} - c.failed_pods - c.removed_pods
+    def __init__(self, cluster: ClusterView, backend: str = "auto"):
+        super().__init__(cluster, backend)
+        self.applied: dict[str, list[ServicePort]] = {}  # node -> the service ports applied there
+
+    @staticmethod
+    def render(services: Sequence[ServicePort], node: NodeContext) -> str:
+        return rules.render(services, node)
+
+    @staticmethod
+    def render_partial(old: Sequence[ServicePort], new: Sequence[ServicePort],
+                       node: NodeContext) -> str:
+        return rules.render_partial(old, new, node)
+
+    def apply_text(self, node: str, text: str) -> None:
+        """iptables-restore --noflush of `text` on `node`; raises RestoreError."""
+        apply(self._runner(node), text, backend=self.backend, ensure_jumps=False)
 
     def sync_all(self) -> None:
-        services = service_ports(self.cluster.plan, self.live_pods())
+        services = service_ports(self.cluster.plan, self.cluster.live_pods())
         for node in self.cluster.plan.nodes:
             if node.name in self.cluster.failed_nodes:
                 continue
             self.sync_node(node.name, services)
-        self._sync_health()
+        self._sync_health(services)
 
-    def sync_node(self, node: str, services) -> None:
-        ctx = node_context(self.cluster.plan, node)
+    def sync_node(self, node: str, services: list[ServicePort]) -> None:
         old = self.applied.get(node)
         if old is None:
-            text, kind = with_jump_rules(kp.render(services, ctx)), "full"
+            text, kind = with_jump_rules(self.render_node(node, services)), "full"
         else:
-            text, kind = kp.render_partial(old, services, ctx), "partial"
+            text, kind = self.render_change(node, old, services), "partial"
         t0 = time.time()
         try:
-            kp.apply(self._runner(node), text, backend=self.backend, ensure_jumps=False)
-        except kp.RestoreError as exc:
+            self.apply_text(node, text)
+        except RestoreError as exc:
             raise EnvironmentProblem(f"kube-proxy on {node}: {exc}") from None
         self.sync_times.append((node, round(time.time() - t0, 4), kind))
         self.applied[node] = services
 
-    def _runner(self, node: str):
+    def _runner(self, node: str) -> CommandRunner:
         host = self.cluster.host(node)
 
-        def run(argv, stdin_bytes):
-            proc = host.popen(list(argv), stdin=subprocess.PIPE if stdin_bytes is not None else subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        def run(argv: Sequence[str], stdin_bytes: bytes | None) -> tuple[int, str]:
+            stdin = subprocess.PIPE if stdin_bytes is not None else subprocess.DEVNULL
+            proc = host.popen(list(argv), stdin=stdin, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
             _, err = proc.communicate(stdin_bytes, timeout=120)
             return proc.returncode, err.decode(errors="replace")
         return run
 
-    def _sync_health(self) -> None:
-        plan = self.cluster.plan
-        if not any(s.health_check_node_port for s in plan.services):
+    def _sync_health(self, services: list[ServicePort]) -> None:
+        if not any(s.health_check_node_port for s in services):
             return
-        live = self.live_pods()
-        for node in plan.nodes:
+        for node in self.cluster.plan.nodes:
             if node.name in self.cluster.failed_nodes:
                 continue
             path = self.cluster.state.file(f"health-{node.name}.json")
             tmp = path + ".tmp"
             with open(tmp, "w") as fh:
-                json.dump(health_state(plan, node.name, live), fh)
+                json.dump(self.health_state(services, node.name), fh)
             os.replace(tmp, path)   # the server re-reads on change; never sees half a file
             if node.name not in self.health_servers:
                 self.health_servers[node.name] = self.cluster.host(node.name).popen(
-                    [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver", "--state", path],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    cwd=REPO)
-        self._wait_health_listening()
+                    [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver",
+                     "--state", path],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, cwd=REPO)
+        self._wait_health_listening(services)
 
-    def _wait_health_listening(self, timeout: float = 10.0) -> None:
-        plan = self.cluster.plan
-        ports = sorted({s.health_check_node_port for s in plan.services if s.health_check_node_port})
+    def _wait_health_listening(self, services: list[ServicePort],
+                               timeout: float = 10.0) -> None:
+        ports = sorted({s.health_check_node_port for s in services if s.health_check_node_port})
         for node in self.health_servers:
             deadline = time.time() + timeout
             while True:
@@ -161,5 +124,6 @@ class KubeProxy:
                 if all(f":{p} " in out for p in ports):
                     break
                 if time.time() > deadline:
-                    raise EnvironmentProblem(f"kube-proxy health server on {node} not listening on {ports}")
+                    raise EnvironmentProblem(
+                        f"kube-proxy health server on {node} not listening on {ports}")
                 time.sleep(0.1)

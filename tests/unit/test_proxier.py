@@ -1,0 +1,175 @@
+"""The iptables data plane as it ships (KubeProxy), on a fake cluster: no root, no Mininet.
+
+What runs on each node is recorded: the first sync is one restore holding the whole state with
+the jumps, later syncs are partial; the health-check state file is health_check_state's; the
+public methods the runner uses (render_node, render_change, apply_text) load on the right node.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from testbed.errors import EnvironmentProblem
+from testbed.kubernetes.dataplane.iptables import restore, rules
+from testbed.kubernetes.dataplane.iptables.proxier import KubeProxy, render_node_rules
+from testbed.kubernetes.dataplane.model import (
+    health_check_state,
+    node_context,
+    service_ports,
+)
+from testbed.plan.addresses import Plan, build_plan
+from testbed.spec.topology import load_topology
+
+TOPOLOGY = """\
+name: local
+vpc:
+  cidr: 192.168.0.0/16
+  subnets: {az-a: 192.168.0.0/24}
+nodes:
+  node1: {subnet: az-a}
+  node2: {subnet: az-a}
+deployments:
+  web: {replicas: 3, placement: {node1: 2, node2: 1}}
+services:
+  web: {type: LoadBalancer, port: 80, targetPort: 8080, nodePort: 30080,
+        externalTrafficPolicy: Local, healthCheckNodePort: 31000}
+loadBalancer: {vip: 198.51.100.10, targets: nodeport}
+clients:
+  client1: {}
+"""
+
+
+class FakeProcess:
+    """A command that ran: its node, argv and the bytes it was fed."""
+
+    def __init__(self, node: str, argv: list[str], returncode: int = 0, stderr: bytes = b""):
+        self.node, self.argv = node, argv
+        self.fed: bytes | None = None
+        self.returncode, self.stderr = returncode, stderr
+
+    def communicate(self, stdin: bytes | None = None, timeout: float | None = None):
+        self.fed = stdin
+        return b"", self.stderr
+
+
+class FakeHost:
+    """A node's shell: records every command and what it was fed."""
+
+    def __init__(self, name: str, log: list, fail_restore: bool = False):
+        self.name, self.log, self.fail_restore = name, log, fail_restore
+
+    def popen(self, argv: Sequence[str], **kwargs) -> FakeProcess:
+        failed = self.fail_restore and "-restore" in argv[0]
+        proc = FakeProcess(self.name, list(argv), *((1, b"iptables-restore: line 2 failed\n")
+                                                    if failed else ()))
+        self.log.append(proc)
+        return proc
+
+
+class FakeState:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def file(self, name: str) -> str:
+        return str(self.path / name)
+
+
+class FakeCluster:
+    """The ClusterView KubeProxy uses, over a real plan."""
+
+    def __init__(self, plan: Plan, tmp: Path, fail_restore: bool = False):
+        self.plan, self.state = plan, FakeState(tmp)
+        self.failed_nodes: set[str] = set()
+        self.dead: set[str] = set()
+        self.log: list = []
+        self.hosts = {n.name: FakeHost(n.name, self.log, fail_restore) for n in plan.nodes}
+
+    def live_pods(self) -> set[str]:
+        return {p.name for p in self.plan.pods} - self.dead
+
+    def host(self, name: str) -> FakeHost:
+        return self.hosts[name]
+
+    def sh(self, host: str, command: str, timeout: float = 60.0):
+        ports = sorted({s.health_check_node_port for s in self.plan.services})
+        listening = "".join(f"LISTEN 0 128 0.0.0.0:{p} 0.0.0.0:*\n" for p in ports)
+        return subprocess.CompletedProcess(command, 0, listening, "")
+
+
+@pytest.fixture
+def plan(tmp_path) -> Plan:
+    path = tmp_path / "local.yaml"
+    path.write_text(TOPOLOGY)
+    return build_plan(load_topology(str(path), mode="nodeport"))
+
+
+def _restores(cluster: FakeCluster) -> list[FakeProcess]:
+    return [proc for proc in cluster.log if "-restore" in proc.argv[0]]
+
+
+def test_first_sync_is_whole_with_jumps_then_partial(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path)
+    kp = KubeProxy(cluster, backend="legacy")
+    kp.sync_all()
+    first = _restores(cluster)
+    assert [(p.node, p.argv) for p in first] == [
+        (n.name, ["iptables-legacy-restore", "--noflush", "--wait"]) for n in plan.nodes]
+    for proc in first:   # the whole state, with the jumps from the built-in chains
+        assert proc.fed.decode() == render_node_rules(plan, proc.node)
+    assert [(node, kind) for node, _, kind in kp.sync_times] == [("node1", "full"),
+                                                                  ("node2", "full")]
+    assert kp.applied["node1"] == service_ports(plan, cluster.live_pods())
+    cluster.dead.add("web-2")   # node2's only pod
+    kp.sync_all()
+    assert [kind for _, _, kind in kp.sync_times[2:]] == ["partial", "partial"]
+
+
+def test_health_state_file_is_health_check_state(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path)
+    kp = KubeProxy(cluster)
+    cluster.dead.add("web-2")
+    kp.sync_all()
+    live = service_ports(plan, cluster.live_pods())
+    for node in ("node1", "node2"):
+        written = json.loads((tmp_path / f"health-{node}.json").read_text())
+        assert written == health_check_state(live, node)
+    assert json.loads((tmp_path / "health-node2.json").read_text())["services"][0] == {
+        "namespace": "default", "name": "web", "port": 31000, "local_endpoints": 0}
+    servers = [p.argv for p in cluster.log if "healthserver" in " ".join(p.argv)]
+    assert len(servers) == 2 and sorted(kp.health_servers) == ["node1", "node2"]
+    assert servers[0][1:3] == ["-m", "testbed.kubernetes.dataplane.healthserver"]
+
+
+def test_runner_methods_render_and_apply_on_the_named_node(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path)
+    kp = KubeProxy(cluster, backend="nft")
+    services = service_ports(plan)
+    text = kp.render_node("node2", services)
+    assert text == rules.render(services, node_context(plan, "node2"))
+    fewer = service_ports(plan, {"web-0"})
+    change = kp.render_change("node2", services, fewer)
+    assert change == rules.render_partial(services, fewer, node_context(plan, "node2"))
+    kp.apply_text("node2", change)
+    assert [(p.node, p.argv, p.fed) for p in cluster.log] == [
+        ("node2", ["iptables-nft-restore", "--noflush", "--wait"], change.encode())]
+
+
+def test_a_refused_restore_is_an_environment_problem_naming_the_node(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path, fail_restore=True)
+    with pytest.raises(EnvironmentProblem, match="kube-proxy on node1: .* at input line 2"):
+        KubeProxy(cluster).sync_all()
+    with pytest.raises(restore.RestoreError):
+        KubeProxy(cluster).apply_text("node2", "*nat\nCOMMIT\n")
+
+
+def test_cnlb_render_prints_the_first_sync_with_jumps(plan):
+    text = render_node_rules(plan, "node1")
+    assert text == restore.with_jump_rules(rules.render(service_ports(plan),
+                                                        node_context(plan, "node1")))
+    assert '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' \
+        in text
