@@ -4,10 +4,16 @@ the other's 95% confidence interval (`cnlb agree RUN_A RUN_B`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from testbed.analysis.records import read_records, summarize
 
+Row = dict[str, Any]     # variant, metric, group, a, b, a_half, b_half, relative_difference...
 
-def agreement(run_a: str, run_b: str) -> list[dict]:
+
+def agreement(run_a: str, run_b: str) -> list[Row]:
+    """One row per (variant, metric, group) both runs measured with an interval."""
     a, b = summarize(read_records(run_a)), summarize(read_records(run_b))
     rows = []
     for key in sorted(set(a) & set(b), key=str):
@@ -18,25 +24,34 @@ def agreement(run_a: str, run_b: str) -> list[dict]:
         inside = abs(ma.mean - mb.mean) <= max(ma.half, mb.half)
         scale = max(abs(ma.mean), abs(mb.mean))
         rel = abs(ma.mean - mb.mean) / scale if scale else 0.0
-        rows.append({"variant": key[0], "metric": key[1], "group": key[2], "a": ma.mean, "b": mb.mean,
-                     "a_half": ma.half, "b_half": mb.half, "relative_difference": rel,
-                     "intervals_overlap": overlap, "mean_inside_other_ci": inside})
+        rows.append({"variant": key[0], "metric": key[1], "group": key[2], "a": ma.mean,
+                     "b": mb.mean, "a_half": ma.half, "b_half": mb.half,
+                     "relative_difference": rel, "intervals_overlap": overlap,
+                     "mean_inside_other_ci": inside})
     return rows
 
 
-def format_agreement(rows: list[dict]) -> str:
-    lines = [f"{'variant':<18} {'metric':<26} {'group':<12} {'run A':>16} {'run B':>16} {'diff':>6}  CIs"]
+def _group(group: Any) -> str:
+    """"path" or "path/web-0" for a group of (field, value) pairs."""
+    if not isinstance(group, tuple):
+        return str(group or "")
+    return "/".join(str(g[1]) if isinstance(g, tuple) else str(g) for g in group if g)
+
+
+def format_agreement(rows: Sequence[Row]) -> str:
+    """A table of the rows and one closing line: how many intervals overlap."""
+    lines = [f"{'variant':<18} {'metric':<26} {'group':<12} {'run A':>16} {'run B':>16} "
+             f"{'diff':>6}  CIs"]
     for r in rows:
-        group = "/".join(str(g[1]) if isinstance(g, tuple) else str(g) for g in r["group"] if g) \
-            if isinstance(r["group"], tuple) else str(r["group"] or "")
-        lines.append(f"{r['variant']:<18} {r['metric']:<26} {group:<12} "
+        lines.append(f"{r['variant']:<18} {r['metric']:<26} {_group(r['group']):<12} "
                      f"{r['a']:>9.4g} ±{r['a_half']:<6.2g} {r['b']:>9.4g} ±{r['b_half']:<6.2g} "
-                     f"{r['relative_difference']:>6.1%}  {'overlap' if r['intervals_overlap'] else 'APART'}")
+                     f"{r['relative_difference']:>6.1%}  "
+                     f"{'overlap' if r['intervals_overlap'] else 'APART'}")
     n = len(rows)
     overlap = sum(r["intervals_overlap"] for r in rows)
     inside = sum(r["mean_inside_other_ci"] for r in rows)
     diffs = sorted(r["relative_difference"] for r in rows)
     median = diffs[n // 2] if n else 0.0
-    lines.append(f"{overlap}/{n} intervals overlap; {inside}/{n} means inside the other run's interval; "
-                 f"median relative difference of means {median:.1%}")
+    lines.append(f"{overlap}/{n} intervals overlap; {inside}/{n} means inside the other run's "
+                 f"interval; median relative difference of means {median:.1%}")
     return "\n".join(lines)

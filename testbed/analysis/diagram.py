@@ -1,30 +1,27 @@
 """One picture per variant, like the talk's figures, with the measured path drawn on it.
 
-From top to bottom: the external client(s), the cloud load balancer (VIP), the VPC fabric with
-one switch per subnet, the nodes in their subnets with their pods inside, and in classic mode
-the pod network (the VXLAN overlay) under them. The traffic is drawn as thick arrows in the
-variant's colour, each as wide as the share of requests it carried:
-
-- nodeport: client → LB → subnet switch → node (kube-proxy) → local pod, or → VXLAN (dashed,
-  along the overlay) → a pod on another node;
-- container-native: client → LB → subnet switch → pod.
-
-Inputs are the address plan (testbed.plan.addresses.Plan, or its to_dict() as stored in meta.json) and
-what was observed: {"pod_share": {pod: count or share}, "entry_nodes": {node: count or share}}.
-A share that was not observed is assumed (even over the LB's targets, kube-proxy's even pick)
-and the caption says so. Only matplotlib patches; PNG and PDF.
+Top to bottom: the client(s), the cloud load balancer (VIP), the VPC fabric with a switch per
+subnet, the nodes with their pods, and the pod network (classic mode's overlay) under them. The
+traffic is drawn as arrows in the variant's colour, each as wide as its share of requests:
+nodeport goes client → LB → switch → node (kube-proxy) → a local pod or, dashed along the
+overlay, a pod on another node; container-native goes client → LB → switch → pod. Inputs: the
+address plan (a Plan or its to_dict()) and the observed {"pod_share", "entry_nodes"} counts; a
+share not observed is assumed (even) and the caption says so. PNG and PDF, matplotlib patches.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, is_dataclass
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from matplotlib.path import Path  # noqa: E402
 
@@ -37,9 +34,20 @@ GREY = "#9a9a9a"
 FILL = {"client": "#f2f2f2", "lb": "#fff3d6", "fabric": "#eaf2fb", "switch": "#cfe0f3",
         "node": "#f7f7f7", "pod": "#e3f1e3", "idle": "#f4f4f4", "overlay": "#fbeee6",
         "kube-proxy": "#fde2cf", "kube-proxy-off": "#eeeeee"}
+DASHED = (0, (3, 2))
+
+PlanDict = Mapping[str, Any]                  # an address plan as Plan.to_dict() gives it
+Entry = Mapping[str, Any]                     # one entry of a plan's list (node, pod, service...)
+Observed = Mapping[str, Mapping[str, float | None] | None]
+Flows = dict[str, Any]
+Point = tuple[float, float]
+LineStyle = str | tuple[float, tuple[float, float]]
+SwitchAt = tuple[float, float, float]                 # x centre, bottom, top
+PodAt = tuple[float, float, float]                    # x centre, bottom, top
+KubeProxyAt = tuple[float, float, float, float, float]  # x centre, bottom, top, node left, right
 
 
-def _as_dict(plan) -> dict:
+def _as_dict(plan: Any) -> dict[str, Any]:
     if isinstance(plan, dict):
         return plan
     if hasattr(plan, "to_dict"):
@@ -49,13 +57,13 @@ def _as_dict(plan) -> dict:
     raise TypeError(f"expected a Plan or its dict, got {type(plan).__name__}")
 
 
-def _normalised(counts: Optional[dict]) -> dict:
+def _normalised(counts: Mapping[str, float | None] | None) -> dict[str, float]:
     counts = {k: float(v) for k, v in (counts or {}).items() if v is not None}
     total = sum(counts.values())
     return {k: v / total for k, v in counts.items()} if total > 0 else {}
 
 
-def flows(plan, observed: Optional[dict] = None, service: Optional[str] = None) -> dict:
+def flows(plan: Any, observed: Observed | None = None, service: str | None = None) -> Flows:
     """Where the requests went, as shares of all requests.
 
     Returns {"service", "entry": {node: share}, "pods": {pod: share},
@@ -93,7 +101,8 @@ def flows(plan, observed: Optional[dict] = None, service: Optional[str] = None) 
             assumed.append("the LB spreads evenly over the nodes")
     out["entry"] = entry
     if policy == "Local":
-        out["hops"] = [(pod_node[pod], pod, share) for pod, share in pods.items() if pod in pod_node]
+        out["hops"] = [(pod_node[pod], pod, share) for pod, share in pods.items()
+                       if pod in pod_node]
     else:
         out["hops"] = [(node, pod, e * share) for node, e in entry.items()
                        for pod, share in pods.items() if pod in pod_node]
@@ -109,8 +118,12 @@ def _width(share: float) -> float:
     return 0.6 + 4.5 * max(0.0, min(1.0, share))
 
 
-def _box(ax, x, y, w, h, fill, text=None, size=6.0, weight="normal", edge=INK, lw=0.6,
-         round_=0.03, text_y=None, colour=INK, style="-"):
+# -- drawing primitives -----------------------------------------------------------------------
+
+def _box(ax: Axes, x: float, y: float, w: float, h: float, fill: str, text: str | None = None,
+         size: float = 6.0, weight: str = "normal", edge: str = INK, lw: float = 0.6,
+         round_: float = 0.03, text_y: float | None = None, colour: str = INK,
+         style: LineStyle = "-") -> FancyBboxPatch:
     patch = FancyBboxPatch((x, y), w, h, boxstyle=f"round,pad=0,rounding_size={round_}",
                            facecolor=fill, edgecolor=edge, linewidth=lw, linestyle=style, zorder=1)
     ax.add_patch(patch)
@@ -120,27 +133,386 @@ def _box(ax, x, y, w, h, fill, text=None, size=6.0, weight="normal", edge=INK, l
     return patch
 
 
-def _label(ax, x, y, text, size=6.0, weight="normal", colour=INK, bg=None, ha="center", va="center"):
+def _label(ax: Axes, x: float, y: float, text: str, size: float = 6.0, weight: str = "normal",
+           colour: str = INK, bg: str | None = None, ha: str = "center",
+           va: str = "center") -> None:
     """Text above the arrows, on a patch of its box's colour so a crossing arrow stays readable."""
-    box = dict(boxstyle="round,pad=0.12", facecolor=bg, edgecolor="none", alpha=0.75) if bg else None
+    box = (dict(boxstyle="round,pad=0.12", facecolor=bg, edgecolor="none", alpha=0.75) if bg
+           else None)
     ax.text(x, y, text, ha=ha, va=va, fontsize=size, fontweight=weight, color=colour, zorder=6,
             bbox=box, linespacing=1.1)
 
 
-def _arrow(ax, points, colour, share, dashed=False, zorder=4):
+def _arrow(ax: Axes, points: Sequence[Point], colour: str, share: float, dashed: bool = False,
+           zorder: int = 4) -> None:
     verts = [tuple(pt) for pt in points]
     codes = [Path.MOVETO] + [Path.LINETO] * (len(verts) - 1)
     lw = _width(share)
-    arrow = FancyArrowPatch(path=Path(verts, codes), arrowstyle="-|>,head_length=0.6,head_width=0.35",
+    arrow = FancyArrowPatch(path=Path(verts, codes),
+                            arrowstyle="-|>,head_length=0.6,head_width=0.35",
                             mutation_scale=3 + 0.6 * lw, linewidth=lw, color=colour,
                             linestyle=(0, (2.5, 1.5)) if dashed else "-", alpha=0.85,
                             capstyle="butt", joinstyle="miter", zorder=zorder, shrinkA=0, shrinkB=0)
     ax.add_patch(arrow)
 
 
-def draw_variant_diagram(plan, observed: Optional[dict] = None, out_base: Optional[str] = None,
-                         title: Optional[str] = None, colour: str = "#0072B2",
-                         service: Optional[str] = None, width_in: Optional[float] = None):
+# -- geometry ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """The picture's sheet in inches (y up): one column per drawn node, and each band's height."""
+    width: float
+    node_w: float
+    node_x: Mapping[str, float]      # node -> its column's left edge
+    height: float = 3.55
+    margin: float = 0.08
+    gap: float = 0.07
+    y_node: float = 0.62
+    h_node: float = 1.18
+    y_overlay: float = 0.22
+    h_overlay: float = 0.3
+    y_fabric: float = 1.98
+    h_fabric: float = 0.52
+    y_lb: float = 2.6
+    h_lb: float = 0.32
+    y_client: float = 3.15
+    h_client: float = 0.3
+
+
+def _layout(nodes: Sequence[Entry], hidden_nodes: int, width_in: float | None) -> Layout:
+    """One paper column up to 3 node columns (one more for '+k nodes'), two above."""
+    n = max(1, len(nodes) + (1 if hidden_nodes else 0))
+    width = width_in or (3.5 if n <= 3 else 7.0)
+    margin, gap = 0.08, 0.07
+    node_w = (width - 2 * margin - gap * (n - 1)) / n
+    node_x = {nd["name"]: margin + i * (node_w + gap) for i, nd in enumerate(nodes)}
+    return Layout(width, node_w, node_x, margin=margin, gap=gap)
+
+
+def _canvas(lay: Layout) -> tuple[Figure, Axes]:
+    fig = plt.figure(figsize=(lay.width, lay.height))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, lay.width)
+    ax.set_ylim(0, lay.height)
+    ax.axis("off")
+    return fig, ax
+
+
+class SubnetColumn(NamedTuple):
+    """Where a subnet's switch sits (x0..x1) and the drawn nodes it links down to."""
+    subnet: str
+    x0: float
+    x1: float
+    nodes: list[str]
+
+
+def _subnet_columns(lay: Layout, nodes: Sequence[Entry]) -> list[SubnetColumn]:
+    """Switches side by side in subnet order, each above its nodes when the subnets' nodes are
+    contiguous (the usual picture), evenly spread otherwise."""
+    subnet_nodes: dict[str, list[str]] = {}
+    for nd in nodes:
+        subnet_nodes.setdefault(nd["subnet"], []).append(nd["name"])
+    subnets = list(dict.fromkeys(nd["subnet"] for nd in nodes))
+    spans = [(min(lay.node_x[m] for m in subnet_nodes[sub]),
+              max(lay.node_x[m] for m in subnet_nodes[sub]) + lay.node_w) for sub in subnets]
+    contiguous = all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:], strict=False))
+    slot = (lay.width - 2 * lay.margin) / max(1, len(subnets))
+    columns = []
+    for i, subnet in enumerate(subnets):
+        x0, x1 = spans[i] if contiguous else (lay.margin + i * slot, lay.margin + (i + 1) * slot)
+        columns.append(SubnetColumn(subnet, x0, x1, subnet_nodes[subnet]))
+    return columns
+
+
+# -- the picture's sections, top to bottom ----------------------------------------------------
+
+def _draw_heading(ax: Axes, lay: Layout, heading: str, mode: str, policy: str,
+                  colour: str) -> None:
+    """The title (left) and what the variant is (right)."""
+    ax.text(lay.margin, lay.height - 0.07, heading, ha="left", va="top", fontsize=7.5,
+            fontweight="bold", color=colour)
+    what = ("LB → pod IP:targetPort\n(container-native)" if mode == "container-native" else
+            f"LB → node IP:NodePort\nexternalTrafficPolicy {policy}")
+    ax.text(lay.width - lay.margin, lay.height - 0.07, what, ha="right", va="top", fontsize=5.2,
+            color="#333333", linespacing=1.15)
+
+
+def _draw_clients(ax: Axes, lay: Layout, p: PlanDict) -> None:
+    clients = p.get("clients", []) or ["client"]
+    attach = {a["host"]: a for a in p.get("attachments", [])}
+    cw = min(0.9, (lay.width * 0.5) / len(clients))
+    cx0 = lay.width / 2 - cw * len(clients) / 2
+    for i, c in enumerate(clients):
+        ip = attach.get(c, {}).get("ip", "")
+        _box(ax, cx0 + i * cw + 0.02, lay.y_client, cw - 0.04, lay.h_client, FILL["client"],
+             f"{c}\n{ip}" if ip else c, size=5.5)
+
+
+def _measured_service(p: PlanDict, service: str | None) -> tuple[Entry | None, Entry | None]:
+    """The load balancer and the service flows() measured (the first LB when none matches)."""
+    lbs = p.get("load_balancers") or []
+    lb = next((x for x in lbs if x["service"] == service), lbs[0] if lbs else None)
+    svc = next((s for s in p.get("services", []) if s["name"] == service), None)
+    return lb, svc
+
+
+def _lb_text(lb: Entry | None, svc: Entry | None, mode: str) -> str:
+    if not lb:
+        return "cloud load balancer (no LoadBalancer service)"
+    target = (f"targets: node IP:{svc['node_port']}" if mode == "nodeport" and svc
+              else f"targets: pod IP:{svc['target_port']}" if svc else "")
+    return f"cloud load balancer   VIP {lb['vip']}:{lb['port']}\n{target}"
+
+
+def _draw_load_balancer(ax: Axes, lay: Layout, text: str, colour: str) -> None:
+    lb_w = min(lay.width - 2 * lay.margin, 2.3)
+    lb_x = lay.width / 2 - lb_w / 2
+    _box(ax, lb_x, lay.y_lb, lb_w, lay.h_lb, FILL["lb"], text, size=5.5)
+    _arrow(ax, [(lay.width / 2, lay.y_client), (lay.width / 2, lay.y_lb + lay.h_lb)], colour, 1.0)
+
+
+def _draw_fabric(ax: Axes, lay: Layout, p: PlanDict, nodes: Sequence[Entry]) -> dict[str, SwitchAt]:
+    """The VPC fabric, a switch per subnet linked to its nodes; returns where each switch is."""
+    _box(ax, lay.margin * 0.5, lay.y_fabric, lay.width - lay.margin, lay.h_fabric, FILL["fabric"],
+         edge="#7aa6d6", round_=0.05)
+    ax.text(lay.margin * 0.5 + 0.05, lay.y_fabric + lay.h_fabric - 0.05,
+            "VPC fabric (OVS, os-ken controller)", ha="left", va="top", fontsize=5,
+            color="#3a6ea5", zorder=5)
+    switch_of = {s["subnet"]: s for s in p.get("switches", []) if s.get("role") == "subnet"}
+    gw_of = {g["subnet"]: g for g in p.get("gateways", [])}
+    switch_at: dict[str, SwitchAt] = {}
+    for col in _subnet_columns(lay, nodes):
+        centre = (col.x0 + col.x1) / 2
+        sw_w = min(col.x1 - col.x0 - 0.06, 1.3)
+        sw = switch_of.get(col.subnet, {}).get("name", "")
+        cidr = gw_of.get(col.subnet, {}).get("cidr", "")
+        _box(ax, centre - sw_w / 2, lay.y_fabric + 0.06, sw_w, 0.24, FILL["switch"],
+             f"{sw} {col.subnet}\n{cidr}", size=4.8, edge="#5b8cc4")
+        switch_at[col.subnet] = (centre, lay.y_fabric + 0.06, lay.y_fabric + 0.30)
+        for m in col.nodes:
+            ax.plot([lay.node_x[m] + lay.node_w / 2, centre],
+                    [lay.y_node + lay.h_node, lay.y_fabric + 0.06], color=GREY, linewidth=0.6,
+                    zorder=0)
+    ax.plot([lay.width / 2, lay.width / 2], [lay.y_lb, lay.y_fabric + lay.h_fabric], color=GREY,
+            linewidth=0.6, zorder=0)
+    return switch_at
+
+
+def _pod_network_label(p: PlanDict, crossing: float) -> str:
+    """Classic mode's pod network: overlay or host-gw routes, and the traffic crossing it."""
+    cidr = p.get("pod_cidr", "")
+    label = (f"pod network {cidr}: VXLAN overlay (flannel.{p.get('vxlan_vni', 1)})"
+             if p.get("overlay", "vxlan") == "vxlan" else f"pod network {cidr}: host-gw routes")
+    return label + (f" — {crossing * 100:.0f}% of requests cross it" if crossing >= MIN_SHARE_DRAWN
+                    else " — unused by this traffic")
+
+
+def _draw_pod_network(ax: Axes, lay: Layout, p: PlanDict, f: Flows, mode: str) -> None:
+    """The band under the nodes: classic mode's overlay, or the note that there is none."""
+    pod_node_of = {x["name"]: x["node"] for x in p.get("pods", [])}
+    crossing = sum(share for node, pod, share in f["hops"] if pod_node_of.get(pod) != node)
+    x, w = lay.margin * 0.5, lay.width - lay.margin
+    if mode == "nodeport":
+        label = _pod_network_label(p, crossing)
+        _box(ax, x, lay.y_overlay, w, lay.h_overlay, FILL["overlay"], edge="#d9a27c", style=DASHED,
+             round_=0.04)
+    else:
+        label = "no overlay: pods hold VPC addresses, the fabric routes each pod's /32"
+        _box(ax, x, lay.y_overlay, w, lay.h_overlay, "white", edge=GREY, style=DASHED, round_=0.04)
+    _label(ax, lay.width - lay.margin, lay.y_overlay + 0.04, label, size=4.8,
+           colour="#a0522d" if mode == "nodeport" else "#555555", ha="right", va="bottom")
+
+
+def _draw_node(ax: Axes, lay: Layout, nd: Entry, mode: str) -> KubeProxyAt:
+    """A node's box, name, address, kube-proxy strip and pod range; returns the strip's place."""
+    x = lay.node_x[nd["name"]]
+    top = lay.y_node + lay.h_node
+    _box(ax, x, lay.y_node, lay.node_w, lay.h_node, FILL["node"])
+    _label(ax, x + 0.04, top - 0.04, nd["name"], size=6, weight="bold", bg=FILL["node"],
+           ha="left", va="top")
+    _label(ax, x + 0.04, top - 0.17, nd["ip"], size=4.6, colour="#444444", bg=FILL["node"],
+           ha="left", va="top")
+    kp_y = top - 0.43
+    on_path = mode == "nodeport"
+    _box(ax, x + 0.05, kp_y, lay.node_w - 0.1, 0.14,
+         FILL["kube-proxy"] if on_path else FILL["kube-proxy-off"],
+         "kube-proxy (iptables)" if on_path else "kube-proxy (bypassed)",
+         size=4.6, edge="#c07a48" if on_path else GREY, colour=INK if on_path else GREY, lw=0.5)
+    where = f"pods {nd['pod_cidr']} on cni0" if on_path else "pods: VPC addresses (ENI)"
+    _label(ax, x + lay.node_w / 2, lay.y_node + 0.04, where, size=4.4, colour="#555555",
+           bg=FILL["node"], va="bottom")
+    return (x + lay.node_w / 2, kp_y, kp_y + 0.14, x, x + lay.node_w)
+
+
+@dataclass(frozen=True)
+class PodGrid:
+    """The cells of a node's pod area: up to 3 columns, rows down from under kube-proxy."""
+    x: float
+    inset: float
+    cols: int
+    pw: float
+    ph: float
+    area_top: float
+
+    def cell(self, k: int) -> Point:
+        """The lower left corner of cell k."""
+        r_, c_ = divmod(k, self.cols)
+        return (self.x + self.inset + c_ * (self.pw + 0.05),
+                self.area_top - (r_ + 1) * self.ph - r_ * 0.05)
+
+
+def _pod_grid(lay: Layout, x: float, kp_bottom: float, slots: int, mode: str) -> PodGrid:
+    cols = min(max(slots, 1), 3)
+    rows = (slots + cols - 1) // cols if slots else 1
+    inset = 0.1 if mode == "nodeport" else 0.05     # nodeport: a gutter for VXLAN arrows
+    pw = (lay.node_w - 2 * inset - 0.05 * (cols - 1)) / cols
+    area_top = kp_bottom - 0.12
+    ph = min(0.36, (area_top - (lay.y_node + 0.2) - 0.05 * (rows - 1)) / rows)
+    return PodGrid(x, inset, cols, pw, ph, area_top)
+
+
+def _draw_pod(ax: Axes, grid: PodGrid, k: int, pod: Entry, endpoints: set[str],
+              shares: Mapping[str, float]) -> PodAt:
+    """A pod in cell k, greyed unless it is an endpoint that got traffic; returns its place."""
+    px, py = grid.cell(k)
+    pw, ph = grid.pw, grid.ph
+    share = shares.get(pod["name"], 0.0)
+    active = pod["name"] in endpoints and share >= MIN_SHARE_DRAWN
+    label = pod["name"]
+    if pw >= 0.5:
+        label += f"\n{pod['ip']}"
+    if pod["name"] in endpoints:
+        label += f"\n{_percent(share)}"
+    _box(ax, px, py, pw, ph, FILL["pod"] if active else FILL["idle"], label,
+         size=4.6 if pw < 0.5 else 5, edge=INK if active else GREY, lw=0.5,
+         colour=INK if active else GREY, round_=0.02)
+    return (px + pw / 2, py, py + ph)
+
+
+def _draw_pods(ax: Axes, lay: Layout, kp: KubeProxyAt, pods: Sequence[Entry], mode: str,
+               endpoints: set[str], shares: Mapping[str, float]) -> dict[str, PodAt]:
+    """A node's pods in a grid (past MAX_PODS_DRAWN the last cell says '+k pods')."""
+    shown = pods[:MAX_PODS_DRAWN] if len(pods) <= MAX_PODS_DRAWN else pods[:MAX_PODS_DRAWN - 1]
+    extra = len(pods) - len(shown)
+    grid = _pod_grid(lay, kp[3], kp[1], len(shown) + (1 if extra else 0), mode)
+    pod_at = {pod["name"]: _draw_pod(ax, grid, k, pod, endpoints, shares)
+              for k, pod in enumerate(shown)}
+    if extra:
+        px, py = grid.cell(len(shown))
+        ax.text(px + grid.pw / 2, py + grid.ph / 2, f"+{extra} pods", ha="center", va="center",
+                fontsize=4.6, color="#555555", zorder=5)
+    return pod_at
+
+
+def _draw_nodes(ax: Axes, lay: Layout, p: PlanDict, nodes: Sequence[Entry], mode: str,
+                endpoints: set[str], shares: Mapping[str, float],
+                ) -> tuple[dict[str, PodAt], dict[str, KubeProxyAt]]:
+    """Each drawn node with its pods; returns where each pod and kube-proxy strip is."""
+    pods_on: dict[str, list[Entry]] = {}
+    for pod in p.get("pods", []):
+        pods_on.setdefault(pod["node"], []).append(pod)
+    pod_at: dict[str, PodAt] = {}
+    kp_at: dict[str, KubeProxyAt] = {}
+    for nd in nodes:
+        kp_at[nd["name"]] = _draw_node(ax, lay, nd, mode)
+        pod_at.update(_draw_pods(ax, lay, kp_at[nd["name"]], pods_on.get(nd["name"], []), mode,
+                                 endpoints, shares))
+    return pod_at, kp_at
+
+
+def _draw_hidden_nodes(ax: Axes, lay: Layout, drawn: int, hidden: int) -> None:
+    x = lay.margin + drawn * (lay.node_w + lay.gap)
+    _box(ax, x, lay.y_node, lay.node_w, lay.h_node, FILL["idle"], f"+{hidden} nodes", size=6,
+         edge=GREY, colour="#555555")
+
+
+# -- the measured path ------------------------------------------------------------------------
+
+def _node_of(p: PlanDict, pod: str) -> str | None:
+    return next((x["node"] for x in p.get("pods", []) if x["name"] == pod), None)
+
+
+def _draw_direct_path(ax: Axes, lay: Layout, p: PlanDict, f: Flows, colour: str,
+                      node_subnet: Mapping[str, str], switch_at: Mapping[str, SwitchAt],
+                      pod_at: Mapping[str, PodAt]) -> None:
+    """container-native: LB → the pod's subnet switch → the pod, widest first."""
+    lb_bottom = (lay.width / 2, lay.y_lb)
+    for pod, share in sorted(f["pods"].items(), key=lambda kv: -kv[1]):
+        if share < MIN_SHARE_DRAWN or pod not in pod_at:
+            continue
+        node = _node_of(p, pod)
+        sx, _, sy_top = switch_at.get(node_subnet.get(node),
+                                      (pod_at[pod][0], 0, lay.y_fabric + 0.3))
+        px, _, py_top = pod_at[pod]
+        _arrow(ax, [lb_bottom, (sx, sy_top), (px, lay.y_fabric + 0.06), (px, py_top)], colour,
+               share)
+
+
+def _overlay_route(lay: Layout, lane: int, kp: KubeProxyAt, pod: PodAt) -> list[Point]:
+    """Down the node's inner edge (the gutter beside its pods), along the overlay, up into the
+    pod; lane (0, 1, ...) keeps parallel routes apart."""
+    kx, k_bottom, _, left, right = kp
+    px, p_bottom, _ = pod
+    ly = lay.y_overlay + lay.h_overlay - 0.07 - 0.05 * (lane % 3)
+    lane += 1
+    gx = right - 0.05 if px > kx else left + 0.05
+    gx += (lane % 2) * (0.02 if px < kx else -0.02)
+    off = 0.03 * ((lane % 3) - 1)
+    return [(gx, k_bottom), (gx, ly), (px + off, ly), (px + off, p_bottom)]
+
+
+def _draw_nodeport_path(ax: Axes, lay: Layout, p: PlanDict, f: Flows, colour: str,
+                        node_subnet: Mapping[str, str], switch_at: Mapping[str, SwitchAt],
+                        pod_at: Mapping[str, PodAt], kp_at: Mapping[str, KubeProxyAt]) -> None:
+    """nodeport: LB → switch → the entry node's kube-proxy, then on to a local pod, or dashed
+    along the overlay to a pod on another node."""
+    lb_bottom = (lay.width / 2, lay.y_lb)
+    for node, share in f["entry"].items():
+        if share < MIN_SHARE_DRAWN or node not in kp_at:
+            continue
+        sx, _, sy_top = switch_at.get(node_subnet[node], (kp_at[node][0], 0, lay.y_fabric + 0.3))
+        kx, _, k_top = kp_at[node][:3]
+        _arrow(ax, [lb_bottom, (sx, sy_top), (kx, lay.y_fabric + 0.06), (kx, k_top)], colour,
+               share)
+    lane = 0
+    remote = [h for h in f["hops"] if h[2] >= MIN_SHARE_DRAWN and h[0] in kp_at and h[1] in pod_at]
+    for node, pod, share in sorted(remote, key=lambda h: -h[2]):
+        if _node_of(p, pod) == node:
+            kx, k_bottom = kp_at[node][:2]
+            px, _, p_top = pod_at[pod]
+            _arrow(ax, [(kx, k_bottom), (px, p_top)], colour, share)
+        else:
+            _arrow(ax, _overlay_route(lay, lane, kp_at[node], pod_at[pod]), colour, share,
+                   dashed=True, zorder=3)
+            lane += 1
+
+
+def _caption(mode: str, f: Flows) -> str:
+    caption = "arrow width ∝ share of requests"
+    if mode == "nodeport":
+        caption += "; dashed: VXLAN to another node"
+        if f["policy"] == "Cluster":
+            caption += "; SNAT to the node"
+    if f["assumed"]:
+        caption += "; assumed: " + ", ".join(f["assumed"])
+    return caption
+
+
+def _save_png_pdf(fig: Figure, out_base: str) -> list[str]:
+    os.makedirs(os.path.dirname(os.path.abspath(out_base)), exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = f"{out_base}.{ext}"
+        fig.savefig(path, dpi=300 if ext == "png" else None)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def draw_variant_diagram(plan: Any, observed: Observed | None = None,
+                         out_base: str | None = None, title: str | None = None,
+                         colour: str = "#0072B2", service: str | None = None,
+                         width_in: float | None = None) -> Figure | list[str]:
     """Draw one variant's cluster and measured path.
 
     plan: testbed.plan.addresses.Plan (build_plan(topology)) or its to_dict()
@@ -158,224 +530,25 @@ def draw_variant_diagram(plan, observed: Optional[dict] = None, out_base: Option
     nodes_all = p.get("nodes", [])
     nodes = nodes_all[:MAX_NODES_DRAWN]
     hidden_nodes = len(nodes_all) - len(nodes)
-    n = max(1, len(nodes) + (1 if hidden_nodes else 0))
-    W = width_in or (3.5 if n <= 3 else 7.0)
-    H = 3.55
-    fig = plt.figure(figsize=(W, H))
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, W)
-    ax.set_ylim(0, H)
-    ax.axis("off")
-
-    margin, gap = 0.08, 0.07
-    node_w = (W - 2 * margin - gap * (n - 1)) / n
-    node_x = {nd["name"]: margin + i * (node_w + gap) for i, nd in enumerate(nodes)}
-    y_node, h_node = 0.62, 1.18
-    y_overlay, h_overlay = 0.22, 0.3
-    y_fabric, h_fabric = 1.98, 0.52
-    y_lb, h_lb = 2.6, 0.32
-    y_client, h_client = 3.15, 0.3
-
-    lbs = p.get("load_balancers") or []
-    lb = next((x for x in lbs if x["service"] == f["service"]), lbs[0] if lbs else None)
-    svc = next((s for s in p.get("services", []) if s["name"] == f["service"]), None)
-
-    # title (left) and what the variant is (right)
-    ax.text(margin, H - 0.07, title or mode, ha="left", va="top", fontsize=7.5, fontweight="bold",
-            color=colour)
-    what = ("LB → pod IP:targetPort\n(container-native)" if mode == "container-native" else
-            f"LB → node IP:NodePort\nexternalTrafficPolicy {f['policy']}")
-    ax.text(W - margin, H - 0.07, what, ha="right", va="top", fontsize=5.2, color="#333333",
-            linespacing=1.15)
-
-    # clients
-    clients = p.get("clients", []) or ["client"]
-    attach = {a["host"]: a for a in p.get("attachments", [])}
-    cw = min(0.9, (W * 0.5) / len(clients))
-    cx0 = W / 2 - cw * len(clients) / 2
-    for i, c in enumerate(clients):
-        ip = attach.get(c, {}).get("ip", "")
-        _box(ax, cx0 + i * cw + 0.02, y_client, cw - 0.04, h_client, FILL["client"],
-             f"{c}\n{ip}" if ip else c, size=5.5)
-    # load balancer
-    lb_w = min(W - 2 * margin, 2.3)
-    lb_x = W / 2 - lb_w / 2
-    if lb:
-        target = (f"targets: node IP:{svc['node_port']}" if mode == "nodeport" and svc
-                  else f"targets: pod IP:{svc['target_port']}" if svc else "")
-        lb_text = f"cloud load balancer   VIP {lb['vip']}:{lb['port']}\n{target}"
-    else:
-        lb_text = "cloud load balancer (no LoadBalancer service)"
-    _box(ax, lb_x, y_lb, lb_w, h_lb, FILL["lb"], lb_text, size=5.5)
-    _arrow(ax, [(W / 2, y_client), (W / 2, y_lb + h_lb)], colour, 1.0)
-
-    # fabric and subnet switches
-    _box(ax, margin * 0.5, y_fabric, W - margin, h_fabric, FILL["fabric"], edge="#7aa6d6", round_=0.05)
-    ax.text(margin * 0.5 + 0.05, y_fabric + h_fabric - 0.05, "VPC fabric (OVS, os-ken controller)",
-            ha="left", va="top", fontsize=5, color="#3a6ea5", zorder=5)
-    switch_of = {s["subnet"]: s for s in p.get("switches", []) if s.get("role") == "subnet"}
-    gw_of = {g["subnet"]: g for g in p.get("gateways", [])}
-    subnet_nodes: dict = {}
-    for nd in nodes:
-        subnet_nodes.setdefault(nd["subnet"], []).append(nd["name"])
-    switch_xy = {}
-    # switches side by side in subnet order, each above its nodes when the subnets' nodes are
-    # contiguous (the usual picture), evenly spread otherwise
-    subnets = [sub for sub in [x["subnet"] for x in nodes] if sub in subnet_nodes]
-    subnets = list(dict.fromkeys(subnets))
-    spans = [(min(node_x[m] for m in subnet_nodes[sub]),
-              max(node_x[m] for m in subnet_nodes[sub]) + node_w) for sub in subnets]
-    contiguous = all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:]))
-    slot = (W - 2 * margin) / max(1, len(subnets))
-    for i, subnet in enumerate(subnets):
-        x0, x1 = spans[i] if contiguous else (margin + i * slot, margin + (i + 1) * slot)
-        sw_w = min(x1 - x0 - 0.06, 1.3)
-        sx = (x0 + x1) / 2 - sw_w / 2
-        sw = switch_of.get(subnet, {}).get("name", "")
-        cidr = gw_of.get(subnet, {}).get("cidr", "")
-        _box(ax, sx, y_fabric + 0.06, sw_w, 0.24, FILL["switch"], f"{sw} {subnet}\n{cidr}", size=4.8,
-             edge="#5b8cc4")
-        switch_xy[subnet] = ((x0 + x1) / 2, y_fabric + 0.06, y_fabric + 0.30)
-        for m in subnet_nodes[subnet]:
-            ax.plot([node_x[m] + node_w / 2, (x0 + x1) / 2], [y_node + h_node, y_fabric + 0.06],
-                    color=GREY, linewidth=0.6, zorder=0)
-    ax.plot([W / 2, W / 2], [y_lb, y_fabric + h_fabric], color=GREY, linewidth=0.6, zorder=0)
-
-    # the pod network band: classic mode's overlay, or the note that there is none
-    pod_node_of = {x["name"]: x["node"] for x in p.get("pods", [])}
-    crossing = sum(share for node, pod, share in f["hops"] if pod_node_of.get(pod) != node)
-    if mode == "nodeport":
-        overlay = p.get("overlay", "vxlan")
-        label = (f"pod network {p.get('pod_cidr', '')}: VXLAN overlay (flannel.{p.get('vxlan_vni', 1)})"
-                 if overlay == "vxlan" else f"pod network {p.get('pod_cidr', '')}: host-gw routes")
-        label += f" — {crossing * 100:.0f}% of requests cross it" if crossing >= MIN_SHARE_DRAWN \
-            else " — unused by this traffic"
-        _box(ax, margin * 0.5, y_overlay, W - margin, h_overlay, FILL["overlay"], edge="#d9a27c",
-             style=(0, (3, 2)), round_=0.04)
-    else:
-        label = "no overlay: pods hold VPC addresses, the fabric routes each pod's /32"
-        _box(ax, margin * 0.5, y_overlay, W - margin, h_overlay, "white", edge=GREY,
-             style=(0, (3, 2)), round_=0.04)
-    _label(ax, W - margin, y_overlay + 0.04, label, size=4.8,
-           colour="#a0522d" if mode == "nodeport" else "#555555", ha="right", va="bottom")
-
-    # nodes and pods
-    pods_on = {}
-    for pod in p.get("pods", []):
-        pods_on.setdefault(pod["node"], []).append(pod)
-    pod_xy = {}
-    kp_xy = {}
+    lay = _layout(nodes, hidden_nodes, width_in)
+    fig, ax = _canvas(lay)
+    lb, svc = _measured_service(p, f["service"])
+    _draw_heading(ax, lay, title or mode, mode, f["policy"], colour)
+    _draw_clients(ax, lay, p)
+    _draw_load_balancer(ax, lay, _lb_text(lb, svc, mode), colour)
+    switch_at = _draw_fabric(ax, lay, p, nodes)
+    _draw_pod_network(ax, lay, p, f, mode)
     endpoints = set(svc["endpoints"]) if svc else set()
-    for nd in nodes:
-        x = node_x[nd["name"]]
-        _box(ax, x, y_node, node_w, h_node, FILL["node"])
-        _label(ax, x + 0.04, y_node + h_node - 0.04, nd["name"], size=6, weight="bold",
-               bg=FILL["node"], ha="left", va="top")
-        _label(ax, x + 0.04, y_node + h_node - 0.17, nd["ip"], size=4.6, colour="#444444",
-               bg=FILL["node"], ha="left", va="top")
-        # kube-proxy strip
-        kp_y = y_node + h_node - 0.43
-        on_path = mode == "nodeport"
-        _box(ax, x + 0.05, kp_y, node_w - 0.1, 0.14,
-             FILL["kube-proxy"] if on_path else FILL["kube-proxy-off"],
-             "kube-proxy (iptables)" if on_path else "kube-proxy (bypassed)",
-             size=4.6, edge="#c07a48" if on_path else GREY, colour=INK if on_path else GREY, lw=0.5)
-        kp_xy[nd["name"]] = (x + node_w / 2, kp_y, kp_y + 0.14, x, x + node_w)
-        where = (f"pods {nd['pod_cidr']} on cni0" if mode == "nodeport"
-                 else "pods: VPC addresses (ENI)")
-        _label(ax, x + node_w / 2, y_node + 0.04, where, size=4.4, colour="#555555",
-               bg=FILL["node"], va="bottom")
-        pods = pods_on.get(nd["name"], [])
-        shown = pods[:MAX_PODS_DRAWN] if len(pods) <= MAX_PODS_DRAWN else pods[:MAX_PODS_DRAWN - 1]
-        extra = len(pods) - len(shown)
-        slots = len(shown) + (1 if extra else 0)
-        cols = min(max(slots, 1), 3)
-        rows = (slots + cols - 1) // cols if slots else 1
-        inset = 0.1 if mode == "nodeport" else 0.05     # nodeport: a gutter for VXLAN arrows
-        pw = (node_w - 2 * inset - 0.05 * (cols - 1)) / cols
-        area_top = kp_y - 0.12
-        ph = min(0.36, (area_top - (y_node + 0.2) - 0.05 * (rows - 1)) / rows)
-        for k, pod in enumerate(shown):
-            r_, c_ = divmod(k, cols)
-            px = x + inset + c_ * (pw + 0.05)
-            py = area_top - (r_ + 1) * ph - r_ * 0.05
-            share = f["pods"].get(pod["name"], 0.0)
-            active = pod["name"] in endpoints and share >= MIN_SHARE_DRAWN
-            label = pod["name"]
-            if pw >= 0.5:
-                label += f"\n{pod['ip']}"
-            if pod["name"] in endpoints:
-                label += f"\n{_percent(share)}"
-            _box(ax, px, py, pw, ph, FILL["pod"] if active else FILL["idle"], label,
-                 size=4.6 if pw < 0.5 else 5, edge=INK if active else GREY, lw=0.5,
-                 colour=INK if active else GREY, round_=0.02)
-            pod_xy[pod["name"]] = (px + pw / 2, py, py + ph)
-        if extra:
-            k = len(shown)
-            r_, c_ = divmod(k, cols)
-            px = x + inset + c_ * (pw + 0.05)
-            py = area_top - (r_ + 1) * ph - r_ * 0.05
-            ax.text(px + pw / 2, py + ph / 2, f"+{extra} pods", ha="center", va="center",
-                    fontsize=4.6, color="#555555", zorder=5)
+    pod_at, kp_at = _draw_nodes(ax, lay, p, nodes, mode, endpoints, f["pods"])
     if hidden_nodes:
-        x = margin + len(nodes) * (node_w + gap)
-        _box(ax, x, y_node, node_w, h_node, FILL["idle"], f"+{hidden_nodes} nodes", size=6,
-             edge=GREY, colour="#555555")
-
-    # the measured path
-    lb_bottom = (W / 2, y_lb)
+        _draw_hidden_nodes(ax, lay, len(nodes), hidden_nodes)
     node_subnet = {nd["name"]: nd["subnet"] for nd in nodes}
     if mode == "container-native":
-        for pod, share in sorted(f["pods"].items(), key=lambda kv: -kv[1]):
-            if share < MIN_SHARE_DRAWN or pod not in pod_xy:
-                continue
-            node = next((x["node"] for x in p.get("pods", []) if x["name"] == pod), None)
-            sx, _, sy_top = switch_xy.get(node_subnet.get(node), (pod_xy[pod][0], 0, y_fabric + 0.3))
-            px, _, py_top = pod_xy[pod]
-            _arrow(ax, [lb_bottom, (sx, sy_top), (px, y_fabric + 0.06), (px, py_top)], colour, share)
+        _draw_direct_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at)
     else:
-        for node, share in f["entry"].items():
-            if share < MIN_SHARE_DRAWN or node not in kp_xy:
-                continue
-            sx, _, sy_top = switch_xy.get(node_subnet[node], (kp_xy[node][0], 0, y_fabric + 0.3))
-            kx, _, k_top = kp_xy[node][:3]
-            _arrow(ax, [lb_bottom, (sx, sy_top), (kx, y_fabric + 0.06), (kx, k_top)], colour, share)
-        lane = 0
-        remote = [h for h in f["hops"] if h[2] >= MIN_SHARE_DRAWN and h[0] in kp_xy and h[1] in pod_xy]
-        for node, pod, share in sorted(remote, key=lambda h: -h[2]):
-            kx, k_bottom, _, left, right = kp_xy[node]
-            px, p_bottom, p_top = pod_xy[pod]
-            pod_node = next(x["node"] for x in p["pods"] if x["name"] == pod)
-            if pod_node == node:
-                _arrow(ax, [(kx, k_bottom), (px, p_top)], colour, share)
-            else:
-                # down the node's inner edge (the gutter beside its pods), along the overlay,
-                # up into the pod
-                ly = y_overlay + h_overlay - 0.07 - 0.05 * (lane % 3)
-                lane += 1
-                gx = right - 0.05 if px > kx else left + 0.05
-                gx += (lane % 2) * (0.02 if px < kx else -0.02)
-                off = 0.03 * ((lane % 3) - 1)
-                _arrow(ax, [(gx, k_bottom), (gx, ly), (px + off, ly), (px + off, p_bottom)],
-                       colour, share, dashed=True, zorder=3)
-
-    # caption
-    caption = "arrow width ∝ share of requests"
-    if mode == "nodeport":
-        caption += "; dashed: VXLAN to another node"
-        if f["policy"] == "Cluster":
-            caption += "; SNAT to the node"
-    if f["assumed"]:
-        caption += "; assumed: " + ", ".join(f["assumed"])
-    ax.text(margin * 0.5, 0.1, caption, ha="left", va="center", fontsize=4.6, color="#444444")
-
+        _draw_nodeport_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at, kp_at)
+    ax.text(lay.margin * 0.5, 0.1, _caption(mode, f), ha="left", va="center", fontsize=4.6,
+            color="#444444")
     if out_base is None:
         return fig
-    os.makedirs(os.path.dirname(os.path.abspath(out_base)), exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = f"{out_base}.{ext}"
-        fig.savefig(path, dpi=300 if ext == "png" else None)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return _save_png_pdf(fig, out_base)

@@ -1,32 +1,19 @@
 """Paper-style figures of a run, made only from what the run directory holds.
 
 `plot_run(run_dir)` reads meta.json, records.jsonl and samples/ and writes PNG and PDF into
-`<run_dir>/figures/`, plus `figures/index.json` (what was drawn, what was skipped and why) for
-the report. A figure whose data is missing is skipped and said so; it never stops the others.
-
-Figures (file name — what it shows):
-  diagram-<variant>        the cluster and the measured path (testbed.analysis.diagram)
-  latency-cdf-<workload>   CDF of request latency per variant, from the raw samples
-  latency-<workload>       p50/p90/p99 bars, mean over repetitions with 95% CI error bars
-  throughput               iperf 2 throughput, Mbit/s
-  requests-per-s           requests/s per workload (keep-alive, under load)
-  pod-share                share of requests per pod, grouped per variant; Jain's index in the legend
-  path                     routed hops per request | bytes crossing between nodes (two panels)
-  source-ip                share of requests where the pod saw the client's own address
-  scaling                  kube-proxy sync time and new-connection latency vs number of services
-  failover                 errors/s over time with the events marked
-
-Style: one column of a paper (3.5 in wide), 7-8 pt type, one fixed colour per variant (its
-position in the experiment's variant list picks it from PALETTE, in every figure), units on
+`<run_dir>/figures/` (one per entry of FIGURES), plus `figures/index.json` (what was drawn, what
+was skipped and why) for the report. A figure whose data is missing is skipped and said so; it
+never stops the others. Style: one column of a paper (3.5 in wide), 7-8 pt type, one fixed colour
+per variant (its position in the experiment's variant list picks it from PALETTE), units on
 every axis, error bars = 95% Student-t CI over repetitions (none with one repetition).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from typing import Callable, Optional
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -34,12 +21,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from testbed.analysis.records import (group_of, read_meta, read_records, read_samples,  # noqa: E402
-                      summarize, variant_order)
-from testbed.analysis.stats import ecdf, mean, mean_ci, shares  # noqa: E402
+from testbed.analysis.rundata import (  # noqa: E402
+    NON_LATENCY_SAMPLES,
+    PALETTE,
+    RunData,
+    failover_bins,
+    failover_events,
+    latency_values,
+    natural_key,
+    observed_paths,
+    pod_shares,
+)
+from testbed.analysis.stats import MeanCI, ecdf, mean  # noqa: E402
 
-# Okabe & Ito's colour-blind-safe palette; variant i of the experiment gets PALETTE[i].
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+__all__ = ["PALETTE", "FIGURES", "Skip", "plot_run", "written"]
+
 COLUMN_WIDTH_IN = 3.5
 HEIGHT_IN = 2.3
 STYLE = {
@@ -58,68 +54,19 @@ WORKLOAD_LABELS = {
     "path": "path probe",
     "failover": "steady load during failover",
 }
-NON_LATENCY_SAMPLES = {"events"}
 
 
 class Skip(Exception):
     """A figure that cannot be drawn from this run (the message says why)."""
 
 
-def colours(variants) -> dict:
-    """variant -> colour, by position in the experiment's variant list."""
-    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
-
-
-class RunData:
-    """Everything the figures read, loaded once."""
-
-    def __init__(self, run_dir: str):
-        self.dir = run_dir
-        self.meta = read_meta(run_dir)
-        self.records = read_records(run_dir)
-        self.samples = read_samples(run_dir)
-        self.variants = variant_order(self.meta, self.records, self.samples)
-        self.colour = colours(self.variants)
-        self.summary = summarize(self.records)
-        self.experiment = self.meta.get("experiment") or {}
-        self.captions: dict = {}     # figure file stem -> caption (for the report)
-
-    def workload_order(self, names) -> list:
-        """Workloads in the experiment's run order; unknown ones after, as given."""
-        planned = [w.get("name") for w in self.experiment.get("workloads") or [] if isinstance(w, dict)]
-        names = list(dict.fromkeys(names))
-        return sorted(names, key=lambda w: (planned.index(w) if w in planned else len(planned),
-                                            names.index(w)))
-
-    def metric(self, metric: str, **group) -> dict:
-        """variant -> MeanCI for one metric and group (only the given group fields, exactly)."""
-        want = tuple((f, group[f]) for f in ("workload", "pod", "node", "services", "event") if f in group)
-        out = {}
-        for (variant, m, g), ci in self.summary.items():
-            if m == metric and g == want:
-                out[variant] = ci
-        return out
-
-    def groups(self, metric: str) -> list:
-        """The distinct groups a metric was recorded with, in first-seen order."""
-        seen = []
-        for row in self.records:
-            if row.get("metric") == metric:
-                g = group_of(row)
-                if g not in seen:
-                    seen.append(g)
-        return seen
-
-    def workloads(self, metric: str) -> list:
-        return list(dict.fromkeys(dict(g).get("workload") for g in self.groups(metric)))
-
-
-def _figure(height: float = HEIGHT_IN, ncols: int = 1, nrows: int = 1, **kw):
+def _figure(height: float = HEIGHT_IN, ncols: int = 1, nrows: int = 1,
+            **kw: Any) -> tuple[plt.Figure, Any]:
     fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH_IN, height), **kw)
     return fig, axes
 
 
-def _save(fig, out_dir: str, name: str) -> list:
+def _save(fig: plt.Figure, out_dir: str, name: str) -> list[str]:
     paths = []
     for ext in ("png", "pdf"):
         path = os.path.join(out_dir, f"{name}.{ext}")
@@ -129,7 +76,8 @@ def _save(fig, out_dir: str, name: str) -> list:
     return paths
 
 
-def _bars(ax, data: RunData, groups: list, value: Callable, group_labels: Optional[list] = None,
+def _bars(ax: plt.Axes, data: RunData, groups: Sequence[Any],
+          value: Callable[[Any, str], MeanCI | None], group_labels: Sequence[str] | None = None,
           scale: float = 1.0, annotate: bool = True, fmt: str = "{:.3g}") -> None:
     """Grouped bars: one group per entry of groups, one bar per variant inside it, 95% CI error
     bars. value(group, variant) -> MeanCI or None. With a single group the variants are the
@@ -153,7 +101,7 @@ def _bars(ax, data: RunData, groups: list, value: Callable, group_labels: Option
                label=variant, edgecolor="none", error_kw={"elinewidth": 0.7, "ecolor": "#333333"},
                zorder=3)
         if annotate and len(groups) == 1:
-            for x, y, e in zip(xs, ys, errs):
+            for x, y, e in zip(xs, ys, errs, strict=True):
                 ax.annotate(fmt.format(y), (x, y + e), textcoords="offset points", xytext=(0, 1.5),
                             ha="center", va="bottom", fontsize=6)
     if len(groups) > 1:
@@ -179,7 +127,8 @@ def _replications_note(data: RunData) -> str:
 
 # -- the figures ------------------------------------------------------------------------------
 
-def fig_diagrams(data: RunData, out: str) -> list:
+def fig_diagrams(data: RunData, out: str) -> list[str]:
+    """diagram-<variant>: the cluster and the measured path (testbed.analysis.diagram)."""
     from testbed.analysis.diagram import draw_variant_diagram
     plans = data.meta.get("plans") or {}
     if not plans:
@@ -201,40 +150,8 @@ def fig_diagrams(data: RunData, out: str) -> list:
     return paths
 
 
-def observed_paths(data: RunData, variant: str) -> dict:
-    """{"pod_share": {pod: share}, "entry_nodes": {node: share}} for a variant: from the
-    pod_share / entry_share records (mean over repetitions), else counted from the samples'
-    pod / entry_node fields."""
-    out: dict = {"pod_share": {}, "entry_nodes": {}}
-    for (v, metric, group), ci in data.summary.items():
-        g = dict(group)
-        if v != variant:
-            continue
-        if metric == "pod_share" and "pod" in g:
-            out["pod_share"][g["pod"]] = out["pod_share"].get(g["pod"], 0.0) + ci.mean
-        elif metric == "entry_share" and "node" in g:
-            out["entry_nodes"][g["node"]] = out["entry_nodes"].get(g["node"], 0.0) + ci.mean
-    for key, field in (("pod_share", "pod"), ("entry_nodes", "entry_node")):
-        if out[key]:
-            continue
-        counts: dict = {}
-        for (v, _, w), rows in data.samples.items():
-            if v != variant or w in NON_LATENCY_SAMPLES:
-                continue
-            for row in rows:
-                if row.get(field) and row.get("ok", True):
-                    counts[row[field]] = counts.get(row[field], 0) + 1
-        out[key] = counts
-    return out
-
-
-def _latency_values(rows) -> list:
-    return [float(r["latency_ms"]) for r in rows
-            if isinstance(r.get("latency_ms"), (int, float)) and r.get("ok", True) is not False
-            and math.isfinite(r["latency_ms"]) and r["latency_ms"] > 0]
-
-
-def fig_latency_cdfs(data: RunData, out: str) -> list:
+def fig_latency_cdfs(data: RunData, out: str) -> list[str]:
+    """latency-cdf-<workload>: CDF of request latency per variant, from the samples."""
     workloads = data.workload_order(w for (_, _, w) in data.samples if w not in NON_LATENCY_SAMPLES)
     paths = []
     for workload in workloads:
@@ -243,7 +160,7 @@ def fig_latency_cdfs(data: RunData, out: str) -> list:
             values = []
             for (v, _, w), rows in data.samples.items():
                 if v == variant and w == workload:
-                    values += _latency_values(rows)
+                    values += latency_values(rows)
             if values:
                 per_variant[variant] = values
         if not per_variant:
@@ -251,7 +168,8 @@ def fig_latency_cdfs(data: RunData, out: str) -> list:
         fig, ax = _figure()
         for variant, values in per_variant.items():
             xs, ps = ecdf(values)
-            ax.step(xs, ps, where="post", color=data.colour[variant], label=f"{variant} (n={len(xs)})")
+            ax.step(xs, ps, where="post", color=data.colour[variant],
+                    label=f"{variant} (n={len(xs)})")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
@@ -270,7 +188,8 @@ def fig_latency_cdfs(data: RunData, out: str) -> list:
     return paths
 
 
-def fig_latency_bars(data: RunData, out: str) -> list:
+def fig_latency_bars(data: RunData, out: str) -> list[str]:
+    """latency-<workload>: p50/p90/p99 bars, mean over repetitions, 95% CI."""
     metrics = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms"]
     workloads = data.workload_order(w for m in metrics for w in data.workloads(m))
     paths = []
@@ -281,7 +200,7 @@ def fig_latency_bars(data: RunData, out: str) -> list:
         if not present:
             continue
         fig, ax = _figure()
-        _bars(ax, data, present, lambda m, v: values[m].get(v),
+        _bars(ax, data, present, lambda m, v, values=values: values[m].get(v),
               group_labels=[m.split("_")[1] for m in present])
         ax.set_ylabel(f"latency (ms), {WORKLOAD_LABELS.get(workload, workload or '')}")
         data.captions[f"latency-{workload or 'all'}"] = (
@@ -294,11 +213,13 @@ def fig_latency_bars(data: RunData, out: str) -> list:
 
 
 def _single_metric_bars(data: RunData, out: str, metric: str, name: str, ylabel: str, title: str,
-                        scale: float = 1.0, fmt: str = "{:.3g}", ylim=None) -> list:
+                        scale: float = 1.0, fmt: str = "{:.3g}",
+                        ylim: tuple[float, float] | None = None) -> list[str]:
     workloads = data.workload_order(data.workloads(metric))
     if not workloads:
         raise Skip(f"no {metric} records")
-    values = {w: data.metric(metric, **({"workload": w} if w is not None else {})) for w in workloads}
+    values = {w: data.metric(metric, **({"workload": w} if w is not None else {}))
+              for w in workloads}
     workloads = [w for w in workloads if values[w]]
     if not workloads:
         raise Skip(f"no {metric} records")
@@ -314,57 +235,31 @@ def _single_metric_bars(data: RunData, out: str, metric: str, name: str, ylabel:
     return _save(fig, out, name)
 
 
-def fig_throughput(data: RunData, out: str) -> list:
+def fig_throughput(data: RunData, out: str) -> list[str]:
+    """throughput: iperf 2 throughput, Mbit/s."""
     return _single_metric_bars(data, out, "throughput_mbps", "throughput", "throughput (Mbit/s)",
                                "Bulk TCP throughput", fmt="{:.0f}")
 
 
-def fig_requests(data: RunData, out: str) -> list:
+def fig_requests(data: RunData, out: str) -> list[str]:
+    """requests-per-s: requests/s per workload (keep-alive, under load)."""
     return _single_metric_bars(data, out, "requests_per_s", "requests-per-s", "requests/s",
                                "Requests per second", fmt="{:.0f}")
 
 
-def fig_source_ip(data: RunData, out: str) -> list:
+def fig_source_ip(data: RunData, out: str) -> list[str]:
+    """source-ip: share of requests where the pod saw the client's own address."""
     return _single_metric_bars(data, out, "source_ip_preserved", "source-ip",
                                "requests with client IP kept (%)", "Client address at the pod",
                                scale=100, fmt="{:.0f}%", ylim=(0, 112))
 
 
-def pod_shares(data: RunData) -> dict:
-    """variant -> {pod: MeanCI of its share}: from pod_share records, else counted per
-    repetition from the samples' pod field."""
-    out: dict = {}
-    for (variant, metric, group), ci in data.summary.items():
-        g = dict(group)
-        if metric == "pod_share" and "pod" in g:
-            out.setdefault(variant, {})[g["pod"]] = ci
-    if out:
-        return out
-    per_rep: dict = {}
-    for (variant, rep, workload), rows in data.samples.items():
-        if workload in NON_LATENCY_SAMPLES:
-            continue
-        for row in rows:
-            if row.get("pod") and row.get("ok", True) is not False:
-                counts = per_rep.setdefault(variant, {}).setdefault((rep, workload), {})
-                counts[row["pod"]] = counts.get(row["pod"], 0) + 1
-    for variant, reps in per_rep.items():
-        pods = sorted({p for counts in reps.values() for p in counts}, key=_natural)
-        fractions = [shares({p: counts.get(p, 0) for p in pods}) for counts in reps.values()]
-        out[variant] = {p: mean_ci([f[p] for f in fractions]) for p in pods}
-    return out
-
-
-def _natural(name: str):
-    import re
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
-
-
-def fig_pod_share(data: RunData, out: str) -> list:
+def fig_pod_share(data: RunData, out: str) -> list[str]:
+    """pod-share: share of requests per pod per variant; Jain's index in the legend."""
     per_variant = pod_shares(data)
     if not per_variant:
         raise Skip("no pod_share records and no samples naming the pod that answered")
-    pods = sorted({p for d in per_variant.values() for p in d}, key=_natural)
+    pods = sorted({p for d in per_variant.values() for p in d}, key=natural_key)
     jain_of = data.metric("jain_fairness", workload="path") or data.metric("jain_fairness")
     if not jain_of:
         for wl in data.workloads("jain_fairness"):
@@ -385,12 +280,13 @@ def fig_pod_share(data: RunData, out: str) -> list:
     if len(pods) > 8:
         ax.set_xticklabels(pods, rotation=90, fontsize=5)
     ax.set_ylabel("share of requests (%)")
-    data.captions["pod-share"] = ("Share of requests per pod (mean over repetitions, 95% CI); dashed: "
-                                  "an even share; Jain's fairness index in the legend.")
+    data.captions["pod-share"] = ("Share of requests per pod (mean over repetitions, 95% CI); "
+                                  "dashed: an even share; Jain's fairness index in the legend.")
     return _save(fig, out, "pod-share")
 
 
-def fig_path(data: RunData, out: str) -> list:
+def fig_path(data: RunData, out: str) -> list[str]:
+    """path: routed hops per request | bytes crossing between nodes (two panels)."""
     hops = _first_workload(data, "path_hops")
     cross = _first_workload(data, "cross_node_bytes_fraction")
     if not hops and not cross:
@@ -412,11 +308,12 @@ def fig_path(data: RunData, out: str) -> list:
     b.set_ylim(0, max(5.0, b.get_ylim()[1]))
     fig.tight_layout(w_pad=1.0)
     data.captions["path"] = ("Left: routed hops per request (from the replies' TTL). Right: bytes "
-                             f"that crossed between nodes, % of the bytes delivered. {_replications_note(data)}.")
+                             "that crossed between nodes, % of the bytes delivered. "
+                             f"{_replications_note(data)}.")
     return _save(fig, out, "path")
 
 
-def _first_workload(data: RunData, metric: str) -> dict:
+def _first_workload(data: RunData, metric: str) -> dict[str, MeanCI]:
     for w in data.workloads(metric):
         values = data.metric(metric, **({"workload": w} if w is not None else {}))
         if values:
@@ -424,9 +321,10 @@ def _first_workload(data: RunData, metric: str) -> dict:
     return {}
 
 
-def fig_scaling(data: RunData, out: str) -> list:
-    def series(metric):
-        per: dict = {}
+def fig_scaling(data: RunData, out: str) -> list[str]:
+    """scaling: kube-proxy sync time and new-connection latency vs services."""
+    def series(metric: str) -> dict[str, list[tuple[float, MeanCI]]]:
+        per: dict[str, list[tuple[float, MeanCI]]] = {}
         for (variant, m, group), ci in data.summary.items():
             g = dict(group)
             if m == metric and "services" in g:
@@ -439,7 +337,7 @@ def fig_scaling(data: RunData, out: str) -> list:
                                           (lat, "new-connection\nlatency p50 (ms)")) if s]
     fig, axes = _figure(height=1.8 * len(panels) + 0.3, nrows=len(panels), sharex=True)
     axes = axes if len(panels) > 1 else [axes]
-    for ax, (per, label) in zip(axes, panels):
+    for ax, (per, label) in zip(axes, panels, strict=True):
         for variant in data.variants:
             pts = per.get(variant)
             if not pts:
@@ -460,29 +358,15 @@ def fig_scaling(data: RunData, out: str) -> list:
     axes[0].set_title(f"Scaling — {_replications_note(data)}", loc="left")
     fig.align_ylabels(axes)
     fig.tight_layout(h_pad=0.5)
-    data.captions["scaling"] = ("kube-proxy sync time and new-connection latency against the number "
-                                f"of services (both axes log for sync time). {_replications_note(data)}.")
+    data.captions["scaling"] = ("kube-proxy sync time and new-connection latency against the "
+                                "number of services (both axes log for sync time). "
+                                f"{_replications_note(data)}.")
     return _save(fig, out, "scaling")
 
 
-def fig_failover(data: RunData, out: str) -> list:
-    per_variant: dict = {}
-    for (variant, rep, workload), rows in data.samples.items():
-        if workload != "failover":
-            continue
-        bins: dict = {}
-        for row in rows:
-            t = row.get("t")
-            if not isinstance(t, (int, float)):
-                continue
-            b = bins.setdefault(int(math.floor(t)), [0, 0])
-            if "errors" in row:                      # pre-binned rows {"t", "errors"}
-                b[0] += float(row.get("errors") or 0)
-            elif row.get("ok") is False:
-                b[0] += 1
-            b[1] += 1
-        if bins:
-            per_variant.setdefault(variant, []).append(bins)
+def fig_failover(data: RunData, out: str) -> list[str]:
+    """failover: errors/s over time with the events marked."""
+    per_variant = failover_bins(data)
     if not per_variant:
         raise Skip("no samples of workload 'failover' (not a failover run)")
     fig, ax = _figure()
@@ -496,31 +380,24 @@ def fig_failover(data: RunData, out: str) -> list:
         top = max(top, max(ys, default=0))
         ax.step([s for s in seconds] + [seconds[-1] + 1], ys + ys[-1:], where="post",
                 color=data.colour[variant], label=variant)
-    for ev in failover_events(data):
-        ax.axvline(ev["t"], color="#555555", linewidth=0.7, linestyle=(0, (2, 2)), zorder=1)
-        ax.annotate(ev["label"], (ev["t"], 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(2, -2), textcoords="offset points", rotation=90, ha="left", va="top",
-                    fontsize=6, color="#333333")
+    _mark_events(ax, failover_events(data))
     ax.set_xlabel("time since steady load started (s)")
     ax.set_ylabel("errors/s")
     ax.set_ylim(0, max(1.0, top * 1.15))
     ax.set_title(f"Failover — errors per second ({len(next(iter(per_variant.values())))} "
                  f"repetition(s), mean)", loc="left")
     ax.legend(loc="upper right")
-    data.captions["failover"] = ("Failed requests per second under steady load, mean over repetitions; "
-                                 "dotted lines: the events.")
+    data.captions["failover"] = ("Failed requests per second under steady load, mean over "
+                                 "repetitions; dotted lines: the events.")
     return _save(fig, out, "failover")
 
 
-def failover_events(data: RunData) -> list:
-    """[{"t", "label"}]: as measured (samples of pseudo-workload 'events', first repetition seen)
-    or, failing that, as planned in the experiment."""
-    for (_, _, workload), rows in sorted(data.samples.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if workload == "events" and rows:
-            return [{"t": float(r["t"]), "label": f"{r.get('action', '')} {r.get('target', '')}".strip()}
-                    for r in rows if isinstance(r.get("t"), (int, float))]
-    return [{"t": float(e["at_s"]), "label": f"{e.get('action', '')} {e.get('target', '')}".strip()}
-            for e in data.experiment.get("events") or [] if isinstance(e, dict) and "at_s" in e]
+def _mark_events(ax: plt.Axes, events: Iterable[Mapping[str, Any]]) -> None:
+    for ev in events:
+        ax.axvline(ev["t"], color="#555555", linewidth=0.7, linestyle=(0, (2, 2)), zorder=1)
+        ax.annotate(ev["label"], (ev["t"], 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -2), textcoords="offset points", rotation=90, ha="left", va="top",
+                    fontsize=6, color="#333333")
 
 
 FIGURES = (
@@ -537,7 +414,7 @@ FIGURES = (
 )
 
 
-def plot_run(run_dir: str) -> list:
+def plot_run(run_dir: str) -> list[str]:
     """Draw every figure the run has data for into <run_dir>/figures/.
 
     Returns the written files' paths (PNG and PDF of each figure) and, for each figure that could
@@ -569,12 +446,13 @@ def plot_run(run_dir: str) -> list:
                                        for stem in [os.path.splitext(os.path.basename(p))[0]]
                                        if stem in data.captions}})
     with open(os.path.join(out, "index.json"), "w", encoding="utf-8") as fh:
-        json.dump({"variants": data.variants, "colours": data.colour, "figures": index}, fh, indent=1)
+        json.dump({"variants": data.variants, "colours": data.colour, "figures": index}, fh,
+                  indent=1)
         fh.write("\n")
     return result
 
 
-def written(result: list) -> list:
+def written(result: Iterable[str]) -> list[str]:
     """The file paths in plot_run's result (without the 'skipped ...' entries)."""
     return [r for r in result if not r.startswith("skipped ")]
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import html
 import json
 import os
-from typing import Optional
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from testbed.analysis.records import METRICS, read_meta, read_records, summarize, variant_order
 from testbed.analysis.stats import MeanCI
@@ -22,8 +24,15 @@ ORDER = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms"
          "recovery_time_s")
 PER_POD = ("pod_share", "entry_share")
 
+# ("h1"|"h2"|"h3"|"p", text) | ("ul", items) | ("table", header, rows) | ("img", alt, png, pdf)
+Block = tuple[Any, ...]
+Meta = Mapping[str, Any]                      # meta.json, or a part of it
+Record = Mapping[str, Any]                    # a line of records.jsonl
+Group = tuple[tuple[str, Any], ...]           # (field, value) pairs: workload, pod, services...
+Summary = Mapping[tuple[str, str, Group], MeanCI]   # (variant, metric, group) -> mean and CI
 
-def fmt(x: Optional[float]) -> str:
+
+def fmt(x: float | None) -> str:
     """A number at a precision a table reader wants (3 significant digits, no exponent)."""
     if x is None:
         return "–"
@@ -41,7 +50,7 @@ def fmt(x: Optional[float]) -> str:
     return f"{x:.3g}"
 
 
-def cell(ci: Optional[MeanCI], scale: float = 1.0, suffix: str = "") -> str:
+def cell(ci: MeanCI | None, scale: float = 1.0, suffix: str = "") -> str:
     """'mean ± half' with the half-width at the mean's precision ('mean' alone without one)."""
     if ci is None:
         return ""
@@ -55,12 +64,13 @@ def cell(ci: Optional[MeanCI], scale: float = 1.0, suffix: str = "") -> str:
     return f"{mean} ± {half}{suffix}"
 
 
-def _group_label(group: tuple) -> str:
+def _group_label(group: Group) -> str:
     return ", ".join(str(v) if k == "workload" else f"{k} {v}" for k, v in group)
 
 
-def _sort_key(workloads: list):
-    def key(item):
+def _sort_key(workloads: Sequence[str | None]) -> Callable[[tuple[str, Group]], tuple]:
+    """Rows in the experiment's workload order, then the usual metric order, then services."""
+    def key(item: tuple[str, Group]) -> tuple:
         metric, group = item
         g = dict(group)
         w = g.get("workload")
@@ -71,114 +81,158 @@ def _sort_key(workloads: list):
     return key
 
 
-def _blocks(run_dir: str) -> list:
+def _blocks(run_dir: str) -> list[Block]:
     meta = read_meta(run_dir)
     records = read_records(run_dir)
     variants = variant_order(meta, records)
     summary = summarize(records)
     exp = meta.get("experiment") or {}
-    name = exp.get("name") or meta.get("run_id") or os.path.basename(os.path.abspath(run_dir))
-    blocks: list = [("h1", f"{name} — run {meta.get('run_id', os.path.basename(os.path.abspath(run_dir)))}")]
+    return (_heading(run_dir, meta, exp) + _variant_list(exp)
+            + _results(exp, records, summary, variants) + _pod_share_table(summary, variants)
+            + _figures(run_dir) + _environment(meta) + _faults(meta))
 
-    status = meta.get("status", "unknown")
-    facts = [f"status **{status}**", f"started {meta.get('started', '?')}"]
+
+# -- the report's sections --------------------------------------------------------------------
+
+def _heading(run_dir: str, meta: Meta, exp: Meta) -> list[Block]:
+    """The title and one paragraph: status, times, kind, topology, service measured."""
+    dir_name = os.path.basename(os.path.abspath(run_dir))
+    name = exp.get("name") or meta.get("run_id") or dir_name
+    return [("h1", f"{name} — run {meta.get('run_id', dir_name)}"),
+            ("p", "; ".join(_facts(meta, exp)) + ".")]
+
+
+def _facts(meta: Meta, exp: Meta) -> list[str]:
+    facts = [f"status **{meta.get('status', 'unknown')}**", f"started {meta.get('started', '?')}"]
     if meta.get("finished"):
         facts.append(f"finished {meta['finished']} ({meta.get('duration_s', '?')} s)")
     if exp:
-        facts.append(f"kind {exp.get('kind', 'compare')}, {exp.get('repetitions', '?')} repetition(s), "
-                     f"seed {exp.get('seed', '?')}")
+        facts.append(f"kind {exp.get('kind', 'compare')}, {exp.get('repetitions', '?')} "
+                     f"repetition(s), seed {exp.get('seed', '?')}")
     topo = meta.get("topology") or {}
     if topo or exp.get("topology"):
-        facts.append(f"topology `{topo.get('name', '')}` ({exp.get('topology') or topo.get('file', '')})")
+        facts.append(f"topology `{topo.get('name', '')}` "
+                     f"({exp.get('topology') or topo.get('file', '')})")
     if meta.get("service"):
         facts.append(f"service measured `{meta['service']}`")
-    blocks.append(("p", "; ".join(facts) + "."))
-    if exp.get("variants"):
-        items = []
-        for v in exp["variants"]:
-            if isinstance(v, dict):
-                desc = ("the LB sends to pod IP:targetPort" if v.get("mode") == "container-native" else
-                        f"the LB sends to node IP:NodePort, externalTrafficPolicy {v.get('external_traffic_policy')}")
-                items.append(f"`{v.get('name')}`: mode {v.get('mode')} — {desc}")
-        blocks += [("h2", "Variants"), ("ul", items)]
+    return facts
 
-    # the numbers
-    blocks.append(("h2", "Results"))
+
+def _variant_list(exp: Meta) -> list[Block]:
+    """What each variant is: where its load balancer sends."""
+    if not exp.get("variants"):
+        return []
+    items = []
+    for v in exp["variants"]:
+        if isinstance(v, dict):
+            desc = ("the LB sends to pod IP:targetPort" if v.get("mode") == "container-native"
+                    else "the LB sends to node IP:NodePort, externalTrafficPolicy "
+                    f"{v.get('external_traffic_policy')}")
+            items.append(f"`{v.get('name')}`: mode {v.get('mode')} — {desc}")
+    return [("h2", "Variants"), ("ul", items)]
+
+
+def _results(exp: Meta, records: Sequence[Record], summary: Summary,
+             variants: Sequence[str]) -> list[Block]:
+    """The numbers: one row per metric and group, one column per variant."""
     reps = exp.get("repetitions")
-    blocks.append(("p", "Mean ± half-width of the 95% Student-t confidence interval over repetitions "
-                   + (f"({reps} per variant)" if reps else "") + "; one repetition gives no interval."))
+    blocks: list[Block] = [
+        ("h2", "Results"),
+        ("p", "Mean ± half-width of the 95% Student-t confidence interval over repetitions "
+         + (f"({reps} per variant)" if reps else "") + "; one repetition gives no interval.")]
     planned = [w.get("name") for w in exp.get("workloads") or [] if isinstance(w, dict)]
     keys = sorted({(m, g) for (_, m, g) in summary if m not in PER_POD}, key=_sort_key(planned))
     if keys and variants:
-        ratio = len(variants) >= 2
-        header = ["metric", "unit", "workload"] + variants + ([f"{variants[-1]} / {variants[0]}"] if ratio else [])
-        rows = []
-        for metric, group in keys:
-            unit = METRICS[metric].unit if metric in METRICS else next(
-                (r.get("unit", "") for r in records if r.get("metric") == metric), "")
-            row = [f"`{metric}`", unit, _group_label(group)]
-            cis = [summary.get((v, metric, group)) for v in variants]
-            row += [cell(ci) for ci in cis]
-            if ratio:
-                first, last = cis[0], cis[-1]
-                row.append(fmt(last.mean / first.mean) if first and last and first.mean else "")
-            rows.append(row)
-        blocks.append(("table", header, rows))
+        blocks.append(_metric_table(keys, records, summary, variants))
     else:
         blocks.append(("p", "No measurements were recorded."))
-    pods = sorted({dict(g)["pod"] for (_, m, g) in summary if m == "pod_share" and "pod" in dict(g)})
-    if pods:
-        rows = []
-        for pod in pods:
-            row = [pod]
-            for v in variants:
-                ci = next((c for (vv, m, g), c in summary.items()
-                           if vv == v and m == "pod_share" and dict(g).get("pod") == pod), None)
-                row.append(cell(ci, scale=100, suffix=" %"))
-            rows.append(row)
-        blocks += [("h3", "Share of requests per pod"), ("table", ["pod"] + variants, rows)]
+    return blocks
 
-    # figures
-    blocks.append(("h2", "Figures"))
-    index = _figure_index(run_dir)
+
+def _unit(metric: str, records: Sequence[Record]) -> str:
+    """The canonical unit, else the one the records give."""
+    if metric in METRICS:
+        return METRICS[metric].unit
+    return next((r.get("unit", "") for r in records if r.get("metric") == metric), "")
+
+
+def _metric_table(keys: Sequence[tuple[str, Group]], records: Sequence[Record], summary: Summary,
+                  variants: Sequence[str]) -> Block:
+    """With two variants or more, a last column: the last variant's mean over the first's."""
+    ratio = len(variants) >= 2
+    header = (["metric", "unit", "workload"] + list(variants)
+              + ([f"{variants[-1]} / {variants[0]}"] if ratio else []))
+    rows = []
+    for metric, group in keys:
+        row = [f"`{metric}`", _unit(metric, records), _group_label(group)]
+        cis = [summary.get((v, metric, group)) for v in variants]
+        row += [cell(ci) for ci in cis]
+        if ratio:
+            first, last = cis[0], cis[-1]
+            row.append(fmt(last.mean / first.mean) if first and last and first.mean else "")
+        rows.append(row)
+    return ("table", header, rows)
+
+
+def _pod_share_table(summary: Summary, variants: Sequence[str]) -> list[Block]:
+    """The share of requests per pod (in %), one column per variant."""
+    pods = sorted({dict(g)["pod"] for (_, m, g) in summary
+                   if m == "pod_share" and "pod" in dict(g)})
+    if not pods:
+        return []
+    rows = []
+    for pod in pods:
+        row = [pod]
+        for v in variants:
+            ci = next((c for (vv, m, g), c in summary.items()
+                       if vv == v and m == "pod_share" and dict(g).get("pod") == pod), None)
+            row.append(cell(ci, scale=100, suffix=" %"))
+        rows.append(row)
+    return [("h3", "Share of requests per pod"), ("table", ["pod"] + list(variants), rows)]
+
+
+def _figures(run_dir: str) -> list[Block]:
+    """Each figure drawn (its PNGs, linking the PDFs), then the ones skipped and why."""
+    blocks: list[Block] = [("h2", "Figures")]
     skipped = []
-    for entry in index.get("figures", []):
+    for entry in _figure_index(run_dir).get("figures", []):
         files = entry.get("files") or []
         if not files:
             skipped.append(f"{entry.get('title', entry.get('figure'))}: {entry.get('skipped', '')}")
             continue
         blocks.append(("h3", entry.get("title", entry.get("figure", ""))))
-        pngs = [f for f in files if f.endswith(".png")]
         captions = entry.get("captions") or {}
-        for png in pngs:
+        for png in [f for f in files if f.endswith(".png")]:
             pdf = png[:-4] + ".pdf"
-            blocks.append(("img", captions.get(png) or os.path.splitext(os.path.basename(png))[0], png,
-                           pdf if pdf in files else None))
+            alt = captions.get(png) or os.path.splitext(os.path.basename(png))[0]
+            blocks.append(("img", alt, png, pdf if pdf in files else None))
     if skipped:
         blocks += [("p", "Not drawn (skipped):"), ("ul", skipped)]
-
-    # environment
-    blocks.append(("h2", "Environment"))
-    env_rows = [[k, v] for k, v in _flatten(meta.get("environment") or {})]
-    git = meta.get("git") or {}
-    if git:
-        rev = git.get("revision") or "unknown"
-        dirty = git.get("dirty")
-        env_rows.append(["git revision", f"{rev}" + (" (uncommitted changes)" if dirty else
-                                                    " (clean)" if dirty is False else "")])
-    blocks.append(("table", ["what", "value"], env_rows) if env_rows else ("p", "Not recorded."))
-
-    # faults
-    blocks.append(("h2", "Faults"))
-    faults = meta.get("faults") or []
-    if faults:
-        blocks.append(("ul", [f"{f.get('time', '')} {f.get('kind', '')}: {f.get('detail', '')}" for f in faults]))
-    else:
-        blocks.append(("p", "None noted."))
     return blocks
 
 
-def _flatten(data, prefix=""):
+def _environment(meta: Meta) -> list[Block]:
+    """The machine as meta.json describes it, and the git revision that ran."""
+    env_rows = [[k, v] for k, v in _flatten(meta.get("environment") or {})]
+    git = meta.get("git") or {}
+    if git:
+        dirty = git.get("dirty")
+        state = " (uncommitted changes)" if dirty else " (clean)" if dirty is False else ""
+        env_rows.append(["git revision", f"{git.get('revision') or 'unknown'}{state}"])
+    return [("h2", "Environment"),
+            ("table", ["what", "value"], env_rows) if env_rows else ("p", "Not recorded.")]
+
+
+def _faults(meta: Meta) -> list[Block]:
+    faults = meta.get("faults") or []
+    if not faults:
+        return [("h2", "Faults"), ("p", "None noted.")]
+    return [("h2", "Faults"),
+            ("ul", [f"{f.get('time', '')} {f.get('kind', '')}: {f.get('detail', '')}"
+                    for f in faults])]
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -189,7 +243,7 @@ def _flatten(data, prefix=""):
             yield name, "" if value is None else str(value)
 
 
-def _figure_index(run_dir: str) -> dict:
+def _figure_index(run_dir: str) -> dict[str, Any]:
     path = os.path.join(run_dir, "figures", "index.json")
     if not os.path.isfile(path):
         from testbed.analysis.plots import plot_run
@@ -203,66 +257,86 @@ def _figure_index(run_dir: str) -> dict:
 
 # -- rendering --------------------------------------------------------------------------------
 
-def _md_cell(text) -> str:
+def _md_cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(blocks: list) -> str:
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + block[1])
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-                     "|" + "|".join("---" for _ in header) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "img":
-            _, alt, src, pdf = block
-            out.append(f"![{_md_cell(alt)}]({src})  \n*{_md_cell(alt)}*" + (f" [PDF]({pdf})" if pdf else ""))
+def _md_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _md_block(block: Block) -> str | None:
+    kind = block[0]
+    if kind in ("h1", "h2", "h3"):
+        return "#" * int(kind[1]) + " " + block[1]
+    if kind == "p":
+        return block[1]
+    if kind == "ul":
+        return "\n".join(f"- {item}" for item in block[1])
+    if kind == "table":
+        return _md_table(block[1], block[2])
+    if kind == "img":
+        _, alt, src, pdf = block
+        return f"![{_md_cell(alt)}]({src})  \n*{_md_cell(alt)}*" + (f" [PDF]({pdf})" if pdf else "")
+    return None
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    out = [text for text in map(_md_block, blocks) if text is not None]
     return "\n\n".join(out) + "\n"
 
 
 def _inline_html(text: str) -> str:
     """Escape, then turn the two Markdown marks used here (`code`, **bold**) into tags."""
-    import re
     escaped = html.escape(text)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", escaped)
 
 
-def to_html(blocks: list) -> str:
+HTML_STYLE = (
+    "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
+    "line-height:1.4}table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;"
+    "padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%;width:32em;display:block}code{background:#f3f3f3}</style>")
+
+
+def _html_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{_inline_html(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline_html(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_figure(alt: str, src: str, pdf: str | None) -> str:
+    link = f" <a href='{html.escape(pdf, quote=True)}'>PDF</a>" if pdf else ""
+    return (f"<figure><img src='{html.escape(src, quote=True)}' "
+            f"alt='{html.escape(alt, quote=True)}'>"
+            f"<figcaption>{html.escape(alt)}{link}</figcaption></figure>")
+
+
+def _html_block(block: Block) -> str | None:
+    kind = block[0]
+    if kind in ("h1", "h2", "h3"):
+        return f"<{kind}>{_inline_html(block[1])}</{kind}>"
+    if kind == "p":
+        return f"<p>{_inline_html(block[1])}</p>"
+    if kind == "ul":
+        return "<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block[1]) + "</ul>"
+    if kind == "table":
+        return _html_table(block[1], block[2])
+    if kind == "img":
+        return _html_figure(*block[1:])
+    return None
+
+
+def to_html(blocks: Sequence[Block]) -> str:
     title = next((b[1] for b in blocks if b[0] == "h1"), "report")
-    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.4}"
-           "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;"
-           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%;"
-           "width:32em;display:block}code{background:#f3f3f3}</style>", "</head><body>"]
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline_html(block[1])}</p>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            out.append("<table><tr>" + "".join(f"<th>{_inline_html(str(h))}</th>" for h in header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{_inline_html(str(c))}</td>" for c in row) + "</tr>"
-                                 for row in rows) + "</table>")
-        elif kind == "img":
-            _, alt, src, pdf = block
-            out.append(f"<figure><img src='{html.escape(src, quote=True)}' alt='{html.escape(alt, quote=True)}'>"
-                       + f"<figcaption>{html.escape(alt)}"
-                       + (f" <a href='{html.escape(pdf, quote=True)}'>PDF</a>" if pdf else "") + "</figcaption>"
-                       + "</figure>")
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+           f"<title>{html.escape(title)}</title>", HTML_STYLE, "</head><body>"]
+    out += [text for text in map(_html_block, blocks) if text is not None]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -272,7 +346,8 @@ def write_report(run_dir: str) -> str:
     returns report.md's path."""
     blocks = _blocks(run_dir)
     md_path = os.path.join(run_dir, "report.md")
-    for path, text in ((md_path, to_markdown(blocks)), (os.path.join(run_dir, "report.html"), to_html(blocks))):
+    for path, text in ((md_path, to_markdown(blocks)),
+                       (os.path.join(run_dir, "report.html"), to_html(blocks))):
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)

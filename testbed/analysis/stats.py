@@ -1,22 +1,22 @@
 """The few statistics the results need, in plain Python (no scipy).
 
-- percentile: linear interpolation between closest ranks — Hyndman & Fan's type 7, the default
-  of numpy.percentile and of R's quantile(): rank h = (n - 1) * q / 100, value
-  x[floor h] + (h - floor h) * (x[floor h + 1] - x[floor h]) on the sorted samples.
-- mean_ci: mean over repetitions with a two-sided Student-t confidence interval,
-  half-width t(1 - (1 - c) / 2, n - 1) * s / sqrt(n), s the sample standard deviation (n - 1).
-  The t quantile is computed here: the t CDF through the regularized incomplete beta function
-  (Lentz's continued fraction, as in Numerical Recipes), inverted by bisection.
-- jain: Jain's fairness index (sum x)^2 / (n * sum x^2): 1 when every pod gets the same share,
-  1/n when one pod gets everything.
+- percentile: Hyndman & Fan's type 7 (numpy's and R's default): rank h = (n - 1) * q / 100,
+  value x[floor h] + (h - floor h) * (x[floor h + 1] - x[floor h]) on the sorted samples.
+- mean_ci: mean over repetitions and the two-sided Student-t interval's half-width
+  t(1 - (1 - c) / 2, n - 1) * s / sqrt(n), s the sample standard deviation; the t quantile by
+  bisection on the t CDF (regularized incomplete beta, Lentz's continued fraction).
+- jain: Jain's fairness index (sum x)^2 / (n * sum x^2): 1 = every pod the same, 1/n = one pod.
 - shares: counts -> fractions of the total; ecdf: the empirical CDF's steps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import TypeVar
+
+K = TypeVar("K")
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -32,13 +32,15 @@ def percentile(values: Iterable[float], q: float) -> float:
     return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
 
 
-def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 90, 99)) -> dict:
+def percentiles(values: Iterable[float],
+                qs: Sequence[float] = (50, 90, 99)) -> dict[float, float]:
     """{q: percentile} for several q at once."""
     xs = sorted(float(v) for v in values)
     return {q: percentile(xs, q) for q in qs}
 
 
 def mean(values: Iterable[float]) -> float:
+    """The arithmetic mean (math.fsum: an accurately rounded sum)."""
     xs = [float(v) for v in values]
     if not xs:
         raise ValueError("mean of no values")
@@ -65,20 +67,21 @@ class MeanCI:
     """
     n: int
     mean: float
-    half: Optional[float]
+    half: float | None
     confidence: float = 0.95
 
     @property
-    def low(self) -> Optional[float]:
+    def low(self) -> float | None:
         return None if self.half is None else self.mean - self.half
 
     @property
-    def high(self) -> Optional[float]:
+    def high(self) -> float | None:
         return None if self.half is None else self.mean + self.half
 
-    def overlaps(self, other: "MeanCI") -> bool:
+    def overlaps(self, other: MeanCI) -> bool:
         """Whether the two intervals share a point (a value without interval is a point)."""
-        a = (self.low if self.half is not None else self.mean, self.high if self.half is not None else self.mean)
+        a = (self.low if self.half is not None else self.mean,
+             self.high if self.half is not None else self.mean)
         b = (other.low if other.half is not None else other.mean,
              other.high if other.half is not None else other.mean)
         return a[0] <= b[1] and b[0] <= a[1]
@@ -191,13 +194,13 @@ def jain(values: Iterable[float]) -> float:
     return math.fsum(ys) ** 2 / (len(ys) * math.fsum(y * y for y in ys))
 
 
-def shares(counts: dict) -> dict:
+def shares(counts: Mapping[K, float]) -> dict[K, float]:
     """{key: count} -> {key: fraction of the total} (all 0 when the total is 0), order kept."""
     total = math.fsum(float(v) for v in counts.values())
     return {k: (float(v) / total if total else 0.0) for k, v in counts.items()}
 
 
-def ecdf(values: Iterable[float]) -> tuple[list, list]:
+def ecdf(values: Iterable[float]) -> tuple[list[float], list[float]]:
     """The empirical CDF: sorted values and, for each, the fraction of values <= it (i/n)."""
     xs = sorted(float(v) for v in values)
     n = len(xs)

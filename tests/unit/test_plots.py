@@ -186,3 +186,19 @@ def test_meta_records_plans_for_the_diagrams(compare_run):
     assert set(meta["plans"]) == set(PROFILE)
     assert meta["plans"]["container-native"]["mode"] == "container-native"
     assert meta["service"] == "web" and meta["status"] == "ok"
+
+
+def test_switches_sit_above_their_nodes_when_subnets_are_contiguous():
+    from testbed.analysis.diagram import _layout, _subnet_columns
+    nodes = [{"name": "n1", "subnet": "a"}, {"name": "n2", "subnet": "a"},
+             {"name": "n3", "subnet": "b"}]
+    lay = _layout(nodes, 0, None)
+    a, b = _subnet_columns(lay, nodes)
+    assert (a.subnet, a.nodes, b.subnet, b.nodes) == ("a", ["n1", "n2"], "b", ["n3"])
+    assert a.x0 == lay.node_x["n1"] and a.x1 == lay.node_x["n2"] + lay.node_w
+    assert b.x0 == lay.node_x["n3"]
+    # interleaved subnets: the switches share the width evenly instead
+    mixed = [{"name": "n1", "subnet": "a"}, {"name": "n2", "subnet": "b"},
+             {"name": "n3", "subnet": "a"}]
+    a, b = _subnet_columns(lay, mixed)
+    assert a.x1 == pytest.approx(b.x0) and b.x1 == pytest.approx(lay.width - lay.margin)
