@@ -15,11 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Optional
 
 from testbed.errors import EnvironmentProblem
 from testbed.paths import REPO
-
 
 
 def free_port() -> int:
@@ -36,12 +34,12 @@ class ControllerProcess:
     log: path of the controller's log file
     """
 
-    def __init__(self, config: str, log: str, ofp_port: Optional[int] = None,
-                 rest_port: Optional[int] = None):
+    def __init__(self, config: str, log: str, ofp_port: int | None = None,
+                 rest_port: int | None = None):
         self.config, self.log = config, log
         self.ofp_port = ofp_port or free_port()
         self.rest_port = rest_port or free_port()
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     def start(self, on_pid=lambda pid: None) -> None:
         env = dict(os.environ, OSKEN_HUB_TYPE="eventlet", PYTHONPATH=REPO + os.pathsep +
@@ -72,18 +70,30 @@ class ControllerProcess:
     def api(self, method: str, path: str, body=None, timeout: float = 5.0):
         return rest(self.rest_port, method, path, body, timeout)
 
+    def add_pod_route(self, pod: str, ip: str, node: str) -> None:
+        """Tell the VPC a pod's address lives on a node (container-native mode)."""
+        self.api("POST", "/v1/pods", {"pod": pod, "ip": ip, "node": node})
+
+    def remove_pod_route(self, pod: str) -> None:
+        """Make the VPC forget a pod's address; one it does not know is fine."""
+        try:
+            self.api("DELETE", f"/v1/pods/{pod}")
+        except Exception:   # already gone (404) is fine: the goal is "not there"
+            pass
+
     def wait_programmed(self, switches: list[str], timeout: float = 60.0) -> None:
         """Block until every switch is connected and programmed; raise with the log if not."""
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
             if not self.alive():
-                raise EnvironmentProblem("the VPC controller exited during start-up; its log ends with:\n"
-                                         + self.log_tail())
+                raise EnvironmentProblem("the VPC controller exited during start-up; its log "
+                                         "ends with:\n" + self.log_tail())
             try:
                 status = self.api("GET", "/v1/status", timeout=2)
                 sw = {s["name"]: s for s in status.get("switches", [])}
-                last = {n: (s.get("connected"), s.get("programmed"), s.get("last_error")) for n, s in sw.items()}
+                last = {n: (s.get("connected"), s.get("programmed"), s.get("last_error"))
+                        for n, s in sw.items()}
                 if all(sw.get(name, {}).get("programmed") for name in switches):
                     return
             except (OSError, ValueError, urllib.error.URLError):

@@ -9,10 +9,15 @@ container-native: the same inside the cluster, and the VPC routes pod addresses,
 
 from __future__ import annotations
 
+import subprocess
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from testbed.plan.addresses import Plan
+from testbed.plan.addresses import Plan, PodPlan
+
+Answers = Mapping[tuple[str, str], bool]   # (source host, address pinged) -> it answered
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,18 @@ class Probe:
     expect: bool
 
 
+class LiveCluster(Protocol):
+    """What probing needs of a running cluster (testbed.emulation.cluster.Cluster has it)."""
+
+    plan: Plan
+
+    def sh(self, host: str, command: str,
+           timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
+
+
 def expected_probes(plan: Plan) -> list[Probe]:
+    """Every ping the mode promises an answer to, or promises none (clients to pod addresses
+    in classic mode)."""
     probes = []
     native = plan.mode == "container-native"
     for node in plan.nodes:
@@ -35,7 +51,7 @@ def expected_probes(plan: Plan) -> list[Probe]:
             if other.name != node.name:
                 probes.append(Probe(node.name, other.name, other.ip, "other nodes", True))
     # one pod per node pings one pod on every other node (the overlay / VPC path)
-    first_pod = {}
+    first_pod: dict[str, PodPlan] = {}
     for pod in plan.pods:
         first_pod.setdefault(pod.node, pod)
     for node, pod in first_pod.items():
@@ -58,16 +74,16 @@ class Row:
     expect: bool
     total: int
     answered: int
-    failed_targets: list
+    failed_targets: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.answered == (self.total if self.expect else 0)
 
 
-def summarise(probes: list[Probe], answered: dict) -> list[Row]:
+def summarise(probes: Sequence[Probe], answered: Answers) -> list[Row]:
     """Group probe results (answered: (source, ip) -> bool) into table rows."""
-    rows: dict = {}
+    rows: dict[tuple[str, str], Row] = {}
     for p in probes:
         key = (p.source, p.group)
         row = rows.setdefault(key, Row(p.source, p.group, p.expect, 0, 0, []))
@@ -79,27 +95,29 @@ def summarise(probes: list[Probe], answered: dict) -> list[Row]:
     return list(rows.values())
 
 
-def format_table(rows: list[Row]) -> str:
+def format_table(rows: Sequence[Row]) -> str:
     lines = [f"{'from':<12} {'to':<22} {'expected':<13} {'answered':>9}  result"]
     for r in rows:
         expect = "reachable" if r.expect else "unreachable"
         result = "ok" if r.ok else "FAIL " + ", ".join(r.failed_targets[:5])
-        lines.append(f"{r.source:<12} {r.group:<22} {expect:<13} {r.answered:>4}/{r.total:<4}  {result}")
+        lines.append(f"{r.source:<12} {r.group:<22} {expect:<13} "
+                     f"{r.answered:>4}/{r.total:<4}  {result}")
     return "\n".join(lines)
 
 
-def ping_script(ips: list[str]) -> str:
+def ping_script(ips: Sequence[str]) -> str:
     """A shell script that pings every address at once and prints 'ip rc' per address."""
-    body = "\n".join(f"( ping -n -c 1 -W 2 {ip} >/dev/null 2>&1; echo \"{ip} $?\" ) &" for ip in ips)
+    body = "\n".join(f"( ping -n -c 1 -W 2 {ip} >/dev/null 2>&1; echo \"{ip} $?\" ) &"
+                     for ip in ips)
     return body + "\nwait\n"
 
 
-def run_probes(cluster, probes: list[Probe]) -> dict:
+def run_probes(cluster: LiveCluster, probes: Sequence[Probe]) -> dict[tuple[str, str], bool]:
     """Ping from each source concurrently; return (source, ip) -> answered."""
     by_source = defaultdict(list)
     for p in probes:
         by_source[p.source].append(p.ip)
-    answered = {}
+    answered: dict[tuple[str, str], bool] = {}
     for source, ips in by_source.items():
         result = cluster.sh(source, ping_script(sorted(set(ips))), timeout=60)
         for line in result.stdout.splitlines():
@@ -109,7 +127,7 @@ def run_probes(cluster, probes: list[Probe]) -> dict:
     return answered
 
 
-def reachability(cluster) -> list[Row]:
+def reachability(cluster: LiveCluster) -> list[Row]:
     """Probe everything the mode promises on a live cluster: the table `cnlb up --check` prints."""
     probes = expected_probes(cluster.plan)
     return summarise(probes, run_probes(cluster, probes))

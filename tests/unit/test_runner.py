@@ -4,9 +4,11 @@ import os
 
 import pytest
 
+from testbed.experiments.client import request_rows
+from testbed.experiments.compare import parse_iperf_csv, parse_wrk, with_iperf_service
+from testbed.experiments.failover import recovery_time
+from testbed.experiments.scaling import synthetic_services
 from testbed.plan.addresses import build_plan
-from testbed.experiments.runner import (parse_iperf_csv, parse_wrk, recovery_time, request_rows,
-                            synthetic_services, with_iperf_service)
 from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,91 @@
+"""A running cluster's status, built from its parts: what `cnlb status` shows and what the
+detached session keeps in `status.json` (nodes, pods and their servers, services, the load
+balancers' targets with their health, the VPC controller, host namespaces, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from mininet.net import Mininet
+
+from testbed.cloud.lb import CloudLoadBalancer
+from testbed.cloud.vpc_controller import ControllerProcess
+from testbed.emulation.control_plane import ControlPlane
+from testbed.emulation.journal import proc_start_time
+from testbed.plan.addresses import Plan
+
+STATUS_FILE = "status.json"
+
+
+def status_of(cluster: Any) -> dict[str, Any]:
+    """Everything `cnlb status` shows, from the running cluster itself.
+    cluster: a started testbed.emulation.cluster.Cluster"""
+    plan: Plan = cluster.plan
+    controller: ControllerProcess = cluster.controller
+    return {
+        "cluster": plan.cluster, "mode": plan.mode, "file": cluster.topo.file,
+        "owner": {"pid": os.getpid(), "alive": True},
+        "controller": {"pid": controller.proc.pid, "alive": controller.alive(),
+                       "rest": f"http://127.0.0.1:{controller.rest_port}/v1/"},
+        "nodes": _nodes(plan, cluster.control),
+        "pods": _pods(plan, cluster.control),
+        "services": _services(plan),
+        "load_balancers": _load_balancers(plan, cluster.lb),
+        "clients": plan.clients,
+        "hosts": _hosts(cluster.net),
+        "rest_port": controller.rest_port,
+        "timings": cluster.timings,
+    }
+
+
+def write_status(cluster: Any) -> None:
+    """Replace the cluster's status.json at once (a reader never sees half a file)."""
+    path = cluster.state.file(STATUS_FILE)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(status_of(cluster), fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _nodes(plan: Plan, control: ControlPlane) -> list[dict[str, Any]]:
+    return [{"name": n.name, "ip": n.ip, "subnet": n.subnet,
+             "pod_cidr": n.pod_cidr if plan.mode == "nodeport" else None,
+             "failed": n.name in control.states.failed_nodes} for n in plan.nodes]
+
+
+def _pods(plan: Plan, control: ControlPlane) -> list[dict[str, Any]]:
+    live = control.live_pods()
+    pods = []
+    for p in plan.pods:
+        if p.name in control.states.removed_pods:
+            continue
+        running = control.server_running(p.name)
+        pods.append({"name": p.name, "node": p.node, "ip": p.ip, "port": p.port,
+                     "server_running": running, "healthy": p.name in live and running})
+    return pods
+
+
+def _services(plan: Plan) -> list[dict[str, Any]]:
+    return [{"name": s.name, "type": s.type, "cluster_ip": s.cluster_ip, "port": s.port,
+             "node_port": s.node_port, "external_traffic_policy": s.external_traffic_policy,
+             "vip": s.vip} for s in plan.services]
+
+
+def _load_balancers(plan: Plan, lb: CloudLoadBalancer) -> list[dict[str, Any]]:
+    out = []
+    for lbp in plan.load_balancers:
+        backends: Any
+        try:
+            backends = [dict(t.detail) for t in lb.targets(lbp.service)]
+        except Exception as exc:   # a status is still worth showing without its LB
+            backends = {"error": str(exc)}
+        out.append({"service": lbp.service, "vip": lbp.vip, "port": lbp.port,
+                    "targets": lbp.target_mode, "backends": backends})
+    return out
+
+
+def _hosts(net: Mininet) -> dict[str, list[Any]]:
+    """Host name -> [pid, start time] of its shell (`cnlb exec` enters its namespaces)."""
+    return {h.name: [h.pid, proc_start_time(h.pid)] for h in net.hosts}

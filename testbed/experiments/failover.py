@@ -1,0 +1,75 @@
+"""The failover experiment: a steady request rate through the VIP while pods are removed or
+nodes fail at set times; every request is a sample, and each event gets its errors and its
+recovery time (until the last failed request in its window). A fresh cluster per repetition.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from testbed.emulation.cluster import Cluster
+from testbed.experiments.client import CLIENT, PROBE, parse_probe, sample_rows, url, warmup
+from testbed.experiments.kind import RunContext
+from testbed.spec.experiment import Variant
+from testbed.spec.topology import Topology
+
+
+def recovery_time(rows: Sequence[dict[str, Any]], since: float) -> float | None:
+    """Seconds from an event until the last failed request in its window (0 if none failed)."""
+    failed = [r["t"] for r in rows if not r["ok"] and r["t"] is not None]
+    return max(failed) - since if failed else 0.0
+
+
+def run_failover(run: RunContext, variant: Variant, topo: Topology) -> None:
+    """Each repetition: build, warm up, steady load with the events, record."""
+    for rep in range(run.exp.repetitions):
+        run.progress(variant.name, rep, "building")
+        with Cluster(topo, iptables=run.iptables) as cluster:
+            rows, events = _steady_load_with_events(run, cluster, variant, rep)
+        run.w.samples(variant.name, rep, "failover", rows)
+        run.w.samples(variant.name, rep, "events", events)
+        _record(run, variant, rep, rows, events)
+        run.unit_done()
+
+
+def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant, rep: int
+                             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    exp = run.exp
+    warmup(cluster, run.res.service, exp.warmup_s)
+    run.progress(variant.name, rep, f"steady load {exp.rate:g}/s for {exp.duration_s:g}s")
+    argv = [PROBE, "--url", url(cluster, run.res.service), "--duration", f"{exp.duration_s:g}",
+            "--rate", f"{exp.rate:g}", "--timeout-ms", str(int(exp.timeout_s * 1000))]
+    proc = cluster.host(CLIENT).popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+    start = time.time()
+    events = []
+    for ev in exp.events:
+        delay = ev.at_s - (time.time() - start)
+        if delay > 0:
+            time.sleep(delay)
+        t = time.time() - start
+        run.progress(variant.name, rep, f"{ev.action} {ev.target} at {t:.1f}s")
+        if ev.action == "remove-pod":
+            cluster.control.remove_pod(ev.target)
+            cluster.control.add_pod(cluster.plan.pod(ev.target).deployment)
+        elif ev.action == "fail-node":
+            cluster.control.fail_node(ev.target)
+        events.append({"t": t, "action": ev.action, "target": ev.target,
+                       "done_t": time.time() - start})
+    out, _ = proc.communicate(timeout=exp.duration_s + 60)
+    return sample_rows(cluster, variant, parse_probe(out.decode())), events
+
+
+def _record(run: RunContext, variant: Variant, rep: int, rows: Sequence[dict[str, Any]],
+            events: Sequence[dict[str, Any]]) -> None:
+    run.rec(variant, rep, "errors", sum(1 for r in rows if not r["ok"]), "failover")
+    for i, ev in enumerate(events):
+        nxt = events[i + 1]["t"] if i + 1 < len(events) else run.exp.duration_s
+        window = [r for r in rows if r["t"] is not None and ev["t"] <= r["t"] < nxt]
+        run.rec(variant, rep, "errors", sum(1 for r in window if not r["ok"]), "failover",
+                event=i, action=ev["action"])
+        run.rec(variant, rep, "recovery_time_s", recovery_time(window, ev["t"]), "failover",
+                event=i, action=ev["action"])
