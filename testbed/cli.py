@@ -159,24 +159,39 @@ def _netem():
     return machine.netem_available()
 
 
-def _is_experiment(path: str) -> bool:
-    """Experiment files have variants/workloads; everything else is read as a topology."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(65536).decode("utf-8", errors="replace")
-    except OSError:
+def _is_experiment(doc) -> bool:
+    """Whether a parsed file is an experiment rather than a topology, by its top-level keys.
+
+    Decided from the parsed data, so JSON files and quoted keys count like plain YAML. Only keys
+    that belong to one kind count (`variants`, `workloads`, `kind`, `topology`... against
+    `nodes`, `vpc`, `deployments`...); the kind with more of its own keys wins, and a tie (no
+    keys of either, or a topology with a stray `kind:`) is read as a topology, whose messages
+    say what a file starts with."""
+    from .experiment import ALL_KEYS
+    from .spec import TOP_KEYS
+    if not isinstance(doc.data, dict):
         return False
-    return any(line.split(":")[0].strip() in ("variants", "workloads", "kind")
-               for line in head.splitlines() if not line.startswith((" ", "\t", "#")))
+    keys = set(doc.data)
+    return len(keys & (ALL_KEYS - TOP_KEYS)) > len(keys & (TOP_KEYS - ALL_KEYS))
 
 
 def cmd_validate(args) -> int:
-    from .experiment import validate_files as validate_experiments
-    from .spec import validate_files
-    experiments = [f for f in args.files if _is_experiment(f)]
-    topologies = [f for f in args.files if f not in experiments]
-    problems = validate_files(topologies, mode=args.mode, netem=_netem()) if topologies else []
-    problems += validate_experiments(experiments) if experiments else []
+    from .experiment import resolve_document
+    from .source import read_document
+    from .spec import parse_topology
+    netem = None                      # probed once, when the first file has been read
+    problems = []
+    for f in args.files:
+        try:
+            doc = read_document(f)        # once: /dev/stdin and <(...) cannot be read twice
+            if netem is None:
+                netem = _netem()
+            if _is_experiment(doc):
+                resolve_document(doc, netem=netem)
+            else:
+                parse_topology(doc, mode=args.mode, netem=netem)
+        except InputError as exc:
+            problems.extend(exc.problems)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
