@@ -4,7 +4,7 @@ the other's 95% confidence interval (`cnlb agree RUN_A RUN_B`)."""
 
 from __future__ import annotations
 
-from .results import read_records, summarize
+from .results import read_meta, read_records, summarize
 
 
 def agreement(run_a: str, run_b: str) -> list[dict]:
@@ -22,6 +22,24 @@ def agreement(run_a: str, run_b: str) -> list[dict]:
                      "a_half": ma.half, "b_half": mb.half, "relative_difference": rel,
                      "intervals_overlap": overlap, "mean_inside_other_ci": inside})
     return rows
+
+
+def why_nothing_to_compare(run_a: str, run_b: str) -> str:
+    """Why agreement() found no row, as `what — how to fix` (call it when the rows are empty)."""
+    a, b = summarize(read_records(run_a)), summarize(read_records(run_b))
+    for run, summary in ((run_a, a), (run_b, b)):
+        if not summary:
+            return (f"{run} holds no measurements (records.jsonl is empty or missing) — "
+                    "give a run that measured something")
+    common = set(a) & set(b)
+    if not common:
+        names = [(read_meta(r).get("experiment") or {}).get("name") for r in (run_a, run_b)]
+        which = (f" (experiments {names[0]!r} and {names[1]!r})" if names[0] != names[1] else "")
+        return (f"{run_a} and {run_b} have no variant, metric and workload in common{which} — "
+                "give two runs of one experiment")
+    held = "the one measurement" if len(common) == 1 else f"none of the {len(common)} measurements"
+    return (f"{held} both runs hold has {'no' if len(common) == 1 else 'a'} confidence interval "
+            "(one repetition gives none) — run the experiment with `repetitions:` 2 or more")
 
 
 def format_agreement(rows: list[dict]) -> str:

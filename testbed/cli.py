@@ -16,6 +16,7 @@ import time
 from .errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, UsageError
 
 EXIT_FAILED, EXIT_ENV, EXIT_INTERRUPTED = 1, 3, 130
+BUILDING_COMMANDS = ("up", "run")   # they tear down what they made before exiting
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,8 +28,10 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     parser = build_parser()
+    builds = False   # only commands that build may say, when interrupted, what they removed
     try:
         args = parser.parse_args(argv)
+        builds = args.command in BUILDING_COMMANDS
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_BAD_INPUT
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
         print(f"cnlb: {exc}", file=sys.stderr)
         return EXIT_ENV
     except KeyboardInterrupt:
-        print("cnlb: interrupted; everything the testbed made was removed", file=sys.stderr)
+        print("cnlb: interrupted" + ("; everything the testbed made was removed" if builds else ""),
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
@@ -98,6 +102,8 @@ def build_parser() -> Parser:
     e.set_defaults(func=cmd_exec)
 
     dn = sub.add_parser("down", help="tear the running cluster down")
+    dn.add_argument("--force", action="store_true", help="also stop a foreground `cnlb up` or "
+                    "`cnlb run` holding the cluster (SIGTERM, then wait for its teardown)")
     dn.set_defaults(func=cmd_down)
 
     pod = sub.add_parser("pod", help="pod lifecycle on a running cluster: add, remove, fail")
@@ -316,36 +322,12 @@ def _print_next_steps(status: dict) -> None:
 
 
 def cmd_status(args) -> int:
-    from .detached import read_status, request
-    try:
-        status = request("status")
-    except EnvironmentProblem:
-        status = read_status()
-        status["owner"]["alive"] = False
+    from .detached import cluster_status, format_status
+    status = cluster_status()
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
-    print(f"cluster {status['cluster']} ({status['mode']}) from {status['file']}")
-    print(f"owner pid {status['owner']['pid']} {'alive' if status['owner']['alive'] else 'DEAD'}; "
-          f"controller pid {status['controller']['pid']} "
-          f"{'alive' if status['controller']['alive'] else 'DEAD'} ({status['controller']['rest']})")
-    print("nodes:")
-    for n in status["nodes"]:
-        print(f"  {n['name']:<10} {n['ip']:<15} {n['subnet']:<8} {'FAILED' if n['failed'] else 'ready'}")
-    print("pods:")
-    for p in status["pods"]:
-        print(f"  {p['name']:<12} {p['node']:<10} {p['ip']:<15} {'healthy' if p['healthy'] else 'NOT healthy'}")
-    print("services:")
-    for s in status["services"]:
-        np_ = f" nodePort {s['node_port']}" if s["node_port"] else ""
-        print(f"  {s['name']:<10} {s['type']:<13} {s['cluster_ip']}:{s['port']}{np_} "
-              f"externalTrafficPolicy={s['external_traffic_policy']}")
-    for lb in status["load_balancers"]:
-        print(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} ({lb['targets']} targets):")
-        backends = lb["backends"] if isinstance(lb["backends"], list) else []
-        for b in backends:
-            state = "in service" if b.get("in_service") else b.get("state", "out of service")
-            print(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    print("\n".join(format_status(status)))
     return 0
 
 
@@ -361,7 +343,7 @@ def cmd_exec(args) -> int:
 
 def cmd_down(args) -> int:
     from .detached import down
-    removed = down(lambda m: print(m, file=sys.stderr))
+    removed = down(lambda m: print(m, file=sys.stderr), force=args.force)
     print("cluster removed" if removed else "no cluster is running")
     return 0
 
@@ -429,16 +411,27 @@ def cmd_report(args) -> int:
 
 
 def cmd_agree(args) -> int:
-    from .agreement import agreement, format_agreement
-    _need_run_dir(args.run_a)
-    _need_run_dir(args.run_b)
-    print(format_agreement(agreement(args.run_a, args.run_b)))
+    from .agreement import agreement, format_agreement, why_nothing_to_compare
+    _need_run_dir(args.run_a, args.run_b)
+    rows = agreement(args.run_a, args.run_b)
+    if not rows:   # "0/0 intervals overlap" would read as an answer
+        raise UsageError(f"cnlb agree: {why_nothing_to_compare(args.run_a, args.run_b)}")
+    print(format_agreement(rows))
     return 0
 
 
-def _need_run_dir(path: str) -> None:
-    if not os.path.isfile(os.path.join(path, "meta.json")):
-        raise UsageError(f"{path}: not a run directory (no meta.json) — give results/<run-id> or results/latest")
+def _need_run_dir(*paths: str) -> None:
+    """Refuse run directories whose meta.json or records.jsonl the readers cannot use (one line
+    per problem, exit 2); print the warnings (a last record cut by a crash) and go on."""
+    from .results import check_run_dir
+    problems = []
+    for path in paths:
+        check = check_run_dir(path)
+        problems += check.problems
+        for warning in check.warnings:
+            print(warning, file=sys.stderr)
+    if problems:
+        raise InputError(problems)
 
 
 def cmd_clean(args) -> int:
