@@ -1,9 +1,14 @@
 """The VPC controller: an os-ken (Ryu API) app that plays a cloud VPC and its load balancer.
 
-Modules:
-    vpc_core: the pure core -- fabric config in, OpenFlow 1.3 messages out (no I/O, no event loop)
-    vpc_app:  the os-ken app -- one small handler per OpenFlow/REST event, calling the core
-    run:      the launcher (`python -m controllers.run ...`) and the health-checker child
+Modules, lower layers first (a module imports only modules above it in this list):
+    config:   fabric.json -> validated dataclasses (standard library only)
+    health:   backend health state machine; the health checker's parent and child sides
+    openflow: named tables, priorities, cookies; the flow, group and conntrack builders
+    topology: which port leads where; icmp: the ICMP time-exceeded answer
+    routing:  the router (ARP, /32 routes, L2, pod routes); lb: the load balancer's state and flows
+    vpc:      the pure core composing them -- fabric config in, OpenFlow 1.3 messages out
+    service:  switch states + the core + the checker, one method per event (no os-ken loop)
+    rest:     the REST API over the service; app: the os-ken app; run: the launcher
 """
 
 __version__ = "0.1.0"

@@ -26,12 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # testbed's layers, lowest first; a module may import its own layer's modules and lower layers.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("testbed.errors", "testbed.paths"),
-    ("testbed.spec",),
-    ("testbed.plan",),
+    ("testbed.spec.topology",),
+    ("testbed.plan.addresses",),
     ("testbed.kubernetes", "testbed.cloud", "testbed.analysis"),
     ("testbed.emulation",),
     ("testbed.experiments",),
-    ("testbed.cli",),
+    ("testbed.cli.commands",),
 )
 MAX_MODULE, MAX_FUNCTION, MAX_CLASS = 600, 80, 300
 MODULE_STRING = re.compile(r"""["'](?:-m["'],\s*["'])?((?:testbed|controllers)(?:\.[a-z_]+)+)["']""")

@@ -5,9 +5,12 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="mininet openvswitch-switch iproute2 iptables ethtool iperf iperf3 wrk curl tcpdump
-traceroute iputils-ping conntrack procps psmisc util-linux gcc libc6-dev make python3-venv
-python3-pip"
+# Every program the project runs, by its package (tests/unit/test_setup_packages.py reads the
+# source for the programs it starts and fails when one's package is missing here). Packages a
+# Debian system always has (coreutils, dash) are listed too: setup then installs nothing for them.
+PACKAGES="mininet openvswitch-switch openvswitch-common iproute2 iptables nftables ethtool
+iperf iperf3 wrk curl tcpdump traceroute iputils-ping conntrack procps psmisc util-linux kmod
+coreutils dash git gcc libc6-dev make python3-venv python3-pip"
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup: needs root (apt-get, Open vSwitch) — run: sudo make setup" >&2
@@ -33,9 +36,10 @@ if ! ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
     /usr/share/openvswitch/scripts/ovs-ctl --system-id=random --no-monitor start >/dev/null
 fi
 
-# The pod's HTTP server (C, built here: one small process per pod).
-if [ ! -x build/podserver ] || [ workloads/podserver.c -nt build/podserver ]; then
-    echo "setup: building the pod server"
+# The pod's HTTP server and the measuring HTTP client (C, built together by build.sh).
+if [ ! -x build/podserver ] || [ ! -x build/httpprobe ] \
+        || [ workloads/podserver.c -nt build/podserver ]; then
+    echo "setup: building the pod server and httpprobe"
     sh workloads/build.sh
 fi
 

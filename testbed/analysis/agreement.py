@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from testbed.analysis.records import read_records, summarize
+from testbed.analysis.records import read_meta, read_records, summarize
 
 Row = dict[str, Any]     # variant, metric, group, a, b, a_half, b_half, relative_difference...
 
@@ -36,6 +36,24 @@ def _group(group: Any) -> str:
     if not isinstance(group, tuple):
         return str(group or "")
     return "/".join(str(g[1]) if isinstance(g, tuple) else str(g) for g in group if g)
+
+
+def why_nothing_to_compare(run_a: str, run_b: str) -> str:
+    """Why agreement() found no row, as `what — how to fix` (call it when the rows are empty)."""
+    a, b = summarize(read_records(run_a)), summarize(read_records(run_b))
+    for run, summary in ((run_a, a), (run_b, b)):
+        if not summary:
+            return (f"{run} holds no measurements (records.jsonl is empty or missing) — "
+                    "give a run that measured something")
+    common = set(a) & set(b)
+    if not common:
+        names = [(read_meta(r).get("experiment") or {}).get("name") for r in (run_a, run_b)]
+        which = (f" (experiments {names[0]!r} and {names[1]!r})" if names[0] != names[1] else "")
+        return (f"{run_a} and {run_b} have no variant, metric and workload in common{which} — "
+                "give two runs of one experiment")
+    held = "the one measurement" if len(common) == 1 else f"none of the {len(common)} measurements"
+    return (f"{held} both runs hold has {'no' if len(common) == 1 else 'a'} confidence interval "
+            "(one repetition gives none) — run the experiment with `repetitions:` 2 or more")
 
 
 def format_agreement(rows: Sequence[Row]) -> str:

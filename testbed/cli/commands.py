@@ -17,6 +17,7 @@ from testbed.errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, Usage
 from testbed.paths import REPO
 
 EXIT_FAILED, EXIT_ENV, EXIT_INTERRUPTED = 1, 3, 130
+BUILDING_COMMANDS = ("up", "run")   # they tear down what they made before exiting
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,8 +29,10 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     parser = build_parser()
+    builds = False   # only commands that build may say, when interrupted, what they removed
     try:
         args = parser.parse_args(argv)
+        builds = args.command in BUILDING_COMMANDS
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_BAD_INPUT
@@ -46,7 +49,8 @@ def main(argv=None) -> int:
         print(f"cnlb: {exc}", file=sys.stderr)
         return EXIT_ENV
     except KeyboardInterrupt:
-        print("cnlb: interrupted; everything the testbed made was removed", file=sys.stderr)
+        print("cnlb: interrupted" + ("; everything the testbed made was removed" if builds else ""),
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
@@ -99,6 +103,8 @@ def build_parser() -> Parser:
     e.set_defaults(func=cmd_exec)
 
     dn = sub.add_parser("down", help="tear the running cluster down")
+    dn.add_argument("--force", action="store_true", help="also stop a foreground `cnlb up` or "
+                    "`cnlb run` holding the cluster (SIGTERM, then wait for its teardown)")
     dn.set_defaults(func=cmd_down)
 
     pod = sub.add_parser("pod", help="pod lifecycle on a running cluster: add, remove, fail")
@@ -160,24 +166,39 @@ def _netem():
     return machine.netem_available()
 
 
-def _is_experiment(path: str) -> bool:
-    """Experiment files have variants/workloads; everything else is read as a topology."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(65536).decode("utf-8", errors="replace")
-    except OSError:
+def _is_experiment(doc) -> bool:
+    """Whether a parsed file is an experiment rather than a topology, by its top-level keys.
+
+    Decided from the parsed data, so JSON files and quoted keys count like plain YAML. Only keys
+    that belong to one kind count (`variants`, `workloads`, `kind`, `topology`... against
+    `nodes`, `vpc`, `deployments`...); the kind with more of its own keys wins, and a tie (no
+    keys of either, or a topology with a stray `kind:`) is read as a topology, whose messages
+    say what a file starts with."""
+    from testbed.spec.experiment import ALL_KEYS
+    from testbed.spec.topology import TOP_KEYS
+    if not isinstance(doc.data, dict):
         return False
-    return any(line.split(":")[0].strip() in ("variants", "workloads", "kind")
-               for line in head.splitlines() if not line.startswith((" ", "\t", "#")))
+    keys = set(doc.data)
+    return len(keys & (ALL_KEYS - TOP_KEYS)) > len(keys & (TOP_KEYS - ALL_KEYS))
 
 
 def cmd_validate(args) -> int:
-    from testbed.spec.experiment import validate_files as validate_experiments
-    from testbed.spec.topology import validate_files
-    experiments = [f for f in args.files if _is_experiment(f)]
-    topologies = [f for f in args.files if f not in experiments]
-    problems = validate_files(topologies, mode=args.mode, netem=_netem()) if topologies else []
-    problems += validate_experiments(experiments) if experiments else []
+    from testbed.spec.experiment import resolve_document
+    from testbed.spec.yamldoc import read_document
+    from testbed.spec.topology import parse_topology
+    netem = None                      # probed once, when the first file has been read
+    problems = []
+    for f in args.files:
+        try:
+            doc = read_document(f)        # once: /dev/stdin and <(...) cannot be read twice
+            if netem is None:
+                netem = _netem()
+            if _is_experiment(doc):
+                resolve_document(doc, netem=netem)
+            else:
+                parse_topology(doc, mode=args.mode, netem=netem)
+        except InputError as exc:
+            problems.extend(exc.problems)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -302,36 +323,12 @@ def _print_next_steps(status: dict) -> None:
 
 
 def cmd_status(args) -> int:
-    from testbed.emulation.session import read_status, request
-    try:
-        status = request("status")
-    except EnvironmentProblem:
-        status = read_status()
-        status["owner"]["alive"] = False
+    from testbed.emulation.session import cluster_status, format_status
+    status = cluster_status()
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
-    print(f"cluster {status['cluster']} ({status['mode']}) from {status['file']}")
-    print(f"owner pid {status['owner']['pid']} {'alive' if status['owner']['alive'] else 'DEAD'}; "
-          f"controller pid {status['controller']['pid']} "
-          f"{'alive' if status['controller']['alive'] else 'DEAD'} ({status['controller']['rest']})")
-    print("nodes:")
-    for n in status["nodes"]:
-        print(f"  {n['name']:<10} {n['ip']:<15} {n['subnet']:<8} {'FAILED' if n['failed'] else 'ready'}")
-    print("pods:")
-    for p in status["pods"]:
-        print(f"  {p['name']:<12} {p['node']:<10} {p['ip']:<15} {'healthy' if p['healthy'] else 'NOT healthy'}")
-    print("services:")
-    for s in status["services"]:
-        np_ = f" nodePort {s['node_port']}" if s["node_port"] else ""
-        print(f"  {s['name']:<10} {s['type']:<13} {s['cluster_ip']}:{s['port']}{np_} "
-              f"externalTrafficPolicy={s['external_traffic_policy']}")
-    for lb in status["load_balancers"]:
-        print(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} ({lb['targets']} targets):")
-        backends = lb["backends"] if isinstance(lb["backends"], list) else []
-        for b in backends:
-            state = "in service" if b.get("in_service") else b.get("state", "out of service")
-            print(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    print("\n".join(format_status(status)))
     return 0
 
 
@@ -347,7 +344,7 @@ def cmd_exec(args) -> int:
 
 def cmd_down(args) -> int:
     from testbed.emulation.session import down
-    removed = down(lambda m: print(m, file=sys.stderr))
+    removed = down(lambda m: print(m, file=sys.stderr), force=args.force)
     print("cluster removed" if removed else "no cluster is running")
     return 0
 
@@ -415,16 +412,27 @@ def cmd_report(args) -> int:
 
 
 def cmd_agree(args) -> int:
-    from testbed.analysis.agreement import agreement, format_agreement
-    _need_run_dir(args.run_a)
-    _need_run_dir(args.run_b)
-    print(format_agreement(agreement(args.run_a, args.run_b)))
+    from testbed.analysis.agreement import agreement, format_agreement, why_nothing_to_compare
+    _need_run_dir(args.run_a, args.run_b)
+    rows = agreement(args.run_a, args.run_b)
+    if not rows:   # "0/0 intervals overlap" would read as an answer
+        raise UsageError(f"cnlb agree: {why_nothing_to_compare(args.run_a, args.run_b)}")
+    print(format_agreement(rows))
     return 0
 
 
-def _need_run_dir(path: str) -> None:
-    if not os.path.isfile(os.path.join(path, "meta.json")):
-        raise UsageError(f"{path}: not a run directory (no meta.json) — give results/<run-id> or results/latest")
+def _need_run_dir(*paths: str) -> None:
+    """Refuse run directories whose meta.json or records.jsonl the readers cannot use (one line
+    per problem, exit 2); print the warnings (a last record cut by a crash) and go on."""
+    from testbed.analysis.records import check_run_dir
+    problems = []
+    for path in paths:
+        check = check_run_dir(path)
+        problems += check.problems
+        for warning in check.warnings:
+            print(warning, file=sys.stderr)
+    if problems:
+        raise InputError(problems)
 
 
 def cmd_clean(args) -> int:

@@ -14,9 +14,11 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -112,8 +114,122 @@ def read_journal(state: StateDir) -> list[dict]:
     return entries
 
 
+@dataclass(frozen=True)
+class Holder:
+    """The process that holds the cluster lock, as it wrote itself into the lock file.
+
+    pid: its process id
+    start: its start time in clock ticks since boot (tells a recycled pid apart; None if unknown)
+    argv: its command line
+    since: when it took the lock (Unix time; None if unknown)
+    """
+
+    pid: int
+    start: Optional[int]
+    argv: tuple[str, ...]
+    since: Optional[float]
+
+    def alive(self) -> bool:
+        return alive(self.pid, self.start)
+
+    def command(self) -> str:
+        """The command line as a user typed it: `cnlb up FILE` rather than the interpreter's
+        `/path/python /path/cnlb up FILE` (argv has the exact one)."""
+        argv = list(self.argv)
+        if len(argv) >= 2 and os.path.basename(argv[0]).startswith("python"):
+            if os.path.basename(argv[1]) == "cnlb":
+                argv = ["cnlb"] + argv[2:]
+            elif argv[1:3] == ["-m", "testbed.cli.commands"]:
+                argv = ["cnlb"] + argv[3:]
+        return shlex.join(argv) if argv else "?"
+
+    def to_dict(self) -> dict:
+        return {"pid": self.pid, "start": self.start, "argv": list(self.argv),
+                "command": self.command(), "since": self.since}
+
+    def describe(self) -> str:
+        """pid, command and since when, in one phrase for messages."""
+        since = ""
+        if self.since is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+            since = f", since {when}, {_age(time.time() - self.since)} ago"
+        command = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.command())
+        return f"pid {self.pid} (`{command}`{since})"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _argv_of(pid) -> tuple[str, ...]:
+    """A process's command line from /proc (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return ()
+    return tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+
+
+def _own_argv() -> tuple[str, ...]:
+    return _argv_of("self") or tuple(sys.argv)
+
+
+def parse_holder(text: str) -> Optional[Holder]:
+    """The lock file's content: one JSON object (pid, start, argv, since), or a bare pid as
+    written by earlier versions. None when empty or unreadable."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(data, int) and not isinstance(data, bool) and data > 0:
+        return Holder(data, None, _argv_of(data), None)
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or data["pid"] <= 0:
+        return None
+    start = data.get("start")
+    argv = data.get("argv")
+    since = data.get("since")
+    return Holder(data["pid"], start if isinstance(start, int) else None,
+                  tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+                  float(since) if isinstance(since, (int, float)) else None)
+
+
+def lock_holder() -> Optional[Holder]:
+    """Who holds the cluster lock now, or None when nobody does. Reads only (no root needed,
+    nothing is created).
+
+    Decided from the lock file's content and /proc, not by trying the flock: a probe would
+    take the lock for a moment and could turn away a `cnlb up` starting at that instant.
+    A holder killed with -9 leaves its content behind; it is not alive, so it holds nothing."""
+    path = os.path.join(STATE_ROOT, "lock")
+    for _ in range(20):
+        try:
+            with open(path) as fh:
+                text = fh.read()
+        except OSError:
+            return None
+        holder = parse_holder(text)
+        if holder is not None:
+            return holder if holder.alive() else None
+        if not text.strip():
+            return None
+        time.sleep(0.05)   # a write caught half-way: read again
+    return None
+
+
 class Lock:
-    """One cluster per machine at a time: an flock on STATE_ROOT/lock held by the owner process."""
+    """One cluster per machine at a time: an flock on STATE_ROOT/lock held by the owner process.
+
+    The holder writes who it is into the lock file (see Holder), so that `cnlb status` and
+    `cnlb down` can name it; the content is cleared when the lock is released."""
 
     def __init__(self):
         os.makedirs(STATE_ROOT, exist_ok=True)
@@ -129,17 +245,31 @@ class Lock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return False
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        self._write_holder()
         return True
 
+    def _write_holder(self) -> None:
+        pid = os.getpid()
+        me = {"pid": pid, "start": proc_start_time(pid), "argv": list(_own_argv()),
+              "since": round(time.time(), 3)}
+        data = (json.dumps(me) + "\n").encode()
+        # write, then cut to length: a reader never sees the file empty while it is held
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+
+    def holder_info(self) -> Optional[Holder]:
+        """Who holds the lock now, or None when nobody does (see lock_holder)."""
+        return lock_holder()
+
     def holder(self) -> Optional[int]:
+        """The pid written in the lock file (None if empty)."""
         try:
             with open(self.path) as fh:
-                return int(fh.read().strip() or 0) or None
-        except (OSError, ValueError):
+                info = parse_holder(fh.read())
+        except OSError:
             return None
+        return info.pid if info else None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -151,7 +281,9 @@ class Lock:
                 self._fd = None
 
     def busy_message(self) -> str:
-        return (f"another cluster is running (owner pid {self.holder()}) — "
+        info = self.holder_info()
+        who = f"held by {info.describe()}" if info else f"owner pid {self.holder()}"
+        return (f"another cluster is running ({who}) — "
                 "stop it with `cnlb down` (one cluster per machine)")
 
     def refuse_if_held(self) -> None:
@@ -163,8 +295,7 @@ class Lock:
     def inherit(self) -> None:
         """Keep the lock across a fork (the detached owner process takes it over)."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, f"{os.getpid()}\n".encode())
+            self._write_holder()
 
 
 def _kill(pid: int, start: Optional[int], sig=signal.SIGKILL) -> bool:

@@ -1,10 +1,16 @@
-"""A cluster that stays up after `cnlb up --detach` returns.
+"""A cluster that stays up after `cnlb up --detach` returns, and what `cnlb status` and
+`cnlb down` say and do about whichever process holds the cluster.
 
 The owner process (`cnlb up FILE --owner`, started in its own session) builds the cluster,
 tells the waiting `cnlb up --detach` how it goes over a pipe, then holds the cluster until
 SIGTERM (`cnlb down`). While it runs it answers requests on a Unix socket in the cluster's state
 directory (pod lifecycle, status) and keeps `status.json` current, so any shell or notebook
 can `exec` into a host, read the status, or change pods.
+
+A foreground `cnlb up` or `cnlb run` (or a notebook's Cluster) holds the cluster too, but
+answers no requests: status names it (pid, command, since when, from the lock file) and shows
+the status it wrote when it was built; down refuses it unless forced, since stopping it ends
+someone's session in another terminal.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import time
 from typing import Optional
 
 from testbed.errors import EnvironmentProblem, UsageError
-from testbed.emulation.journal import STATE_ROOT, StateDir, alive, clean, owner_pid
 from testbed.paths import REPO
+from testbed.emulation.journal import STATE_ROOT, Holder, StateDir, alive, clean, lock_holder, owner_pid, read_journal
 
 SOCKET = "owner.sock"
 LOG = "owner.log"
+OWNER_FLAG = "--owner"      # on the command line of the detached owner process (start_detached)
+STOP_WAIT_S = 120           # how long down waits for a holder's own teardown
 
 
 def current_state() -> StateDir:
@@ -191,23 +199,30 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
     os.makedirs(STATE_ROOT, exist_ok=True)
     log = open(os.path.join(STATE_ROOT, LOG), "w")
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, "--owner",
+    argv = [sys.executable, "-m", "testbed.cli.commands", "up", file, "--mode", mode, OWNER_FLAG,
             "--iptables", iptables, "--ready-fd", str(w)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,
                             cwd=REPO)
     os.close(w)
     log.close()
-    with os.fdopen(r) as pipe:
-        for line in pipe:
-            kind, _, rest = line.rstrip("\n").partition(" ")
-            if kind == "progress":
-                say(rest)
-            elif kind == "ready":
-                return read_status()
-            elif kind == "error":
-                proc.wait(60)
-                raise EnvironmentProblem(rest)
+    try:
+        with os.fdopen(r) as pipe:
+            for line in pipe:
+                kind, _, rest = line.rstrip("\n").partition(" ")
+                if kind == "progress":
+                    say(rest)
+                elif kind == "ready":
+                    return read_status()
+                elif kind == "error":
+                    proc.wait(60)
+                    raise EnvironmentProblem(rest)
+    except KeyboardInterrupt:
+        # The owner is in its own session, so Ctrl-C did not reach it: stop it and wait for its
+        # teardown, so that "everything the testbed made was removed" is true when we say it.
+        proc.terminate()
+        proc.wait(STOP_WAIT_S)
+        raise
     proc.wait(60)
     raise EnvironmentProblem(f"the owner process exited ({proc.returncode}) before the cluster was ready; "
                              f"see {os.path.join(STATE_ROOT, LOG)}")
@@ -226,6 +241,11 @@ def request(op: str, **args) -> dict:
     """One request to the owner process of the running cluster."""
     path = current_state().file(SOCKET)
     if not os.path.exists(path):
+        held = lock_holder()
+        if held is not None and not is_detached_owner(held):
+            raise EnvironmentProblem(f"the cluster is held by a foreground process, "
+                                     f"{held.describe()}, which answers no requests — start it "
+                                     "with `cnlb up FILE --detach` to change it from other shells")
         raise EnvironmentProblem("no detached cluster is running — start one with `cnlb up FILE --detach`")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(300)
@@ -253,8 +273,162 @@ def host_pid(name: str) -> int:
     return pid
 
 
-def down(say) -> dict:
-    """Stop the running cluster: ask its owner to tear down; clean from the journal if it died."""
+def is_detached_owner(holder: Holder) -> bool:
+    """Whether the lock's holder is a detached owner process (it answers on the socket)."""
+    return OWNER_FLAG in holder.argv and "up" in holder.argv
+
+
+def holder_kind(holder: Holder) -> str:
+    return "detached" if is_detached_owner(holder) else "foreground"
+
+
+def foreground_refusal(holder: Holder) -> str:
+    """The one line `cnlb down` answers when a foreground process holds the cluster."""
+    return (f"the cluster is held by a foreground process, {holder.describe()} — stop it with "
+            f"Ctrl-C in its terminal, or `cnlb down --force` to send it SIGTERM and wait for its "
+            "teardown")
+
+
+def cluster_status() -> dict:
+    """What `cnlb status` shows, with "holder" ({pid, start, argv, command, since, kind}, or None
+    when the owner died):
+
+    - a detached owner: its live answer on the socket;
+    - a detached owner still building, or a foreground holder: who holds it, the cluster's
+      name, mode and file from the journal, and (foreground, once built) the status.json it
+      wrote when it was built, with "as_built": true, live LB backends from the controller's
+      REST API and the controller's liveness from the journal;
+    - an owner that died: its last status.json with owner.alive false.
+
+    Raises EnvironmentProblem when no cluster is running."""
+    held = lock_holder()
+    if held is not None and not is_detached_owner(held):
+        return _foreground_status(held)
+    try:
+        status = request("status")
+    except EnvironmentProblem:
+        status = None
+    if status is not None:
+        status["holder"] = _holder_dict(held) if held else None
+        return status
+    if held is not None:
+        return {**_journal_facts(), "state": "building", "holder": _holder_dict(held)}
+    status = read_status()
+    status["owner"]["alive"] = False
+    status["holder"] = None
+    return status
+
+
+def _holder_dict(holder: Holder) -> dict:
+    return {**holder.to_dict(), "kind": holder_kind(holder)}
+
+
+def _journal_facts() -> dict:
+    """cluster, mode and file as the holder wrote them in the journal (None before it did)."""
+    start = next((e for e in read_journal(current_state()) if e.get("kind") == "start"), {})
+    return {"cluster": start.get("cluster"), "mode": start.get("mode"), "file": start.get("file")}
+
+
+def _foreground_status(held: Holder) -> dict:
+    facts = {**_journal_facts(), "holder": _holder_dict(held)}
+    try:
+        with open(current_state().file("status.json")) as fh:
+            built = json.load(fh)
+    except (OSError, ValueError):
+        built = None
+    # status.json is written once the cluster is up; one left by an earlier holder is not this one's
+    if not isinstance(built, dict) or built.get("owner", {}).get("pid") != held.pid:
+        return {**facts, "state": "building"}
+    built.update(facts, state="running", as_built=True)
+    built["owner"] = {"pid": held.pid, "alive": True}
+    if isinstance(built.get("controller"), dict):
+        built["controller"]["alive"] = _controller_alive()
+    for lb in built.get("load_balancers", []):
+        lb["backends"] = _live_backends(built.get("rest_port"), lb.get("service"))
+    return built
+
+
+def _controller_alive() -> bool:
+    for e in read_journal(current_state()):
+        if e.get("kind") == "process" and e.get("what") == "vpc controller":
+            return alive(e["pid"], e.get("start"))
+    return False
+
+
+def _live_backends(port, service):
+    from testbed.cloud.vpc_controller import rest
+    try:
+        return rest(int(port), "GET", f"/v1/lbs/{service}/backends", timeout=3)
+    except Exception as exc:   # the controller may be going away with its cluster
+        return {"error": str(exc)}
+
+
+def format_status(status: dict) -> list[str]:
+    """The lines `cnlb status` prints for cluster_status()'s answer."""
+    holder = status.get("holder")
+    lines = []
+    if status.get("cluster"):   # not before the holder wrote its journal (or between variants)
+        lines.append(f"cluster {status['cluster']} ({status.get('mode') or '?'}) "
+                     f"from {status.get('file') or '?'}")
+    if holder and holder["kind"] == "foreground":
+        held = Holder(holder["pid"], holder["start"], tuple(holder["argv"]), holder["since"])
+        lines.append(f"held by a foreground process: {held.describe()}")
+        lines.append("  it answers no requests (`cnlb pod` and `cnlb node` need "
+                     "`cnlb up --detach`); stop it with Ctrl-C in its terminal, or "
+                     "`cnlb down --force`")
+    elif holder:
+        held = Holder(holder["pid"], holder["start"], tuple(holder["argv"]), holder["since"])
+        lines.append(f"held by the detached owner process: {held.describe()}")
+    if status.get("state") == "building":
+        lines.append("no cluster is up yet: nothing more to show")
+        return lines
+    if status.get("as_built"):
+        lines.append("nodes and pods as built (the holder may have changed them since); "
+                     "load-balancer backends live:")
+    owner, ctl = status["owner"], status["controller"]
+    controller = (f"controller pid {ctl['pid']} {'alive' if ctl['alive'] else 'DEAD'} "
+                  f"({ctl['rest']})")
+    if status.get("as_built"):   # the holder line above already named the owner
+        lines.append(controller)
+    else:
+        alive_ = "alive" if owner["alive"] else "DEAD"
+        lines.append(f"owner pid {owner['pid']} {alive_}; {controller}")
+    lines.append("nodes:")
+    for n in status["nodes"]:
+        lines.append(f"  {n['name']:<10} {n['ip']:<15} {n['subnet']:<8} "
+                     f"{'FAILED' if n['failed'] else 'ready'}")
+    lines.append("pods:")
+    for p in status["pods"]:
+        lines.append(f"  {p['name']:<12} {p['node']:<10} {p['ip']:<15} "
+                     f"{'healthy' if p['healthy'] else 'NOT healthy'}")
+    lines.append("services:")
+    for s in status["services"]:
+        np_ = f" nodePort {s['node_port']}" if s["node_port"] else ""
+        lines.append(f"  {s['name']:<10} {s['type']:<13} {s['cluster_ip']}:{s['port']}{np_} "
+                     f"externalTrafficPolicy={s['external_traffic_policy']}")
+    for lb in status["load_balancers"]:
+        lines.append(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} "
+                     f"({lb['targets']} targets):")
+        backends = lb["backends"] if isinstance(lb["backends"], list) else []
+        if isinstance(lb["backends"], dict) and "error" in lb["backends"]:
+            lines.append(f"  backends unknown: {lb['backends']['error']}")
+        for b in backends:
+            state = "in service" if b.get("in_service") else b.get("state", "out of service")
+            lines.append(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    return lines
+
+
+def down(say, force: bool = False) -> dict:
+    """Stop the running cluster: ask its owner to tear down; clean from the journal if it died.
+
+    A foreground holder (`cnlb up` or `cnlb run` in another terminal) is refused with
+    EnvironmentProblem naming it, unless force: then it gets SIGTERM (checked by pid and start
+    time) and down waits for its own teardown."""
+    held = lock_holder()
+    if held is not None and not is_detached_owner(held):
+        if not force:
+            raise EnvironmentProblem(foreground_refusal(held))
+        return _stop_foreground(held, say)
     state = current_state()
     if not state.exists():
         return {}
@@ -271,6 +445,30 @@ def down(say) -> dict:
     removed = clean(state)
     _remove_log()
     return removed
+
+
+def _stop_foreground(held: Holder, say) -> dict:
+    say(f"stopping the foreground holder, {held.describe()} ...")
+    try:
+        if held.alive():   # pid and start time: a recycled pid is left alone
+            os.kill(held.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise EnvironmentProblem(f"not allowed to signal pid {held.pid} — run "
+                                 "`cnlb down --force` with sudo") from None
+    deadline = time.time() + STOP_WAIT_S
+    while held.alive() and time.time() < deadline:
+        time.sleep(0.1)
+    if held.alive():
+        raise EnvironmentProblem(f"pid {held.pid} did not finish its teardown within "
+                                 f"{STOP_WAIT_S} s of SIGTERM — look at its terminal; once it "
+                                 "is gone, `cnlb clean` removes what it left")
+    state = current_state()
+    if state.exists():   # it died without tearing down (a notebook, a test run): the journal can
+        say("the holder left its cluster; removing what its journal names")
+        return clean(state)
+    return {"holder": "stopped"}
 
 
 def _remove_log():

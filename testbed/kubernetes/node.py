@@ -58,8 +58,10 @@ def node_setup(plan: Plan, node: NodePlan, offloads_off: bool,
         # route back would use; strict reverse-path filtering would drop them.
         sysctl("net.ipv4.conf.all.rp_filter", 0),
         sysctl("net.ipv4.conf.default.rp_filter", 0),
-        # kube-proxy relies on route_localnet for NodePorts on 127.0.0.1 (upstream sets it)
-        sysctl("net.ipv4.conf.all.route_localnet", 1),
+        # No route_localnet: kube-proxy here serves no NodePort on 127.0.0.1 (upstream's
+        # --iptables-localhost-nodeports=false), and route_localnet=1 without upstream's
+        # KUBE-FIREWALL localnet DROP rule lets others reach the node's 127.0.0.1 services
+        # (CVE-2020-8558). tests/unit/test_node_hardening.py holds the pair together.
     ]
     cmds += host_fabric(plan.attachment(node.name), offloads_off, links)
     return cmds + plugin_for(plan).node(plan, node, plan.pods_on(node.name), offloads_off)

@@ -244,17 +244,25 @@ def load_experiment(file: str, topology: Optional[str] = None) -> Experiment:
 
 def load_resolved(file: str, topology: Optional[str] = None, netem: Optional[bool] = None) -> Resolved:
     """The experiment, its topology loaded and both checked together: what `cnlb run` needs."""
+    return resolve_document(_read(file), topology=topology, netem=netem)
+
+
+def resolve_document(doc: Document, topology: Optional[str] = None,
+                     netem: Optional[bool] = None) -> Resolved:
+    """An experiment already read (source.read_document, which reads a file once), parsed,
+    its topology loaded, and both checked together; `cnlb validate` decides a file's kind from
+    its parsed content and then checks it here."""
     from testbed.spec.topology import load_topology
-    exp = load_experiment(file, topology=topology)
+    exp = parse_experiment(doc, topology=topology)
     return resolve(exp, load_topology(exp.topology, netem=netem))
 
 
-def validate_files(files) -> list:
+def validate_files(files, netem: Optional[bool] = None) -> list:
     """Every problem in several experiment files, each checked against its topology."""
     problems = []
     for f in files:
         try:
-            load_resolved(f)
+            load_resolved(f, netem=netem)
         except InputError as exc:
             problems.extend(exc.problems)
     return problems

@@ -1,5 +1,6 @@
-"""A cluster that stays up: up --detach, exec, status --json, pod remove, down; and a killed
-owner process whose cluster `cnlb down` still removes completely."""
+"""A cluster that stays up: up --detach, exec, status --json, pod remove, down; a killed
+owner process whose cluster `cnlb down` still removes completely; and a foreground `cnlb up`
+that status names and down stops only when forced."""
 
 import json
 import os
@@ -11,7 +12,8 @@ from testbed.emulation.journal import StateDir, owner_pid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
-CNLB = [sys.executable, "-m", "testbed.cli"]
+MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
+CNLB = [sys.executable, "-m", "testbed.cli.commands"]
 
 
 def cnlb(*args, timeout=300, check=True):
@@ -69,3 +71,42 @@ def test_killed_owner_then_down_removes_everything(no_leftovers):
     assert status.returncode == 0 and json.loads(status.stdout)["owner"]["alive"] is False
     down = cnlb("down")
     assert "owner process is gone" in down.stderr and "cluster removed" in down.stdout
+
+
+def test_a_foreground_holder_is_named_and_stopped_only_by_force(no_leftovers):
+    up = subprocess.Popen(CNLB + ["up", MINIMAL, "--quiet"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        for line in up.stdout:
+            if "is up" in line:
+                break
+        else:
+            raise AssertionError(f"cnlb up exited ({up.wait()}): {up.stderr.read()}")
+        status = cnlb("status")
+        assert f"held by a foreground process: pid {up.pid} (`" in status.stdout
+        assert "node1" in status.stdout and "web-0" in status.stdout
+        status = json.loads(cnlb("status", "--json").stdout)
+        assert status["holder"]["pid"] == up.pid and status["holder"]["kind"] == "foreground"
+        assert status["holder"]["argv"][-3:] == ["up", MINIMAL, "--quiet"]
+        assert [n["name"] for n in status["nodes"]] == ["node1", "node2"]
+        assert all(b["in_service"] for b in status["load_balancers"][0]["backends"])
+        via_vip = cnlb("exec", "client1", "--", "curl", "-s", "-m", "3", "http://198.51.100.10/")
+        assert '"pod":"web-' in via_vip.stdout
+
+        refused = cnlb("down", check=False)
+        assert refused.returncode == 3 and refused.stdout == ""
+        assert f"held by a foreground process, pid {up.pid}" in refused.stderr
+        assert "--force" in refused.stderr and up.poll() is None
+
+        forced = cnlb("down", "--force")
+        assert forced.stdout == "cluster removed\n"
+        assert up.poll() is not None                 # down waited for its teardown
+        assert up.returncode == 130
+        assert "everything the testbed made was removed" in up.stderr.read()
+        assert cnlb("status", check=False).returncode == 3
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(120)
+        up.stdout.close()
+        up.stderr.close()

@@ -105,7 +105,7 @@ def test_bad_command_lines_get_one_line_and_status_2(argv, capsys):
 
 
 def test_cli_process_prints_no_traceback():
-    p = subprocess.run([sys.executable, "-m", "testbed.cli", "validate", os.path.join(BAD, "empty.yaml")],
+    p = subprocess.run([sys.executable, "-m", "testbed.cli.commands", "validate", os.path.join(BAD, "empty.yaml")],
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
 

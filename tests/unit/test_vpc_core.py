@@ -1,305 +1,41 @@
 """The VPC controller core, tested without a switch.
 
-The messages the core returns are loaded into FakeSwitch, a small model of an OpenFlow 1.3
-pipeline (tables, priorities, masked matches, apply-actions/goto, select groups, and just enough
-conntrack for ct(commit, nat(dst|src)) and the reverse `nat`), and the tests assert where a
-packet goes and how it looks when it gets there.
+The messages the core returns are loaded into FakeSwitch (tests/unit/fakeswitch.py), a small
+model of an OpenFlow 1.3 pipeline, and the tests assert where a packet goes and how it looks
+when it gets there.
 """
 
 import copy
-import ipaddress
 import struct
 
 import pytest
-
-from controllers import vpc_core as core
 from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
-GW_A, GW_B = "02:cb:fe:00:00:01", "02:cb:fe:00:00:02"
-GW_NET, GW_LB = "02:cb:fe:00:00:fe", "02:cb:fe:00:00:fd"
-NODE1, NODE2, NODE3 = "02:cb:01:00:00:01", "02:cb:01:00:00:02", "02:cb:01:00:00:03"
-CLIENT1, LB0 = "02:cb:03:00:00:01", "02:cb:04:00:00:01"
-VIP = "198.51.100.10"
+from controllers import openflow as of
+from controllers.config import Backend, ConfigError, HealthCheck, PodRoute, parse_fabric
+from controllers.health import Health, observe
+from controllers.icmp import ICMP_QUOTE_MAX
+from controllers.topology import identify_switch
+from controllers.vpc import Vpc
 
-
-def fabric_dict(mode="nodeport", preserve=True):
-    """Three nodes in two subnets (node1, node3 in az-a; node2 in az-b), a client, lb0."""
-    backends = ([{"name": "node1", "ip": "192.168.0.10", "port": 30080},
-                 {"name": "node2", "ip": "192.168.1.10", "port": 30080}]
-                if mode == "nodeport" else
-                [{"name": "web-0", "ip": "192.168.0.100", "port": 8080},
-                 {"name": "web-1", "ip": "192.168.1.100", "port": 8080}])
-    return {
-        "cluster": "t", "mode": mode,
-        "switches": [{"name": "vpc0", "dpid": 1, "role": "core"},
-                     {"name": "vpc1", "dpid": 2, "role": "subnet", "subnet": "az-a"},
-                     {"name": "vpc2", "dpid": 3, "role": "subnet", "subnet": "az-b"}],
-        "links": [{"a": "vpc1", "a_port": "vpc1-up", "b": "vpc0", "b_port": "vpc0-az-a"},
-                  {"a": "vpc2", "a_port": "vpc2-up", "b": "vpc0", "b_port": "vpc0-az-b"}],
-        "subnets": [
-            {"name": "az-a", "cidr": "192.168.0.0/24", "gateway": "192.168.0.1",
-             "gateway_mac": GW_A, "switch": "vpc1", "kind": "vpc"},
-            {"name": "az-b", "cidr": "192.168.1.0/24", "gateway": "192.168.1.1",
-             "gateway_mac": GW_B, "switch": "vpc2", "kind": "vpc"},
-            {"name": "internet", "cidr": "203.0.113.0/24", "gateway": "203.0.113.1",
-             "gateway_mac": GW_NET, "switch": "vpc0", "kind": "internet"},
-            {"name": "lb", "cidr": "198.51.100.0/24", "gateway": "198.51.100.1",
-             "gateway_mac": GW_LB, "switch": "vpc0", "kind": "lb"}],
-        "hosts": [
-            {"name": "node1", "kind": "node", "ip": "192.168.0.10", "mac": NODE1,
-             "subnet": "az-a", "switch": "vpc1", "port": "vpc1-node1"},
-            {"name": "node3", "kind": "node", "ip": "192.168.0.11", "mac": NODE3,
-             "subnet": "az-a", "switch": "vpc1", "port": "vpc1-node3"},
-            {"name": "node2", "kind": "node", "ip": "192.168.1.10", "mac": NODE2,
-             "subnet": "az-b", "switch": "vpc2", "port": "vpc2-node2"},
-            {"name": "client1", "kind": "client", "ip": "203.0.113.10", "mac": CLIENT1,
-             "subnet": "internet", "switch": "vpc0", "port": "vpc0-client1"},
-            {"name": "lb0", "kind": "lb", "ip": "198.51.100.2", "mac": LB0,
-             "subnet": "lb", "switch": "vpc0", "port": "vpc0-lb0"}],
-        "pod_routes": ([{"pod": "web-0", "ip": "192.168.0.100", "node": "node1"},
-                        {"pod": "web-1", "ip": "192.168.1.100", "node": "node2"}]
-                       if mode == "container-native" else []),
-        "load_balancers": [{
-            "name": "web", "vip": VIP, "port": 80, "protocol": "tcp",
-            "target_mode": mode, "preserve_client_ip": preserve, "backends": backends,
-            "health_check": {"port": None, "path": "/healthz", "interval_s": 1.0,
-                             "timeout_s": 0.5, "healthy_threshold": 2,
-                             "unhealthy_threshold": 2}}],
-        "health_checker": {"host": "lb0", "netns_pid": 4242},
-    }
-
-
-PORTS = {
-    "vpc0": {"vpc0-az-a": 1, "vpc0-az-b": 2, "vpc0-client1": 3, "vpc0-lb0": 4, "vpc0": 0xfffffffe},
-    "vpc1": {"vpc1-up": 1, "vpc1-node1": 2, "vpc1-node3": 3},
-    "vpc2": {"vpc2-up": 1, "vpc2-node2": 2},
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# A small OpenFlow 1.3 pipeline model
-# ----------------------------------------------------------------------------------------------
-
-def _norm(value):
-    """Compare IPs and MACs as integers."""
-    if isinstance(value, str):
-        if ":" in value:
-            return int(value.replace(":", ""), 16)
-        return int(ipaddress.IPv4Address(value))
-    return value
-
-
-class FakeSwitch:
-    """Tables of (priority, match, instructions, cookie), select groups, and a toy conntrack.
-
-    process(pkt, in_port) returns [(port, packet)]; ("controller", packet) for invalid TTL.
-    Select buckets are chosen by hash of (ipv4_src, l4 src port), like a 5-tuple hash.
-    """
-
-    def __init__(self, msgs=()):
-        self.flows = []
-        self.groups = {}
-        self.conns = []          # dicts: zone, orig, reply, kind, to
-        self.apply(msgs)
-
-    def apply(self, msgs):
-        for m in msgs:
-            if isinstance(m, ofpp.OFPFlowMod):
-                if m.command == ofp.OFPFC_ADD:
-                    for inst in m.instructions:       # like OVS: OFPBAC_BAD_OUT_GROUP
-                        for a in getattr(inst, "actions", []):
-                            assert not isinstance(a, ofpp.OFPActionGroup) or \
-                                a.group_id in self.groups, "flow names a missing group"
-                    key = (m.table_id, m.priority, _match_key(m.match))
-                    self.flows = [f for f in self.flows if f[:3] != key]
-                    self.flows.append((m.table_id, m.priority, _match_key(m.match),
-                                       m.instructions, m.cookie))
-                elif m.command == ofp.OFPFC_DELETE:
-                    assert m.table_id == ofp.OFPTT_ALL and not list(m.match.items())
-                    mask = m.cookie_mask
-                    self.flows = [f for f in self.flows
-                                  if mask and (f[4] & mask) != (m.cookie & mask)]
-            elif isinstance(m, ofpp.OFPGroupMod):
-                if m.command == ofp.OFPGC_DELETE:
-                    self.groups.clear() if m.group_id == ofp.OFPG_ALL else \
-                        self.groups.pop(m.group_id, None)
-                elif m.command == ofp.OFPGC_ADD:
-                    assert m.group_id not in self.groups
-                    self.groups[m.group_id] = m.buckets
-                else:
-                    assert m.group_id in self.groups
-                    self.groups[m.group_id] = m.buckets
-
-    def table(self, table_id):
-        return [f for f in self.flows if f[0] == table_id]
-
-    def process(self, pkt, in_port):
-        pkt = dict(pkt, in_port=in_port)
-        pkt.setdefault("reg0", 0)
-        return self._table(0, pkt, 0)
-
-    def _table(self, table_id, pkt, depth):
-        assert depth < 32, "pipeline loop"
-        hits = [f for f in self.table(table_id) if _matches(f[2], pkt)]
-        if not hits:
-            return []
-        best = max(f[1] for f in hits)
-        top = [f for f in hits if f[1] == best]
-        assert len(top) == 1, f"ambiguous flows in table {table_id}: {top}"
-        out = []
-        for inst in top[0][3]:
-            if isinstance(inst, ofpp.OFPInstructionActions):
-                done, res = self._actions(inst.actions, pkt, depth)
-                out += res
-                if done:
-                    return out
-            elif isinstance(inst, ofpp.OFPInstructionGotoTable):
-                out += self._table(inst.table_id, pkt, depth + 1)
-        return out
-
-    def _actions(self, actions, pkt, depth):
-        """Run an action list on pkt (in place); returns (stop, outputs)."""
-        out = []
-        for a in actions:
-            if isinstance(a, ofpp.OFPActionSetField):
-                pkt[a.key] = a.value
-            elif isinstance(a, ofpp.NXActionRegMove):
-                pkt[a.dst_field] = pkt[a.src_field]
-            elif isinstance(a, ofpp.OFPActionDecNwTtl):
-                if pkt["ttl"] <= 1:
-                    return True, out + [("controller", dict(pkt))]
-                pkt["ttl"] -= 1
-            elif isinstance(a, ofpp.OFPActionOutput):
-                port = pkt["in_port"] if a.port == ofp.OFPP_IN_PORT else a.port
-                if a.port != ofp.OFPP_IN_PORT and a.port == pkt["in_port"]:
-                    continue                            # OpenFlow never outputs to in_port
-                out.append((port, dict(pkt)))
-            elif isinstance(a, ofpp.OFPActionGroup):
-                buckets = self.groups[a.group_id]
-                if buckets:
-                    h = hash((pkt["ipv4_src"], pkt.get("tcp_src"))) % len(buckets)
-                    done, res = self._actions(buckets[h].actions, dict(pkt), depth)
-                    out += res
-            elif isinstance(a, ofpp.NXActionCT):
-                self._ct(a, pkt)
-                if a.recirc_table != nicira_ext.NX_CT_RECIRC_NONE:
-                    return True, out + self._table(a.recirc_table, pkt, depth + 1)
-            else:
-                raise AssertionError(f"unmodelled action {a}")
-        return False, out
-
-    def _ct(self, a, pkt):
-        zone = a.zone_ofs_nbits
-        l4s = "tcp_src" if pkt["ip_proto"] == 6 else "udp_src"
-        l4d = "tcp_dst" if pkt["ip_proto"] == 6 else "udp_dst"
-        t = (pkt["ipv4_src"], pkt.get(l4s), pkt["ipv4_dst"], pkt.get(l4d))
-        nat = a.actions[0] if a.actions else None
-        for c in self.conns:
-            if c["zone"] != zone:
-                continue
-            if t == c["orig"]:
-                pkt["ct_state"] = core.CT_TRK | core.CT_EST
-                if nat is not None:
-                    dst = c["kind"] == "dst"
-                    ip_key, port_key = ("ipv4_dst", l4d) if dst else ("ipv4_src", l4s)
-                    pkt[ip_key], pkt[port_key] = c["to"]
-                return
-            if t == c["reply"]:
-                pkt["ct_state"] = core.CT_TRK | core.CT_EST | core.CT_RPL
-                if nat is not None:
-                    if c["kind"] == "dst":
-                        pkt["ipv4_src"], pkt[l4s] = c["orig"][2], c["orig"][3]
-                    else:
-                        pkt["ipv4_dst"], pkt[l4d] = c["orig"][0], c["orig"][1]
-                return
-        pkt["ct_state"] = core.CT_TRK | core.CT_NEW
-        if a.flags & nicira_ext.NX_CT_F_COMMIT:
-            kind, to = None, None
-            if nat is not None and nat.flags & core.NX_NAT_F_DST:
-                kind, to = "dst", (nat.range_ipv4_min, nat.range_proto_min)
-                pkt["ipv4_dst"], pkt[l4d] = to
-            elif nat is not None and nat.flags & core.NX_NAT_F_SRC:
-                lo, hi = nat.range_proto_min, nat.range_proto_max
-                port = pkt[l4s] if lo <= pkt[l4s] <= hi else lo
-                kind, to = "src", (nat.range_ipv4_min, port)
-                pkt["ipv4_src"], pkt[l4s] = to
-            now = (pkt["ipv4_src"], pkt.get(l4s), pkt["ipv4_dst"], pkt.get(l4d))
-            self.conns.append({"zone": zone, "orig": t, "reply": (now[2], now[3], now[0], now[1]),
-                               "kind": kind, "to": to})
-
-
-def _match_key(match):
-    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in match.items()))
-
-
-def _matches(fields, pkt):
-    for name, want in fields:
-        if name not in pkt:
-            return False
-        have = _norm(pkt[name])
-        if isinstance(want, tuple):
-            value, mask = _norm(want[0]), _norm(want[1])
-            if have & mask != value & mask:
-                return False
-        elif have != _norm(want):
-            return False
-    return True
-
-
-class Fabric:
-    """All switches of a fabric, programmed from a Vpc, with a walk() across links."""
-
-    def __init__(self, vpc):
-        self.vpc = vpc
-        self.sw = {name: FakeSwitch(vpc.program_switch(name, PORTS[name])) for name in PORTS}
-
-    def apply(self, by_switch):
-        for name, msgs in by_switch.items():
-            self.sw[name].apply(msgs)
-
-    def walk(self, switch, port_name, pkt):
-        """Inject pkt and follow it across switch links; returns [(switch, port name, pkt)]."""
-        peer = {}
-        for l in self.vpc.fabric.links:
-            peer[(l.a, l.a_port)] = (l.b, l.b_port)
-            peer[(l.b, l.b_port)] = (l.a, l.a_port)
-        out = []
-        todo = [(switch, port_name, pkt)]
-        while todo:
-            sw, pname, p = todo.pop()
-            names = {n: name for name, n in PORTS[sw].items()}
-            for port, q in self.sw[sw].process(copy.deepcopy(p), PORTS[sw][pname]):
-                oname = "controller" if port == "controller" else names[port]
-                if (sw, oname) in peer:
-                    todo.append((*peer[(sw, oname)], q))
-                else:
-                    out.append((sw, oname, q))
-        return out
-
-
-def make(mode="nodeport", preserve=True, checks=True, healthy=True):
-    vpc = core.Vpc(core.parse_fabric(fabric_dict(mode, preserve)), checks_enabled=checks)
-    fab = Fabric(vpc)
-    if checks and healthy:
-        for lb in vpc.fabric.load_balancers:
-            for ip, port in list(vpc.backends[lb.name]):
-                for _ in range(2):
-                    fab.apply(vpc.observe_health(lb.name, ip, port, True, {}, PORTS))
-    return vpc, fab
-
-
-def ip_pkt(eth_src, eth_dst, src, dst, sport=40000, dport=80, ttl=64):
-    return {"eth_type": 0x0800, "eth_src": eth_src, "eth_dst": eth_dst, "ipv4_src": src,
-            "ipv4_dst": dst, "ip_proto": 6, "tcp_src": sport, "tcp_dst": dport, "ttl": ttl}
-
-
-def arp_req(sha, spa, tpa):
-    return {"eth_type": 0x0806, "eth_src": sha, "eth_dst": "ff:ff:ff:ff:ff:ff", "arp_op": 1,
-            "arp_sha": sha, "arp_spa": spa, "arp_tha": "00:00:00:00:00:00", "arp_tpa": tpa}
-
+from .vpc_fixtures import (
+    CLIENT1,
+    GW_A,
+    GW_B,
+    GW_NET,
+    NODE1,
+    NODE2,
+    NODE3,
+    PORTS,
+    VIP,
+    arp_req,
+    fabric_dict,
+    ip_pkt,
+    make,
+)
 
 # ----------------------------------------------------------------------------------------------
 # ARP
@@ -401,13 +137,13 @@ def test_nodeport_mode_has_no_pod_routes():
     assert fab.walk("vpc0", "vpc0-client1",
                     ip_pkt(CLIENT1, GW_NET, "203.0.113.10", "10.244.1.5")) == []
     assert [r for r in vpc.routes_view() if r["kind"] == "pod"] == []
-    with pytest.raises(core.ConfigError, match="unknown to the VPC in nodeport mode"):
-        vpc.add_pod(core.PodRoute("web-9", "10.244.1.5", "node1"), PORTS)
+    with pytest.raises(ConfigError, match="unknown to the VPC in nodeport mode"):
+        vpc.add_pod(PodRoute("web-9", "10.244.1.5", "node1"), PORTS)
 
 
 def test_pod_route_add_and_remove():
     vpc, fab = make("container-native")
-    pod = core.PodRoute("web-2", "192.168.0.102", "node3")
+    pod = PodRoute("web-2", "192.168.0.102", "node3")
     fab.apply(vpc.add_pod(pod, PORTS))
     frame = ip_pkt(NODE2, GW_B, "192.168.1.10", "192.168.0.102")
     [(sw, port, p)] = fab.walk("vpc2", "vpc2-node2", frame)
@@ -434,7 +170,7 @@ def test_vip_group_has_one_bucket_per_healthy_backend():
     fab.apply(vpc.observe_health("web", "192.168.0.10", 30080, True, {}, PORTS))
     [bucket] = _group(fab)
     [ct] = bucket.actions
-    assert ct.flags & nicira_ext.NX_CT_F_COMMIT and ct.zone_ofs_nbits == core.CT_ZONE_DNAT
+    assert ct.flags & nicira_ext.NX_CT_F_COMMIT and ct.zone_ofs_nbits == of.CT_ZONE_DNAT
     assert (ct.actions[0].range_ipv4_min, ct.actions[0].range_proto_min) == ("192.168.0.10",
                                                                              30080)
     for _ in range(2):
@@ -476,7 +212,7 @@ def test_removing_a_backend_removes_its_bucket():
         [(sw, port, _)] = fab.walk("vpc0", "vpc0-client1",
                                    ip_pkt(CLIENT1, GW_NET, "203.0.113.10", VIP, sport=sport))
         assert (sw, port) == ("vpc1", "vpc1-node1")
-    fab.apply(vpc.add_backend("web", core.Backend("node3", "192.168.0.11", 30080), PORTS))
+    fab.apply(vpc.add_backend("web", Backend("node3", "192.168.0.11", 30080), PORTS))
     assert len(_group(fab)) == 1                              # new: "initial" until checked
     for _ in range(2):
         fab.apply(vpc.observe_health("web", "192.168.0.11", 30080, True, {}, PORTS))
@@ -509,7 +245,7 @@ def test_checker_targets_use_the_health_check_port_or_the_traffic_port():
         ("192.168.0.10", 30080), ("192.168.1.10", 30080)]
     d = fabric_dict()
     d["load_balancers"][0]["health_check"]["port"] = 31000   # ETP=Local healthCheckNodePort
-    vpc = core.Vpc(core.parse_fabric(d))
+    vpc = Vpc(parse_fabric(d))
     assert {t["port"] for t in vpc.checker_targets()} == {31000}
 
 
@@ -529,7 +265,7 @@ def test_no_preserve_client_ip_snats_to_lb0_and_replies_still_reach_the_client()
     syn = ip_pkt(CLIENT1, GW_NET, "203.0.113.10", VIP, sport=45000)
     [(sw, port, p)] = fab.walk("vpc0", "vpc0-client1", syn)
     assert p["ipv4_src"] == "198.51.100.2"
-    assert core.SNAT_PORTS[0] <= p["tcp_src"] <= core.SNAT_PORTS[1]
+    assert of.SNAT_PORTS[0] <= p["tcp_src"] <= of.SNAT_PORTS[1]
     gw = GW_A if sw == "vpc1" else GW_B
     reply = ip_pkt(p["eth_dst"], gw, p["ipv4_dst"], "198.51.100.2", sport=p["tcp_dst"],
                    dport=p["tcp_src"])
@@ -577,8 +313,8 @@ def test_time_exceeded_comes_from_the_ingress_gateway_and_quotes_576_bytes():
     assert (e.src, e.dst) == (GW_NET, CLIENT1)
     assert (i.src, i.dst) == ("203.0.113.1", "203.0.113.10")
     assert (c.type, c.code) == (icmp.ICMP_TIME_EXCEEDED, 0)
-    assert len(c.data.data) == core.ICMP_QUOTE_MAX and i.total_length == 576
-    assert c.data.data == data[14:14 + core.ICMP_QUOTE_MAX]
+    assert len(c.data.data) == ICMP_QUOTE_MAX and i.total_length == 576
+    assert c.data.data == data[14:14 + ICMP_QUOTE_MAX]
 
 
 def test_time_exceeded_for_lb_traffic_goes_back_through_conntrack():
@@ -586,8 +322,8 @@ def test_time_exceeded_for_lb_traffic_goes_back_through_conntrack():
     data = _frame(CLIENT1, GW_NET, "203.0.113.10", "192.168.0.10", payload=b"")
     [out] = vpc.time_exceeded("vpc0", 3, data, reg0=1)
     [a] = out.actions
-    assert isinstance(a, ofpp.NXActionCT) and a.zone_ofs_nbits == core.CT_ZONE_DNAT
-    assert a.recirc_table == core.T_NEXTHOP
+    assert isinstance(a, ofpp.NXActionCT) and a.zone_ofs_nbits == of.CT_ZONE_DNAT
+    assert a.recirc_table == of.T_NEXTHOP
     # A short packet is quoted whole.
     c = packet.Packet(out.data).get_protocol(icmp.icmp)
     assert c.data.data == data[14:]
@@ -609,16 +345,16 @@ def test_no_icmp_error_about_an_icmp_error():
 # ----------------------------------------------------------------------------------------------
 
 def _bucket_bytes(nat_cls, ct_cls):
-    nat = nat_cls(flags=core.NX_NAT_F_DST, range_ipv4_min="192.168.0.10", range_proto_min=30080)
-    ctact = ct_cls(flags=nicira_ext.NX_CT_F_COMMIT, zone_src="", zone_ofs_nbits=core.CT_ZONE_DNAT,
-                   recirc_table=core.T_ROUTE, alg=0, actions=[nat])
-    gm = core.select_group(ofp.OFPGC_ADD, 1, [[ctact], [ctact]])
+    nat = nat_cls(flags=of.NX_NAT_F_DST, range_ipv4_min="192.168.0.10", range_proto_min=30080)
+    ctact = ct_cls(flags=nicira_ext.NX_CT_F_COMMIT, zone_src="", zone_ofs_nbits=of.CT_ZONE_DNAT,
+                   recirc_table=of.T_ROUTE, alg=0, actions=[nat])
+    gm = of.select_group(ofp.OFPGC_ADD, 1, [[ctact], [ctact]])
     gm.serialize()
     return bytes(gm.buf)
 
 
 def test_padded_nat_in_ct_in_bucket_serializes_to_whole_8_byte_units():
-    buf = _bucket_bytes(core.NXActionNATPadded, core.NXActionCTPadded)
+    buf = _bucket_bytes(of.NXActionNATPadded, of.NXActionCTPadded)
     (msg_len,) = struct.unpack_from("!H", buf, 2)
     assert msg_len == len(buf) and len(buf) % 8 == 0
     offset = 16                                              # ofp_header + ofp_group_mod
@@ -645,7 +381,7 @@ def test_unpadded_os_ken_actions_are_short_which_is_what_ovs_rejects():
 
 def test_core_buckets_use_the_padded_classes():
     vpc, _ = make()
-    gm = vpc._lb_group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
+    gm = vpc.balancer.group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
     gm.serialize()
     assert struct.unpack_from("!H", gm.buf, 2)[0] == len(gm.buf)
 
@@ -663,11 +399,11 @@ def test_every_message_of_a_full_program_serializes_consistently():
 # ----------------------------------------------------------------------------------------------
 
 def test_health_thresholds():
-    hc = core.HealthCheck(healthy_threshold=3, unhealthy_threshold=2)
-    h = core.Health()
-    assert [core.observe(h, True, hc) for _ in range(3)] == [False, False, True]
+    hc = HealthCheck(healthy_threshold=3, unhealthy_threshold=2)
+    h = Health()
+    assert [observe(h, True, hc) for _ in range(3)] == [False, False, True]
     assert h.state == "healthy"
-    assert [core.observe(h, ok, hc) for ok in (False, True, False, False)] == [
+    assert [observe(h, ok, hc) for ok in (False, True, False, False)] == [
         False, False, False, True]
     assert h.state == "unhealthy" and not h.in_service
 
@@ -675,11 +411,11 @@ def test_health_thresholds():
 def test_cookie_top_byte_is_the_kind_and_flows_carry_it():
     vpc, fab = make("container-native")
     kinds = {f[4] >> 56 for sw in fab.sw.values() for f in sw.flows}
-    assert kinds == {core.COOKIE_BASE, core.COOKIE_GATEWAY, core.COOKIE_HOST, core.COOKIE_POD,
-                     core.COOKIE_LB, core.COOKIE_BACKEND}
-    pod_cookie = core.cookie(core.COOKIE_POD, "web-0")
-    assert {f[0] for f in fab.sw["vpc1"].flows if f[4] == pod_cookie} == {core.T_ARP,
-                                                                          core.T_NEXTHOP}
+    assert kinds == {of.COOKIE_BASE, of.COOKIE_GATEWAY, of.COOKIE_HOST, of.COOKIE_POD,
+                     of.COOKIE_LB, of.COOKIE_BACKEND}
+    pod_cookie = of.cookie(of.COOKIE_POD, "web-0")
+    assert {f[0] for f in fab.sw["vpc1"].flows if f[4] == pod_cookie} == {of.T_ARP,
+                                                                          of.T_NEXTHOP}
 
 
 @pytest.mark.parametrize("path,value,message", [
@@ -695,19 +431,19 @@ def test_config_errors_say_where(path, value, message):
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-    with pytest.raises(core.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        core.parse_fabric(d)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_fabric(d)
 
 
 def test_pod_routes_are_refused_in_nodeport_mode():
     d = fabric_dict()
     d["pod_routes"] = [{"pod": "p", "ip": "10.244.0.5", "node": "node1"}]
-    with pytest.raises(core.ConfigError, match="unknown to the VPC in nodeport mode"):
-        core.parse_fabric(d)
+    with pytest.raises(ConfigError, match="unknown to the VPC in nodeport mode"):
+        parse_fabric(d)
 
 
 def test_switch_identified_by_dpid_or_local_port_name():
     vpc, _ = make()
-    assert core.identify_switch(vpc.fabric, 3, []).name == "vpc2"
-    assert core.identify_switch(vpc.fabric, 99, ["vpc1", "vpc1-up"]).name == "vpc1"
-    assert core.identify_switch(vpc.fabric, 99, ["other"]) is None
+    assert identify_switch(vpc.fabric, 3, []).name == "vpc2"
+    assert identify_switch(vpc.fabric, 99, ["vpc1", "vpc1-up"]).name == "vpc1"
+    assert identify_switch(vpc.fabric, 99, ["other"]) is None

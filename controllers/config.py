@@ -1,0 +1,393 @@
+"""The fabric config (fabric.json, see docs/fabric-config.md): what the controller is told.
+
+ConfigError: fabric.json (or a REST body) does not describe a VPC the controller can program
+Switch, Link, Subnet, Host, PodRoute, Backend, HealthCheck, LoadBalancer, Fabric: the validated
+    config, frozen dataclasses
+parse_fabric: JSON-decoded fabric.json in, Fabric out (one small parser per section)
+parse_backend, parse_pod_route, check_pod: the pieces the REST API validates on its own
+
+Standard library only: the health-checker child imports this module too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("nodeport", "container-native")
+TARGET_MODES = ("nodeport", "container-native")
+PROTOCOLS = ("tcp", "udp")
+
+
+class ConfigError(ValueError):
+    """fabric.json does not describe a VPC the controller can program."""
+
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _req(d: Mapping, key: str, where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected an object, got {type(d).__name__}")
+    if key not in d or d[key] is None:
+        raise ConfigError(f"{where}.{key}: missing")
+    return d[key]
+
+
+def _ip(value: Any, where: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not an IPv4 address") from None
+
+
+def _mac(value: Any, where: str) -> str:
+    mac = str(value).lower()
+    if not _MAC_RE.match(mac):
+        raise ConfigError(f"{where}: {value!r} is not a MAC address like 02:cb:00:00:00:01")
+    return mac
+
+
+def _port(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: {value!r} is not a port number 1-65535")
+    return value
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One OVS bridge.
+
+    name: bridge name (also the name of its LOCAL port)
+    dpid: datapath id the bridge reports
+    role: "core" (vpc0: router core, internet gateway, LB) or "subnet"
+    """
+    name: str
+    dpid: int
+    role: str
+
+
+@dataclass(frozen=True)
+class Link:
+    """A switch-to-switch link: port a_port on switch a is cabled to b_port on b."""
+    a: str
+    a_port: str
+    b: str
+    b_port: str
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """An L3 network the VPC router has a leg in.
+
+    cidr: the network; gateway/gateway_mac: the router's address and MAC in it
+    kind: "vpc", "internet" or "lb"
+    """
+    name: str
+    cidr: ipaddress.IPv4Network
+    gateway: str
+    gateway_mac: str
+    switch: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host interface attached to a fabric switch port (a node, a client, the LB host)."""
+    name: str
+    kind: str
+    ip: str
+    mac: str
+    subnet: str
+    switch: str
+    port: str
+
+
+@dataclass(frozen=True)
+class PodRoute:
+    """Container-native: pod IP `ip` lives behind node `node`."""
+    pod: str
+    ip: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An LB target: node IP:NodePort (nodeport) or pod IP:targetPort (container-native)."""
+    name: str
+    ip: str
+    port: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.ip, self.port)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """HTTP health check of every backend of one LB.
+
+    port: checked port (None: the backend's own port, "traffic port")
+    path: GET path; a 200-399 answer within timeout_s is a success
+    healthy_threshold / unhealthy_threshold: consecutive results that flip the state
+    """
+    port: int | None = None
+    path: str = "/healthz"
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    """A cloud LB: a VIP:port on the core switch balanced per connection over backends.
+
+    index: 1-based position in fabric.json; it is the group id and the reg0 tag
+    snat_ip: source address used when preserve_client_ip is false (default: the checker host's)
+    """
+    name: str
+    index: int
+    vip: str
+    port: int
+    protocol: str
+    target_mode: str
+    preserve_client_ip: bool
+    backends: tuple[Backend, ...]
+    health_check: HealthCheck | None
+    snat_ip: str | None
+
+    @property
+    def group_id(self) -> int:
+        return self.index
+
+    @property
+    def tag(self) -> int:
+        return self.index
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """The whole of fabric.json, validated."""
+    cluster: str
+    mode: str
+    switches: tuple[Switch, ...]
+    links: tuple[Link, ...]
+    subnets: tuple[Subnet, ...]
+    hosts: tuple[Host, ...]
+    pod_routes: tuple[PodRoute, ...]
+    load_balancers: tuple[LoadBalancer, ...]
+    checker_host: str | None
+    checker_netns_pid: int | None
+
+    @property
+    def core(self) -> Switch:
+        return next(s for s in self.switches if s.role == "core")
+
+    def switch(self, name: str) -> Switch:
+        return next(s for s in self.switches if s.name == name)
+
+    def subnet(self, name: str) -> Subnet:
+        return next(s for s in self.subnets if s.name == name)
+
+    def host(self, name: str) -> Host | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def subnet_of_ip(self, ip: str) -> Subnet | None:
+        addr = ipaddress.IPv4Address(ip)
+        return next((s for s in self.subnets if addr in s.cidr), None)
+
+    def lb(self, name: str) -> LoadBalancer | None:
+        return next((lb for lb in self.load_balancers if lb.name == name), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing, one function per section of fabric.json
+# --------------------------------------------------------------------------------------------
+
+def parse_fabric(d: Mapping, source: str = "fabric.json") -> Fabric:
+    """Validate fabric.json (already JSON-decoded) into a Fabric; ConfigError says where."""
+    mode = _req(d, "mode", source)
+    if mode not in MODES:
+        raise ConfigError(f"{source}.mode: {mode!r} is not one of {', '.join(MODES)}")
+    switches = _parse_switches(d, source)
+    names = [s.name for s in switches]
+    links = _parse_links(d, source, names)
+    subnets = _parse_subnets(d, source, names)
+    hosts = _parse_hosts(d, source, names, subnets)
+    pod_routes = _parse_pod_routes(d, source, mode)
+    checker_host, checker_pid = _parse_health_checker(d, source)
+    checker_ip = next((h.ip for h in hosts if h.name == checker_host), None)
+    lbs = [_parse_load_balancer(lb, f"{source}.load_balancers[{i}]", i + 1, mode, checker_ip)
+           for i, lb in enumerate(d.get("load_balancers") or [])]
+    fabric = Fabric(cluster=str(d.get("cluster", "")), mode=mode, switches=tuple(switches),
+                    links=tuple(links), subnets=tuple(subnets), hosts=tuple(hosts),
+                    pod_routes=tuple(pod_routes), load_balancers=tuple(lbs),
+                    checker_host=checker_host, checker_netns_pid=checker_pid)
+    for i, p in enumerate(fabric.pod_routes):
+        check_pod(fabric, p, f"{source}.pod_routes[{i}]")
+    return fabric
+
+
+def _parse_switches(d: Mapping, source: str) -> list[Switch]:
+    switches = []
+    for i, s in enumerate(_req(d, "switches", source)):
+        w = f"{source}.switches[{i}]"
+        role = _req(s, "role", w)
+        if role not in ("core", "subnet"):
+            raise ConfigError(f"{w}.role: {role!r} is not 'core' or 'subnet'")
+        dpid = _req(s, "dpid", w)
+        if isinstance(dpid, str):
+            dpid = int(dpid, 16)
+        switches.append(Switch(name=str(_req(s, "name", w)), dpid=int(dpid), role=role))
+    names = [s.name for s in switches]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}.switches: duplicate names in {names}")
+    if sum(s.role == "core" for s in switches) != 1:
+        raise ConfigError(f"{source}.switches: exactly one switch must have role 'core'")
+    return switches
+
+
+def _parse_links(d: Mapping, source: str, switch_names: list[str]) -> list[Link]:
+    links = []
+    for i, item in enumerate(d.get("links") or []):
+        w = f"{source}.links[{i}]"
+        link = Link(a=str(_req(item, "a", w)), a_port=str(_req(item, "a_port", w)),
+                    b=str(_req(item, "b", w)), b_port=str(_req(item, "b_port", w)))
+        for end in (link.a, link.b):
+            if end not in switch_names:
+                raise ConfigError(f"{w}: switch {end!r} is not in switches")
+        links.append(link)
+    return links
+
+
+def _parse_subnets(d: Mapping, source: str, switch_names: list[str]) -> list[Subnet]:
+    subnets = []
+    for i, s in enumerate(_req(d, "subnets", source)):
+        w = f"{source}.subnets[{i}]"
+        try:
+            cidr = ipaddress.IPv4Network(_req(s, "cidr", w))
+        except ValueError as e:
+            raise ConfigError(f"{w}.cidr: {e}") from None
+        gw = _ip(_req(s, "gateway", w), f"{w}.gateway")
+        if ipaddress.IPv4Address(gw) not in cidr:
+            raise ConfigError(f"{w}.gateway: {gw} is outside {cidr}")
+        sw = str(_req(s, "switch", w))
+        if sw not in switch_names:
+            raise ConfigError(f"{w}.switch: {sw!r} is not in switches")
+        subnets.append(Subnet(name=str(_req(s, "name", w)), cidr=cidr, gateway=gw,
+                              gateway_mac=_mac(_req(s, "gateway_mac", w), f"{w}.gateway_mac"),
+                              switch=sw, kind=str(s.get("kind", "vpc"))))
+    return subnets
+
+
+def _parse_hosts(d: Mapping, source: str, switch_names: list[str],
+                 subnets: list[Subnet]) -> list[Host]:
+    subnet_names = {s.name for s in subnets}
+    hosts = []
+    for i, h in enumerate(_req(d, "hosts", source)):
+        w = f"{source}.hosts[{i}]"
+        host = Host(name=str(_req(h, "name", w)), kind=str(_req(h, "kind", w)),
+                    ip=_ip(_req(h, "ip", w), f"{w}.ip"), mac=_mac(_req(h, "mac", w), f"{w}.mac"),
+                    subnet=str(_req(h, "subnet", w)), switch=str(_req(h, "switch", w)),
+                    port=str(_req(h, "port", w)))
+        if host.subnet not in subnet_names:
+            raise ConfigError(f"{w}.subnet: {host.subnet!r} is not in subnets")
+        if host.switch not in switch_names:
+            raise ConfigError(f"{w}.switch: {host.switch!r} is not in switches")
+        net = next(s.cidr for s in subnets if s.name == host.subnet)
+        if ipaddress.IPv4Address(host.ip) not in net:
+            raise ConfigError(f"{w}.ip: {host.ip} is outside subnet {host.subnet} ({net})")
+        hosts.append(host)
+    for what in ("name", "ip", "mac"):
+        values = [getattr(h, what) for h in hosts]
+        dup = {v for v in values if values.count(v) > 1}
+        if dup:
+            raise ConfigError(f"{source}.hosts: duplicate {what} {sorted(dup)}")
+    return hosts
+
+
+def _parse_pod_routes(d: Mapping, source: str, mode: str) -> list[PodRoute]:
+    pod_routes = [parse_pod_route(p, f"{source}.pod_routes[{i}]")
+                  for i, p in enumerate(d.get("pod_routes") or [])]
+    if pod_routes and mode != "container-native":
+        raise ConfigError(f"{source}.pod_routes: pod addresses are unknown to the VPC in "
+                          f"{mode} mode -- leave pod_routes empty")
+    return pod_routes
+
+
+def _parse_health_checker(d: Mapping, source: str) -> tuple[str | None, int | None]:
+    """health_checker: {host, netns_pid} -> (host name, pid); both may be absent."""
+    checker = d.get("health_checker") or {}
+    checker_pid = checker.get("netns_pid")
+    if checker_pid is not None and (not isinstance(checker_pid, int) or checker_pid <= 0):
+        raise ConfigError(f"{source}.health_checker.netns_pid: {checker_pid!r} is not a pid")
+    return checker.get("host"), checker_pid
+
+
+def _parse_health_check(hc: Mapping, hw: str) -> HealthCheck:
+    health = HealthCheck(
+        port=None if hc.get("port") in (None, "traffic-port") else _port(hc["port"], f"{hw}.port"),
+        path=str(hc.get("path", "/healthz")),
+        interval_s=float(hc.get("interval_s", 1.0)),
+        timeout_s=float(hc.get("timeout_s", 0.5)),
+        healthy_threshold=int(hc.get("healthy_threshold", 2)),
+        unhealthy_threshold=int(hc.get("unhealthy_threshold", 2)))
+    if health.interval_s <= 0 or health.timeout_s <= 0:
+        raise ConfigError(f"{hw}: interval_s and timeout_s must be > 0")
+    if health.healthy_threshold < 1 or health.unhealthy_threshold < 1:
+        raise ConfigError(f"{hw}: thresholds must be >= 1")
+    return health
+
+
+def _parse_load_balancer(lb: Mapping, w: str, index: int, mode: str,
+                         checker_ip: str | None) -> LoadBalancer:
+    """One load_balancers[] entry; index is its 1-based position (group id and reg0 tag)."""
+    proto = str(lb.get("protocol", "tcp")).lower()
+    if proto not in PROTOCOLS:
+        raise ConfigError(f"{w}.protocol: {proto!r} is not tcp or udp")
+    target_mode = lb.get("target_mode", mode)
+    if target_mode not in TARGET_MODES:
+        raise ConfigError(f"{w}.target_mode: {target_mode!r} is not one of "
+                          f"{', '.join(TARGET_MODES)}")
+    hc = lb.get("health_check")
+    health = _parse_health_check(hc, f"{w}.health_check") if hc is not None else None
+    preserve = lb.get("preserve_client_ip", True)
+    if not isinstance(preserve, bool):
+        raise ConfigError(f"{w}.preserve_client_ip: {preserve!r} is not true or false")
+    snat_ip = lb.get("snat_ip")
+    snat_ip = _ip(snat_ip, f"{w}.snat_ip") if snat_ip else checker_ip
+    if not preserve and not snat_ip:
+        raise ConfigError(f"{w}: preserve_client_ip is false but there is no snat_ip and "
+                          f"no health_checker.host to take the address from")
+    backends = tuple(parse_backend(b, f"{w}.backends[{j}]")
+                     for j, b in enumerate(lb.get("backends") or []))
+    return LoadBalancer(
+        name=str(_req(lb, "name", w)), index=index, vip=_ip(_req(lb, "vip", w), f"{w}.vip"),
+        port=_port(_req(lb, "port", w), f"{w}.port"), protocol=proto, target_mode=target_mode,
+        preserve_client_ip=preserve, backends=backends, health_check=health, snat_ip=snat_ip)
+
+
+def parse_backend(d: Mapping, where: str) -> Backend:
+    """Validate one backend object ({name, ip, port}; name defaults to ip:port)."""
+    ip = _ip(_req(d, "ip", where), f"{where}.ip")
+    port = _port(_req(d, "port", where), f"{where}.port")
+    return Backend(name=str(d.get("name") or f"{ip}:{port}"), ip=ip, port=port)
+
+
+def parse_pod_route(d: Mapping, where: str) -> PodRoute:
+    """Validate one pod route object ({pod, ip, node})."""
+    return PodRoute(pod=str(_req(d, "pod", where)), ip=_ip(_req(d, "ip", where), f"{where}.ip"),
+                    node=str(_req(d, "node", where)))
+
+
+def check_pod(fabric: Fabric, pod: PodRoute, where: str) -> None:
+    """A pod route must name a node host and must not take a host's address."""
+    node = fabric.host(pod.node)
+    if node is None or node.kind != "node":
+        raise ConfigError(f"{where}.node: {pod.node!r} is not a host of kind node")
+    if any(h.ip == pod.ip for h in fabric.hosts):
+        raise ConfigError(f"{where}.ip: {pod.ip} is a host's address")

@@ -1,0 +1,126 @@
+"""The controller's REST API: JSON over HTTP on /v1/... (see docs/controller.md for the table).
+
+RestApi: a WSGI app over a VpcService; each route is one small method returning (status, body).
+It is the small Routes + WebOb app os-ken's ControllerBase was (os-ken 4.2.2 dropped
+os_ken.app.wsgi), served by os-ken's hub.WSGIServer; tests call it without a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import routes
+import webob
+
+from controllers.config import ConfigError, parse_backend, parse_pod_route
+from controllers.service import VpcService
+
+LOG = logging.getLogger("cnlb.vpc")
+
+Reply = tuple[int, Any]
+
+
+class RestApi:
+    """JSON over HTTP, /v1/...
+
+    service: the VpcService whose state is shown and changed
+    """
+
+    def __init__(self, service: VpcService):
+        self.service = service
+        m = self.mapper = routes.Mapper()
+        m.connect("/v1/status", action="get_status", conditions={"method": ["GET"]})
+        m.connect("/v1/health", action="get_health", conditions={"method": ["GET"]})
+        m.connect("/v1/routes", action="get_routes", conditions={"method": ["GET"]})
+        m.connect("/v1/lbs", action="get_lbs", conditions={"method": ["GET"]})
+        m.connect("/v1/lbs/{lb}/backends", action="get_backends", conditions={"method": ["GET"]})
+        m.connect("/v1/lbs/{lb}/backends", action="post_backend", conditions={"method": ["POST"]})
+        m.connect("/v1/lbs/{lb}/backends/{ip}/{port}", action="delete_backend",
+                  conditions={"method": ["DELETE"]})
+        m.connect("/v1/pods", action="get_pods", conditions={"method": ["GET"]})
+        m.connect("/v1/pods", action="post_pod", conditions={"method": ["POST"]})
+        m.connect("/v1/pods/{pod}", action="delete_pod", conditions={"method": ["DELETE"]})
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        req = webob.Request(environ)
+        match = self.mapper.match(environ=environ)
+        try:
+            if match is None:
+                status, body = 404, {"error": f"no route {req.method} {req.path}"}
+            else:
+                args = {k: v for k, v in match.items() if k != "action"}
+                status, body = getattr(self, match["action"])(req, **args)
+        except ConfigError as e:
+            status, body = 400, {"error": str(e)}
+        except Exception as e:                        # a bug: answer 500, keep serving
+            LOG.exception("REST %s %s failed", req.method, req.path)
+            status, body = 500, {"error": f"{type(e).__name__}: {e}"}
+        res = webob.Response(status=status, content_type="application/json", charset="utf-8",
+                             body=(json.dumps(body, indent=1) + "\n").encode())
+        return res(environ, start_response)
+
+    def _json(self, req: webob.Request) -> dict:
+        try:
+            body = json.loads(req.body or b"{}")
+        except ValueError as e:
+            raise ConfigError(f"request body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ConfigError("request body must be a JSON object")
+        return body
+
+    def get_status(self, req: webob.Request) -> Reply:
+        return 200, self.service.status()
+
+    def get_health(self, req: webob.Request) -> Reply:
+        ready = self.service.ready()
+        return (200 if ready else 503), {"ready": ready, "waiting_for": self.service.waiting_for()}
+
+    def get_routes(self, req: webob.Request) -> Reply:
+        return 200, self.service.vpc.routes_view()
+
+    def get_lbs(self, req: webob.Request) -> Reply:
+        return 200, self.service.vpc.lbs_view()
+
+    def get_backends(self, req: webob.Request, lb: str) -> Reply:
+        if self.service.vpc.fabric.lb(lb) is None:
+            return 404, {"error": f"no load balancer {lb!r}"}
+        return 200, self.service.vpc.backends_view(lb)
+
+    def post_backend(self, req: webob.Request, lb: str) -> Reply:
+        vpc = self.service.vpc
+        if vpc.fabric.lb(lb) is None:
+            return 404, {"error": f"no load balancer {lb!r}"}
+        backend = parse_backend(self._json(req), "backend")
+        known = backend.key in vpc.balancer.backends[lb]
+        self.service.add_backend(lb, backend)
+        row = next(b for b in vpc.backends_view(lb) if (b["ip"], b["port"]) == backend.key)
+        return (200 if known else 201), row
+
+    def delete_backend(self, req: webob.Request, lb: str, ip: str, port: str) -> Reply:
+        try:
+            self.service.remove_backend(lb, ip, int(port))
+        except (KeyError, ValueError):
+            return 404, {"error": f"no backend {ip}:{port} in load balancer {lb!r}"}
+        return 200, {"deleted": {"lb": lb, "ip": ip, "port": int(port)}}
+
+    def get_pods(self, req: webob.Request) -> Reply:
+        return 200, [r for r in self.service.vpc.routes_view() if r["kind"] == "pod"]
+
+    def post_pod(self, req: webob.Request) -> Reply:
+        vpc = self.service.vpc
+        if vpc.fabric.mode != "container-native":
+            return 409, {"error": f"pod routes are unknown to the VPC in {vpc.fabric.mode} mode"}
+        pod = parse_pod_route(self._json(req), "pod")
+        self.service.add_pod(pod)
+        return 201, next(r for r in vpc.routes_view()
+                         if r["kind"] == "pod" and r["name"] == pod.pod)
+
+    def delete_pod(self, req: webob.Request, pod: str) -> Reply:
+        try:
+            self.service.remove_pod(pod)
+        except KeyError:
+            return 404, {"error": f"no pod route {pod!r}"}
+        return 200, {"deleted": pod}

@@ -1,0 +1,247 @@
+"""The controller as a service: switch states, the Vpc core and the checker, without os-ken's loop.
+
+SwitchState: what the controller knows of one fabric switch (connected, programmed, errors)
+VpcService: one method per event the app receives and per action the REST API asks for; it
+    updates the state, asks the core for messages and sends them through the datapath objects
+    it is handed (anything with `id` and `send_msg`), so tests build it with fake datapaths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import controllers
+from controllers.config import Backend, PodRoute, parse_fabric
+from controllers.health import HealthChecker, parse_backend_id
+from controllers.openflow import Messages, Ports, clear_switch, switch_config
+from controllers.topology import identify_switch
+from controllers.vpc import Vpc
+
+LOG = logging.getLogger("cnlb.vpc")
+
+# How many sent messages are kept to explain an OpenFlow error (by datapath id and xid).
+SENT_KEPT = 50000
+
+
+@dataclass
+class SwitchState:
+    """What the app knows of one fabric switch.
+
+    dp: the os-ken Datapath while connected
+    ports: port name -> number from the last complete port description
+    programmed: a full program was acknowledged by a barrier with no error before it
+    """
+    name: str
+    dp: Any = None
+    connected: bool = False
+    programmed: bool = False
+    ports: dict[str, int] = field(default_factory=dict)
+    barrier_xid: int | None = None
+    errors: int = 0
+    errors_at_program: int = 0
+    last_error: str | None = None
+    programs: int = 0
+    flows_sent: int = 0
+    connected_at: float | None = None
+    programmed_at: float | None = None
+
+
+class VpcService:
+    """The VPC router, ARP responder and cloud load balancer: state and actions.
+
+    vpc: the core (fabric config + run-time state)
+    switches: SwitchState by switch name
+    checker: the health-checker child's parent side (started by start_checker)
+    """
+
+    def __init__(self, vpc: Vpc):
+        self.vpc = vpc
+        self.started = time.time()
+        self.switches = {s.name: SwitchState(s.name) for s in vpc.fabric.switches}
+        self.checker = HealthChecker(vpc.fabric.checker_netns_pid, self.on_health_result)
+        self._pending_ports: dict[int, dict[str, int]] = {}   # dpid -> ports of a reply so far
+        self._sent: dict = {}               # (dpid, xid) -> message, to explain errors
+
+    @classmethod
+    def from_config(cls, path: str) -> VpcService:
+        """Read fabric.json at path; the checker runs iff it names a netns pid."""
+        with open(path) as f:
+            fabric = parse_fabric(json.load(f), source=path)
+        service = cls(Vpc(fabric, checks_enabled=fabric.checker_netns_pid is not None))
+        LOG.info("fabric %s: mode %s, %d switches, %d hosts, %d LBs, health checker %s",
+                 fabric.cluster, fabric.mode, len(fabric.switches), len(fabric.hosts),
+                 len(fabric.load_balancers),
+                 f"in netns of pid {fabric.checker_netns_pid}" if service.checks_enabled
+                 else "off (backends unchecked, always in service)")
+        return service
+
+    @property
+    def checks_enabled(self) -> bool:
+        return self.vpc.checks_enabled
+
+    def start_checker(self) -> None:
+        if self.checks_enabled:
+            self.checker.start(self.vpc.checker_targets())
+
+    # ---- OpenFlow events --------------------------------------------------------------------
+
+    def on_features(self, dp: Any) -> None:
+        """A switch connected: clear it and set its config (the port description follows)."""
+        LOG.info("switch %016x connected", dp.id)
+        self.send(dp, clear_switch() + switch_config())
+
+    def on_port_desc(self, dp: Any, ports: Ports, more: bool) -> None:
+        """One part of a port description; the last part programs the switch in full."""
+        pending = self._pending_ports.setdefault(dp.id, {})
+        pending.update(ports)
+        if more:
+            return
+        complete = self._pending_ports.pop(dp.id)
+        spec = identify_switch(self.vpc.fabric, dp.id, complete)
+        if spec is None:
+            LOG.warning("switch %016x (ports %s) is not in the fabric; leaving it alone",
+                        dp.id, sorted(complete))
+            return
+        self._program(self.switches[spec.name], dp, complete)
+
+    def on_barrier(self, dp: Any, xid: int) -> None:
+        """The barrier after a full program came back: programmed unless an error came first."""
+        st = self.state_of(dp)
+        if st is None or xid != st.barrier_xid:
+            return
+        st.barrier_xid = None
+        st.programmed = st.errors == st.errors_at_program
+        st.programmed_at = time.time()
+        LOG.info("switch %s %s (%d messages, %d errors)", st.name,
+                 "programmed" if st.programmed else "NOT programmed", st.flows_sent,
+                 st.errors - st.errors_at_program)
+
+    def on_error(self, dp: Any, xid: int, type_: int, code: int) -> None:
+        """An OpenFlow error: logged with the message that caused it, counted."""
+        st = self.state_of(dp)
+        sent = self._sent.get((dp.id, xid))
+        text = f"type={type_} code={code} for {sent!r:.300}"
+        LOG.error("OpenFlow error from %s: %s", st.name if st else dp.id, text)
+        if st is not None:
+            st.errors += 1
+            st.last_error = text
+
+    def on_port_status(self, dp: Any, name: str, reason: int) -> None:
+        """A port we use appeared, vanished or was renumbered: ask for the port description."""
+        st = self.state_of(dp)
+        if st is None or name not in self.vpc.wanted_ports(st.name):
+            return
+        LOG.info("switch %s: port %s changed (reason %d); reprogramming", st.name, name, reason)
+        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
+
+    def on_invalid_ttl(self, dp: Any, in_port: int, data: bytes, reg0: int) -> None:
+        """A packet's TTL ran out at dec_ttl: answer ICMP time exceeded."""
+        st = self.state_of(dp)
+        if st is None:
+            return
+        self.send(dp, self.vpc.time_exceeded(st.name, in_port, data, reg0=reg0))
+
+    def on_disconnect(self, dp: Any) -> None:
+        st = self.state_of(dp)
+        if st is not None and st.dp is dp:
+            LOG.warning("switch %s disconnected", st.name)
+            st.dp, st.connected, st.programmed = None, False, False
+
+    def on_health_result(self, result: dict) -> None:
+        """One checker result: the health state machine; a bucket set change -> group modify."""
+        lb, ip, port = parse_backend_id(result["id"])
+        health = self.vpc.balancer.health.get((lb, ip, port))
+        before = health.state if health else None
+        msgs = self.vpc.observe_health(lb, ip, port, bool(result.get("ok")), result,
+                                       self.ports_by_switch())
+        if health is not None and health.state != before:
+            LOG.info("lb %s backend %s:%d: %s -> %s (%s)", lb, ip, port, before, health.state,
+                     result.get("status") or result.get("error"))
+        self.send_by_switch(msgs)
+
+    # ---- REST actions -------------------------------------------------------------------
+
+    def add_backend(self, lb: str, backend: Backend) -> None:
+        self.send_by_switch(self.vpc.add_backend(lb, backend, self.ports_by_switch()))
+        self.checker.update(self.vpc.checker_targets())
+
+    def remove_backend(self, lb: str, ip: str, port: int) -> None:
+        self.send_by_switch(self.vpc.remove_backend(lb, ip, port, self.ports_by_switch()))
+        self.checker.update(self.vpc.checker_targets())
+
+    def add_pod(self, pod: PodRoute) -> None:
+        self.send_by_switch(self.vpc.add_pod(pod, self.ports_by_switch()))
+
+    def remove_pod(self, name: str) -> None:
+        self.send_by_switch(self.vpc.remove_pod(name, self.ports_by_switch()))
+
+    def status(self) -> dict:
+        """GET /v1/status: per switch, the controller, the health checker."""
+        switches = []
+        for spec in self.vpc.fabric.switches:
+            st = self.switches[spec.name]
+            switches.append({
+                "name": st.name, "dpid": spec.dpid, "role": spec.role,
+                "connected": st.connected, "programmed": st.programmed,
+                "programs": st.programs, "messages_sent": st.flows_sent, "errors": st.errors,
+                "last_error": st.last_error,
+                "missing_ports": sorted(self.vpc.wanted_ports(st.name) - set(st.ports))
+                if st.connected else None,
+                "connected_at": st.connected_at, "programmed_at": st.programmed_at})
+        return {"ready": self.ready(), "cluster": self.vpc.fabric.cluster,
+                "mode": self.vpc.fabric.mode,
+                "controller": {"version": controllers.__version__, "pid": os.getpid(),
+                               "uptime_s": round(time.time() - self.started, 3)},
+                "health_checker": self.checker.status(), "switches": switches}
+
+    def ready(self) -> bool:
+        return all(st.connected and st.programmed for st in self.switches.values())
+
+    def waiting_for(self) -> list[str]:
+        """The switches not yet connected and programmed."""
+        return [st.name for st in self.switches.values() if not (st.connected and st.programmed)]
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    def _program(self, st: SwitchState, dp: Any, ports: dict[str, int]) -> None:
+        if st.dp is not dp:
+            st.connected_at = time.time()
+        st.dp, st.connected, st.ports, st.programmed = dp, True, ports, False
+        missing = self.vpc.wanted_ports(st.name) - set(ports)
+        if missing:
+            LOG.warning("switch %s: ports %s are missing; their flows are left out until "
+                        "they appear", st.name, sorted(missing))
+        msgs = self.vpc.program_switch(st.name, ports)
+        st.programs += 1
+        st.errors_at_program = st.errors
+        st.flows_sent = len(msgs)
+        self.send(dp, msgs)
+        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+        dp.send_msg(barrier)
+        st.barrier_xid = barrier.xid
+
+    def send(self, dp: Any, msgs: list) -> None:
+        """Send msgs to dp in order, remembering each by xid to explain an error."""
+        self._sent = self._sent if len(self._sent) < SENT_KEPT else {}
+        for m in msgs:
+            m.datapath = dp
+            dp.send_msg(m)
+            self._sent[(dp.id, m.xid)] = m
+
+    def send_by_switch(self, by_switch: Messages) -> None:
+        for name, msgs in by_switch.items():
+            st = self.switches[name]
+            if st.dp is not None and msgs:
+                self.send(st.dp, msgs)
+
+    def ports_by_switch(self) -> dict[str, dict]:
+        """Port maps of the connected switches (the run-time changes go to these only)."""
+        return {name: st.ports for name, st in self.switches.items() if st.dp is not None}
+
+    def state_of(self, dp: Any) -> SwitchState | None:
+        return next((st for st in self.switches.values() if st.dp is dp), None)
