@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from mininet.net import Mininet
 from mininet.node import Node
@@ -30,6 +29,8 @@ from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
+from testbed.kubernetes.dataplane.base import ServiceDataPlane
+from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.plan.addresses import LB_HOST, Plan, build_plan
 from testbed.spec.topology import Topology
 
@@ -41,12 +42,16 @@ class Cluster:
     progress: called with one line per stage (None: quiet)
     iptables: kube-proxy's backend: auto (the machine's), nft or legacy
     load_balancer: the cloud load balancer's kind (a key of testbed.cloud.lb.LOAD_BALANCERS)
+    proxy_mode: kube-proxy's mode (a key of testbed.kubernetes.dataplane.registry.DATAPLANES)
     """
 
     def __init__(self, topo: Topology, progress: Callable[[str], None] | None = None,
-                 iptables: str = "auto", load_balancer: str = DEFAULT):
+                 iptables: str = "auto", load_balancer: str = DEFAULT,
+                 proxy_mode: str = "iptables"):
         self.topo = topo
         self.iptables = iptables
+        self.proxy_mode = proxy_mode
+        dataplane_for(proxy_mode)   # an unknown mode fails here, before anything is built
         self.plan: Plan = build_plan(topo)
         self.state = StateDir.for_cluster("current")
         self.progress = progress or (lambda msg: None)
@@ -57,7 +62,7 @@ class Cluster:
         self.journal: Journal | None = None
         self.lock = Lock()
         self.control = ControlPlane(self)
-        self.kube_proxy: Any = None
+        self.kube_proxy: ServiceDataPlane | None = None
         self.timings: dict[str, float] = {}
         self.offloads_off = False
         self._stopped = False
@@ -224,9 +229,8 @@ class Cluster:
 
     def sync_kube_proxy(self) -> None:
         """Render and apply kube-proxy's rules on every node."""
-        from testbed.kubernetes.dataplane.iptables.proxier import KubeProxy
         if self.kube_proxy is None:
-            self.kube_proxy = KubeProxy(self, backend=self.iptables)
+            self.kube_proxy = dataplane_for(self.proxy_mode)(self, backend=self.iptables)
         self.kube_proxy.sync_all()
 
     # -- the control plane, as notebooks, tests and the detached session call it --------------

@@ -27,6 +27,7 @@ import time
 from typing import Optional
 
 from testbed.errors import EnvironmentProblem, UsageError
+from testbed.emulation.status import status_of, write_status
 from testbed.paths import REPO
 from testbed.emulation.journal import STATE_ROOT, Holder, StateDir, alive, clean, lock_holder, owner_pid, read_journal
 
@@ -103,55 +104,6 @@ class Owner:
         if self.server:
             self.server.shutdown()
             self.server.server_close()
-
-
-def status_of(cluster) -> dict:
-    """Everything `cnlb status` shows, from the running cluster itself."""
-    from testbed.emulation.journal import proc_start_time
-    plan = cluster.plan
-    live = cluster.live_pods()
-    pods = []
-    for p in plan.pods:
-        if p.name in cluster.removed_pods:
-            continue
-        proc = cluster.pod_servers.get(p.name)
-        pods.append({"name": p.name, "node": p.node, "ip": p.ip, "port": p.port,
-                     "server_running": bool(proc and proc.poll() is None),
-                     "healthy": p.name in live and bool(proc and proc.poll() is None)})
-    lbs = []
-    for lb in plan.load_balancers:
-        try:
-            backends = cluster.controller.api("GET", f"/v1/lbs/{lb.service}/backends", timeout=3)
-        except Exception as exc:
-            backends = {"error": str(exc)}
-        lbs.append({"service": lb.service, "vip": lb.vip, "port": lb.port,
-                    "targets": lb.target_mode, "backends": backends})
-    hosts = {h.name: [h.pid, proc_start_time(h.pid)] for h in cluster.net.hosts}
-    return {
-        "cluster": plan.cluster, "mode": plan.mode, "file": cluster.topo.file,
-        "owner": {"pid": os.getpid(), "alive": True},
-        "controller": {"pid": cluster.controller.proc.pid, "alive": cluster.controller.alive(),
-                       "rest": f"http://127.0.0.1:{cluster.controller.rest_port}/v1/"},
-        "nodes": [{"name": n.name, "ip": n.ip, "subnet": n.subnet, "pod_cidr": n.pod_cidr
-                   if plan.mode == "nodeport" else None, "failed": n.name in cluster.failed_nodes}
-                  for n in plan.nodes],
-        "pods": pods,
-        "services": [{"name": s.name, "type": s.type, "cluster_ip": s.cluster_ip, "port": s.port,
-                      "node_port": s.node_port, "external_traffic_policy": s.external_traffic_policy,
-                      "vip": s.vip} for s in plan.services],
-        "load_balancers": lbs,
-        "clients": plan.clients,
-        "hosts": hosts,
-        "rest_port": cluster.controller.rest_port,
-        "timings": cluster.timings,
-    }
-
-
-def write_status(cluster) -> None:
-    path = cluster.state.file("status.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(status_of(cluster), fh, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def run_owner(cluster, ready_fd: int) -> int:

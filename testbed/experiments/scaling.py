@@ -11,9 +11,7 @@ from testbed.analysis.stats import percentile
 from testbed.emulation.cluster import Cluster
 from testbed.experiments.client import probe, sample_rows
 from testbed.experiments.kind import RunContext
-from testbed.kubernetes.dataplane.iptables import rules
-from testbed.kubernetes.dataplane.iptables.restore import apply
-from testbed.kubernetes.dataplane.model import Endpoint, ServicePort, node_context, service_ports
+from testbed.kubernetes.dataplane.model import Endpoint, ServicePort, service_ports
 from testbed.spec.experiment import Variant
 from testbed.spec.topology import Topology
 
@@ -49,11 +47,11 @@ def _one_size(run: RunContext, cluster: Cluster, variant: Variant, rep: int, n: 
     node = cluster.plan.nodes[0].name
     latency = run.exp.workload("latency")
     services = real + synthetic_services(n, run.exp.endpoints)
-    text = rules.render(services, node_context(cluster.plan, node))
+    dataplane = cluster.kube_proxy
+    text = dataplane.render_node(node, services)
     t0 = time.time()
     for nd in cluster.plan.nodes:   # every node's kube-proxy syncs
-        apply(cluster.kube_proxy._runner(nd.name), text, backend=run.iptables,
-              ensure_jumps=False)
+        dataplane.apply_text(nd.name, text)
     sync_ms = (time.time() - t0) * 1000 / len(cluster.plan.nodes)
     run.rec(variant, rep, "sync_time_ms", sync_ms, "scaling", services=n)
     run.rec(variant, rep, "rules", text.count("\n-A "), "scaling", services=n)
@@ -67,6 +65,4 @@ def _one_size(run: RunContext, cluster: Cluster, variant: Variant, rep: int, n: 
         run.rec(variant, rep, "errors", len(rows) - len(lat), "scaling", services=n)
     # back to the real services only (a partial sync removes the synthetic chains)
     for nd in cluster.plan.nodes:
-        apply(cluster.kube_proxy._runner(nd.name),
-              rules.render_partial(services, real, node_context(cluster.plan, nd.name)),
-              backend=run.iptables, ensure_jumps=False)
+        dataplane.apply_text(nd.name, dataplane.render_change(nd.name, services, real))

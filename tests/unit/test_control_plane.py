@@ -187,14 +187,6 @@ def test_status_from_the_parts(parts):
     assert status["timings"] == {"total_s": 1.5} and status["owner"]["alive"]
 
 
-def test_status_is_the_session_status_it_replaces(parts):
-    from testbed.emulation import session
-    from testbed.emulation.status import status_of
-    if not hasattr(session, "status_of") or session.status_of is status_of:
-        pytest.skip("the session's status is this one")
-    assert status_of(parts) == session.status_of(parts)
-
-
 def test_status_shows_an_unreadable_lb_as_an_error(parts):
     from testbed.emulation.status import status_of
 
