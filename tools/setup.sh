@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 
 # Every program the project runs, by its package (tests/unit/test_setup_packages.py reads the
 # source for the programs it starts and fails when one's package is missing here). Packages a
-# Debian system always has (coreutils, dash) are listed too: setup then installs nothing for them.
+# Debian system always has (bash, coreutils, dash) are listed too: setup installs nothing for them.
 PACKAGES="mininet openvswitch-switch openvswitch-common iproute2 iptables nftables ethtool
 iperf iperf3 wrk curl tcpdump traceroute iputils-ping conntrack procps psmisc util-linux kmod
-coreutils dash git gcc libc6-dev make python3-venv python3-pip"
+bash coreutils dash git gcc libc6-dev make python3-venv python3-pip"
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup: needs root (apt-get, Open vSwitch) — run: sudo make setup" >&2

@@ -14,7 +14,6 @@ import sys
 import time
 
 from testbed.errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, UsageError
-from testbed.paths import REPO
 
 EXIT_FAILED, EXIT_ENV, EXIT_INTERRUPTED = 1, 3, 130
 BUILDING_COMMANDS = ("up", "run")   # they tear down what they made before exiting
@@ -368,31 +367,11 @@ def cmd_node(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from testbed.emulation import machine
-    from testbed.spec.experiment import load_resolved
-    from testbed.analysis.plots import plot_run, written
-    from testbed.analysis.report import write_report
-    from testbed.analysis.records import RunWriter, new_run_dir
-    from testbed.experiments.runner import Runner, environment
-    resolved = load_resolved(args.experiment, args.topology, netem=machine.netem_available())
-    from testbed.emulation.journal import Lock
-    Lock().refuse_if_held()   # before a results directory is made
-    repo = REPO
-    if args.out:
-        if os.path.exists(os.path.join(args.out, "meta.json")):
-            raise UsageError(f"cnlb run: --out {args.out} already holds a run — give a new directory")
-        out = args.out
-    else:
-        out = new_run_dir(os.path.join(repo, "results"), resolved.experiment.name)
-    say = _progress(args.quiet)
-    say(f"results go to {out}")
-    with RunWriter(out, resolved=resolved, environment=environment(args.iptables)) as writer:
-        Runner(resolved, writer, say, iptables=args.iptables).run()
-    say("drawing figures ...")
-    figures = written(plot_run(out))
-    report = write_report(out)
-    print(f"{len(figures)} figures in {os.path.join(out, 'figures')}")
-    print(f"report: {report}")
+    from testbed.experiments.run import run_experiment
+    result = run_experiment(args.experiment, args.topology, out=args.out, iptables=args.iptables,
+                            progress=_progress(args.quiet))
+    print(f"{len(result.figures)} figures in {os.path.join(result.out, 'figures')}")
+    print(f"report: {result.report}")
     return 0
 
 

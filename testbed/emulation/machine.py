@@ -17,8 +17,8 @@ OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 # tools/setup.sh (tests/unit/test_setup_packages.py checks). nsenter: the VPC controller's
 # health checker runs in the LB host's namespace; ss: kube-proxy's health servers are awaited.
 TOOLS = ("mnexec", "ovs-vsctl", "ovs-ofctl", "ip", "tc", "ethtool", "iptables-restore",
-         "iptables-save", "curl", "ping", "iperf", "iperf3", "wrk", "traceroute", "tcpdump", "bridge",
-         "nsenter", "ss")
+         "iptables-save", "curl", "ping", "iperf", "iperf3", "wrk", "traceroute", "tcpdump",
+         "bridge", "nsenter", "ss")
 
 
 def run(argv, timeout=30, **kw) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, Optional
 
 SOURCE_DIRS = ("testbed", "controllers", "bench", "tests", "workloads")
 HOLE = "{}"
+PARAM_HOLE = "{param}"      # a part a parameter of the function being read fills
 MAX_ALTERNATIVES = 24
 MAX_DEPTH = 10
 
@@ -91,10 +92,15 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
+def _ordered(values: Iterable) -> list:
+    """Alternatives in a fixed order (sets of strings iterate differently from run to run)."""
+    return sorted(values, key=repr)
+
+
 def _cap(values: Iterable) -> frozenset:
     out = frozenset(values)
     if len(out) > MAX_ALTERNATIVES:
-        return frozenset(list(out)[:MAX_ALTERNATIVES])
+        return frozenset(_ordered(out)[:MAX_ALTERNATIVES])
     return out
 
 
@@ -364,6 +370,7 @@ class Reader:
         self.wrappers: set[int] = set()         # functions whose arguments say what runs
         self.param_hits: set[int] = set()
         self.origin: Optional[str] = None
+        self.reading: Optional[int] = None     # the function read with its parameters unbound
 
     # values ---------------------------------------------------------------------------
     def ev(self, expr: Optional[ast.AST], ctx: Ctx) -> frozenset:
@@ -410,9 +417,13 @@ class Reader:
         for v in e.values:
             if isinstance(v, ast.Constant):
                 parts.append([v.value])
-            else:
-                texts = [x.s for x in self.ev(v.value, ctx) if isinstance(x, Text)]
-                parts.append(texts if 0 < len(texts) <= 4 else [HOLE])
+                continue
+            values = self.ev(v.value, ctx)
+            if all(isinstance(x, Param) for x in values):
+                parts.append([PARAM_HOLE])      # the callers fill it: read with them
+                continue
+            texts = sorted(x.s for x in values if isinstance(x, Text))
+            parts.append(texts if 0 < len(texts) <= 4 else [HOLE])
         combos = list(itertools.islice(itertools.product(*parts), MAX_ALTERNATIVES))
         return {Text("".join(c)) for c in combos}
 
@@ -447,7 +458,8 @@ class Reader:
     def _binop(self, e: ast.BinOp, ctx: Ctx) -> set:
         left, right = self.ev(e.left, ctx), self.ev(e.right, ctx)
         out = set()
-        for a, b in itertools.islice(itertools.product(left, right), MAX_ALTERNATIVES):
+        pairs = itertools.product(_ordered(left), _ordered(right))
+        for a, b in itertools.islice(pairs, MAX_ALTERNATIVES):
             if isinstance(e.op, ast.Add) and isinstance(a, Text) and isinstance(b, Text):
                 out.add(Text(a.s + b.s))
             elif isinstance(e.op, ast.Div) and isinstance(b, Text):
@@ -497,7 +509,7 @@ class Reader:
             return bound
         while func is not None:
             if name in func.all_params():
-                if func is ctx.func:
+                if func is ctx.func and ctx.depth == 0:
                     return frozenset({Param(id(func.node), name)})
                 return frozenset({UNKNOWN})
             if name in func.assigns():
@@ -747,6 +759,7 @@ class Reader:
         """Read the calls of one function with its parameters unbound; True when what it
         starts depends on a parameter (then every call of it is read with the arguments)."""
         self.param_hits = set()
+        self.reading = id(func.node)
         self.read_calls(func.calls(), Ctx(func.module, func, {}), report)
         return id(func.node) in self.param_hits
 
@@ -773,8 +786,8 @@ class Reader:
             elif kind == "shell":
                 if isinstance(v, Text):
                     self.shell(v.s, where, ctx, report)
-                elif isinstance(v, Seq):
-                    self.argv(v, where, ctx, report)
+                elif isinstance(v, Seq):        # cmd("ip", "link"): Mininet joins the words
+                    self.shell(" ".join(_one_text(i) for i in v.items), where, ctx, report)
                 else:
                     self.unknown(where, ctx, report, "shell text")
             elif kind == "lines":
@@ -799,6 +812,9 @@ class Reader:
             self.unresolved.add((ctx.module.path, func, where, what))
 
     def program(self, word: str, where: str, ctx: Ctx, report: bool) -> None:
+        if PARAM_HOLE in word:
+            self.param_hits.add(self.reading)   # read again where the callers bind it
+            return
         name = normalise(word)
         if name is None:
             self.unknown(where, ctx, report, f"program {word!r}")
@@ -884,6 +900,8 @@ def normalise(word: str) -> Optional[str]:
     for d in STANDARD_BIN:
         if word.startswith(d):
             return word[len(d):]
+    if word.endswith(".venv/bin/cnlb"):
+        return "cnlb"
     if "/" in word and not word.startswith("/"):
         for top in ("build/", "workloads/", "tools/", "bench/"):
             if top in word:
@@ -920,7 +938,8 @@ PREFIX_OPTIONS = {
 def inner_command(program: str, rest: Seq) -> Optional[int]:
     """Where the command a prefix program runs starts among its arguments (None: no such)."""
     words = [_const(item) for item in rest.items]
-    if program in ("python3", "python") and words[:3] == ["-m", "testbed.cli.commands", "exec"]:
+    if (program in ("python3", "python") and words[:3] == ["-m", "testbed.cli.commands", "exec"]
+            or program == "cnlb" and words[:1] == ["exec"]):
         return words.index("--") + 1 if "--" in words else None
     if program == "ip" and words[:2] == ["netns", "exec"]:
         return 3

@@ -1,0 +1,59 @@
+"""One experiment from file to report: what `cnlb run` does, callable from bench/ and notebooks.
+
+    result = run_experiment("experiments/compare.yaml", topology="topologies/talk.yaml")
+    print(result.report)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from testbed.analysis.plots import plot_run, written
+from testbed.analysis.records import RunWriter, new_run_dir
+from testbed.analysis.report import write_report
+from testbed.emulation import machine
+from testbed.emulation.journal import Lock
+from testbed.errors import UsageError
+from testbed.experiments.runner import Runner, environment
+from testbed.paths import RESULTS
+from testbed.spec.experiment import load_resolved
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a finished run put its records, figures and report.
+
+    out: the run directory (results/<run-id>)
+    figures: the figure files written
+    report: the path of report.md
+    """
+    out: str
+    figures: list[str]
+    report: str
+
+
+def run_experiment(experiment: str, topology: str | None = None, out: str | None = None,
+                   iptables: str = "auto",
+                   progress: Callable[[str], None] = lambda msg: None) -> RunResult:
+    """Check the files, measure every variant into a new run directory, then plot and report.
+
+    experiment: the experiment file; topology: overrides the file's `topology:`
+    out: the run directory (None: a new results/<run-id>); iptables: kube-proxy's backend
+    progress: called with one line per step
+    Raises InputError (bad files), UsageError (out already holds a run), EnvironmentProblem.
+    """
+    resolved = load_resolved(experiment, topology, netem=machine.netem_available())
+    Lock().refuse_if_held()   # before a results directory is made
+    if out:
+        if os.path.exists(os.path.join(out, "meta.json")):
+            raise UsageError(f"cnlb run: --out {out} already holds a run — give a new directory")
+    else:
+        out = new_run_dir(RESULTS, resolved.experiment.name)
+    progress(f"results go to {out}")
+    with RunWriter(out, resolved=resolved, environment=environment(iptables)) as writer:
+        Runner(resolved, writer, progress, iptables=iptables).run()
+    progress("drawing figures ...")
+    figures = written(plot_run(out))
+    return RunResult(out, figures, write_report(out))
