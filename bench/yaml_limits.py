@@ -9,7 +9,7 @@ scalar, a file of comments, a topology with as many services as the value budget
 /dev/zero, and a file four times the limit.
 
 Every case runs in a fresh child process (`python -c ...`), which validates the file through
-`testbed.cli.commands.main(["validate", FILE])` and reports its own peak RSS (resource.getrusage,
+`testbed.cli.main.main(["validate", FILE])` and reports its own peak RSS (resource.getrusage,
 ru_maxrss) and the time of the call; the parent also times the whole child process, interpreter
 start-up and imports included. Each case runs with libyaml's parser (what PyYAML wheels ship)
 and, with --pure, again with PyYAML's pure-Python parser.
@@ -52,7 +52,7 @@ sys.path.insert(0, sys.argv[1])
 if sys.argv[3] == "pure":
     import yaml, testbed.spec.yamldoc as source
     source._LOADER = yaml.SafeLoader
-from testbed.cli.commands import main
+from testbed.cli.main import main
 err = io.StringIO()
 sys.stderr, real = err, sys.stderr
 start = time.perf_counter()

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("testbed.kubernetes", "testbed.cloud", "testbed.analysis"),
     ("testbed.emulation",),
     ("testbed.experiments",),
-    ("testbed.cli.commands",),
+    ("testbed.cli",),
 )
 MAX_MODULE, MAX_FUNCTION, MAX_CLASS = 600, 80, 300
 MODULE_STRING = re.compile(r"""["'](?:-m["'],\s*["'])?((?:testbed|controllers)(?:\.[a-z_]+)+)["']""")

@@ -1,7 +1,7 @@
-"""`python -m testbed.cli.commands`: the same as the `cnlb` command."""
+"""`python -m testbed.cli`: the same as the `cnlb` command."""
 
 import sys
 
-from testbed.cli.commands import main
+from testbed.cli.main import main
 
 sys.exit(main())

@@ -1,154 +1,19 @@
-"""`cnlb`: the testbed's command line.
-
-Exit status: 0 success, 1 a check or run failed, 2 bad input (file or flags), 3 the machine
-cannot do it (not root, OVS missing...), 130 interrupted.
+"""The `cnlb` commands: each parses nothing, calls the library and prints (kind's delete
+command is the model). Flags are defined in testbed.cli.parser; errors become exit statuses in
+testbed.cli.main.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
 import sys
 import time
 
 from testbed.errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, UsageError
 
-EXIT_FAILED, EXIT_ENV, EXIT_INTERRUPTED = 1, 3, 130
-BUILDING_COMMANDS = ("up", "run")   # they tear down what they made before exiting
+EXIT_FAILED = 1
 
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line and exit status 2."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message} — see `{self.prog} --help`")
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    builds = False   # only commands that build may say, when interrupted, what they removed
-    try:
-        args = parser.parse_args(argv)
-        builds = args.command in BUILDING_COMMANDS
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return EXIT_BAD_INPUT
-        _install_sigterm()
-        return args.func(args) or 0
-    except InputError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except EnvironmentProblem as exc:
-        print(f"cnlb: {exc}", file=sys.stderr)
-        return EXIT_ENV
-    except KeyboardInterrupt:
-        print("cnlb: interrupted" + ("; everything the testbed made was removed" if builds else ""),
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
-
-
-def _install_sigterm():
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
-def build_parser() -> Parser:
-    p = Parser(prog="cnlb", description="Container-native load-balancing testbed: an emulated "
-               "Kubernetes cluster on real namespaces, classic NodePort vs container-native paths.")
-    sub = p.add_subparsers(dest="command", parser_class=Parser)
-
-    v = sub.add_parser("validate", help="check topology files; nothing is built")
-    v.add_argument("files", nargs="+", metavar="FILE")
-    v.add_argument("--mode", choices=("nodeport", "container-native"))
-    v.set_defaults(func=cmd_validate)
-
-    r = sub.add_parser("render", help="print what would be applied, without building anything")
-    r.add_argument("what", choices=("plan", "fabric", "cni", "kube-proxy"))
-    r.add_argument("file", metavar="FILE")
-    r.add_argument("--mode", choices=("nodeport", "container-native"))
-    r.add_argument("--node", help="the node (kube-proxy, cni)")
-    r.set_defaults(func=cmd_render)
-
-    u = sub.add_parser("up", help="build the cluster from a topology file")
-    u.add_argument("file", metavar="FILE")
-    u.add_argument("--mode", choices=("nodeport", "container-native"))
-    u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
-                   "exit non-zero if anything expected failed")
-    u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
-    _iptables_option(u)
-    u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
-                   "it stays up (cnlb status / exec / down)")
-    u.add_argument("--quiet", action="store_true")
-    u.add_argument("--owner", action="store_true", help=argparse.SUPPRESS)
-    u.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    u.set_defaults(func=cmd_up)
-
-    s = sub.add_parser("status", help="what is running: nodes, pods, services, the LB's backends")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_status)
-
-    e = sub.add_parser("exec", help="run a command in a node, pod or client: cnlb exec NAME -- CMD...")
-    e.add_argument("name", metavar="NAME")
-    e.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    e.set_defaults(func=cmd_exec)
-
-    dn = sub.add_parser("down", help="tear the running cluster down")
-    dn.add_argument("--force", action="store_true", help="also stop a foreground `cnlb up` or "
-                    "`cnlb run` holding the cluster (SIGTERM, then wait for its teardown)")
-    dn.set_defaults(func=cmd_down)
-
-    pod = sub.add_parser("pod", help="pod lifecycle on a running cluster: add, remove, fail")
-    pod.add_argument("action", choices=("add", "remove", "fail"))
-    pod.add_argument("name", metavar="NAME", help="a pod (remove, fail) or a deployment (add)")
-    pod.add_argument("--node", help="add: the node to place the pod on")
-    pod.set_defaults(func=cmd_pod)
-
-    node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
-    node.add_argument("action", choices=("fail",))
-    node.add_argument("name", metavar="NAME")
-    node.set_defaults(func=cmd_node)
-
-    rn = sub.add_parser("run", help="run an experiment: every variant, repetition and workload")
-    rn.add_argument("experiment", metavar="EXPERIMENT")
-    rn.add_argument("--topology", metavar="FILE", help="use this topology instead of the file's")
-    rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
-    rn.add_argument("--quiet", action="store_true", help="no progress lines")
-    _iptables_option(rn)
-    rn.set_defaults(func=cmd_run)
-
-    pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
-    pl.add_argument("run_dir", metavar="RUN_DIR")
-    pl.set_defaults(func=cmd_plot)
-
-    rp = sub.add_parser("report", help="write a one-page report (Markdown and HTML) of a run")
-    rp.add_argument("run_dir", metavar="RUN_DIR")
-    rp.set_defaults(func=cmd_report)
-
-    ag = sub.add_parser("agree", help="do two runs of one experiment agree within their intervals?")
-    ag.add_argument("run_a", metavar="RUN_A")
-    ag.add_argument("run_b", metavar="RUN_B")
-    ag.set_defaults(func=cmd_agree)
-
-    c = sub.add_parser("clean", help="remove everything a crashed run left behind")
-    c.set_defaults(func=cmd_clean)
-
-    d = sub.add_parser("doctor", help="what this machine can do, and the fix for what it cannot")
-    d.set_defaults(func=cmd_doctor)
-    return p
-
-
-def _iptables_option(parser) -> None:
-    parser.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
-                        help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
 
 
 def _progress(quiet: bool):
@@ -183,8 +48,8 @@ def _is_experiment(doc) -> bool:
 
 def cmd_validate(args) -> int:
     from testbed.spec.experiment import resolve_document
-    from testbed.spec.yamldoc import read_document
     from testbed.spec.topology import parse_topology
+    from testbed.spec.yamldoc import read_document
     netem = None                      # probed once, when the first file has been read
     problems = []
     for f in args.files:
@@ -240,8 +105,8 @@ def _node_arg(args, plan) -> str:
 
 def cmd_up(args) -> int:
     from testbed.emulation import machine
-    from testbed.emulation.reachability import format_table, reachability
     from testbed.emulation.cluster import Cluster
+    from testbed.emulation.reachability import format_table, reachability
     from testbed.spec.topology import load_topology
     topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
     say = _progress(args.quiet)
@@ -280,6 +145,7 @@ def _mininet_cli(cluster) -> None:
     """Mininet's CLI on the cluster, accepting the cluster's names (pods are named web-0:
     Mininet's CLI would stop a host name at the '-')."""
     import cmd
+
     from mininet.cli import CLI
     from mininet.log import setLogLevel
 
@@ -415,7 +281,7 @@ def _need_run_dir(*paths: str) -> None:
 
 
 def cmd_clean(args) -> int:
-    from testbed.emulation.journal import Lock, clean, owner_pid, alive, state_dirs
+    from testbed.emulation.journal import Lock, alive, clean, owner_pid, state_dirs
     lock = Lock()
     if not lock.acquire():
         raise EnvironmentProblem(f"a cluster is running (owner pid {lock.holder()}) — stop it with "
@@ -449,7 +315,3 @@ def cmd_doctor(args) -> int:
             line += f"  — fix: {check.fix}"
         print(line)
     return EXIT_FAILED if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -139,7 +139,7 @@ class Holder:
         if len(argv) >= 2 and os.path.basename(argv[0]).startswith("python"):
             if os.path.basename(argv[1]) == "cnlb":
                 argv = ["cnlb"] + argv[2:]
-            elif argv[1:3] == ["-m", "testbed.cli.commands"]:
+            elif argv[1:3] == ["-m", "testbed.cli"]:
                 argv = ["cnlb"] + argv[3:]
         return shlex.join(argv) if argv else "?"
 

@@ -151,7 +151,7 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
     os.makedirs(STATE_ROOT, exist_ok=True)
     log = open(os.path.join(STATE_ROOT, LOG), "w")
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "testbed.cli.commands", "up", file, "--mode", mode, OWNER_FLAG,
+    argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, OWNER_FLAG,
             "--iptables", iptables, "--ready-fd", str(w)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,

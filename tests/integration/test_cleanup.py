@@ -13,7 +13,7 @@ from testbed.emulation.journal import STATE_ROOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
-CNLB = [sys.executable, "-m", "testbed.cli.commands"]
+CNLB = [sys.executable, "-m", "testbed.cli"]
 
 
 def start_up(*args):

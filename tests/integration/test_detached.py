@@ -13,7 +13,7 @@ from testbed.emulation.journal import StateDir, owner_pid
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
-CNLB = [sys.executable, "-m", "testbed.cli.commands"]
+CNLB = [sys.executable, "-m", "testbed.cli"]
 
 
 def cnlb(*args, timeout=300, check=True):

@@ -14,7 +14,7 @@ from testbed.analysis.records import read_meta, read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
-CNLB = [sys.executable, "-m", "testbed.cli.commands"]
+CNLB = [sys.executable, "-m", "testbed.cli"]
 METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",
            "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors"]
 

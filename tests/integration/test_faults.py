@@ -12,7 +12,7 @@ from testbed.analysis.records import read_meta, read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
-CNLB = [sys.executable, "-m", "testbed.cli.commands"]
+CNLB = [sys.executable, "-m", "testbed.cli"]
 
 
 def controller_pid():

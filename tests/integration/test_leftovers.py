@@ -15,7 +15,7 @@ from testbed.spec.topology import load_topology
 from tests.integration.leftovers import Watch
 from tests.integration.test_cleanup import MINIMAL, REPO, start_up, wait_for
 
-CNLB = [sys.executable, "-m", "testbed.cli.commands"]
+CNLB = [sys.executable, "-m", "testbed.cli"]
 
 
 def orphan(script: str) -> tuple[int, int]:

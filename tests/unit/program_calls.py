@@ -938,7 +938,7 @@ PREFIX_OPTIONS = {
 def inner_command(program: str, rest: Seq) -> Optional[int]:
     """Where the command a prefix program runs starts among its arguments (None: no such)."""
     words = [_const(item) for item in rest.items]
-    if (program in ("python3", "python") and words[:3] == ["-m", "testbed.cli.commands", "exec"]
+    if (program in ("python3", "python") and words[:3] == ["-m", "testbed.cli", "exec"]
             or program == "cnlb" and words[:1] == ["exec"]):
         return words.index("--") + 1 if "--" in words else None
     if program == "ip" and words[:2] == ["netns", "exec"]:

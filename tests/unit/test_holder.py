@@ -30,7 +30,7 @@ def state_root(tmp_path, monkeypatch):
 
 def cnlb(root, *args):
     env = dict(os.environ, CNLB_STATE_DIR=root)
-    return subprocess.run([sys.executable, "-m", "testbed.cli.commands", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -95,12 +95,12 @@ def test_the_command_is_shown_as_typed():
     def command(*argv):
         return Holder(1, None, argv, None).command()
     assert command("/v/bin/python3", "/v/bin/cnlb", "up", "a b.yaml") == "cnlb up 'a b.yaml'"
-    assert command("/usr/bin/python3.11", "-m", "testbed.cli.commands", "run", "e.yaml") == "cnlb run e.yaml"
+    assert command("/usr/bin/python3.11", "-m", "testbed.cli", "run", "e.yaml") == "cnlb run e.yaml"
     assert command("/usr/bin/python3", "-m", "pytest", "-q") == "/usr/bin/python3 -m pytest -q"
     assert command() == "?"
     described = Holder(42, None, ("cnlb", "up", "a\nb"), time.time() - 300).describe()
     assert described.startswith("pid 42 (`cnlb up 'a\\nb'`, since ") and ", 5 min ago)" in described
-    up = ("python", "-m", "testbed.cli.commands", "up", "f")
+    up = ("python", "-m", "testbed.cli", "up", "f")
     assert is_detached_owner(Holder(1, None, up + ("--owner",), 0))
     assert not is_detached_owner(Holder(1, None, up, 0))
 

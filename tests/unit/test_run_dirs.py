@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from testbed.cli.commands import main
+from testbed.cli.main import main
 from testbed.analysis.records import RunWriter, check_run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -199,7 +199,7 @@ def test_a_killed_validate_says_only_interrupted(tmp_path):
     """Ctrl-C or SIGTERM during a command that builds nothing: no word of removing anything."""
     fifo = str(tmp_path / "topology.yaml")
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli.commands", "validate", fifo], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "validate", fifo], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # opening the write end succeeds only once validate has the fifo open for reading: it is
     # then blocked reading it, long past installing its SIGTERM handler

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from tests.badfiles import LINE_RE
-from testbed.cli.commands import _is_experiment, main
+from testbed.cli.commands import _is_experiment
+from testbed.cli.main import main
 from testbed.errors import InputError
 from testbed.spec.yamldoc import (MAX_DEPTH, MAX_FILE_BYTES, MAX_PROBLEMS, MAX_VALUES, parse_document,
                             read_document)
@@ -261,7 +262,7 @@ def test_dev_stdin(source):
     text = open(source).read()
     if source == QUICK:     # relative to the experiment file, which stdin is not
         text = text.replace("../topologies/minimal.yaml", MINIMAL)
-    p = subprocess.run([sys.executable, "-m", "testbed.cli.commands", "validate", "/dev/stdin"],
+    p = subprocess.run([sys.executable, "-m", "testbed.cli", "validate", "/dev/stdin"],
                        input=text, capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0 and p.stdout == "/dev/stdin: ok\n", p.stderr
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.badfiles import LINE_RE, expectation
-from testbed.cli.commands import main
+from testbed.cli.main import main
 from testbed.errors import InputError
 from testbed.spec.yamldoc import parse_document
 from testbed.spec.topology import load_topology, parse_topology
@@ -105,7 +105,7 @@ def test_bad_command_lines_get_one_line_and_status_2(argv, capsys):
 
 
 def test_cli_process_prints_no_traceback():
-    p = subprocess.run([sys.executable, "-m", "testbed.cli.commands", "validate", os.path.join(BAD, "empty.yaml")],
+    p = subprocess.run([sys.executable, "-m", "testbed.cli", "validate", os.path.join(BAD, "empty.yaml")],
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
 

@@ -1,0 +1,132 @@
+"""`cnlb`'s flags: one small function per group of subcommands, each pointing at its command."""
+
+from __future__ import annotations
+
+import argparse
+
+from testbed.cli import commands as c
+from testbed.errors import UsageError
+
+MODES = ("nodeport", "container-native")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} — see `{self.prog} --help`")
+
+
+def build_parser() -> Parser:
+    """The whole command line: `cnlb COMMAND ...`."""
+    p = Parser(prog="cnlb", description="Container-native load-balancing testbed: an emulated "
+               "Kubernetes cluster on real namespaces, classic NodePort vs container-native paths.")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+    _files(sub)
+    _cluster(sub)
+    _lifecycle(sub)
+    _runs(sub)
+    _machine(sub)
+    return p
+
+
+def _files(sub) -> None:
+    """Commands that read files and build nothing."""
+    v = sub.add_parser("validate", help="check topology files; nothing is built")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--mode", choices=MODES)
+    v.set_defaults(func=c.cmd_validate)
+
+    r = sub.add_parser("render", help="print what would be applied, without building anything")
+    r.add_argument("what", choices=("plan", "fabric", "cni", "kube-proxy"))
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--mode", choices=MODES)
+    r.add_argument("--node", help="the node (kube-proxy, cni)")
+    r.set_defaults(func=c.cmd_render)
+
+
+def _cluster(sub) -> None:
+    """Building a cluster, and the commands that look at or tear down the running one."""
+    u = sub.add_parser("up", help="build the cluster from a topology file")
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("--mode", choices=MODES)
+    u.add_argument("--check", action="store_true", help="print a reachability table, tear down, "
+                   "exit non-zero if anything expected failed")
+    u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
+    _iptables_option(u)
+    u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
+                   "it stays up (cnlb status / exec / down)")
+    u.add_argument("--quiet", action="store_true")
+    u.add_argument("--owner", action="store_true", help=argparse.SUPPRESS)
+    u.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    u.set_defaults(func=c.cmd_up)
+
+    s = sub.add_parser("status", help="what is running: nodes, pods, services, the LB's backends")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=c.cmd_status)
+
+    e = sub.add_parser("exec", help="run a command in a node, pod or client: "
+                       "cnlb exec NAME -- CMD...")
+    e.add_argument("name", metavar="NAME")
+    e.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    e.set_defaults(func=c.cmd_exec)
+
+    dn = sub.add_parser("down", help="tear the running cluster down")
+    dn.add_argument("--force", action="store_true", help="also stop a foreground `cnlb up` or "
+                    "`cnlb run` holding the cluster (SIGTERM, then wait for its teardown)")
+    dn.set_defaults(func=c.cmd_down)
+
+
+def _lifecycle(sub) -> None:
+    """Pods and nodes of a running cluster."""
+    pod = sub.add_parser("pod", help="pod lifecycle on a running cluster: add, remove, fail")
+    pod.add_argument("action", choices=("add", "remove", "fail"))
+    pod.add_argument("name", metavar="NAME", help="a pod (remove, fail) or a deployment (add)")
+    pod.add_argument("--node", help="add: the node to place the pod on")
+    pod.set_defaults(func=c.cmd_pod)
+
+    node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
+    node.add_argument("action", choices=("fail",))
+    node.add_argument("name", metavar="NAME")
+    node.set_defaults(func=c.cmd_node)
+
+
+def _runs(sub) -> None:
+    """Experiments and what is made from their results."""
+    rn = sub.add_parser("run", help="run an experiment: every variant, repetition and workload")
+    rn.add_argument("experiment", metavar="EXPERIMENT")
+    rn.add_argument("--topology", metavar="FILE", help="use this topology instead of the file's")
+    rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
+    rn.add_argument("--quiet", action="store_true", help="no progress lines")
+    _iptables_option(rn)
+    rn.set_defaults(func=c.cmd_run)
+
+    pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.set_defaults(func=c.cmd_plot)
+
+    rp = sub.add_parser("report", help="write a one-page report (Markdown and HTML) of a run")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.set_defaults(func=c.cmd_report)
+
+    ag = sub.add_parser("agree", help="do two runs of one experiment agree within their "
+                        "intervals?")
+    ag.add_argument("run_a", metavar="RUN_A")
+    ag.add_argument("run_b", metavar="RUN_B")
+    ag.set_defaults(func=c.cmd_agree)
+
+
+def _machine(sub) -> None:
+    """The machine: leftovers and what it can do."""
+    cl = sub.add_parser("clean", help="remove everything a crashed run left behind")
+    cl.set_defaults(func=c.cmd_clean)
+
+    d = sub.add_parser("doctor", help="what this machine can do, and the fix for what it cannot")
+    d.set_defaults(func=c.cmd_doctor)
+
+
+def _iptables_option(parser) -> None:
+    parser.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
+                        help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
+
+
