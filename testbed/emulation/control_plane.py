@@ -138,8 +138,8 @@ class ControlPlane:
         c.hosts.add_host(pod.name)
         c.hosts.link_pod(pod)
         with_pod(plan, pod)
-        c.hosts.run_script(pod.name, plugin_for(plan).pod(plan, pod))
-        c.hosts.run_script(node, plugin_for(plan).pod_on_node(plan, pod))
+        c.hosts.run_script(pod.name, plugin_for(plan).setup_pod(plan, pod))
+        c.hosts.run_script(node, plugin_for(plan).attach_pod(plan, pod))
         self.start_pod_servers([pod])
         self._endpoints_changed()
         if plan.mode == "container-native":
@@ -164,7 +164,7 @@ class ControlPlane:
         self._endpoints_changed()
         self._kill_server(name)
         if pod.node not in self.states.failed_nodes:
-            c.hosts.run_script(pod.node, plugin_for(plan).pod_gone_from_node(plan, pod))
+            c.hosts.run_script(pod.node, plugin_for(plan).detach_pod(plan, pod))
         host = c.hosts.host(name)
         os.kill(host.pid, 9)   # the pod's namespace, and its veth pair, go with its shell
         host.shell.wait(5)

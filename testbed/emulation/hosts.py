@@ -171,7 +171,7 @@ class Hosts:
             if att.kind != "node":
                 scripts[att.host] = host_fabric(att, offloads_off, links)
         for pod in self.plan.pods:
-            scripts[pod.name] = plugin_for(self.plan).pod(self.plan, pod)
+            scripts[pod.name] = plugin_for(self.plan).setup_pod(self.plan, pod)
         self.run_scripts(scripts)
         if offloads_off:
             for port in self._root_ports():

@@ -64,4 +64,4 @@ def node_setup(plan: Plan, node: NodePlan, offloads_off: bool,
         # (CVE-2020-8558). tests/unit/test_node_hardening.py holds the pair together.
     ]
     cmds += host_fabric(plan.attachment(node.name), offloads_off, links)
-    return cmds + plugin_for(plan).node(plan, node, plan.pods_on(node.name), offloads_off)
+    return cmds + plugin_for(plan).setup_node(plan, node, plan.pods_on(node.name), offloads_off)

@@ -60,6 +60,6 @@ def test_vpc_native_gives_each_pod_a_32_and_no_bridge():
     for pod in plan.pods_on(node.name):
         assert f"ip route add {pod.ip}/32 dev {pod.veth} scope link" in script
     pod = plan.pods_on(node.name)[0]
-    assert plugin_for(plan).pod_gone_from_node(plan, pod) == [
+    assert plugin_for(plan).detach_pod(plan, pod) == [
         f"ip route del {pod.ip}/32 dev {pod.veth} 2>/dev/null || true"]
-    assert any("default via 169.254.1.1" in c for c in plugin_for(plan).pod(plan, pod))
+    assert any("default via 169.254.1.1" in c for c in plugin_for(plan).setup_pod(plan, pod))

@@ -52,7 +52,7 @@ def node_scripts(plan) -> dict:
     for node in plan.nodes:
         lines = node_setup(plan, node, offloads_off=True)
         for pod in plan.pods_on(node.name):
-            lines += plugin_for(plan).pod_on_node(plan, pod)
+            lines += plugin_for(plan).attach_pod(plan, pod)
         out[node.name] = lines
     return out
 

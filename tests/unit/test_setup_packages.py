@@ -101,12 +101,13 @@ def test_the_scan_finds_the_calls_we_know_of(scan):
              "build/podserver", "build/httpprobe", "workloads/build.sh"}
     assert known <= found, sorted(known - found)
     where = scan.programs()
-    # a CNI line rendered in testbed/kubernetes/cni/plugins.py, run through Cluster.run_scripts
-    assert any(w.startswith("testbed/emulation/cluster.py") for w in where["bridge"]), where["bridge"]
+    # a CNI line rendered in testbed/kubernetes/cni/, run through Hosts.run_scripts
+    assert any(w.startswith("testbed/emulation/hosts.py") for w in where["bridge"]), where["bridge"]
     # `cnlb exec HOST -- curl` in the detached-cluster test
     assert any(w.startswith("tests/integration/test_detached.py") for w in where["curl"])
-    # kube-proxy's restore, through the runner passed to testbed.kubernetes.dataplane.iptables.rules.apply
-    assert any(w.startswith("testbed/kubernetes/dataplane/iptables/rules.py") for w in where["iptables-restore"])
+    # kube-proxy's restore, through the runner passed to the iptables data plane's apply
+    assert any(w.startswith("testbed/kubernetes/dataplane/iptables/restore.py")
+               for w in where["iptables-restore"])
 
 
 def test_every_program_maps_to_a_package_setup_installs(scan):

@@ -31,21 +31,21 @@ class CniPlugin(ABC):
     name: str = ""
 
     @abstractmethod
-    def node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
+    def setup_node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
              offloads_off: bool) -> list[str]:
         """The node's half: its devices and routes for its pods and the other nodes' pods.
         pods: the pods placed on this node
         offloads_off: the fabric is OVS's userspace datapath (tunnel devices need offloads off)"""
 
     @abstractmethod
-    def pod(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         """The pod's eth0: address, MTU, routes."""
 
     @abstractmethod
-    def pod_on_node(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def attach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         """The node's half of one pod added while the cluster runs."""
 
-    def pod_gone_from_node(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def detach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         """What a node must forget when one of its pods goes away (nothing by default: the
         veth goes with the pod's namespace)."""
         return []

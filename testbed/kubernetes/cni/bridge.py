@@ -14,10 +14,11 @@ from testbed.plan.addresses import NodePlan, Plan, PodPlan
 
 
 class FlannelBridge(CniPlugin):
-    """The part of flannel every backend shares: cni0, its ports, the pods' addresses."""
+    """The part of flannel every backend shares: cni0, its ports, the pods' addresses.
+    A backend's setup_node is bridge_node plus how it reaches other nodes' pod ranges."""
 
-    def node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
-             offloads_off: bool) -> list[str]:
+    def bridge_node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan]) -> list[str]:
+        """The node's cni0 bridge with its pods' veths on it."""
         pod_net = ipaddress.IPv4Network(node.pod_cidr)
         cmds = [
             "ip link add cni0 type bridge",
@@ -30,19 +31,15 @@ class FlannelBridge(CniPlugin):
             "|| true",
         ]
         for pod in pods:
-            cmds += self.pod_on_node(plan, pod)
-        return cmds + self.remote_ranges(plan, node, offloads_off)
+            cmds += self.attach_pod(plan, pod)
+        return cmds
 
-    def remote_ranges(self, plan: Plan, node: NodePlan, offloads_off: bool) -> list[str]:
-        """How this node reaches the other nodes' pod ranges (the backend's own part)."""
-        raise NotImplementedError
-
-    def pod(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return ["ip link set lo up", f"ip link set eth0 mtu {plan.mtu}",
                 f"ip addr add {pod.ip}/{pod.prefixlen} dev eth0", "ip link set eth0 up",
                 f"ip route add default via {pod.gateway} dev eth0"]
 
-    def pod_on_node(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def attach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         # hairpin: a pod reaching its own Service may be DNATed back to itself, out the port the
         # packet came in on (the bridge CNI's hairpinMode, which flannel turns on)
         return [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up",

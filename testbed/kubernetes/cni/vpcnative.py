@@ -18,24 +18,24 @@ class VpcNative(CniPlugin):
 
     name = "vpc-native"
 
-    def node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
+    def setup_node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
              offloads_off: bool) -> list[str]:
         cmds: list[str] = []
         for pod in pods:
-            cmds += self.pod_on_node(plan, pod)
+            cmds += self.attach_pod(plan, pod)
         return cmds
 
-    def pod(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return ["ip link set lo up", f"ip link set eth0 mtu {plan.mtu}",
                 f"ip addr add {pod.ip}/{pod.prefixlen} dev eth0", "ip link set eth0 up",
                 f"ip route add {pod.gateway} dev eth0 scope link",
                 f"ip route add default via {pod.gateway} dev eth0",
                 f"ip neigh replace {pod.gateway} lladdr {pod.veth_mac} dev eth0 nud permanent"]
 
-    def pod_on_node(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def attach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return [f"ip link set {pod.veth} up",
                 f"ip route add {pod.ip}/32 dev {pod.veth} scope link",
                 f"ip neigh replace {pod.ip} lladdr {pod.mac} dev {pod.veth} nud permanent"]
 
-    def pod_gone_from_node(self, plan: Plan, pod: PodPlan) -> list[str]:
+    def detach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return [f"ip route del {pod.ip}/32 dev {pod.veth} 2>/dev/null || true"]

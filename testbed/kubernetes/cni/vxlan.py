@@ -8,10 +8,11 @@ writes them. The plan's MTU (1450) leaves room for VXLAN's 50 bytes.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
-from testbed.kubernetes.cni.bridge import FlannelBridge
 from testbed.kubernetes.cni.base import OFFLOADS_OFF
-from testbed.plan.addresses import NodePlan, Plan
+from testbed.kubernetes.cni.bridge import FlannelBridge
+from testbed.plan.addresses import NodePlan, Plan, PodPlan
 
 
 class Vxlan(FlannelBridge):
@@ -19,7 +20,12 @@ class Vxlan(FlannelBridge):
 
     name = "vxlan"
 
+    def setup_node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
+                   offloads_off: bool) -> list[str]:
+        return self.bridge_node(plan, node, pods) + self.remote_ranges(plan, node, offloads_off)
+
     def remote_ranges(self, plan: Plan, node: NodePlan, offloads_off: bool) -> list[str]:
+        """Other nodes' pod ranges, as this backend reaches them."""
         dev = f"flannel.{plan.vxlan_vni}"
         pod_net = ipaddress.IPv4Network(node.pod_cidr)
         cmds = [
