@@ -269,7 +269,7 @@ def cmd_agree(args) -> int:
 def _need_run_dir(*paths: str) -> None:
     """Refuse run directories whose meta.json or records.jsonl the readers cannot use (one line
     per problem, exit 2); print the warnings (a last record cut by a crash) and go on."""
-    from testbed.analysis.records import check_run_dir
+    from testbed.analysis.rundir_check import check_run_dir
     problems = []
     for path in paths:
         check = check_run_dir(path)
