@@ -36,11 +36,11 @@ if ! ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
     /usr/share/openvswitch/scripts/ovs-ctl --system-id=random --no-monitor start >/dev/null
 fi
 
-# The pod's HTTP server and the measuring HTTP client (C, built together by build.sh).
-if [ ! -x build/podserver ] || [ ! -x build/httpprobe ] \
-        || [ workloads/podserver.c -nt build/podserver ]; then
+# The pod's HTTP server and the measuring HTTP client (C): the Makefile rebuilds them when any
+# of their sources or headers changed.
+if ! make -q programs 2>/dev/null; then
     echo "setup: building the pod server and httpprobe"
-    sh workloads/build.sh
+    make -s programs
 fi
 
 # The Python environment.
@@ -51,7 +51,7 @@ fi
 stamp=.venv/.cnlb-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing the project into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint]'
     touch "$stamp"
 fi
 .venv/bin/python -c 'import mininet.net, os_ken, yaml, matplotlib' \

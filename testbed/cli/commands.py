@@ -120,8 +120,7 @@ def cmd_up(args) -> int:
             raise UsageError("cnlb up: --detach does not go with --check or --cli — "
                              "use `cnlb exec` and `cnlb status` on the detached cluster")
         from testbed.emulation.session import start_detached
-        status = start_detached(topo.file, topo.mode, say, args.iptables)
-        _print_next_steps(status)
+        _print_next_steps(start_detached(topo.file, topo.mode, say, args.iptables))
         return 0
     cluster = Cluster(topo, progress=say, iptables=args.iptables)
     status = 0
