@@ -24,13 +24,14 @@ from testbed.cloud.fabric import render_fabric
 from testbed.cloud.lb import DEFAULT, CloudLoadBalancer, load_balancer_kind, target_kind
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation import machine
-from testbed.emulation.control_plane import PODSERVER, ControlPlane
+from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
 from testbed.kubernetes.dataplane.registry import dataplane_for
+from testbed.paths import PODSERVER
 from testbed.plan.addresses import LB_HOST, Plan, build_plan
 from testbed.spec.topology import Topology
 

@@ -23,11 +23,9 @@ from testbed.emulation.hosts import HOST_THREADS, Hosts
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes import pods as scheduling
 from testbed.kubernetes.cni import plugin_for
-from testbed.paths import REPO
+from testbed.paths import PODSERVER
 from testbed.plan.addresses import Plan, PodPlan, allocate_pod, with_pod
 from testbed.spec.topology import Topology
-
-PODSERVER = os.path.join(REPO, "build", "podserver")
 
 
 class ClusterParts(Protocol):

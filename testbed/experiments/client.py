@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from testbed.emulation.cluster import Cluster
-from testbed.paths import REPO
+from testbed.paths import HTTPPROBE
 from testbed.plan.addresses import Plan, ServicePlan
 from testbed.spec.experiment import Variant
 
-PROBE = os.path.join(REPO, "build", "httpprobe")
+PROBE = HTTPPROBE
 CLIENT = "client1"
 
 Row = dict[str, Any]
