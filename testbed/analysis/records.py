@@ -1,21 +1,11 @@
-"""Run records, written as they come: a crash keeps every measurement made before it.
+"""The run directory's format, written as the run goes: a crash keeps every measurement made
+before it. Read back by the plots, the report and `cnlb agree`.
 
-A run directory (`results/<run-id>/`, run-id `YYYYmmdd-HHMMSS-<experiment>`) holds:
-
-    meta.json       what ran and where: the experiment and topology (resolved, as plain data),
-                    each variant's address plan, the environment the runner passes in (kernel,
-                    datapath, iptables backend, tool versions), git revision and dirty flag,
-                    start/end times, status (running | ok | failed | interrupted), faults.
-                    Written at the start, rewritten (atomically) on every fault and at the end.
-    records.jsonl   one JSON object per measurement, appended, flushed and fsynced per line:
-                    {"experiment", "variant", "repetition", "metric", "value", "unit", "time",
-                     ... extra fields: "workload", "pod", "node", "services", "event"}
-    samples/<variant>/r<repetition>-<workload>.jsonl
-                    raw samples, one JSON object per row (see SAMPLE_FIELDS)
-    figures/, report.md, report.html   made later from the three above (plots.py, report.py)
-
-`results/latest` is a symlink to the newest run directory, replaced atomically.
-Metric names and units are fixed in METRICS; plots and the report read nothing else.
+RunWriter writes meta.json at the start (rewritten atomically on every fault and at the end),
+appends fsynced lines to records.jsonl and samples/<variant>/r<repetition>-<workload>.jsonl;
+new_run_dir names a run directory and moves results/latest. METRICS fixes every metric's name
+and unit, GROUP_FIELDS what tells records of one metric apart; the readers and summarize (mean
+and interval over repetitions) serve the analysis. Field by field: docs/results.md.
 """
 
 from __future__ import annotations

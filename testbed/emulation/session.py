@@ -1,16 +1,11 @@
 """A cluster that stays up after `cnlb up --detach` returns, and what `cnlb status` and
 `cnlb down` say and do about whichever process holds the cluster.
 
-The owner process (`cnlb up FILE --owner`, started in its own session) builds the cluster,
-tells the waiting `cnlb up --detach` how it goes over a pipe, then holds the cluster until
-SIGTERM (`cnlb down`). While it runs it answers requests on a Unix socket in the cluster's state
-directory (pod lifecycle, status) and keeps `status.json` current, so any shell or notebook
-can `exec` into a host, read the status, or change pods.
-
-A foreground `cnlb up` or `cnlb run` (or a notebook's Cluster) holds the cluster too, but
-answers no requests: status names it (pid, command, since when, from the lock file) and shows
-the status it wrote when it was built; down refuses it unless forced, since stopping it ends
-someone's session in another terminal.
+The owner process (`cnlb up FILE --owner`) builds the cluster, reports to the waiting
+`up --detach` over a pipe, then holds it until SIGTERM, answering request()s (pod lifecycle,
+status) on a Unix socket in the state directory and keeping `status.json` current. A foreground
+`cnlb up`/`cnlb run` holds a cluster too but answers nothing: status names it from the lock
+file, and down refuses it unless forced (it is someone's session). Usage: README.md.
 """
 
 from __future__ import annotations

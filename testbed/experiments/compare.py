@@ -1,15 +1,10 @@
 """The compare experiment: each variant's cluster is built once, then every repetition runs
-the workloads in a seeded random order, all from client1 through the cloud LB's VIP:
-
-  latency     build/httpprobe, a new TCP connection per request: per-request latency, which
-              pod answered, the source address it saw, routed hops from the SYN-ACK's TTL
-  keepalive   wrk --latency over a few kept-alive connections: latency percentiles
-  load        wrk with many connections: requests/s
-  throughput  iperf 2, one bulk TCP connection (iperf3's control connection could land on
-              another pod), to an iperf service over the same pods
-  path        httpprobe again, with the nodes' egress counters read before and after: bytes
-              that crossed between nodes (the overlay, or any node-to-VPC traffic), who answered
-              (share per pod, Jain's index), whether the client's address was kept
+the workloads in a seeded random order (the same for every variant), from client1 through the
+cloud LB's VIP: latency (httpprobe, a new connection per request), keepalive and load (wrk),
+throughput (iperf 2, one TCP connection, to an extra `iperf` LoadBalancer service over the same
+pods) and path (httpprobe with the nodes' egress counters read before and after: hops, bytes
+between nodes, who answered, whether the client's address was kept). What each workload
+records: docs/experiments.md.
 """
 
 from __future__ import annotations

@@ -1,37 +1,11 @@
 """The experiment file: what to measure, on which topology, in which variants, how often.
 
-An experiment is short YAML beside the topologies (`experiments/compare.yaml`):
-
-    name: compare                       # run directory and report title (default: the file's name)
-    kind: compare                       # compare | scaling | failover (compare)
-    topology: ../topologies/talk.yaml   # relative to this file; `cnlb run --topology` overrides it
-    service: web                        # the LoadBalancer service measured (the first one)
-    seed: 42                            # seeds the order of workloads in each repetition (0)
-    repetitions: 3                      # 1-100 (3)
-    warmup: 1s                          # before each workload, discarded (1s)
-    variants:                           # 1-8; the names become plot labels, one colour each
-      nodeport-cluster: {mode: nodeport, externalTrafficPolicy: Cluster}
-      nodeport-local:   {mode: nodeport, externalTrafficPolicy: Local}
-      container-native: {mode: container-native}
-    workloads:                          # each optional, at least one; file order = run order
-      latency: {requests: 200}          # a new TCP connection per request (our own client)
-      keepalive: {duration: 5s, connections: 4, threads: 1}   # wrk: latency percentiles
-      load: {duration: 5s, connections: 32, threads: 2}       # wrk: requests/s under load
-      throughput: {duration: 5s}        # iperf 2, one bulk TCP connection
-      path: {requests: 50}              # hops, cross-node bytes, which pod answered, source IP
-
-`kind: scaling` adds `services: [10, 100, 1000, 10000]` (synthetic services, strictly
-increasing) and `endpoints: 5` (per synthetic service); its only workload is `latency`
-(default `{requests: 100}`). `kind: failover` has no workloads but steady load instead:
-`duration: 30s`, `rate: 200` (requests/s), `timeout: 1s` (a request slower than this is an
-error) and `events: [{at: 5s, action: remove-pod, pod: web-0}, {at: 15s, action: fail-node,
-node: node2}]`.
-
-Durations carry a unit: 500ms, 5s, 2m (a bare 0 is fine). `load_experiment(file)` checks the
-file on its own (shape, ranges, the topology file exists); `resolve(experiment, topology)`
-checks it against the topology (the measured service, pods and nodes named by events, each
-variant's mode against the topology's limits) and returns every variant's topology. Every
-problem is one line: `FILE:LINE: field.path: what is wrong — how to fix`.
+`load_experiment(file)` parses and checks a file on its own (shape, ranges, choices, that the
+topology file exists) into an Experiment; `resolve(experiment, topology)` checks it against the
+topology (the measured service, the pods and nodes events name, each variant's mode against the
+topology's limits) and gives every variant's topology; `load_resolved(file)` does both. The
+parsers and WORKLOADS hold every default and range; every problem is one line,
+`FILE:LINE: field.path: what is wrong — how to fix`. The file's manual: docs/experiments.md.
 """
 
 from __future__ import annotations

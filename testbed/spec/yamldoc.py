@@ -1,18 +1,11 @@
 """A YAML document that remembers where every value came from, read with bounded cost.
 
-Specs are read from YAML written by people (and now and then by an attacker); every error must
-point at a file and a line, and no file may cost more than bounded time and memory. The document
-is built here from the parser's events (libyaml's parser when PyYAML has it), one event at a
-time, rather than from PyYAML's node tree, so that:
-
-- the line of each key and value is recorded by its field path (a tuple such as
-  ("services", "web", "nodePort"));
-- a key keeps the text it was written with: `on:` is the key 'on', not True;
-- a mapping that repeats a key is reported (PyYAML would keep the last one silently), while a key
-  written beside a merge (`node2: {<<: *node, subnet: az-b}`) overrides the merged one;
-- nesting past MAX_DEPTH, more than MAX_VALUES values (each alias counting as a copy of what it
-  names, so a "billion laughs" file stops early), an alias to itself or to nothing, and tags
-  other than the plain scalar ones are one-line problems, never a traceback or a runaway.
+`read_document(file)` reads a file once and builds a Document (plain data and the line of every
+field path, such as ("services", "web", "nodePort")) from the parser's events, one at a time
+(libyaml's parser when PyYAML has it), not from PyYAML's node tree: so keys keep their text,
+repeated keys are reported, a key beside a merge overrides the merged one, and size, depth,
+aliases and tags are bounded (MAX_VALUES, MAX_DEPTH, ...): one-line problems, never a
+traceback or a runaway. What this means for people writing files: docs/yaml.md.
 """
 
 from __future__ import annotations
