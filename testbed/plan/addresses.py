@@ -20,11 +20,9 @@ import ipaddress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
-from testbed.spec.topology import (INTERNET_CIDR, LB_CIDR, NODE_HOST_OFFSET, POD_HOST_OFFSET, Topology,
-                   node_ports, placement, service_vips)
+from testbed.spec.topology import (CORE_SWITCH, INTERNET_CIDR, LB_CIDR, LB_HOST, NODE_HOST_OFFSET,
+                   POD_HOST_OFFSET, Topology, node_ports, placement, service_vips)
 
-CORE_SWITCH = "vpc0"
-LB_HOST = "lb0"
 LB_HOST_IP = LB_CIDR.network_address + 2
 CLIENT_HOST_OFFSET = 10
 SERVICE_IP_OFFSET = 10
@@ -37,8 +35,16 @@ def mac(kind: int, index: int) -> str:
     return f"02:cb:{kind:02x}:{b[0]:02x}:{b[1]:02x}:{b[2]:02x}"
 
 
-def veth_name(pod: str) -> str:
-    return "veth" + hashlib.sha256(pod.encode()).hexdigest()[:8]
+def veth_name(pod: str, taken=frozenset()) -> str:
+    """The node-side veth of a pod: a hash of its name, rehashed in the rare case that another
+    pod on the node has it already (as the bridge CNI retries a random name that exists)."""
+    salt = 0
+    while True:
+        seed = f"{pod}#{salt}" if salt else pod
+        name = "veth" + hashlib.sha256(seed.encode()).hexdigest()[:8]
+        if name not in taken:
+            return name
+        salt += 1
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,7 @@ def build_plan(topo: Topology) -> Plan:
     # Pods: classic → next free address on the node's cni0 range; container-native → next free
     # VPC address of the node's subnet (the ENI secondary-IP pool), /32 routed via the node.
     pod_slot = {n.name: 0 for n in topo.nodes}
+    veths: dict[str, set] = {n.name: set() for n in topo.nodes}
     subnet_slot = {s.name: 0 for s in topo.vpc.subnets}
     index = 0
     for deploy in topo.deployments:
@@ -255,8 +262,10 @@ def build_plan(topo: Topology) -> Plan:
                 ip = subnet.cidr.network_address + POD_HOST_OFFSET + subnet_slot[node.subnet]
                 subnet_slot[node.subnet] += 1
                 prefix, gw = 32, str(VETH_GATEWAY)
+            veth = veth_name(pname, veths[node_name])
+            veths[node_name].add(veth)
             plan.pods.append(PodPlan(pname, index, deploy.name, node_name, str(ip), prefix, gw,
-                                     mac(0x02, index), veth_name(pname), mac(0x05, index),
+                                     mac(0x02, index), veth, mac(0x05, index),
                                      deploy.container_port))
 
     # Services: ClusterIPs from the service CIDR; VIPs for LoadBalancer services.
@@ -321,8 +330,9 @@ def allocate_pod(plan: Plan, deployment: str, node: str, port: int) -> PodPlan:
     ip = next((c for c in candidates if c not in used), None)
     if ip is None:
         raise ValueError(f"no free pod address left for node {node}")
+    veth = veth_name(name, {p.veth for p in plan.pods if p.node == node})
     return PodPlan(name, index, deployment, node, str(ip), prefix, gw, mac(0x02, index),
-                   veth_name(name), mac(0x05, index), port)
+                   veth, mac(0x05, index), port)
 
 
 def with_pod(plan: Plan, pod: PodPlan) -> None:

@@ -6,14 +6,66 @@ Shared by the topology and experiment parsers so both speak the same error style
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Optional
 
 from testbed.errors import InputError, Problem
-from testbed.spec.yamldoc import Document, nearest
+from testbed.spec.yamldoc import Document, dotted
 
-NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+NAME_RE = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")   # used with fullmatch: '$' allows a "\n"
 _MISSING = object()
+
+
+def close_match(word: str, choices: Iterable[str]) -> Optional[str]:
+    """The choice a typo was meant to be, or None when nothing is close enough to say
+    "did you mean": the same word in another case or with '-'/'_' (nodeport, node_port),
+    a unique prefix of three letters or more (container), or a few letters off (linkz, Locale;
+    one letter for words of four letters or fewer, so 'mode' does not become 'nodes')."""
+    word = str(word)
+    norm = _normal(word)
+    choices = sorted(str(c) for c in choices)
+    same = [c for c in choices if _normal(c) == norm]
+    if same:
+        return same[0]
+    if len(norm) >= 3:
+        prefixed = [c for c in choices if _normal(c).startswith(norm)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+    allowed = 1 if len(norm) <= 4 else 2 if len(norm) <= 10 else 3
+    best = None
+    for choice in choices:
+        dist = _distance(norm, _normal(choice))
+        if dist <= allowed and (best is None or dist <= best[0]):   # a tie: the later name
+            best = (dist, choice)                                   # (az-c: az-b, not az-a)
+    return best[1] if best else None
+
+
+def _normal(word: str) -> str:
+    return word.lower().replace("-", "").replace("_", "")
+
+
+def _distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) from a to b."""
+    if abs(len(a) - len(b)) > 3:
+        return 4
+    prev2: list = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, prev2[j - 2] + 1)
+            row.append(cost)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def did_you_mean(word, choices, otherwise: str) -> str:
+    """A fix: "did you mean 'x'?" for a close typo, else the otherwise text."""
+    hint = close_match(word, choices)
+    return f"did you mean '{hint}'?" if hint else otherwise
 
 
 class Reader:
@@ -47,27 +99,38 @@ class Reader:
                 return _MISSING
         return data
 
-    def mapping(self, path, allowed, required=(), what="section") -> dict:
-        """A mapping at path whose keys must be in allowed (None = any key); {} if absent."""
+    def has(self, path) -> bool:
+        """Whether the file writes this field (even as null)."""
+        return self.value(path) is not _MISSING
+
+    def mapping(self, path, allowed, required=(), what="section", hints=None) -> dict:
+        """A mapping at path whose keys must be in allowed (None = any key); {} if absent.
+
+        hints: unknown key -> the fix to print for it (a key that belongs elsewhere)
+        """
         data = self.value(path)
         if data is _MISSING or data is None:
             for key in required:
-                self.problem(path, f"missing required field '{key}'", f"add '{key}:'")
+                self.problem(tuple(path) + (key,), "missing required field", f"add '{key}:'")
             return {}
         if not isinstance(data, dict):
-            self.problem(path, f"expected a mapping ({what}), got {_kind(data)}",
+            self.problem(path, f"expected a mapping ({what}), got {kind_of(data)}",
                          "write it as 'key: value' lines")
             return {}
         if allowed is not None:
             for key in data:
-                if key not in allowed:
-                    hint = nearest(key, allowed)
-                    fix = f"did you mean '{hint}'?" if hint else \
-                        f"valid keys: {', '.join(sorted(allowed))}"
-                    self.problem(tuple(path) + (key,), f"unknown key '{key}'", fix)
+                if key in allowed:
+                    continue
+                if hints and key in hints:
+                    fix = hints[key]
+                elif not allowed:
+                    fix = f"{dotted_or_root(path)} takes no fields; remove '{key}'"
+                else:
+                    fix = did_you_mean(key, allowed, f"valid keys: {', '.join(sorted(allowed))}")
+                self.problem(tuple(path) + (key,), f"unknown key '{key}'", fix)
         for key in required:
             if key not in data:
-                self.problem(path, f"missing required field '{key}'", f"add '{key}:'")
+                self.problem(tuple(path) + (key,), "missing required field", f"add '{key}:'")
         return data
 
     def get(self, path, key, convert: Callable[[Any], Any], default=_MISSING, fix="") -> Any:
@@ -76,7 +139,7 @@ class Reader:
         raw = self.value(full)
         if raw is _MISSING:
             if default is _MISSING:
-                self.problem(path, f"missing required field '{key}'", f"add '{key}:'")
+                self.problem(full, "missing required field", f"add '{key}:'")
                 return None
             return default
         try:
@@ -86,7 +149,13 @@ class Reader:
             return None
 
 
-def _kind(value) -> str:
+def dotted_or_root(path) -> str:
+    """A path as the user reads it in a sentence ('clients.client1', 'the file')."""
+    return dotted(path) if path else "the file"
+
+
+def kind_of(value) -> str:
+    """A value's YAML kind, for messages: a mapping, a list, a string..."""
     if value is None:
         return "nothing"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
@@ -98,7 +167,7 @@ def _kind(value) -> str:
 def integer(low: int | None = None, high: int | None = None):
     def convert(raw):
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ValueError(f"expected a whole number, got {_kind(raw)} {raw!r}")
+            raise ValueError(f"expected a whole number, got {kind_of(raw)} {raw!r}")
         if low is not None and raw < low or high is not None and raw > high:
             raise ValueError(f"{raw} is outside {low}-{high}")
         return raw
@@ -108,7 +177,9 @@ def integer(low: int | None = None, high: int | None = None):
 def number(low: float | None = None, high: float | None = None):
     def convert(raw):
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise ValueError(f"expected a number, got {_kind(raw)} {raw!r}")
+            raise ValueError(f"expected a number, got {kind_of(raw)} {raw!r}")
+        if not math.isfinite(raw):   # YAML's .nan and .inf compare false with every bound
+            raise ValueError(f"expected a number, got {raw!r}")
         if low is not None and raw < low or high is not None and raw > high:
             raise ValueError(f"{raw} is outside {low}-{high}")
         return float(raw)
@@ -117,14 +188,14 @@ def number(low: float | None = None, high: float | None = None):
 
 def boolean(raw):
     if not isinstance(raw, bool):
-        raise ValueError(f"expected true or false, got {_kind(raw)} {raw!r}")
+        raise ValueError(f"expected true or false, got {kind_of(raw)} {raw!r}")
     return raw
 
 
 def choice(*options):
     def convert(raw):
         if raw not in options:
-            hint = nearest(str(raw), options) if isinstance(raw, str) else None
+            hint = close_match(raw, options) if isinstance(raw, str) else None
             extra = f" (did you mean '{hint}'?)" if hint else ""
             raise ValueError(f"{raw!r} is not one of {', '.join(options)}{extra}")
         return raw
@@ -133,13 +204,13 @@ def choice(*options):
 
 def text(raw):
     if not isinstance(raw, str) or not raw:
-        raise ValueError(f"expected a non-empty string, got {_kind(raw)} {raw!r}")
+        raise ValueError(f"expected a non-empty string, got {kind_of(raw)} {raw!r}")
     return raw
 
 
 def network(raw):
     if not isinstance(raw, str):
-        raise ValueError(f"expected a CIDR like 192.168.0.0/24, got {_kind(raw)} {raw!r}")
+        raise ValueError(f"expected a CIDR like 192.168.0.0/24, got {kind_of(raw)} {raw!r}")
     try:
         net = ipaddress.IPv4Network(raw, strict=False)
     except ValueError:
@@ -153,7 +224,7 @@ def network(raw):
 
 def address(raw):
     if not isinstance(raw, str):
-        raise ValueError(f"expected an IPv4 address, got {_kind(raw)} {raw!r}")
+        raise ValueError(f"expected an IPv4 address, got {kind_of(raw)} {raw!r}")
     try:
         return ipaddress.IPv4Address(raw)
     except ValueError:
@@ -163,6 +234,8 @@ def address(raw):
 def duration_ms(raw):
     """'5ms', '1s', '250us' or a number of milliseconds."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if not math.isfinite(raw):
+            raise ValueError(f"expected a duration like 5ms, got {raw!r}")
         value = float(raw)
     elif isinstance(raw, str):
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", raw)
@@ -170,7 +243,7 @@ def duration_ms(raw):
             raise ValueError(f"'{raw}' is not a duration like 5ms")
         value = float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, None: 1.0}[match.group(2)]
     else:
-        raise ValueError(f"expected a duration like 5ms, got {_kind(raw)} {raw!r}")
+        raise ValueError(f"expected a duration like 5ms, got {kind_of(raw)} {raw!r}")
     if value < 0 or value > 10_000:
         raise ValueError(f"{raw} is outside 0-10s")
     return value
@@ -179,7 +252,7 @@ def duration_ms(raw):
 def name(max_len: int):
     """A DNS-1123 label short enough to become an interface or host name."""
     def convert(raw):
-        if not isinstance(raw, str) or not NAME_RE.match(raw):
+        if not isinstance(raw, str) or not NAME_RE.fullmatch(raw):
             raise ValueError(f"{raw!r} is not a valid name (lower-case letters, digits, '-')")
         if len(raw) > max_len:
             raise ValueError(f"'{raw}' is longer than {max_len} characters")

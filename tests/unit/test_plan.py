@@ -2,12 +2,13 @@
 
 import ipaddress
 import os
+from dataclasses import replace
 
 import pytest
 
 from testbed.emulation.reachability import expected_probes
 from testbed.cloud.fabric import render_fabric
-from testbed.plan.addresses import allocate_pod, build_plan, with_pod
+from testbed.plan.addresses import allocate_pod, build_plan, veth_name, with_pod
 from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,3 +65,14 @@ def test_reachability_expectations_follow_the_mode(mode):
     plan = build_plan(load_topology(TOPOLOGIES[1], mode=mode))
     client_to_pods = {p.expect for p in expected_probes(plan) if p.group == "pod addresses"}
     assert client_to_pods == {mode == "container-native"}
+
+
+def test_a_veth_name_taken_on_the_node_is_rehashed():
+    first = veth_name("web-0")
+    other = veth_name("web-0", {first})
+    assert other != first and other.startswith("veth") and len(other) <= 15
+    plan = build_plan(load_topology(TOPOLOGIES[1], mode="nodeport"))
+    # a pod on node3 that already holds the next pod's veth name: the new pod takes another
+    plan.pods[0] = replace(plan.pods[0], node="node3", veth=veth_name("web-4"))
+    pod = allocate_pod(plan, "web", "node3", 8080)
+    assert pod.name == "web-4" and pod.veth == veth_name("web-4", {veth_name("web-4")})
