@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from testbed.plan.addresses import LB_HOST, Plan, lb_backends
-from testbed.spec.topology import HealthCheck
+from testbed.spec.model import HealthCheck
 
 
 def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: Optional[int] = None,

@@ -33,7 +33,7 @@ from testbed.kubernetes.dataplane.base import ServiceDataPlane
 from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.paths import PODSERVER
 from testbed.plan.addresses import LB_HOST, Plan, build_plan
-from testbed.spec.topology import Topology
+from testbed.spec.model import Topology
 
 
 class Cluster:

@@ -25,7 +25,7 @@ from testbed.kubernetes import pods as scheduling
 from testbed.kubernetes.cni import plugin_for
 from testbed.paths import PODSERVER
 from testbed.plan.addresses import Plan, PodPlan, allocate_pod, with_pod
-from testbed.spec.topology import Topology
+from testbed.spec.model import Topology
 
 
 class ClusterParts(Protocol):

@@ -25,7 +25,7 @@ from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.base import OFFLOADS_OFF
 from testbed.kubernetes.node import host_fabric, node_setup, shaping
 from testbed.plan.addresses import CORE_SWITCH, Plan, PodPlan
-from testbed.spec.topology import Links
+from testbed.spec.model import Links
 
 HOST_THREADS = 8
 

@@ -21,10 +21,19 @@ import threading
 import time
 from typing import Optional
 
-from testbed.errors import EnvironmentProblem, UsageError
+from testbed.emulation.journal import (
+    STATE_ROOT,
+    Holder,
+    StateDir,
+    alive,
+    clean,
+    lock_holder,
+    owner_pid,
+    read_journal,
+)
 from testbed.emulation.status import status_of, write_status
+from testbed.errors import EnvironmentProblem, UsageError
 from testbed.paths import REPO
-from testbed.emulation.journal import STATE_ROOT, Holder, StateDir, alive, clean, lock_holder, owner_pid, read_journal
 
 SOCKET = "owner.sock"
 LOG = "owner.log"

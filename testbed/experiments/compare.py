@@ -31,7 +31,7 @@ from testbed.experiments.client import (
 )
 from testbed.experiments.kind import RunContext
 from testbed.spec.experiment import Variant, Workload
-from testbed.spec.topology import Topology
+from testbed.spec.model import Topology
 
 IPERF_SERVICE = "iperf"
 IPERF_PORT = 5001

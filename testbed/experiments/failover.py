@@ -14,7 +14,7 @@ from testbed.emulation.cluster import Cluster
 from testbed.experiments.client import CLIENT, PROBE, parse_probe, sample_rows, url, warmup
 from testbed.experiments.kind import RunContext
 from testbed.spec.experiment import Variant
-from testbed.spec.topology import Topology
+from testbed.spec.model import Topology
 
 
 def recovery_time(rows: Sequence[dict[str, Any]], since: float) -> float | None:

@@ -12,7 +12,7 @@ from typing import Protocol
 from testbed.analysis.records import RunWriter
 from testbed.emulation.cluster import Cluster
 from testbed.spec.experiment import Experiment, Resolved, Variant
-from testbed.spec.topology import Topology
+from testbed.spec.model import Topology
 
 
 class RunContext(Protocol):

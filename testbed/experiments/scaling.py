@@ -13,7 +13,7 @@ from testbed.experiments.client import probe, sample_rows
 from testbed.experiments.kind import RunContext
 from testbed.kubernetes.dataplane.model import Endpoint, ServicePort, service_ports
 from testbed.spec.experiment import Variant
-from testbed.spec.topology import Topology
+from testbed.spec.model import Topology
 
 
 def synthetic_services(n: int, endpoints: int) -> list[ServicePort]:

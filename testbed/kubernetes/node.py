@@ -11,7 +11,7 @@ from typing import Optional
 from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.base import OFFLOADS_OFF, sysctl
 from testbed.plan.addresses import Attachment, NodePlan, Plan
-from testbed.spec.topology import Links
+from testbed.spec.model import Links
 
 
 def shaping(dev: str, bw: Optional[float] = None, delay_ms: float = 0.0,

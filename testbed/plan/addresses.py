@@ -20,8 +20,18 @@ import ipaddress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
-from testbed.spec.topology import (CORE_SWITCH, INTERNET_CIDR, LB_CIDR, LB_HOST, NODE_HOST_OFFSET,
-                   POD_HOST_OFFSET, Topology, node_ports, placement, service_vips)
+from testbed.spec.model import (
+    CORE_SWITCH,
+    INTERNET_CIDR,
+    LB_CIDR,
+    LB_HOST,
+    NODE_HOST_OFFSET,
+    POD_HOST_OFFSET,
+    Topology,
+    node_ports,
+    placement,
+    service_vips,
+)
 
 LB_HOST_IP = LB_CIDR.network_address + 2
 CLIENT_HOST_OFFSET = 10
@@ -197,34 +207,68 @@ def build_plan(topo: Topology) -> Plan:
                 cni.mtu if mode == "nodeport" and cni.overlay == "vxlan" else 1500,
                 str(cni.pod_cidr), str(cni.service_cidr), vxlan_port=cni.vxlan_port,
                 vxlan_vni=cni.vxlan_vni)
+    ports = _fabric(plan, topo)
+    _nodes(plan, topo, ports)
+    for idx, client in enumerate(topo.clients, start=1):
+        ip = INTERNET_CIDR.network_address + CLIENT_HOST_OFFSET + idx - 1
+        plan.clients.append(client.name)
+        ports.attach(client.name, "client", ip, INTERNET_CIDR, "internet", CORE_SWITCH,
+                     mac(0x03, idx))
+    ports.attach(LB_HOST, "lb", LB_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 1))
+    _pods(plan, topo)
+    _services(plan, topo)
+    return plan
 
-    # The fabric: vpc0 plus one switch per subnet, each with its uplink as port 1.
+
+class _SwitchPorts:
+    """Hands out each switch's next port and records the host attached to it."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.next: dict[str, int] = {}
+        self.subnet_switch: dict[str, str] = {}
+
+    def take(self, switch: str) -> str:
+        port = f"{switch}-eth{self.next[switch]}"
+        self.next[switch] += 1
+        return port
+
+    def attach(self, host: str, kind: str, ip: ipaddress.IPv4Address,
+               net: ipaddress.IPv4Network, gateway_subnet: str, switch: str,
+               mac_addr: str) -> None:
+        gw = next(g for g in self.plan.gateways if g.subnet == gateway_subnet)
+        self.plan.attachments.append(Attachment(host, kind, str(ip), net.prefixlen, mac_addr,
+                                                gw.ip, gateway_subnet, switch, self.take(switch)))
+
+
+def _fabric(plan: Plan, topo: Topology) -> _SwitchPorts:
+    """vpc0 plus one switch per subnet, each with its uplink as port 1, and the gateways."""
+    ports = _SwitchPorts(plan)
     plan.switches.append(SwitchPlan(CORE_SWITCH, 1, "core"))
-    next_port = {CORE_SWITCH: 1}
-    subnet_switch = {}
+    ports.next[CORE_SWITCH] = 1
     for i, subnet in enumerate(topo.vpc.subnets, start=1):
         sw = f"vpc{i}"
-        core_port = f"{CORE_SWITCH}-eth{next_port[CORE_SWITCH]}"
-        next_port[CORE_SWITCH] += 1
-        plan.switches.append(SwitchPlan(sw, i + 1, "subnet", subnet.name, f"{sw}-eth1", core_port))
-        next_port[sw] = 2
-        subnet_switch[subnet.name] = sw
-        plan.gateways.append(Gateway(subnet.name, str(subnet.cidr), str(subnet.cidr.network_address + 1),
-                                     mac(0xFE, i), sw, "vpc"))
-    plan.gateways.append(Gateway("internet", str(INTERNET_CIDR), str(INTERNET_CIDR.network_address + 1),
-                                 mac(0xFE, 0xFE), CORE_SWITCH, "internet"))
+        core_port = ports.take(CORE_SWITCH)
+        plan.switches.append(SwitchPlan(sw, i + 1, "subnet", subnet.name, f"{sw}-eth1",
+                                        core_port))
+        ports.next[sw] = 2
+        ports.subnet_switch[subnet.name] = sw
+        plan.gateways.append(Gateway(subnet.name, str(subnet.cidr),
+                                     str(subnet.cidr.network_address + 1), mac(0xFE, i), sw,
+                                     "vpc"))
+    plan.gateways.append(Gateway("internet", str(INTERNET_CIDR),
+                                 str(INTERNET_CIDR.network_address + 1), mac(0xFE, 0xFE),
+                                 CORE_SWITCH, "internet"))
     plan.gateways.append(Gateway("lb", str(LB_CIDR), str(LB_CIDR.network_address + 1),
                                  mac(0xFE, 0xFD), CORE_SWITCH, "lb"))
+    return ports
 
-    def attach(host, kind, ip, net, gw_mac_subnet, switch, mac_addr):
-        port = f"{switch}-eth{next_port[switch]}"
-        next_port[switch] += 1
-        gw = next(g for g in plan.gateways if g.subnet == gw_mac_subnet)
-        plan.attachments.append(Attachment(host, kind, str(ip), net.prefixlen, mac_addr, gw.ip,
-                                           gw_mac_subnet, switch, port))
 
-    # Nodes: address 10+k in their subnet; classic pod range = k-th /nodePrefix of the pod CIDR.
-    node_ranges = list(_first_n(cni.pod_cidr.subnets(new_prefix=cni.node_prefix), len(topo.nodes) + 1))
+def _nodes(plan: Plan, topo: Topology, ports: _SwitchPorts) -> None:
+    """Node k of a subnet: address 10+k in it; classic pod range: the node's /nodePrefix."""
+    cni = topo.cni
+    node_ranges = list(_first_n(cni.pod_cidr.subnets(new_prefix=cni.node_prefix),
+                                len(topo.nodes) + 1))
     per_subnet: dict[str, int] = {}
     for idx, node in enumerate(topo.nodes, start=1):
         subnet = topo.subnet(node.subnet)
@@ -232,20 +276,18 @@ def build_plan(topo: Topology) -> Plan:
         per_subnet[node.subnet] = k + 1
         ip = subnet.cidr.network_address + NODE_HOST_OFFSET + k
         pod_range = node_ranges[idx]   # range 0 stays unused, as the network's own address
-        plan.nodes.append(NodePlan(node.name, idx, node.subnet, str(ip), mac(0x01, idx), str(pod_range),
-                                   str(pod_range.network_address + 1), mac(0x06, idx)))
-        attach(node.name, "node", ip, subnet.cidr, node.subnet, subnet_switch[node.subnet], mac(0x01, idx))
+        plan.nodes.append(NodePlan(node.name, idx, node.subnet, str(ip), mac(0x01, idx),
+                                   str(pod_range), str(pod_range.network_address + 1),
+                                   mac(0x06, idx)))
+        ports.attach(node.name, "node", ip, subnet.cidr, node.subnet,
+                     ports.subnet_switch[node.subnet], mac(0x01, idx))
 
-    for idx, client in enumerate(topo.clients, start=1):
-        ip = INTERNET_CIDR.network_address + CLIENT_HOST_OFFSET + idx - 1
-        plan.clients.append(client.name)
-        attach(client.name, "client", ip, INTERNET_CIDR, "internet", CORE_SWITCH, mac(0x03, idx))
-    attach(LB_HOST, "lb", LB_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 1))
 
-    # Pods: classic → next free address on the node's cni0 range; container-native → next free
-    # VPC address of the node's subnet (the ENI secondary-IP pool), /32 routed via the node.
+def _pods(plan: Plan, topo: Topology) -> None:
+    """Classic: the next free address on the node's cni0 range; container-native: the next
+    free VPC address of the node's subnet (the ENI secondary-IP pool), /32 routed via the node."""
     pod_slot = {n.name: 0 for n in topo.nodes}
-    veths: dict[str, set] = {n.name: set() for n in topo.nodes}
+    veths: dict[str, set[str]] = {n.name: set() for n in topo.nodes}
     subnet_slot = {s.name: 0 for s in topo.vpc.subnets}
     index = 0
     for deploy in topo.deployments:
@@ -253,7 +295,7 @@ def build_plan(topo: Topology) -> Plan:
             index += 1
             pname = f"{deploy.name}-{k}"
             node = plan.node(node_name)
-            if mode == "nodeport":
+            if plan.mode == "nodeport":
                 pod_slot[node_name] += 1
                 ip = ipaddress.IPv4Network(node.pod_cidr).network_address + 1 + pod_slot[node_name]
                 prefix, gw = ipaddress.IPv4Network(node.pod_cidr).prefixlen, node.cni0_ip
@@ -268,24 +310,25 @@ def build_plan(topo: Topology) -> Plan:
                                      mac(0x02, index), veth, mac(0x05, index),
                                      deploy.container_port))
 
-    # Services: ClusterIPs from the service CIDR; VIPs for LoadBalancer services.
+
+def _services(plan: Plan, topo: Topology) -> None:
+    """ClusterIPs from the service CIDR; VIPs and LB backends for LoadBalancer services."""
     ports = node_ports(topo)
     vips = iter(service_vips(topo))
     for i, svc in enumerate(topo.services):
-        cluster_ip = cni.service_cidr.network_address + SERVICE_IP_OFFSET + i
+        cluster_ip = topo.cni.service_cidr.network_address + SERVICE_IP_OFFSET + i
         node_port, hc_port = ports[svc.name]
         vip = str(next(vips)) if svc.type == "LoadBalancer" else None
         endpoints = tuple(p.name for p in plan.pods if p.deployment == svc.selector)
-        sp = ServicePlan(svc.name, svc.type, str(cluster_ip), svc.port, svc.target_port, node_port,
-                         hc_port, svc.external_traffic_policy, svc.session_affinity,
+        sp = ServicePlan(svc.name, svc.type, str(cluster_ip), svc.port, svc.target_port,
+                         node_port, hc_port, svc.external_traffic_policy, svc.session_affinity,
                          svc.session_affinity_timeout, vip, svc.selector, endpoints, svc.protocol,
                          svc.health_via)
         plan.services.append(sp)
         if vip:
-            plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, mode,
+            plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, plan.mode,
                                               topo.load_balancer.preserve_client_ip,
                                               tuple(lb_backends(plan, sp))))
-    return plan
 
 
 def lb_backends(plan: Plan, svc: ServicePlan) -> list:

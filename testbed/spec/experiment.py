@@ -17,8 +17,9 @@ from typing import Optional
 
 from testbed.errors import InputError
 from testbed.spec.fields import Reader, choice, integer, name, text
+from testbed.spec.model import MODES, Topology, placement
+from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import Document, nearest, read_document
-from testbed.spec.topology import MODES, Topology, parse_topology, placement
 
 KINDS = ("compare", "scaling", "failover")
 POLICIES = ("Cluster", "Local")

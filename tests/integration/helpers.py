@@ -35,12 +35,14 @@ def entry_node(cluster, seen_client):
     return next(n.name for n in cluster.plan.nodes if seen_client in node_addresses(cluster, n.name))
 
 
-def wait_answering(cluster, host: str, url: str, timeout: float = 20.0) -> None:
-    """Wait until a request through url gets an answer again (after a restart)."""
+def wait_answering(cluster, host: str, url: str, timeout: float = 30.0,
+                   in_a_row: int = 10) -> None:
+    """Wait until `in_a_row` requests through url in a row get answers again (after a restart:
+    one answer shows one path works, not that every node's path does yet)."""
     import time
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if answers(cluster, host, url, 1):
+        if len(answers(cluster, host, url, in_a_row)) == in_a_row:
             return
         time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
+    raise AssertionError(f"{url} did not answer {in_a_row} times in a row within {timeout:.0f}s")

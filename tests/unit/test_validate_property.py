@@ -45,7 +45,8 @@ from testbed.cloud.fabric import render_fabric
 from testbed.plan.addresses import CORE_SWITCH, LB_HOST, build_plan
 from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
 from testbed.spec.yamldoc import parse_document
-from testbed.spec.topology import INTERNET_CIDR, LB_CIDR, Topology, parse_topology
+from testbed.spec.model import INTERNET_CIDR, LB_CIDR, Topology
+from testbed.spec.topology import parse_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEEDS = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml"))) + [

@@ -1,0 +1,253 @@
+"""The topology's typed model: the dataclasses a topology file becomes, the names and ranges the
+testbed reserves for itself, and what a topology implies (pod placement, VIPs, node ports).
+
+Pure and unchecked: testbed.spec.topology reads and checks a file into these.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from testbed.spec.yamldoc import Document
+
+MODES = ("nodeport", "container-native")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+NODEPORT_RANGE = (30000, 32767)
+INTERNET_CIDR = ipaddress.IPv4Network("203.0.113.0/24")   # documentation range: "the internet"
+LB_CIDR = ipaddress.IPv4Network("198.51.100.0/24")        # documentation range: the LB's VIPs
+VIP_RANGE = (LB_CIDR.network_address + 10, LB_CIDR.network_address + 250)   # .1 gateway, .2 lb0
+NODE_HOST_OFFSET = 10       # node k of a subnet gets subnet address 10+k
+POD_HOST_OFFSET = 64        # container-native pods take subnet addresses from here up
+MAX_NODES = 250
+MAX_PODS = 5000             # in all deployments together
+MAX_SUBNETS = 200           # AWS's default quota per VPC; each subnet is an OVS bridge here
+MAX_CLIENTS = 200
+MAX_VNI = 9_999_999         # the device flannel.<VNI> must fit the kernel's 15-character names
+MIN_INTERVAL_MS = 100.0     # health checks: the checker probes every target each interval
+MIN_TIMEOUT_MS = 10.0
+
+# Names the testbed gives its own hosts and switches (plan.py's naming scheme): Mininet keeps
+# hosts and switches in one name space, so no node or client may take one of these.
+CORE_SWITCH = "vpc0"                            # subnet k's switch is vpc<k>
+SWITCH_NAME_RE = re.compile(r"vpc[0-9]+")
+LB_HOST = "lb0"                                 # the load balancer's health-check host
+DEFAULT_CLIENT = "client1"
+GATEWAY_SUBNETS = ("internet", "lb")            # the plan's own gateways, beside the subnets
+POD_NAME_RE = re.compile(r"(?P<deployment>.+)-(0|[1-9][0-9]*)")   # pod k of web is web-k
+
+DEFAULT_VPC = ipaddress.IPv4Network("192.168.0.0/16")
+DEFAULT_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
+DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
+# A VPC is private (RFC 1918); pod and service ranges may also come from the shared address
+# space (RFC 6598), as some clusters' pod ranges do. Everything else is the kernel's (loopback,
+# link-local, where pods' gateway 169.254.1.1 lives; multicast; reserved), the testbed's
+# (the internet side, the LB's range) or the public internet's.
+PRIVATE_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12",
+                                                          "192.168.0.0/16"))
+SHARED_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
+SPECIAL_RANGES = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "'this network' (0.0.0.0/8)"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "the loopback range 127.0.0.0/8"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "the link-local range 169.254.0.0/16"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "the multicast range 224.0.0.0/4"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "the reserved range 240.0.0.0/4"),
+    (INTERNET_CIDR, f"the testbed's internet side ({INTERNET_CIDR})"),
+    (LB_CIDR, f"the testbed's load balancer range ({LB_CIDR})"),
+)
+MODE_HINT = ("the mode is set by loadBalancer.targets (nodeport or container-native), "
+             "or by --mode on the command line")
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """A VPC subnet (an availability zone's share of the VPC): one switch, one gateway."""
+    name: str
+    cidr: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Vpc:
+    """The cloud network the nodes live in.
+
+    cidr: the VPC's whole range
+    subnets: its subnets, in file order
+    max_pods_per_node: ENI address slots per node (container-native mode's pod limit)
+    """
+    cidr: ipaddress.IPv4Network
+    subnets: tuple[Subnet, ...]
+    max_pods_per_node: int
+
+
+@dataclass(frozen=True)
+class Cni:
+    """The pod network plugin.
+
+    overlay: classic mode's flannel backend: vxlan (an overlay) or host-gw (routes only)
+    pod_cidr: classic mode's cluster pod range; each node gets a /node_prefix of it
+    service_cidr: where ClusterIPs come from
+    """
+    overlay: str
+    pod_cidr: ipaddress.IPv4Network
+    node_prefix: int
+    service_cidr: ipaddress.IPv4Network
+    vxlan_port: int
+    vxlan_vni: int
+    mtu: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """A Kubernetes node: a VM in one VPC subnet."""
+    name: str
+    subnet: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A set of identical pods.
+
+    placement: (node, count) pairs; empty means spread round-robin over all nodes
+    container_port: the port the pod's server listens on
+    """
+    name: str
+    replicas: int
+    placement: tuple[tuple[str, int], ...]
+    container_port: int
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Kubernetes Service in front of a deployment's pods."""
+    name: str
+    type: str
+    selector: str
+    port: int
+    target_port: int
+    node_port: Optional[int]
+    external_traffic_policy: str
+    session_affinity: str
+    session_affinity_timeout: int
+    health_check_node_port: Optional[int]
+    load_balancer_ip: Optional[ipaddress.IPv4Address]
+    protocol: str = "TCP"
+    # the cloud LB health-checks this service's targets through another service's port (a
+    # target group's "health check port" override); set by experiments, not by topology files
+    health_via: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How the cloud load balancer checks a backend (timeout < interval, as cloud LBs require;
+    the timeout defaults to 500 ms or half the interval, whichever is shorter)."""
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    """The cloud load balancer in front of the cluster's LoadBalancer services.
+
+    vip: the first VIP; LoadBalancer services take VIPs from here up, in file order
+    targets: nodeport (instance targets) or container-native (ip targets); the default mode
+    preserve_client_ip: whether the LB keeps the client's address (NLB-like) or SNATs (ALB-like)
+    """
+    vip: ipaddress.IPv4Address
+    targets: str
+    preserve_client_ip: bool
+    health_check: HealthCheck
+
+
+@dataclass(frozen=True)
+class Client:
+    """An external client on the internet side of the load balancer."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Links:
+    """Shaping of host links to the fabric (bw in Mbit/s; delay and loss need netem)."""
+    bw: Optional[float] = None
+    delay_ms: float = 0.0
+    loss_pct: float = 0.0
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole emulated cluster as the user described it."""
+    name: str
+    file: str
+    mode: str
+    vpc: Vpc
+    cni: Cni
+    nodes: tuple[Node, ...]
+    deployments: tuple[Deployment, ...]
+    services: tuple[Service, ...]
+    load_balancer: LoadBalancer
+    clients: tuple[Client, ...]
+    links: Links
+    doc: Document = field(repr=False, compare=False, default=None)
+
+    def with_mode(self, mode: str) -> "Topology":
+        return replace(self, mode=mode)
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def subnet(self, name: str) -> Subnet:
+        return next(s for s in self.vpc.subnets if s.name == name)
+
+
+def placement(topo: Topology, deployment: Deployment) -> list[str]:
+    """The node of each of a deployment's pods, in pod order (pod i → node)."""
+    if deployment.placement:
+        return [n for n, count in deployment.placement for _ in range(count)]
+    names = [n.name for n in topo.nodes]
+    return [names[i % len(names)] for i in range(deployment.replicas)] if names else []
+
+
+def pods_per_node(topo: Topology) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in topo.deployments:
+        for node in placement(topo, d):
+            counts[node] = counts.get(node, 0) + 1
+    return counts
+
+
+def service_vips(topo: Topology) -> list[ipaddress.IPv4Address]:
+    """VIP of each LoadBalancer service, in file order."""
+    out, nxt = [], topo.load_balancer.vip
+    for svc in topo.services:
+        if svc.type != "LoadBalancer":
+            continue
+        if svc.load_balancer_ip is not None:
+            out.append(svc.load_balancer_ip)
+        else:
+            while nxt in [s.load_balancer_ip for s in topo.services]:
+                nxt += 1
+            out.append(nxt)
+            nxt += 1
+    return out
+
+
+def node_ports(topo: Topology) -> dict[str, tuple[Optional[int], Optional[int]]]:
+    """service name -> (nodePort, healthCheckNodePort), filling the unset ones deterministically
+    from the bottom of the range (upstream picks at random; a testbed wants repeatable runs)."""
+    taken = {p for s in topo.services for p in (s.node_port, s.health_check_node_port) if p}
+    free = (p for p in range(NODEPORT_RANGE[0], NODEPORT_RANGE[1] + 1) if p not in taken)
+    out = {}
+    for svc in topo.services:
+        np_, hc = svc.node_port, svc.health_check_node_port
+        try:
+            if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
+                np_ = next(free)
+            if svc.external_traffic_policy == "Local" and svc.type == "LoadBalancer" and hc is None:
+                hc = next(free)
+        except StopIteration:
+            raise ValueError("the NodePort range 30000-32767 is exhausted") from None
+        out[svc.name] = (np_, hc)
+    return out
