@@ -17,10 +17,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from testbed.emulation.cluster import Cluster          # noqa: E402
-from testbed.analysis.records import git_revision     # noqa: E402
-from testbed.experiments.runner import environment       # noqa: E402
-from testbed.spec.topology import load_topology       # noqa: E402
+from testbed.analysis.records import git_revision  # noqa: E402
+from testbed.emulation.cluster import Cluster  # noqa: E402
+from testbed.experiments.runner import environment  # noqa: E402
+from testbed.spec.topology import load_topology  # noqa: E402
 
 
 def main() -> int:

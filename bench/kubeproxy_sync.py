@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +274,7 @@ def metadata() -> dict:
         ns_run(["true"])
         overhead.append(time.perf_counter() - t0)
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

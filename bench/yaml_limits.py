@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +196,7 @@ def main() -> int:
                 print(f"{loader:8} {name:45} {row['process_s']:6.2f}s {row['peak_rss_mb']:6.0f} MB "
                       f"rc={row['rc']} {row['first_line'][:70]}", file=sys.stderr)
     meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(), "pyyaml": yaml.__version__,
         "libyaml": yaml.__with_libyaml__, "machine": platform.machine(),
         "cpus": os.cpu_count(), "max_file_bytes": MAX_FILE_BYTES, "max_values": MAX_VALUES,

@@ -18,9 +18,9 @@ import subprocess
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, is_dataclass
-from datetime import datetime, timezone
-from typing import Iterable, Optional
+from datetime import UTC, datetime
 
 from testbed.analysis.stats import MeanCI, jain, mean, mean_ci, shares
 from testbed.paths import REPO
@@ -33,7 +33,7 @@ class Metric:
     """A measured quantity: its unit, a label for axes and tables, and which way is better."""
     unit: str
     label: str
-    better: Optional[str] = None      # "lower" | "higher" | None
+    better: str | None = None      # "lower" | "higher" | None
 
 
 METRICS = {
@@ -103,7 +103,7 @@ def plain(value):
 
 
 def _now_iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _atomic_write_json(path: str, data) -> None:
@@ -118,7 +118,7 @@ def _atomic_write_json(path: str, data) -> None:
 
 # -- run directories --------------------------------------------------------------------------
 
-def new_run_dir(results_root: str, name: str, now: Optional[float] = None) -> str:
+def new_run_dir(results_root: str, name: str, now: float | None = None) -> str:
     """Create results_root/YYYYmmdd-HHMMSS-<name> (suffixed -2, -3.. if taken) and point
     results_root/latest at it (a relative symlink, replaced atomically). Returns its path.
 
@@ -199,9 +199,9 @@ class RunWriter:
     ("interrupted" on Ctrl-C) with the exception as a fault.
     """
 
-    def __init__(self, out_dir: str, experiment=None, topology=None, environment: Optional[dict] = None,
-                 variants: Optional[dict] = None, service: Optional[str] = None, resolved=None,
-                 git: Optional[dict] = None, clock=time.time):
+    def __init__(self, out_dir: str, experiment=None, topology=None, environment: dict | None = None,
+                 variants: dict | None = None, service: str | None = None, resolved=None,
+                 git: dict | None = None, clock=time.time):
         if resolved is not None:
             experiment = experiment if experiment is not None else resolved.experiment
             topology = topology if topology is not None else resolved.topology
@@ -251,7 +251,7 @@ class RunWriter:
         _atomic_write_json(self.path("meta.json"), self.meta)
 
     def record(self, experiment: str, variant: str, repetition: int, metric: str, value,
-               unit: Optional[str] = None, **extra) -> dict:
+               unit: str | None = None, **extra) -> dict:
         """Append one measurement to records.jsonl, flushed and fsynced before returning.
 
         unit: must be the metric's unit in METRICS (None: taken from there); a metric not in
@@ -285,7 +285,7 @@ class RunWriter:
         return row
 
     def distribution(self, experiment: str, variant: str, repetition: int, pod_counts: dict,
-                     entry_counts: Optional[dict] = None, endpoints: Iterable[str] = (),
+                     entry_counts: dict | None = None, endpoints: Iterable[str] = (),
                      workload: str = "path") -> float:
         """Record who answered: pod_share per pod, jain_fairness, and entry_share per node.
 
@@ -344,7 +344,7 @@ class RunWriter:
     def finished(self) -> bool:
         return self.meta["status"] != "running"
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -361,7 +361,7 @@ class RunWriter:
             self.finish("failed")
 
 
-def _source(topology) -> Optional[dict]:
+def _source(topology) -> dict | None:
     file = getattr(topology, "file", None)
     if not file:
         return None
@@ -372,7 +372,7 @@ def _source(topology) -> Optional[dict]:
         return {"file": file, "error": str(exc)}
 
 
-def _plans(variants: Optional[dict]) -> dict:
+def _plans(variants: dict | None) -> dict:
     if not variants:
         return {}
     from testbed.plan.addresses import build_plan
@@ -447,7 +447,7 @@ def sample_files(run_dir: str) -> list:
     return out
 
 
-def read_samples(run_dir: str, workload: Optional[str] = None) -> dict:
+def read_samples(run_dir: str, workload: str | None = None) -> dict:
     """{(variant, repetition, workload): rows} for every samples file (of one workload)."""
     return {(v, r, w): _read_jsonl(p) for v, r, w, p in sample_files(run_dir)
             if workload is None or w == workload}

@@ -5,13 +5,11 @@ The format is documented in docs/fabric-config.md. The controller never reads th
 
 from __future__ import annotations
 
-from typing import Optional
-
 from testbed.plan.addresses import LB_HOST, Plan, lb_backends
 from testbed.spec.model import HealthCheck
 
 
-def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: Optional[int] = None,
+def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = None,
                   gone=frozenset()) -> dict:
     """The fabric config for the controller.
 

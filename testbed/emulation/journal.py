@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from testbed.errors import EnvironmentProblem
 
@@ -30,7 +29,7 @@ STATE_ROOT = os.environ.get("CNLB_STATE_DIR", "/run/cnlb")
 OVS_LABEL = "cnlb-cluster"
 
 
-def proc_start_time(pid: int) -> Optional[int]:
+def proc_start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -42,7 +41,7 @@ def proc_start_time(pid: int) -> Optional[int]:
     return int(fields[19])
 
 
-def alive(pid: int, start: Optional[int]) -> bool:
+def alive(pid: int, start: int | None) -> bool:
     now = proc_start_time(pid)
     if now is None:
         return False
@@ -61,7 +60,7 @@ class StateDir:
     path: str
 
     @classmethod
-    def for_cluster(cls, name: str) -> "StateDir":
+    def for_cluster(cls, name: str) -> StateDir:
         return cls(os.path.join(STATE_ROOT, name))
 
     @property
@@ -125,9 +124,9 @@ class Holder:
     """
 
     pid: int
-    start: Optional[int]
+    start: int | None
     argv: tuple[str, ...]
-    since: Optional[float]
+    since: float | None
 
     def alive(self) -> bool:
         return alive(self.pid, self.start)
@@ -180,7 +179,7 @@ def _own_argv() -> tuple[str, ...]:
     return _argv_of("self") or tuple(sys.argv)
 
 
-def parse_holder(text: str) -> Optional[Holder]:
+def parse_holder(text: str) -> Holder | None:
     """The lock file's content: one JSON object (pid, start, argv, since), or a bare pid as
     written by earlier versions. None when empty or unreadable."""
     text = text.strip()
@@ -202,7 +201,7 @@ def parse_holder(text: str) -> Optional[Holder]:
                   float(since) if isinstance(since, (int, float)) else None)
 
 
-def lock_holder() -> Optional[Holder]:
+def lock_holder() -> Holder | None:
     """Who holds the cluster lock now, or None when nobody does. Reads only (no root needed,
     nothing is created).
 
@@ -234,7 +233,7 @@ class Lock:
     def __init__(self):
         os.makedirs(STATE_ROOT, exist_ok=True)
         self.path = os.path.join(STATE_ROOT, "lock")
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
     def acquire(self) -> bool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -258,11 +257,11 @@ class Lock:
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
 
-    def holder_info(self) -> Optional[Holder]:
+    def holder_info(self) -> Holder | None:
         """Who holds the lock now, or None when nobody does (see lock_holder)."""
         return lock_holder()
 
-    def holder(self) -> Optional[int]:
+    def holder(self) -> int | None:
         """The pid written in the lock file (None if empty)."""
         try:
             with open(self.path) as fh:
@@ -298,7 +297,7 @@ class Lock:
             self._write_holder()
 
 
-def _kill(pid: int, start: Optional[int], sig=signal.SIGKILL) -> bool:
+def _kill(pid: int, start: int | None, sig=signal.SIGKILL) -> bool:
     if not alive(pid, start):
         return False
     try:
@@ -356,7 +355,7 @@ def bridge_exists(name: str) -> bool:
     return p.returncode == 0
 
 
-def owned_bridges(cluster: Optional[str] = None) -> list[str]:
+def owned_bridges(cluster: str | None = None) -> list[str]:
     """OVS bridges carrying our label (of one cluster, or of any)."""
     p = subprocess.run(["ovs-vsctl", "--timeout=5", "--format=json", "--columns=name,external_ids",
                         "list", "Bridge"], capture_output=True, text=True)
@@ -377,7 +376,7 @@ def state_dirs() -> list[StateDir]:
             if os.path.isdir(os.path.join(STATE_ROOT, d))]
 
 
-def owner_pid(state: StateDir) -> Optional[tuple[int, Optional[int]]]:
+def owner_pid(state: StateDir) -> tuple[int, int | None] | None:
     for e in read_journal(state):
         if e["kind"] == "start":
             return e["pid"], e.get("pid_start")

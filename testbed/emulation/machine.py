@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 # What `cnlb doctor` looks for on PATH. Every program here must map to a package in
@@ -77,7 +77,7 @@ def restart_vswitchd(timeout: float = 30.0) -> None:
         raise RuntimeError("ovs-vswitchd did not start again")
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_datapath() -> bool:
     """True when the kernel has the openvswitch module (then OVS uses the fast kernel datapath)."""
     if os.path.isdir("/sys/module/openvswitch"):
@@ -87,7 +87,7 @@ def kernel_datapath() -> bool:
     return os.path.isdir("/sys/module/openvswitch")
 
 
-@lru_cache(maxsize=None)
+@cache
 def netem_available() -> bool:
     """True when `tc ... netem` works (link delay/loss). Probed in a throwaway namespace."""
     if not (shutil.which("unshare") and shutil.which("tc")):
@@ -100,7 +100,7 @@ def netem_available() -> bool:
     return probe.returncode == 0
 
 
-@lru_cache(maxsize=None)
+@cache
 def iptables_backend() -> str:
     """'nft' or 'legacy': what the machine's `iptables` command uses."""
     try:

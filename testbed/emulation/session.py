@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
 
 from testbed.emulation.journal import (
     STATE_ROOT,
@@ -71,7 +70,7 @@ class Owner:
     def __init__(self, cluster):
         self.cluster = cluster
         self.lock = threading.Lock()
-        self.server: Optional[_Server] = None
+        self.server: _Server | None = None
 
     def dispatch(self, request: dict):
         op = request.get("op")

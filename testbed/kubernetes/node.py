@@ -6,15 +6,13 @@ and the LB's host get the same fabric leg (host_fabric) without the rest.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.base import OFFLOADS_OFF, sysctl
 from testbed.plan.addresses import Attachment, NodePlan, Plan
 from testbed.spec.model import Links
 
 
-def shaping(dev: str, bw: Optional[float] = None, delay_ms: float = 0.0,
+def shaping(dev: str, bw: float | None = None, delay_ms: float = 0.0,
             loss_pct: float = 0.0) -> list[str]:
     """tc commands shaping a device's egress: htb for bandwidth, netem under it for delay/loss.
     An explicit quantum keeps htb from warning about (and mis-sizing) fast classes."""
@@ -34,7 +32,7 @@ def shaping(dev: str, bw: Optional[float] = None, delay_ms: float = 0.0,
     return cmds
 
 
-def host_fabric(att: Attachment, offloads_off: bool, links: Optional[Links] = None) -> list[str]:
+def host_fabric(att: Attachment, offloads_off: bool, links: Links | None = None) -> list[str]:
     """A node's, client's or LB host's leg on the fabric: address, default gateway, shaping."""
     cmds = [
         "ip link set lo up",
@@ -50,7 +48,7 @@ def host_fabric(att: Attachment, offloads_off: bool, links: Optional[Links] = No
 
 
 def node_setup(plan: Plan, node: NodePlan, offloads_off: bool,
-               links: Optional[Links] = None) -> list[str]:
+               links: Links | None = None) -> list[str]:
     """Everything a node needs: forwarding, its fabric leg, and its CNI half."""
     cmds = [
         sysctl("net.ipv4.ip_forward", 1),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional
 
 from testbed.spec.model import (
     CORE_SWITCH,
@@ -74,9 +73,9 @@ class SwitchPlan:
     name: str
     dpid: int
     role: str                      # core | subnet
-    subnet: Optional[str] = None
-    uplink: Optional[str] = None   # port name towards vpc0 (subnet switches)
-    core_port: Optional[str] = None  # vpc0's port towards this switch
+    subnet: str | None = None
+    uplink: str | None = None   # port name towards vpc0 (subnet switches)
+    core_port: str | None = None  # vpc0's port towards this switch
 
 
 @dataclass(frozen=True)
@@ -130,16 +129,16 @@ class ServicePlan:
     cluster_ip: str
     port: int
     target_port: int
-    node_port: Optional[int]
-    health_check_node_port: Optional[int]
+    node_port: int | None
+    health_check_node_port: int | None
     external_traffic_policy: str
     session_affinity: str
     session_affinity_timeout: int
-    vip: Optional[str]
+    vip: str | None
     selector: str            # the deployment whose pods are the endpoints
     endpoints: tuple         # pod names, in pod order
     protocol: str = "TCP"
-    health_via: Optional[str] = None   # health-check through this service's port instead
+    health_via: str | None = None   # health-check through this service's port instead
 
 
 @dataclass(frozen=True)

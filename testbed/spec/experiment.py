@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 from testbed.errors import InputError
 from testbed.spec.fields import Reader, choice, integer, name, text
@@ -88,8 +87,8 @@ class Workload:
     connections, threads: wrk's -c and -t (keepalive, load)
     """
     name: str
-    requests: Optional[int] = None
-    duration_s: Optional[float] = None
+    requests: int | None = None
+    duration_s: float | None = None
     connections: int = 1
     threads: int = 1
 
@@ -126,7 +125,7 @@ class Experiment:
     file: str
     kind: str
     topology: str
-    service: Optional[str]
+    service: str | None
     seed: int
     repetitions: int
     warmup_s: float
@@ -143,7 +142,7 @@ class Experiment:
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
 
-    def workload(self, name: str) -> Optional[Workload]:
+    def workload(self, name: str) -> Workload | None:
         return next((w for w in self.workloads if w.name == name), None)
 
     def to_dict(self) -> dict:
@@ -209,7 +208,7 @@ def _fmt_s(value: float) -> str:
 
 # -- loading ----------------------------------------------------------------------------------
 
-def load_experiment(file: str, topology: Optional[str] = None) -> Experiment:
+def load_experiment(file: str, topology: str | None = None) -> Experiment:
     """Read, parse and check an experiment file.
 
     topology: a topology file to use instead of the file's `topology:` (the CLI's --topology)
@@ -217,13 +216,13 @@ def load_experiment(file: str, topology: Optional[str] = None) -> Experiment:
     return parse_experiment(_read(file), topology=topology)
 
 
-def load_resolved(file: str, topology: Optional[str] = None, netem: Optional[bool] = None) -> Resolved:
+def load_resolved(file: str, topology: str | None = None, netem: bool | None = None) -> Resolved:
     """The experiment, its topology loaded and both checked together: what `cnlb run` needs."""
     return resolve_document(_read(file), topology=topology, netem=netem)
 
 
-def resolve_document(doc: Document, topology: Optional[str] = None,
-                     netem: Optional[bool] = None) -> Resolved:
+def resolve_document(doc: Document, topology: str | None = None,
+                     netem: bool | None = None) -> Resolved:
     """An experiment already read (source.read_document, which reads a file once), parsed,
     its topology loaded, and both checked together; `cnlb validate` decides a file's kind from
     its parsed content and then checks it here."""
@@ -232,7 +231,7 @@ def resolve_document(doc: Document, topology: Optional[str] = None,
     return resolve(exp, load_topology(exp.topology, netem=netem))
 
 
-def validate_files(files, netem: Optional[bool] = None) -> list:
+def validate_files(files, netem: bool | None = None) -> list:
     """Every problem in several experiment files, each checked against its topology."""
     problems = []
     for f in files:
@@ -254,7 +253,7 @@ def _read(file: str) -> Document:
                           for p in exc.problems]) from None
 
 
-def parse_experiment(doc: Document, topology: Optional[str] = None) -> Experiment:
+def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
     r = Reader(doc)
     if not isinstance(doc.data, dict):
         r.problem((), "an experiment must be a mapping of fields",
@@ -303,7 +302,7 @@ def _check_keys(r: Reader, kind: str) -> None:
                       f"valid keys: {', '.join(sorted(allowed))}")
 
 
-def _topology(r: Reader, file: str, override: Optional[str]) -> str:
+def _topology(r: Reader, file: str, override: str | None) -> str:
     if override is not None:
         return override
     if "topology" not in r.value(()):
@@ -368,7 +367,7 @@ def _variants(r: Reader) -> tuple[Variant, ...]:
     return tuple(out)
 
 
-def _workloads(r: Reader, allowed: tuple, default: Optional[dict]) -> tuple[Workload, ...]:
+def _workloads(r: Reader, allowed: tuple, default: dict | None) -> tuple[Workload, ...]:
     path = ("workloads",)
     if "workloads" not in r.value(()) and default is not None:
         return tuple(Workload(n, **{_FIELD[k]: v for k, v in body.items()}) for n, body in default.items())

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from testbed.errors import InputError, Problem
 from testbed.spec.yamldoc import Document, dotted
@@ -17,7 +18,7 @@ NAME_RE = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")   # used with fullmatch: '$'
 _MISSING = object()
 
 
-def close_match(word: str, choices: Iterable[str]) -> Optional[str]:
+def close_match(word: str, choices: Iterable[str]) -> str | None:
     """The choice a typo was meant to be, or None when nothing is close enough to say
     "did you mean": the same word in another case or with '-'/'_' (nodeport, node_port),
     a unique prefix of three letters or more (container), or a few letters off (linkz, Locale;

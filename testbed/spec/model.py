@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 from testbed.spec.yamldoc import Document
 
@@ -126,16 +125,16 @@ class Service:
     selector: str
     port: int
     target_port: int
-    node_port: Optional[int]
+    node_port: int | None
     external_traffic_policy: str
     session_affinity: str
     session_affinity_timeout: int
-    health_check_node_port: Optional[int]
-    load_balancer_ip: Optional[ipaddress.IPv4Address]
+    health_check_node_port: int | None
+    load_balancer_ip: ipaddress.IPv4Address | None
     protocol: str = "TCP"
     # the cloud LB health-checks this service's targets through another service's port (a
     # target group's "health check port" override); set by experiments, not by topology files
-    health_via: Optional[str] = None
+    health_via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ class Client:
 @dataclass(frozen=True)
 class Links:
     """Shaping of host links to the fabric (bw in Mbit/s; delay and loss need netem)."""
-    bw: Optional[float] = None
+    bw: float | None = None
     delay_ms: float = 0.0
     loss_pct: float = 0.0
 
@@ -192,7 +191,7 @@ class Topology:
     links: Links
     doc: Document = field(repr=False, compare=False, default=None)
 
-    def with_mode(self, mode: str) -> "Topology":
+    def with_mode(self, mode: str) -> Topology:
         return replace(self, mode=mode)
 
     def node(self, name: str) -> Node:
@@ -234,7 +233,7 @@ def service_vips(topo: Topology) -> list[ipaddress.IPv4Address]:
     return out
 
 
-def node_ports(topo: Topology) -> dict[str, tuple[Optional[int], Optional[int]]]:
+def node_ports(topo: Topology) -> dict[str, tuple[int | None, int | None]]:
     """service name -> (nodePort, healthCheckNodePort), filling the unset ones deterministically
     from the bottom of the range (upstream picks at random; a testbed wants repeatable runs)."""
     taken = {p for s in topo.services for p in (s.node_port, s.health_check_node_port) if p}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 from functools import partial
-from typing import Optional
 
 from testbed.spec.fields import (
     NAME_RE,
@@ -259,7 +258,7 @@ def read_deployments(r: Reader, node_names) -> tuple[Deployment, ...]:
     return tuple(out)
 
 
-def _placement(r: Reader, path, replicas, node_names) -> Optional[tuple]:
+def _placement(r: Reader, path, replicas, node_names) -> tuple | None:
     """A deployment's placement: () for spread, (node, count) pairs, None if wrong."""
     ppath = path + ("placement",)
     raw = r.value(ppath)
@@ -300,7 +299,7 @@ def read_services(r: Reader, deployments, deploy_names) -> tuple[Service, ...]:
     used_node_ports: dict[int, str] = {}
     nodeport_fix = f"pick a free port in {NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]} or leave it out"
 
-    def claim(path, port: Optional[int], owner: str) -> None:
+    def claim(path, port: int | None, owner: str) -> None:
         if port is None:
             return
         if port in used_node_ports:
@@ -355,8 +354,8 @@ def read_services(r: Reader, deployments, deploy_names) -> tuple[Service, ...]:
     return tuple(out)
 
 
-def _external(r: Reader, path: tuple, body: dict, stype: Optional[str], claim,
-              nodeport_fix: str) -> tuple[Optional[int], Optional[str], Optional[int]]:
+def _external(r: Reader, path: tuple, body: dict, stype: str | None, claim,
+              nodeport_fix: str) -> tuple[int | None, str | None, int | None]:
     """A service's outside-facing fields, as its type allows them: (nodePort,
     externalTrafficPolicy, healthCheckNodePort). claim(path, port) marks a node port taken."""
     # what is allowed depends on the type: with a wrong type, say nothing more about it
@@ -397,7 +396,7 @@ def _external(r: Reader, path: tuple, body: dict, stype: Optional[str], claim,
     return node_port, etp, hc_port
 
 
-def _load_balancer_ip(r: Reader, path, stype) -> Optional[ipaddress.IPv4Address]:
+def _load_balancer_ip(r: Reader, path, stype) -> ipaddress.IPv4Address | None:
     ip = r.get(path, "loadBalancerIP", address, default=None,
                fix="write an address in 198.51.100.10-198.51.100.250")
     if ip is None:
@@ -489,7 +488,7 @@ def read_clients(r: Reader) -> tuple[Client, ...]:
     return tuple(out)
 
 
-def read_links(r: Reader, netem: Optional[bool]) -> Links:
+def read_links(r: Reader, netem: bool | None) -> Links:
     path = ("links",)
     r.mapping(path, {"bw", "delay", "loss"})
     bw = r.get(path, "bw", number(0.1, 100_000), default=None, fix="bw is in Mbit/s, e.g. 1000")

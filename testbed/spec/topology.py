@@ -10,8 +10,6 @@ machine: the netem check takes the machine's answer as an argument.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from testbed.errors import InputError
 from testbed.spec.checks import cross_checks
 from testbed.spec.fields import Reader, name
@@ -33,7 +31,7 @@ TOP_KEYS = {"name", "vpc", "cni", "nodes", "deployments", "services", "loadBalan
             "links"}
 
 
-def load_topology(file: str, mode: Optional[str] = None, netem: Optional[bool] = None) -> Topology:
+def load_topology(file: str, mode: str | None = None, netem: bool | None = None) -> Topology:
     """Read, parse and validate a topology file.
 
     mode: override the file's loadBalancer.targets (the CLI's --mode)
@@ -43,8 +41,8 @@ def load_topology(file: str, mode: Optional[str] = None, netem: Optional[bool] =
     return parse_topology(doc, mode=mode, netem=netem)
 
 
-def parse_topology(doc: Document, mode: Optional[str] = None,
-                   netem: Optional[bool] = None) -> Topology:
+def parse_topology(doc: Document, mode: str | None = None,
+                   netem: bool | None = None) -> Topology:
     r = Reader(doc)
     if not isinstance(doc.data, dict):
         r.problem((), "a topology must be a mapping of sections",

@@ -14,7 +14,7 @@ import difflib
 import os
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -165,9 +165,9 @@ class _Frame:
     merges: a mapping's `<<` values: (value, path, first and last index in order, line)
     """
 
-    path: Optional[Path]
+    path: Path | None
     data: Any
-    anchor: Optional[str]
+    anchor: str | None
     line: int
     start: int
     values: int
@@ -300,7 +300,7 @@ class _Builder:
             self._record(_join(top.path, name), line)
         top.key = name
 
-    def _scalar_value(self, event, line: int, path: Optional[Path]) -> Any:
+    def _scalar_value(self, event, line: int, path: Path | None) -> Any:
         """A scalar as SafeLoader would construct it; an explicit tag must be a plain type."""
         tag = event.tag
         explicit = tag not in (None, "!")
@@ -389,7 +389,7 @@ class _Builder:
             self.stack[-1].height = max(self.stack[-1].height, anchor.height + 1)
         self._place(_copy(anchor.data), path, start, line)
 
-    def _place(self, value: Any, path: Optional[Path], start: int, line: int) -> None:
+    def _place(self, value: Any, path: Path | None, start: int, line: int) -> None:
         """Put a finished value where its parent expects it."""
         if not self.stack:
             self.doc.data = value
@@ -445,12 +445,12 @@ class _Builder:
         return merged
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _record(self, path: Optional[Path], line: int) -> None:
+    def _record(self, path: Path | None, line: int) -> None:
         if path is not None and path not in self.doc.lines:
             self.doc.lines[path] = line
             self.order.append(path)
 
-    def _count(self, n: int, line: int, path: Optional[Path], alias: Optional[str] = None) -> None:
+    def _count(self, n: int, line: int, path: Path | None, alias: str | None = None) -> None:
         self.values += n
         if self.values <= MAX_VALUES:
             return
@@ -462,14 +462,14 @@ class _Builder:
                    "a topology or experiment is short; describe fewer, larger deployments "
                    "(replicas: N)")
 
-    def _problem(self, line: int, path: Optional[Path], what: str, fix: str) -> None:
+    def _problem(self, line: int, path: Path | None, what: str, fix: str) -> None:
         self.problems.append(Problem(self.file, line, dotted(path or ()), what, fix))
         if len(self.problems) >= MAX_PROBLEMS:
             self.problems.append(Problem(self.file, line, "", f"stopped reading after "
                                          f"{MAX_PROBLEMS} problems", "fix the ones above first"))
             raise _Stop(None)
 
-    def _stop(self, line: int, path: Optional[Path], what: str, fix: str):
+    def _stop(self, line: int, path: Path | None, what: str, fix: str):
         raise _Stop(Problem(self.file, line, dotted(path or ()), what, fix))
 
     def _yaml_problem(self, exc: yaml.YAMLError) -> Problem:
@@ -490,7 +490,7 @@ class _Builder:
                        "fix the YAML syntax")
 
 
-def _join(path: Optional[Path], part) -> Optional[Path]:
+def _join(path: Path | None, part) -> Path | None:
     return None if path is None else path + (part,)
 
 

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Optional
 
 from testbed.emulation.journal import STATE_ROOT, alive, bridge_exists, owned_bridges
 
@@ -31,7 +30,7 @@ TREE_EVERY = 10         # the process tree is read every 10th poll (it costs mor
 OVS_PIDFILES = ("/var/run/openvswitch/ovs-vswitchd.pid", "/var/run/openvswitch/ovsdb-server.pid")
 
 
-def _stat(pid: int) -> Optional[tuple[int, str, int]]:
+def _stat(pid: int) -> tuple[int, str, int] | None:
     """(parent pid, state letter, start time) of a process; None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -50,7 +49,7 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def descendants(roots: dict[int, Optional[int]]) -> set[tuple[int, int]]:
+def descendants(roots: dict[int, int | None]) -> set[tuple[int, int]]:
     """(pid, start time) of every live process below one of roots (pid -> start time, None:
     any); a root whose pid now belongs to another process (recycled) is passed over."""
     parent_of, start_of = {}, {}
@@ -72,7 +71,7 @@ def descendants(roots: dict[int, Optional[int]]) -> set[tuple[int, int]]:
     return out
 
 
-def _pidfile(path: str) -> Optional[int]:
+def _pidfile(path: str) -> int | None:
     try:
         with open(path) as fh:
             return int(fh.read().strip())
@@ -215,7 +214,7 @@ class Snapshot:
     def __init__(self, root: str = STATE_ROOT):
         self.watch = Watch(root)
 
-    def diff(self, before: "Snapshot") -> dict:
+    def diff(self, before: Snapshot) -> dict:
         if self is not before:
             self.watch.close()          # this one only marks the end
         return before.watch.leftovers()

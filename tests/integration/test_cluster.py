@@ -4,10 +4,8 @@ addresses in container-native mode, and nothing left behind."""
 
 import os
 
-import pytest
-
-from testbed.emulation.reachability import reachability
 from testbed.emulation.cluster import Cluster
+from testbed.emulation.reachability import reachability
 from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

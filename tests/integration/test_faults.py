@@ -5,10 +5,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from testbed.emulation.journal import StateDir, read_journal
 from testbed.analysis.records import read_meta, read_records
+from testbed.emulation.journal import StateDir, read_journal
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")

@@ -2,7 +2,6 @@
 through every node, and survives an ovs-vswitchd restart (the switches are reprogrammed)."""
 
 import os
-import time
 from collections import Counter
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from testbed.emulation.cluster import Cluster
 from testbed.emulation.machine import restart_vswitchd, vswitchd_pid
 from testbed.spec.topology import load_topology
-from tests.integration.helpers import VIP, answers, entry_node, probe, wait_answering
+from tests.integration.helpers import VIP, answers, entry_node, wait_answering
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

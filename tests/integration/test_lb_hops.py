@@ -2,14 +2,10 @@
 path has fewer than the classic path when kube-proxy sends the request to another node."""
 
 import os
-import time
-from collections import Counter
-
-import pytest
 
 from testbed.emulation.cluster import Cluster
 from testbed.spec.topology import load_topology
-from tests.integration.helpers import VIP, answers, entry_node, probe
+from tests.integration.helpers import entry_node, probe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

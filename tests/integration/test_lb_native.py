@@ -4,13 +4,12 @@ resumes after the controller is killed and restarted."""
 
 import os
 import time
-from collections import Counter
 
 import pytest
 
 from testbed.emulation.cluster import Cluster
 from testbed.spec.topology import load_topology
-from tests.integration.helpers import VIP, answers, entry_node, probe, wait_answering
+from tests.integration.helpers import VIP, answers, probe, wait_answering
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

@@ -24,8 +24,8 @@ import ast
 import itertools
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
 
 SOURCE_DIRS = ("testbed", "controllers", "bench", "tests", "workloads")
 HOLE = "{}"
@@ -81,7 +81,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Func:
-    info: "FuncInfo"
+    info: FuncInfo
 
 
 class _Unknown:
@@ -109,14 +109,14 @@ def _cap(values: Iterable) -> frozenset:
 @dataclass(eq=False)
 class FuncInfo:
     node: ast.AST
-    module: "Module"
-    parent: Optional["FuncInfo"]
-    cls: Optional[str]
-    _assigns: Optional[dict] = None
-    _defs: Optional[dict] = None
-    _calls: Optional[list] = None
-    _returns: Optional[list] = None
-    _params: Optional[set] = None
+    module: Module
+    parent: FuncInfo | None
+    cls: str | None
+    _assigns: dict | None = None
+    _defs: dict | None = None
+    _calls: list | None = None
+    _returns: list | None = None
+    _params: set | None = None
 
     @property
     def name(self) -> str:
@@ -128,7 +128,7 @@ class FuncInfo:
         return [p.arg for p in a.posonlyargs + a.args]
 
     @property
-    def vararg(self) -> Optional[str]:
+    def vararg(self) -> str | None:
         return self.node.args.vararg.arg if self.node.args.vararg else None
 
     def all_params(self) -> set:
@@ -283,7 +283,7 @@ class Project:
                     mod.imports[a.asname or a.name] = (base, a.name)
         self._index(tree.body, mod, None, None)
 
-    def _index(self, body, mod: Module, parent: Optional[FuncInfo], cls: Optional[str]) -> None:
+    def _index(self, body, mod: Module, parent: FuncInfo | None, cls: str | None) -> None:
         for node in body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 info = FuncInfo(node, mod, parent, cls)
@@ -306,7 +306,7 @@ class Project:
                                                     []).append(n.value)
                 self._index(node.body, mod, parent, node.name)
 
-    def method(self, module: str, cls: str, name: str) -> Optional[FuncInfo]:
+    def method(self, module: str, cls: str, name: str) -> FuncInfo | None:
         return next((f for f in self.methods.get(name, [])
                      if f.cls == cls and f.module.dotted == module), None)
 
@@ -353,7 +353,7 @@ class Ctx:
     """Where an expression is read: its function (None: module level) and what the caller
     bound its parameters to (name -> (expr, Ctx) or frozenset of values)."""
     module: Module
-    func: Optional[FuncInfo]
+    func: FuncInfo | None
     env: dict
     depth: int = 0
 
@@ -369,11 +369,11 @@ class Reader:
         self.unresolved: set[tuple] = set()     # (path, function, line, what)
         self.wrappers: set[int] = set()         # functions whose arguments say what runs
         self.param_hits: set[int] = set()
-        self.origin: Optional[str] = None
-        self.reading: Optional[int] = None     # the function read with its parameters unbound
+        self.origin: str | None = None
+        self.reading: int | None = None     # the function read with its parameters unbound
 
     # values ---------------------------------------------------------------------------
-    def ev(self, expr: Optional[ast.AST], ctx: Ctx) -> frozenset:
+    def ev(self, expr: ast.AST | None, ctx: Ctx) -> frozenset:
         if expr is None or ctx.depth > MAX_DEPTH:
             return frozenset({UNKNOWN})
         key = (id(expr), id(ctx.env), ctx.depth)
@@ -492,7 +492,7 @@ class Reader:
                     return set().union(*(self.ev(x, unbound) for x in exprs))
         return {UNKNOWN}
 
-    def _module_of(self, name: str, ctx: Ctx) -> Optional[Module]:
+    def _module_of(self, name: str, ctx: Ctx) -> Module | None:
         found = self.p.resolve_import(ctx.module, name)
         return found[1] if found and found[0] == "module" else None
 
@@ -711,7 +711,7 @@ class Reader:
         return env
 
     # process starts -------------------------------------------------------------------
-    def launcher(self, call: ast.Call, ctx: Ctx) -> Optional[tuple]:
+    def launcher(self, call: ast.Call, ctx: Ctx) -> tuple | None:
         f = call.func
         if not isinstance(f, ast.Attribute):
             return None
@@ -853,7 +853,7 @@ class Reader:
                 self.argv(Seq(rest.items[start:], rest.tail), where, ctx, report, inner=True)
 
 
-def _arg(call: ast.Call, pos: int) -> Optional[ast.AST]:
+def _arg(call: ast.Call, pos: int) -> ast.AST | None:
     if pos < len(call.args):
         a = call.args[pos]
         return a.value if isinstance(a, ast.Starred) else a
@@ -861,7 +861,7 @@ def _arg(call: ast.Call, pos: int) -> Optional[ast.AST]:
     return next((kw.value for kw in call.keywords if kw.arg in names), None)
 
 
-def _default(func: FuncInfo, name: str) -> Optional[ast.AST]:
+def _default(func: FuncInfo, name: str) -> ast.AST | None:
     a = func.node.args
     positional = a.posonlyargs + a.args
     for p, d in zip(positional[len(positional) - len(a.defaults):], a.defaults):
@@ -882,12 +882,12 @@ def _one_text(item: frozenset) -> str:
     return texts[0] if len(texts) == 1 else HOLE
 
 
-def _const(item: frozenset) -> Optional[str]:
+def _const(item: frozenset) -> str | None:
     texts = [x.s for x in item if isinstance(x, Text)]
     return texts[0] if len(texts) == 1 and len(item) == 1 else None
 
 
-def normalise(word: str) -> Optional[str]:
+def normalise(word: str) -> str | None:
     """A program's name as the table knows it: the bare name for the standard directories,
     the path from the project's root for the project's own (build/podserver), None when the
     name itself is not known statically."""
@@ -910,7 +910,7 @@ def normalise(word: str) -> Optional[str]:
     return word
 
 
-def shell_script_argument(program: str, rest: Seq) -> Optional[frozenset]:
+def shell_script_argument(program: str, rest: Seq) -> frozenset | None:
     """The script of `sh -c SCRIPT` (also bash, dash)."""
     if os.path.basename(program) not in ("sh", "bash", "dash"):
         return None
@@ -935,7 +935,7 @@ PREFIX_OPTIONS = {
 }
 
 
-def inner_command(program: str, rest: Seq) -> Optional[int]:
+def inner_command(program: str, rest: Seq) -> int | None:
     """Where the command a prefix program runs starts among its arguments (None: no such)."""
     words = [_const(item) for item in rest.items]
     if (program in ("python3", "python") and words[:3] == ["-m", "testbed.cli", "exec"]
@@ -1015,7 +1015,7 @@ def shell_commands(text: str) -> list[list[str]]:
     text = _drop_heredocs(text)
     commands: list[list[str]] = []
     words: list[str] = []
-    word: Optional[str] = None
+    word: str | None = None
     i, n = 0, len(text)
 
     def end_word():

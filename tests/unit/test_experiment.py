@@ -4,16 +4,21 @@ file and line, like topologies (tests/unit/test_spec.py)."""
 import glob
 import json
 import os
-import re
 
 import pytest
 
-from tests.badfiles import LINE_RE, expectation
 from testbed.errors import InputError
-from testbed.spec.experiment import (Variant, load_experiment, load_resolved, resolve, seconds,
-                                validate_files)
 from testbed.plan.addresses import build_plan
+from testbed.spec.experiment import (
+    Variant,
+    load_experiment,
+    load_resolved,
+    resolve,
+    seconds,
+    validate_files,
+)
 from testbed.spec.topology import load_topology
+from tests.badfiles import LINE_RE, expectation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad-experiments")

@@ -9,9 +9,9 @@ import pytest
 
 from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.base import sysctl
+from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
 from testbed.kubernetes.node import node_setup
 from testbed.plan.addresses import build_plan
-from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
 from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

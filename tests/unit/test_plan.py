@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from testbed.emulation.reachability import expected_probes
 from testbed.cloud.fabric import render_fabric
+from testbed.emulation.reachability import expected_probes
 from testbed.plan.addresses import allocate_pod, build_plan, veth_name, with_pod
 from testbed.spec.topology import load_topology
 

@@ -7,13 +7,13 @@ import random
 import pytest
 
 from testbed.analysis.diagram import draw_variant_diagram, flows
-from testbed.spec.experiment import Variant, load_experiment, resolve
-from testbed.plan.addresses import build_plan
 from testbed.analysis.plots import PALETTE, plot_run, written
-from testbed.analysis.report import write_report
 from testbed.analysis.records import RunWriter, read_meta
-from testbed.spec.topology import load_topology
+from testbed.analysis.report import write_report
 from testbed.analysis.stats import percentile
+from testbed.plan.addresses import build_plan
+from testbed.spec.experiment import Variant, load_experiment, resolve
+from testbed.spec.topology import load_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

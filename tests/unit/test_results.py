@@ -7,9 +7,17 @@ import sys
 
 import pytest
 
+from testbed.analysis.records import (
+    METRICS,
+    RunWriter,
+    git_revision,
+    new_run_dir,
+    read_meta,
+    read_records,
+    read_samples,
+    summarize,
+)
 from testbed.spec.experiment import load_resolved
-from testbed.analysis.records import (METRICS, RunWriter, git_revision, new_run_dir, read_meta,
-                             read_records, read_samples, summarize)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from testbed.cli.main import main
 from testbed.analysis.records import RunWriter
 from testbed.analysis.rundir_check import check_run_dir
+from testbed.cli.main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

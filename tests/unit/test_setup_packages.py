@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from testbed.kubernetes.dataplane.iptables import restore as kubeproxy
 from testbed.emulation import machine
+from testbed.kubernetes.dataplane.iptables import restore as kubeproxy
 from tests.unit import program_calls as pc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,12 +9,18 @@ import threading
 
 import pytest
 
-from tests.badfiles import LINE_RE
 from testbed.cli.commands import _is_experiment
 from testbed.cli.main import main
 from testbed.errors import InputError
-from testbed.spec.yamldoc import (MAX_DEPTH, MAX_FILE_BYTES, MAX_PROBLEMS, MAX_VALUES, parse_document,
-                            read_document)
+from testbed.spec.yamldoc import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_PROBLEMS,
+    MAX_VALUES,
+    parse_document,
+    read_document,
+)
+from tests.badfiles import LINE_RE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")

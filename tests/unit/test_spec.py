@@ -2,19 +2,18 @@
 
 import glob
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.badfiles import LINE_RE, expectation
 from testbed.cli.main import main
 from testbed.errors import InputError
-from testbed.spec.fields import close_match
 from testbed.plan.addresses import build_plan
-from testbed.spec.yamldoc import parse_document
+from testbed.spec.fields import close_match
 from testbed.spec.topology import load_topology, parse_topology
+from testbed.spec.yamldoc import parse_document
+from tests.badfiles import LINE_RE, expectation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad")

@@ -6,8 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.analysis.stats import (MeanCI, ecdf, jain, mean, mean_ci, percentile, percentiles, shares,
-                           stdev, t_cdf, t_quantile)
+from testbed.analysis.stats import (
+    MeanCI,
+    ecdf,
+    jain,
+    mean,
+    mean_ci,
+    percentile,
+    percentiles,
+    shares,
+    stdev,
+    t_cdf,
+    t_quantile,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 10, 100])

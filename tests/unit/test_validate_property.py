@@ -20,13 +20,11 @@ from __future__ import annotations
 import copy
 import glob
 import io
-import json
 import ipaddress
+import json
 import math
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from contextlib import redirect_stderr
 from unittest import mock
@@ -37,16 +35,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controllers.config import parse_fabric
-from testbed.kubernetes.cni import plugin_for
-from testbed.kubernetes.node import host_fabric, node_setup
 from testbed.cli.main import main
-from testbed.errors import InputError
 from testbed.cloud.fabric import render_fabric
-from testbed.plan.addresses import CORE_SWITCH, LB_HOST, build_plan
+from testbed.errors import InputError
+from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
-from testbed.spec.yamldoc import parse_document
+from testbed.kubernetes.node import host_fabric, node_setup
+from testbed.plan.addresses import CORE_SWITCH, LB_HOST, build_plan
 from testbed.spec.model import INTERNET_CIDR, LB_CIDR, Topology
 from testbed.spec.topology import parse_topology
+from testbed.spec.yamldoc import parse_document
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEEDS = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml"))) + [
