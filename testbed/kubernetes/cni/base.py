@@ -32,7 +32,7 @@ class CniPlugin(ABC):
 
     @abstractmethod
     def setup_node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
-             offloads_off: bool) -> list[str]:
+                   offloads_off: bool) -> list[str]:
         """The node's half: its devices and routes for its pods and the other nodes' pods.
         pods: the pods placed on this node
         offloads_off: the fabric is OVS's userspace datapath (tunnel devices need offloads off)"""
@@ -44,6 +44,11 @@ class CniPlugin(ABC):
     @abstractmethod
     def attach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         """The node's half of one pod added while the cluster runs."""
+
+    def pod_eth0(self, plan: Plan, pod: PodPlan) -> list[str]:
+        """The pod's eth0 up with its address and the plan's MTU (routes are the plugin's)."""
+        return ["ip link set lo up", f"ip link set eth0 mtu {plan.mtu}",
+                f"ip addr add {pod.ip}/{pod.prefixlen} dev eth0", "ip link set eth0 up"]
 
     def detach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         """What a node must forget when one of its pods goes away (nothing by default: the

@@ -35,9 +35,7 @@ class FlannelBridge(CniPlugin):
         return cmds
 
     def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
-        return ["ip link set lo up", f"ip link set eth0 mtu {plan.mtu}",
-                f"ip addr add {pod.ip}/{pod.prefixlen} dev eth0", "ip link set eth0 up",
-                f"ip route add default via {pod.gateway} dev eth0"]
+        return self.pod_eth0(plan, pod) + [f"ip route add default via {pod.gateway} dev eth0"]
 
     def attach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         # hairpin: a pod reaching its own Service may be DNATed back to itself, out the port the

@@ -19,18 +19,17 @@ class VpcNative(CniPlugin):
     name = "vpc-native"
 
     def setup_node(self, plan: Plan, node: NodePlan, pods: Sequence[PodPlan],
-             offloads_off: bool) -> list[str]:
+                   offloads_off: bool) -> list[str]:
         cmds: list[str] = []
         for pod in pods:
             cmds += self.attach_pod(plan, pod)
         return cmds
 
     def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
-        return ["ip link set lo up", f"ip link set eth0 mtu {plan.mtu}",
-                f"ip addr add {pod.ip}/{pod.prefixlen} dev eth0", "ip link set eth0 up",
-                f"ip route add {pod.gateway} dev eth0 scope link",
-                f"ip route add default via {pod.gateway} dev eth0",
-                f"ip neigh replace {pod.gateway} lladdr {pod.veth_mac} dev eth0 nud permanent"]
+        return self.pod_eth0(plan, pod) + [
+            f"ip route add {pod.gateway} dev eth0 scope link",
+            f"ip route add default via {pod.gateway} dev eth0",
+            f"ip neigh replace {pod.gateway} lladdr {pod.veth_mac} dev eth0 nud permanent"]
 
     def attach_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return [f"ip link set {pod.veth} up",
