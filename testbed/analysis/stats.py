@@ -80,11 +80,15 @@ class MeanCI:
 
     def overlaps(self, other: MeanCI) -> bool:
         """Whether the two intervals share a point (a value without interval is a point)."""
-        a = (self.low if self.half is not None else self.mean,
-             self.high if self.half is not None else self.mean)
-        b = (other.low if other.half is not None else other.mean,
-             other.high if other.half is not None else other.mean)
-        return a[0] <= b[1] and b[0] <= a[1]
+        a_low, a_high = self._bounds()
+        b_low, b_high = other._bounds()
+        return a_low <= b_high and b_low <= a_high
+
+    def _bounds(self) -> tuple[float, float]:
+        """(low, high); a value without interval is the point (mean, mean)."""
+        if self.half is None:
+            return self.mean, self.mean
+        return self.mean - self.half, self.mean + self.half
 
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> MeanCI:

@@ -5,18 +5,21 @@ The format is documented in docs/fabric-config.md. The controller never reads th
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from testbed.plan.addresses import LB_HOST, Plan, lb_backends
 from testbed.spec.model import HealthCheck
 
 
 def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = None,
-                  gone=frozenset()) -> dict:
+                  gone: Collection[str] = frozenset()) -> dict[str, object]:
     """The fabric config for the controller.
 
     lb_netns_pid: the LB host's shell, once it exists (health checks run in its namespace)
     gone: pods removed since the build (a restarted controller must not route to them)
     """
-    switches = [{"name": s.name, "dpid": s.dpid, "role": s.role, **({"subnet": s.subnet} if s.subnet else {})}
+    switches = [{"name": s.name, "dpid": s.dpid, "role": s.role,
+                 **({"subnet": s.subnet} if s.subnet else {})}
                 for s in plan.switches]
     links = [{"a": s.name, "a_port": s.uplink, "b": "vpc0", "b_port": s.core_port}
              for s in plan.switches if s.role == "subnet"]
@@ -24,9 +27,10 @@ def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = No
                 "switch": g.switch, "kind": g.kind} for g in plan.gateways]
     hosts = [{"name": a.host, "kind": a.kind, "ip": a.ip, "mac": a.mac, "subnet": a.subnet,
               "switch": a.switch, "port": a.port} for a in plan.attachments]
-    pod_routes = [{"pod": p.name, "ip": p.ip, "node": p.node} for p in plan.pods if p.name not in gone] \
+    pod_routes = [{"pod": p.name, "ip": p.ip, "node": p.node}
+                  for p in plan.pods if p.name not in gone] \
         if plan.mode == "container-native" else []
-    lbs = []
+    lbs: list[dict[str, object]] = []
     for lb in plan.load_balancers:
         svc = next(s for s in plan.services if s.name == lb.service)
         backends = [b for b in lb_backends(plan, svc) if b.name not in gone]
@@ -41,7 +45,7 @@ def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = No
                              "healthy_threshold": health.healthy_threshold,
                              "unhealthy_threshold": health.unhealthy_threshold},
         })
-    out = {"cluster": plan.cluster, "mode": plan.mode, "switches": switches, "links": links,
+    out: dict[str, object] = {"cluster": plan.cluster, "mode": plan.mode, "switches": switches, "links": links,
            "subnets": subnets, "hosts": hosts, "pod_routes": pod_routes, "load_balancers": lbs}
     if lb_netns_pid is not None:
         out["health_checker"] = {"host": LB_HOST, "netns_pid": lb_netns_pid}

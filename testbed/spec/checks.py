@@ -4,6 +4,8 @@ capacity (ENI slots, pod ranges), VIPs and node ports — what the builders rely
 
 from __future__ import annotations
 
+import ipaddress
+
 from testbed.spec.fields import Reader
 from testbed.spec.model import (
     DEFAULT_CLIENT,
@@ -19,6 +21,7 @@ from testbed.spec.model import (
     service_vips,
 )
 from testbed.spec.sections import declared, written_path
+from testbed.spec.yamldoc import Path
 
 
 def cross_checks(r: Reader, topo: Topology) -> None:
@@ -139,7 +142,7 @@ def _capacity(r: Reader, topo: Topology) -> None:
         limit, what, fix = pod_room, (
             f"do not fit its /{cni.node_prefix} pod range ({pod_room} addresses)"), \
             "lower the replicas on that node, add nodes, or shorten cni.nodePrefix"
-    over: dict[tuple, list] = {}   # one line per deployment line, naming the first node
+    over: dict[Path, list[tuple[str, int]]] = {}   # one line per deployment line, naming the first node
     pods_in_subnet: dict[str, int] = {}
     for node in topo.nodes:
         count = per_node.get(node.name, 0)
@@ -161,14 +164,14 @@ def _capacity(r: Reader, topo: Topology) -> None:
                           "use a larger subnet or spread nodes over more subnets")
 
 
-def _pods_path(r: Reader, topo: Topology, node: str, limit: int) -> tuple:
+def _pods_path(r: Reader, topo: Topology, node: str, limit: int) -> Path:
     """The deployment whose pods push a node past its limit: its placement entry for the node,
     or its replicas (spread)."""
     count = 0
     for d in topo.deployments:
         count += sum(1 for n in placement(topo, d) if n == node)
         if count > limit:
-            where = ("placement", node) if any(n == node for n, _ in d.placement) else ("replicas",)
+            where: Path = ("placement", node) if any(n == node for n, _ in d.placement) else ("replicas",)
             return written_path(r, ("deployments", d.name) + where)
     return ("nodes", node)
 
@@ -180,7 +183,7 @@ def _vips(r: Reader, topo: Topology) -> None:
         r.problem(("services",), f"{len(lb_services)} LoadBalancer services exceed the 200 VIPs "
                   f"of {LB_CIDR}", "make most services ClusterIP or NodePort")
         return
-    vips: dict = {}
+    vips: dict[ipaddress.IPv4Address, str] = {}
     for svc, vip in zip(lb_services, service_vips(topo)):
         if svc.load_balancer_ip is None and not VIP_RANGE[0] <= vip <= VIP_RANGE[1]:
             r.problem(("services", svc.name), f"no VIP left: the next one after "

@@ -8,14 +8,16 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TypeVar
 
 from testbed.errors import InputError, Problem
-from testbed.spec.yamldoc import Document, dotted
+from testbed.spec.yamldoc import Document, Path, dotted
 
 NAME_RE = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")   # used with fullmatch: '$' allows a "\n"
 _MISSING = object()
+T = TypeVar("T")
+Converter = Callable[[Any], T]   # raw YAML value -> typed value; ValueError says what is wrong
 
 
 def close_match(word: str, choices: Iterable[str]) -> str | None:
@@ -50,7 +52,7 @@ def _distance(a: str, b: str) -> int:
     """Edits (insert, delete, substitute, swap two neighbours) from a to b."""
     if abs(len(a) - len(b)) > 3:
         return 4
-    prev2: list = []
+    prev2: list[int] = []
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         row = [i]
@@ -63,7 +65,7 @@ def _distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def did_you_mean(word, choices, otherwise: str) -> str:
+def did_you_mean(word: str, choices: Iterable[str], otherwise: str) -> str:
     """A fix: "did you mean 'x'?" for a close typo, else the otherwise text."""
     hint = close_match(word, choices)
     return f"did you mean '{hint}'?" if hint else otherwise
@@ -81,7 +83,7 @@ class Reader:
         self.problems: list[Problem] = []
 
     # -- reporting -----------------------------------------------------------------------
-    def problem(self, path, what: str, fix: str) -> None:
+    def problem(self, path: Path, what: str, fix: str) -> None:
         self.problems.append(self.doc.problem(tuple(path), what, fix))
 
     def raise_if_any(self) -> None:
@@ -89,7 +91,7 @@ class Reader:
             raise InputError(self.problems)
 
     # -- lookup --------------------------------------------------------------------------
-    def value(self, path) -> Any:
+    def value(self, path: Path) -> Any:
         data = self.doc.data
         for part in path:
             if isinstance(data, dict) and part in data:
@@ -100,11 +102,13 @@ class Reader:
                 return _MISSING
         return data
 
-    def has(self, path) -> bool:
+    def has(self, path: Path) -> bool:
         """Whether the file writes this field (even as null)."""
         return self.value(path) is not _MISSING
 
-    def mapping(self, path, allowed, required=(), what="section", hints=None) -> dict:
+    def mapping(self, path: Path, allowed: Collection[str] | None,
+                required: Iterable[str] = (), what: str = "section",
+                hints: Mapping[str, str] | None = None) -> dict[str, Any]:
         """A mapping at path whose keys must be in allowed (None = any key); {} if absent.
 
         hints: unknown key -> the fix to print for it (a key that belongs elsewhere)
@@ -134,7 +138,8 @@ class Reader:
                 self.problem(tuple(path) + (key,), "missing required field", f"add '{key}:'")
         return data
 
-    def get(self, path, key, convert: Callable[[Any], Any], default=_MISSING, fix="") -> Any:
+    def get(self, path: Path, key: str | int, convert: Converter[Any], default: Any = _MISSING,
+            fix: str = "") -> Any:
         """The field path.key converted; the default if absent; None (and a problem) if bad."""
         full = tuple(path) + (key,)
         raw = self.value(full)
@@ -150,12 +155,12 @@ class Reader:
             return None
 
 
-def dotted_or_root(path) -> str:
+def dotted_or_root(path: Path) -> str:
     """A path as the user reads it in a sentence ('clients.client1', 'the file')."""
     return dotted(path) if path else "the file"
 
 
-def kind_of(value) -> str:
+def kind_of(value: object) -> str:
     """A value's YAML kind, for messages: a mapping, a list, a string..."""
     if value is None:
         return "nothing"
@@ -165,8 +170,8 @@ def kind_of(value) -> str:
 
 # -- converters: raise ValueError with the 'what is wrong' part ------------------------------
 
-def integer(low: int | None = None, high: int | None = None):
-    def convert(raw):
+def integer(low: int | None = None, high: int | None = None) -> Converter[int]:
+    def convert(raw: Any) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise ValueError(f"expected a whole number, got {kind_of(raw)} {raw!r}")
         if low is not None and raw < low or high is not None and raw > high:
@@ -175,8 +180,8 @@ def integer(low: int | None = None, high: int | None = None):
     return convert
 
 
-def number(low: float | None = None, high: float | None = None):
-    def convert(raw):
+def number(low: float | None = None, high: float | None = None) -> Converter[float]:
+    def convert(raw: Any) -> float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise ValueError(f"expected a number, got {kind_of(raw)} {raw!r}")
         if not math.isfinite(raw):   # YAML's .nan and .inf compare false with every bound
@@ -187,14 +192,14 @@ def number(low: float | None = None, high: float | None = None):
     return convert
 
 
-def boolean(raw):
+def boolean(raw: Any) -> bool:
     if not isinstance(raw, bool):
         raise ValueError(f"expected true or false, got {kind_of(raw)} {raw!r}")
     return raw
 
 
-def choice(*options):
-    def convert(raw):
+def choice(*options: str) -> Converter[str]:
+    def convert(raw: Any) -> str:
         if raw not in options:
             hint = close_match(raw, options) if isinstance(raw, str) else None
             extra = f" (did you mean '{hint}'?)" if hint else ""
@@ -203,13 +208,13 @@ def choice(*options):
     return convert
 
 
-def text(raw):
+def text(raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise ValueError(f"expected a non-empty string, got {kind_of(raw)} {raw!r}")
     return raw
 
 
-def network(raw):
+def network(raw: Any) -> ipaddress.IPv4Network:
     if not isinstance(raw, str):
         raise ValueError(f"expected a CIDR like 192.168.0.0/24, got {kind_of(raw)} {raw!r}")
     try:
@@ -223,7 +228,7 @@ def network(raw):
     return net
 
 
-def address(raw):
+def address(raw: Any) -> ipaddress.IPv4Address:
     if not isinstance(raw, str):
         raise ValueError(f"expected an IPv4 address, got {kind_of(raw)} {raw!r}")
     try:
@@ -232,7 +237,7 @@ def address(raw):
         raise ValueError(f"'{raw}' is not an IPv4 address") from None
 
 
-def duration_ms(raw):
+def duration_ms(raw: Any) -> float:
     """'5ms', '1s', '250us' or a number of milliseconds."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         if not math.isfinite(raw):
@@ -242,7 +247,8 @@ def duration_ms(raw):
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", raw)
         if not match:
             raise ValueError(f"'{raw}' is not a duration like 5ms")
-        value = float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, None: 1.0}[match.group(2)]
+        unit = {"us": 0.001, "ms": 1.0, "s": 1000.0, None: 1.0}[match.group(2)]
+        value = float(match.group(1)) * unit
     else:
         raise ValueError(f"expected a duration like 5ms, got {kind_of(raw)} {raw!r}")
     if value < 0 or value > 10_000:
@@ -250,9 +256,9 @@ def duration_ms(raw):
     return value
 
 
-def name(max_len: int):
+def name(max_len: int) -> Converter[str]:
     """A DNS-1123 label short enough to become an interface or host name."""
-    def convert(raw):
+    def convert(raw: Any) -> str:
         if not isinstance(raw, str) or not NAME_RE.fullmatch(raw):
             raise ValueError(f"{raw!r} is not a valid name (lower-case letters, digits, '-')")
         if len(raw) > max_len:

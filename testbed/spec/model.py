@@ -189,7 +189,7 @@ class Topology:
     load_balancer: LoadBalancer
     clients: tuple[Client, ...]
     links: Links
-    doc: Document = field(repr=False, compare=False, default=None)
+    doc: Document | None = field(repr=False, compare=False, default=None)
 
     def with_mode(self, mode: str) -> Topology:
         return replace(self, mode=mode)

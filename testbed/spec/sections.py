@@ -5,7 +5,9 @@ loadBalancer, clients, links) into the model, one problem per line with its fiel
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 from testbed.spec.fields import (
     NAME_RE,
@@ -58,9 +60,10 @@ from testbed.spec.model import (
     Subnet,
     Vpc,
 )
+from testbed.spec.yamldoc import Path
 
 
-def written_path(r: Reader, path) -> tuple:
+def written_path(r: Reader, path: Path) -> Path:
     """The path if the file has that field, else its nearest ancestor the file has: a problem
     about a default value points at a line the file has and names no field it lacks."""
     path = tuple(path)
@@ -155,7 +158,7 @@ def read_cni(r: Reader) -> Cni:
     )
 
 
-def _host_name(r: Reader, path, value, kind: str, example: str) -> bool:
+def _host_name(r: Reader, path: Path, value: str, kind: str, example: str) -> bool:
     """Check a node's or client's name (a Mininet host); report and return False if bad."""
     try:
         name(12)(value)
@@ -209,28 +212,28 @@ def read_nodes(r: Reader, vpc: Vpc) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-def declared(r: Reader, section: str) -> list:
+def declared(r: Reader, section: str) -> list[str]:
     """Every name written in a section, valid or not: references are checked against these, so
     one bad node does not also make every reference to it an error."""
     raw = r.value((section,))
     return list(raw) if isinstance(raw, dict) else []
 
 
-def unknown_ref(ref: str, declared: list, max_len: int) -> bool:
+def unknown_ref(ref: str, declared: Sequence[str], max_len: int) -> bool:
     """Whether a reference is to report as unknown: it names nothing declared, and every
     declared name is well formed (else the reference may mean the ill-formed one, a 'node2'
     with a newline, say, which is reported where it is declared)."""
-    def well_formed(n) -> bool:
+    def well_formed(n: object) -> bool:
         return isinstance(n, str) and bool(NAME_RE.fullmatch(n)) and len(n) <= max_len
     return ref not in declared and all(well_formed(n) for n in declared)
 
 
-def declared_subnets(r: Reader) -> list:
+def declared_subnets(r: Reader) -> list[str]:
     raw = r.value(("vpc", "subnets"))
     return list(raw) if isinstance(raw, dict) and raw else ["default"]
 
 
-def read_deployments(r: Reader, node_names) -> tuple[Deployment, ...]:
+def read_deployments(r: Reader, node_names: Sequence[str]) -> tuple[Deployment, ...]:
     raw = r.mapping(("deployments",), None, what="deployment name: {replicas: ...}")
     out = []
     total = 0
@@ -258,7 +261,8 @@ def read_deployments(r: Reader, node_names) -> tuple[Deployment, ...]:
     return tuple(out)
 
 
-def _placement(r: Reader, path, replicas, node_names) -> tuple | None:
+def _placement(r: Reader, path: Path, replicas: int | None,
+               node_names: Sequence[str]) -> tuple[tuple[str, int], ...] | None:
     """A deployment's placement: () for spread, (node, count) pairs, None if wrong."""
     ppath = path + ("placement",)
     raw = r.value(ppath)
@@ -269,7 +273,8 @@ def _placement(r: Reader, path, replicas, node_names) -> tuple | None:
         r.problem(ppath, f"expected 'spread' or a mapping node: count, got {kind_of(raw)} {raw!r}",
                   did_you_mean(raw, ["spread"], example) if isinstance(raw, str) else example)
         return None
-    placement, complete = [], bool(node_names)
+    placement: list[tuple[str, int]] = []
+    complete = bool(node_names)
     for nname in raw:
         if not node_names:
             break   # the nodes section itself is wrong; that is reported there
@@ -293,13 +298,14 @@ def _placement(r: Reader, path, replicas, node_names) -> tuple | None:
     return tuple(placement)
 
 
-def read_services(r: Reader, deployments, deploy_names) -> tuple[Service, ...]:
+def read_services(r: Reader, deployments: Sequence[Deployment],
+                  deploy_names: Sequence[str]) -> tuple[Service, ...]:
     raw = r.mapping(("services",), None, what="service name: {port: ...}")
     out = []
     used_node_ports: dict[int, str] = {}
     nodeport_fix = f"pick a free port in {NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]} or leave it out"
 
-    def claim(path, port: int | None, owner: str) -> None:
+    def claim(path: Path, port: int | None, owner: str) -> None:
         if port is None:
             return
         if port in used_node_ports:
@@ -348,13 +354,15 @@ def read_services(r: Reader, deployments, deploy_names) -> tuple[Service, ...]:
                         fix="seconds between 1 and 86400")
         lb_ip = _load_balancer_ip(r, path, stype)
         proto = r.get(path, "protocol", choice("TCP"), default="TCP")
-        if None not in (stype, selector, port, target, etp, affinity, timeout, proto):
+        if etp is not None and None not in (stype, selector, port, target, affinity, timeout,
+                                            proto):
             out.append(Service(sname, stype, selector, port, target, node_port, etp, affinity,
                                timeout, hc_port, lb_ip, proto))
     return tuple(out)
 
 
-def _external(r: Reader, path: tuple, body: dict, stype: str | None, claim,
+def _external(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
+              claim: Callable[[Path, int | None], None],
               nodeport_fix: str) -> tuple[int | None, str | None, int | None]:
     """A service's outside-facing fields, as its type allows them: (nodePort,
     externalTrafficPolicy, healthCheckNodePort). claim(path, port) marks a node port taken."""
@@ -396,7 +404,7 @@ def _external(r: Reader, path: tuple, body: dict, stype: str | None, claim,
     return node_port, etp, hc_port
 
 
-def _load_balancer_ip(r: Reader, path, stype) -> ipaddress.IPv4Address | None:
+def _load_balancer_ip(r: Reader, path: Path, stype: str | None) -> ipaddress.IPv4Address | None:
     ip = r.get(path, "loadBalancerIP", address, default=None,
                fix="write an address in 198.51.100.10-198.51.100.250")
     if ip is None:

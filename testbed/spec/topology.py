@@ -10,7 +10,9 @@ machine: the netem check takes the machine's answer as an argument.
 
 from __future__ import annotations
 
-from testbed.errors import InputError
+from collections.abc import Iterable
+
+from testbed.errors import InputError, Problem
 from testbed.spec.checks import cross_checks
 from testbed.spec.fields import Reader, name
 from testbed.spec.model import MODE_HINT, Topology
@@ -66,9 +68,10 @@ def parse_topology(doc: Document, mode: str | None = None,
     return topo
 
 
-def validate_files(files, mode=None, netem=None) -> list:
+def validate_files(files: Iterable[str], mode: str | None = None,
+                   netem: bool | None = None) -> list[Problem]:
     """Validate several files; return every problem (empty list: all good)."""
-    problems = []
+    problems: list[Problem] = []
     for f in files:
         try:
             load_topology(f, mode=mode, netem=netem)

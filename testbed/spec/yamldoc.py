@@ -13,14 +13,15 @@ from __future__ import annotations
 import difflib
 import os
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import yaml
 
 from testbed.errors import InputError, Problem
 
-Path = tuple  # a field path, e.g. ("services", "web", "port")
+Path = tuple[str | int, ...]  # a field path, e.g. ("services", "web", "port")
 
 # A topology or experiment is a few kilobytes (the largest shipped is under 2 KB; 250 nodes and
 # 5,000 pods fit in well under 100 KB). These bound what any file may cost to read.
@@ -52,7 +53,7 @@ class Document:
 
     file: str
     data: Any
-    lines: dict = field(default_factory=dict)
+    lines: dict[Path, int] = field(default_factory=dict)
 
     def line(self, path: Path) -> int:
         """The line of a path, or of its nearest ancestor that has one."""
@@ -67,7 +68,7 @@ class Document:
         return Problem(self.file, self.line(path), dotted(path), what, fix)
 
 
-def nearest(word: str, choices) -> str | None:
+def nearest(word: str, choices: Iterable[str]) -> str | None:
     """The closest valid word, for 'did you mean' hints."""
     found = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.5)
     return found[0] if found else None
@@ -80,7 +81,7 @@ def read_document(file: str) -> Document:
     file, /dev/stdin, a pipe from `<(...)`, or /dev/zero (which never ends). Its size as
     reported by stat is not trusted, so the same bound holds for all of them."""
 
-    def fail(line: int, what: str, fix: str):
+    def fail(line: int, what: str, fix: str) -> NoReturn:
         raise InputError([Problem(file, line, "", what, fix)])
 
     if os.path.isdir(file):
@@ -112,9 +113,10 @@ def read_document(file: str) -> Document:
     return parse_document(file, text)
 
 
-def _read_at_most(fh, limit: int) -> bytes:
+def _read_at_most(fh: IO[bytes], limit: int) -> bytes:
     """Up to limit bytes from a stream (a pipe may return them in several pieces)."""
-    chunks, got = [], 0
+    chunks: list[bytes] = []
+    got = 0
     while got < limit:
         chunk = fh.read(limit - got)
         if not chunk:
@@ -152,6 +154,10 @@ class _Stop(Exception):
     """Reading ends here: the rest would cost too much or cannot be trusted."""
 
 
+# a `<<` value waiting for its mapping to close: (value, path, first and last index in order, line)
+_Merge = tuple[Any, Path | None, int, int, int]
+
+
 @dataclass
 class _Frame:
     """A mapping or sequence being built.
@@ -173,8 +179,8 @@ class _Frame:
     values: int
     height: int = 1
     key: Any = _KEY
-    explicit: dict = field(default_factory=dict)
-    merges: list = field(default_factory=list)
+    explicit: dict[str, int] = field(default_factory=dict)
+    merges: list[_Merge] = field(default_factory=list)
 
 
 @dataclass
@@ -183,7 +189,7 @@ class _Anchor:
     to it, how many values it holds and how deep it goes."""
 
     data: Any
-    entries: list
+    entries: list[tuple[Path, int]]
     size: int
     height: int
 
@@ -195,7 +201,7 @@ class _Builder:
     def __init__(self, file: str, text: str):
         self.file, self.text = file, text
         self.doc = Document(file, None)
-        self.order: list = []          # recorded paths, in the order their lines were recorded
+        self.order: list[Path] = []    # recorded paths, in the order their lines were recorded
         self.stack: list[_Frame] = []
         self.anchors: dict[str, _Anchor] = {}
         self.values = 0
@@ -207,7 +213,7 @@ class _Builder:
             self.loader = _LOADER(self.text)
             self._events()
         except yaml.YAMLError as exc:
-            raise InputError([self._yaml_problem(exc)]) from None
+            raise InputError([_yaml_problem(self.file, self.text, exc)]) from None
         except _Stop as stop:            # a problem that ends reading, or too many problems
             raise InputError(self.problems + ([stop.args[0]] if stop.args[0] else [])) from None
         finally:
@@ -244,7 +250,7 @@ class _Builder:
                                "keep one document per file: remove the '---' and what follows")
                 return
 
-    def _slot(self) -> tuple:
+    def _slot(self) -> tuple[Path | None, str]:
         """(path, role) of the next value: role is root, item, key, value or merge."""
         if not self.stack:
             return (), "root"
@@ -259,7 +265,7 @@ class _Builder:
             return None, "value"
         return _join(top.path, top.key), "value"
 
-    def _scalar(self, event) -> None:
+    def _scalar(self, event: Any) -> None:
         line = event.start_mark.line + 1
         path, role = self._slot()
         self._count(1, line, path)
@@ -273,7 +279,7 @@ class _Builder:
             self.anchors[event.anchor] = _Anchor(value, [], 1, 0)
         self._place(value, path, start, line)
 
-    def _key(self, event, line: int) -> None:
+    def _key(self, event: Any, line: int) -> None:
         """A mapping key: its name is the text as written ('on' stays 'on', not True)."""
         top = self.stack[-1]
         tag = event.tag
@@ -300,7 +306,7 @@ class _Builder:
             self._record(_join(top.path, name), line)
         top.key = name
 
-    def _scalar_value(self, event, line: int, path: Path | None) -> Any:
+    def _scalar_value(self, event: Any, line: int, path: Path | None) -> Any:
         """A scalar as SafeLoader would construct it; an explicit tag must be a plain type."""
         tag = event.tag
         explicit = tag not in (None, "!")
@@ -325,7 +331,7 @@ class _Builder:
                           "remove the tag, or write a value of that type")
             return None
 
-    def _open(self, event, mapping: bool) -> None:
+    def _open(self, event: Any, mapping: bool) -> None:
         line = event.start_mark.line + 1
         path, _ = self._slot()             # a key's path is None: a mapping key is thrown away
         self._count(1, line, path)
@@ -356,7 +362,7 @@ class _Builder:
             self.stack[-1].height = max(self.stack[-1].height, frame.height + 1)
         self._place(frame.data, frame.path, frame.start, frame.line)
 
-    def _alias(self, event) -> None:
+    def _alias(self, event: Any) -> None:
         line = event.start_mark.line + 1
         path, role = self._slot()
         name = event.anchor
@@ -409,13 +415,13 @@ class _Builder:
             top.data[top.key] = value
             top.key = _KEY
 
-    def _merged(self, frame: _Frame) -> dict:
+    def _merged(self, frame: _Frame) -> dict[str, Any]:
         """A mapping with its `<<` values merged in, as YAML says: a key written out overrides a
         merged one; among merged mappings the first to give a key wins. The merged values'
         lines are recorded under this mapping's path."""
-        merged: dict = {}
-        source: dict = {}                       # key -> path of the mapping it came from
-        spans = []
+        merged: dict[str, Any] = {}
+        source: dict[str | int, Path | None] = {}   # key -> path of the mapping it came from
+        spans: list[tuple[Path | None, int, int, bool]] = []
         for value, vpath, first, last, line in frame.merges:
             if isinstance(value, dict):
                 parts = [(value, vpath)]
@@ -435,6 +441,7 @@ class _Builder:
             spans.append((vpath, first, last, isinstance(value, list)))
         if frame.path is not None:
             for vpath, first, last, is_list in spans:
+                assert vpath is not None   # a kept mapping's `<<` values have paths too
                 base = len(vpath) + (1 if is_list else 0)
                 for p in self.order[first:last]:
                     if len(p) > base and p[:len(vpath)] == vpath:
@@ -469,28 +476,29 @@ class _Builder:
                                          f"{MAX_PROBLEMS} problems", "fix the ones above first"))
             raise _Stop(None)
 
-    def _stop(self, line: int, path: Path | None, what: str, fix: str):
+    def _stop(self, line: int, path: Path | None, what: str, fix: str) -> NoReturn:
         raise _Stop(Problem(self.file, line, dotted(path or ()), what, fix))
 
-    def _yaml_problem(self, exc: yaml.YAMLError) -> Problem:
-        if isinstance(exc, yaml.reader.ReaderError):
-            char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
-            at = self.text.find(char)
-            line = self.text[:at].count("\n") + 1 if at >= 0 else 0
-            what = "control character" if unicodedata.category(char) == "Cc" else "character"
-            return Problem(self.file, line, "", f"contains the {what} U+{ord(char):04X}",
-                           "remove it; YAML text cannot hold it")
-        if isinstance(exc, yaml.MarkedYAMLError):
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else 0
-            what = " ".join((exc.problem or exc.context or "invalid YAML").split())
-            return Problem(self.file, line, "", f"YAML syntax error: {what}",
-                           "fix the YAML syntax on that line (indentation, colons, quotes)")
-        return Problem(self.file, 0, "", f"YAML error: {' '.join(str(exc).split())}",
-                       "fix the YAML syntax")
+def _yaml_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
+    """One line for what the YAML parser raised (a bad character, a syntax error)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        at = text.find(char)
+        line = text[:at].count("\n") + 1 if at >= 0 else 0
+        what = "control character" if unicodedata.category(char) == "Cc" else "character"
+        return Problem(file, line, "", f"contains the {what} U+{ord(char):04X}",
+                       "remove it; YAML text cannot hold it")
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        what = " ".join((exc.problem or exc.context or "invalid YAML").split())
+        return Problem(file, line, "", f"YAML syntax error: {what}",
+                       "fix the YAML syntax on that line (indentation, colons, quotes)")
+    return Problem(file, 0, "", f"YAML error: {' '.join(str(exc).split())}",
+                   "fix the YAML syntax")
 
 
-def _join(path: Path | None, part) -> Path | None:
+def _join(path: Path | None, part: str | int) -> Path | None:
     return None if path is None else path + (part,)
 
 

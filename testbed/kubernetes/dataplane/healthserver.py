@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -229,7 +230,7 @@ class HealthServer:
             server.close()
 
 
-def main(argv: list | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.kubernetes.dataplane.healthserver",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--state", required=True, help="JSON state file (see module docs)")
