@@ -132,11 +132,13 @@ class Hosts:
         for sw in self.plan.switches:
             if sw.role != "subnet":
                 continue
-            self.journal.record("link", name=sw.uplink)
-            self.journal.record("link", name=sw.core_port)
-            self.net.addLink(self.net.get(sw.name), core, port1=port_no(sw.uplink),
-                             port2=port_no(sw.core_port), intfName1=sw.uplink,
-                             intfName2=sw.core_port)
+            uplink, core_port = sw.uplink, sw.core_port
+            assert uplink is not None and core_port is not None   # a subnet switch has both
+            self.journal.record("link", name=uplink)
+            self.journal.record("link", name=core_port)
+            self.net.addLink(self.net.get(sw.name), core, port1=port_no(uplink),
+                             port2=port_no(core_port), intfName1=uplink,
+                             intfName2=core_port)
         for att in self.plan.attachments:
             self.journal.record("link", name=att.port)
         # A link's commands run in its first node's shell: links of different switches or

@@ -54,10 +54,11 @@ def expected_probes(plan: Plan) -> list[Probe]:
     first_pod: dict[str, PodPlan] = {}
     for pod in plan.pods:
         first_pod.setdefault(pod.node, pod)
-    for node, pod in first_pod.items():
-        for other_node, other in first_pod.items():
-            if other_node != node:
-                probes.append(Probe(pod.name, other.name, other.ip, "pods on other nodes", True))
+    for pod_node, pod in first_pod.items():
+        for other_node, other_pod in first_pod.items():
+            if other_node != pod_node:
+                probes.append(Probe(pod.name, other_pod.name, other_pod.ip, "pods on other nodes",
+                                    True))
     for client in plan.clients:
         for node in plan.nodes:
             probes.append(Probe(client, node.name, node.ip, "nodes", True))

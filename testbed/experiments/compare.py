@@ -165,10 +165,10 @@ def throughput(run: RunContext, cluster: Cluster, variant: Variant, rep: int,
         for proc in servers.values():
             proc.kill()
     served = {}
-    for pod, proc in servers.items():
+    for pod_name, proc in servers.items():
         text = proc.communicate(timeout=10)[0].decode(errors="replace")
         if text.count(",") >= 8:
-            served[pod] = text.strip().splitlines()[-1].split(",")[3]   # the source it saw
+            served[pod_name] = text.strip().splitlines()[-1].split(",")[3]   # the source it saw
     mbps = parse_iperf_csv(out.stdout)
     run.rec(variant, rep, "throughput_mbps", mbps, wl.name, **_served_where(cluster, served))
     run.rec(variant, rep, "errors", 0 if mbps else 1, wl.name)

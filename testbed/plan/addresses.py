@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 from testbed.spec.model import (
     CORE_SWITCH,
@@ -36,6 +38,7 @@ LB_HOST_IP = LB_CIDR.network_address + 2
 CLIENT_HOST_OFFSET = 10
 SERVICE_IP_OFFSET = 10
 VETH_GATEWAY = ipaddress.IPv4Address("169.254.1.1")   # aws-vpc-cni's pod default gateway
+T = TypeVar("T")
 
 
 def mac(kind: int, index: int) -> str:
@@ -44,7 +47,7 @@ def mac(kind: int, index: int) -> str:
     return f"02:cb:{kind:02x}:{b[0]:02x}:{b[1]:02x}:{b[2]:02x}"
 
 
-def veth_name(pod: str, taken=frozenset()) -> str:
+def veth_name(pod: str, taken: Collection[str] = frozenset()) -> str:
     """The node-side veth of a pod: a hash of its name, rehashed in the rare case that another
     pod on the node has it already (as the bridge CNI retries a random name that exists)."""
     salt = 0
@@ -136,7 +139,7 @@ class ServicePlan:
     session_affinity_timeout: int
     vip: str | None
     selector: str            # the deployment whose pods are the endpoints
-    endpoints: tuple         # pod names, in pod order
+    endpoints: tuple[str, ...]   # pod names, in pod order
     protocol: str = "TCP"
     health_via: str | None = None   # health-check through this service's port instead
 
@@ -159,7 +162,7 @@ class LbPlan:
     port: int
     target_mode: str
     preserve_client_ip: bool
-    backends: tuple
+    backends: tuple[Backend, ...]
 
 
 @dataclass
@@ -171,14 +174,14 @@ class Plan:
     mtu: int
     pod_cidr: str
     service_cidr: str
-    switches: list = field(default_factory=list)
-    gateways: list = field(default_factory=list)
-    attachments: list = field(default_factory=list)
-    nodes: list = field(default_factory=list)
-    pods: list = field(default_factory=list)
-    services: list = field(default_factory=list)
-    load_balancers: list = field(default_factory=list)
-    clients: list = field(default_factory=list)
+    switches: list[SwitchPlan] = field(default_factory=list)
+    gateways: list[Gateway] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    nodes: list[NodePlan] = field(default_factory=list)
+    pods: list[PodPlan] = field(default_factory=list)
+    services: list[ServicePlan] = field(default_factory=list)
+    load_balancers: list[LbPlan] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)
     vxlan_port: int = 8472
     vxlan_vni: int = 1
 
@@ -191,10 +194,10 @@ class Plan:
     def attachment(self, host: str) -> Attachment:
         return next(a for a in self.attachments if a.host == host)
 
-    def pods_on(self, node: str) -> list:
+    def pods_on(self, node: str) -> list[PodPlan]:
         return [p for p in self.pods if p.node == node]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -330,7 +333,7 @@ def _services(plan: Plan, topo: Topology) -> None:
                                               tuple(lb_backends(plan, sp))))
 
 
-def lb_backends(plan: Plan, svc: ServicePlan) -> list:
+def lb_backends(plan: Plan, svc: ServicePlan) -> list[Backend]:
     """The cloud LB's targets for a service: every node's NodePort (instance targets) or every
     pod's targetPort (ip targets). With externalTrafficPolicy Local, instance targets are
     health-checked on kube-proxy's healthCheckNodePort, which fails on nodes without a pod."""
@@ -338,11 +341,14 @@ def lb_backends(plan: Plan, svc: ServicePlan) -> list:
     if plan.mode == "container-native":
         return [Backend(p.name, p.ip, svc.target_port, checked.target_port, "/healthz")
                 for p in plan.pods if p.name in svc.endpoints]
+    node_port = svc.node_port
     hc_port = svc.health_check_node_port or checked.health_check_node_port or checked.node_port
-    return [Backend(n.name, n.ip, svc.node_port, hc_port, "/healthz") for n in plan.nodes]
+    # a LoadBalancer service has a nodePort, and so has the one it is checked through
+    assert node_port is not None and hc_port is not None
+    return [Backend(n.name, n.ip, node_port, hc_port, "/healthz") for n in plan.nodes]
 
 
-def _first_n(it, n):
+def _first_n(it: Iterable[T], n: int) -> Iterator[T]:
     for i, item in enumerate(it):
         if i >= n:
             return
@@ -380,5 +386,5 @@ def allocate_pod(plan: Plan, deployment: str, node: str, port: int) -> PodPlan:
 def with_pod(plan: Plan, pod: PodPlan) -> None:
     """Add a pod to the plan and to the endpoints of the services that select its deployment."""
     plan.pods.append(pod)
-    plan.services[:] = [replace(s, endpoints=s.endpoints + (pod.name,)) if s.selector == pod.deployment
-                        else s for s in plan.services]
+    plan.services[:] = [replace(s, endpoints=s.endpoints + (pod.name,))
+                        if s.selector == pod.deployment else s for s in plan.services]
