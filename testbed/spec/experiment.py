@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from testbed.errors import InputError
-from testbed.spec.fields import Reader, choice, integer, name, text
+from testbed.errors import InputError, Problem
+from testbed.spec.fields import Converter, Reader, choice, integer, name, text
 from testbed.spec.model import MODES, Topology, placement
 from testbed.spec.topology import parse_topology
-from testbed.spec.yamldoc import Document, nearest, read_document
+from testbed.spec.yamldoc import Document, Path, nearest, read_document
 
 KINDS = ("compare", "scaling", "failover")
 POLICIES = ("Cluster", "Local")
@@ -26,7 +28,7 @@ ACTIONS = ("remove-pod", "fail-node")
 MAX_VARIANTS = 8                 # one colour each in the plots' palette
 
 # workload name -> (tool that drives it, allowed keys with their defaults)
-WORKLOADS = {
+WORKLOADS: dict[str, tuple[str, dict[str, float]]] = {
     "latency": ("cnlb client: a new TCP connection per request", {"requests": 200}),
     "keepalive": ("wrk: keep-alive latency percentiles",
                   {"duration": 5.0, "connections": 4, "threads": 1}),
@@ -137,7 +139,7 @@ class Experiment:
     rate: float = 0.0
     timeout_s: float = 1.0
     events: tuple[Event, ...] = ()
-    doc: Document = field(repr=False, compare=False, default=None)
+    doc: Document | None = field(repr=False, compare=False, default=None)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -145,9 +147,9 @@ class Experiment:
     def workload(self, name: str) -> Workload | None:
         return next((w for w in self.workloads if w.name == name), None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain data for meta.json (the source document left out)."""
-        out = {}
+        out: dict[str, Any] = {}
         for f in self.__dataclass_fields__.values():
             if f.name == "doc":
                 continue
@@ -165,10 +167,10 @@ class Resolved:
     experiment: Experiment
     topology: Topology
     service: str
-    variants: dict = field(default_factory=dict)
+    variants: dict[str, Topology] = field(default_factory=dict)
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if hasattr(value, "__dataclass_fields__"):
@@ -178,9 +180,9 @@ def _plain(value):
 
 # -- converters -------------------------------------------------------------------------------
 
-def seconds(low: float = 0.0, high: float = 3600.0):
+def seconds(low: float = 0.0, high: float = 3600.0) -> Converter[float]:
     """A duration with a unit ('500ms', '5s', '2m'; a bare 0 is fine) in seconds."""
-    def convert(raw):
+    def convert(raw: Any) -> float:
         if isinstance(raw, bool):
             raise ValueError(f"expected a duration like 5s, got true/false {raw!r}")
         if isinstance(raw, (int, float)):
@@ -231,9 +233,9 @@ def resolve_document(doc: Document, topology: str | None = None,
     return resolve(exp, load_topology(exp.topology, netem=netem))
 
 
-def validate_files(files, netem: bool | None = None) -> list:
+def validate_files(files: Iterable[str], netem: bool | None = None) -> list[Problem]:
     """Every problem in several experiment files, each checked against its topology."""
-    problems = []
+    problems: list[Problem] = []
     for f in files:
         try:
             load_resolved(f, netem=netem)
@@ -268,16 +270,20 @@ def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
     exp_name = r.get((), "name", name(40), default=default_name,
                      fix="name it with lower-case letters, digits and '-' (at most 40)")
     topo_path = _topology(r, doc.file, topology)
-    service = r.get((), "service", name(20), default=None, fix="name a LoadBalancer service of the topology")
-    seed = r.get((), "seed", integer(0, 2**32 - 1), default=0, fix="use a whole number 0-4294967295")
+    service = r.get((), "service", name(20), default=None,
+                    fix="name a LoadBalancer service of the topology")
+    seed = r.get((), "seed", integer(0, 2**32 - 1), default=0,
+                 fix="use a whole number 0-4294967295")
     reps = r.get((), "repetitions", integer(1, 100), default=3, fix="use 1-100 repetitions")
-    warmup = r.get((), "warmup", seconds(0, 60), default=1.0, fix="write a warm-up like 1s (at most 60s)")
+    warmup = r.get((), "warmup", seconds(0, 60), default=1.0,
+                   fix="write a warm-up like 1s (at most 60s)")
     variants = _variants(r)
-    extra: dict = {}
+    extra: dict[str, Any] = {}
     if kind == "compare":
         extra["workloads"] = _workloads(r, allowed=tuple(WORKLOADS), default=None)
     elif kind == "scaling":
-        extra["workloads"] = _workloads(r, allowed=("latency",), default={"latency": {"requests": 100}})
+        extra["workloads"] = _workloads(r, allowed=("latency",),
+                                        default={"latency": {"requests": 100}})
         extra.update(_scaling(r))
     else:
         extra.update(_failover(r))
@@ -294,7 +300,8 @@ def _check_keys(r: Reader, kind: str) -> None:
             continue
         owners = [k for k in KINDS if key in KIND_KEYS[k]]
         if owners:
-            r.problem((key,), f"'{key}' belongs to kind {' or '.join(owners)}, this is kind {kind}",
+            r.problem((key,), f"'{key}' belongs to kind {' or '.join(owners)}, "
+                      f"this is kind {kind}",
                       f"set 'kind: {owners[0]}' or remove '{key}'")
         else:
             hint = nearest(key, ALL_KEYS)
@@ -310,7 +317,8 @@ def _topology(r: Reader, file: str, override: str | None) -> str:
                   "add 'topology: ../topologies/talk.yaml' (relative to this file)")
         return ""
     given = r.get((), "topology", text,
-                  fix="give the topology file's path relative to this file, e.g. ../topologies/talk.yaml")
+                  fix="give the topology file's path relative to this file, "
+                      "e.g. ../topologies/talk.yaml")
     if given is None:
         return ""
     path = given if os.path.isabs(given) else os.path.normpath(
@@ -332,10 +340,12 @@ def _variants(r: Reader) -> tuple[Variant, ...]:
     raw = r.mapping(path, None, what="variant name: {mode: ...}")
     if not raw:
         if isinstance(r.value(path), (dict, type(None))):
-            r.problem(path, "no variants", "add at least one, e.g. 'container-native: {mode: container-native}'")
+            r.problem(path, "no variants",
+                      "add at least one, e.g. 'container-native: {mode: container-native}'")
         return ()
     if len(raw) > MAX_VARIANTS:
-        r.problem(path, f"{len(raw)} variants are more than the {MAX_VARIANTS} the plots have colours for",
+        r.problem(path, f"{len(raw)} variants are more than the {MAX_VARIANTS} the plots have "
+                  "colours for",
                   f"split the experiment into files of at most {MAX_VARIANTS} variants")
     out = []
     for vname in raw:
@@ -343,10 +353,12 @@ def _variants(r: Reader) -> tuple[Variant, ...]:
         try:
             name(30)(vname)
         except ValueError as exc:
-            r.problem(vpath, str(exc), "name variants like nodeport-cluster (at most 30 characters)")
+            r.problem(vpath, str(exc),
+                      "name variants like nodeport-cluster (at most 30 characters)")
             continue
         if r.value(vpath) is None:
-            r.problem(vpath, "missing required field 'mode'", "add '{mode: nodeport}' or '{mode: container-native}'")
+            r.problem(vpath, "missing required field 'mode'",
+                      "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
         r.mapping(vpath, {"mode", "externalTrafficPolicy"}, required=("mode",), what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
@@ -356,7 +368,7 @@ def _variants(r: Reader) -> tuple[Variant, ...]:
                        fix="use Cluster or Local")
         if mode and policy:
             out.append(Variant(vname, mode, policy))
-    seen: dict = {}
+    seen: dict[tuple[str, str], str] = {}
     for v in out:
         key = (v.mode, v.external_traffic_policy)
         if key in seen:
@@ -367,10 +379,12 @@ def _variants(r: Reader) -> tuple[Variant, ...]:
     return tuple(out)
 
 
-def _workloads(r: Reader, allowed: tuple, default: dict | None) -> tuple[Workload, ...]:
+def _workloads(r: Reader, allowed: tuple[str, ...],
+               default: Mapping[str, Mapping[str, Any]] | None) -> tuple[Workload, ...]:
     path = ("workloads",)
     if "workloads" not in r.value(()) and default is not None:
-        return tuple(Workload(n, **{_FIELD[k]: v for k, v in body.items()}) for n, body in default.items())
+        return tuple(Workload(n, **{_FIELD[k]: v for k, v in body.items()})
+                     for n, body in default.items())
     raw = r.mapping(path, None, what="workload name: {...}")
     if not raw:
         if "workloads" not in r.value(()):
@@ -389,44 +403,53 @@ def _workloads(r: Reader, allowed: tuple, default: dict | None) -> tuple[Workloa
                           f"remove it (allowed: {', '.join(allowed)})")
             else:
                 r.problem(wpath, f"unknown workload '{wname}'",
-                          f"did you mean '{hint}'?" if hint else f"use one of {', '.join(allowed)}")
+                          f"did you mean '{hint}'?" if hint
+                          else f"use one of {', '.join(allowed)}")
             continue
-        defaults = WORKLOADS[wname][1]
-        if r.value(wpath) is not None:
-            r.mapping(wpath, set(defaults), what="requests/duration/...")
-        values = {}
-        for key, dflt in defaults.items():
-            if key == "requests":
-                values[key] = r.get(wpath, key, integer(1, 1_000_000), default=dflt,
-                                    fix="use 1-1000000 requests")
-            elif key == "duration":
-                values[key] = r.get(wpath, key, seconds(0.1, 3600), default=dflt,
-                                    fix="write a duration like 5s (100ms-1h)")
-            elif key == "connections":
-                values[key] = r.get(wpath, key, integer(1, 10_000), default=dflt,
-                                    fix="use 1-10000 connections")
-            elif key == "threads":
-                values[key] = r.get(wpath, key, integer(1, 64), default=dflt, fix="use 1-64 threads")
+        values = _workload_values(r, wpath, WORKLOADS[wname][1])
         if None in values.values():
             continue
         if values.get("threads", 0) > values.get("connections", 1 << 30):
-            r.problem(wpath + ("threads",), f"{values['threads']} threads for {values['connections']} "
-                      "connections (wrk needs at least one connection per thread)",
+            r.problem(wpath + ("threads",), f"{values['threads']} threads for "
+                      f"{values['connections']} connections (wrk needs at least one connection "
+                      "per thread)",
                       f"use at most {values['connections']} threads or more connections")
             continue
         out.append(Workload(wname, **{_FIELD[k]: v for k, v in values.items()}))
     return tuple(out)
 
 
+def _workload_values(r: Reader, wpath: Path, defaults: Mapping[str, float]) -> dict[str, Any]:
+    """A workload's settings (file key -> value; None where the value is wrong)."""
+    if r.value(wpath) is not None:
+        r.mapping(wpath, set(defaults), what="requests/duration/...")
+    values: dict[str, Any] = {}
+    for key, dflt in defaults.items():
+        if key == "requests":
+            values[key] = r.get(wpath, key, integer(1, 1_000_000), default=dflt,
+                                fix="use 1-1000000 requests")
+        elif key == "duration":
+            values[key] = r.get(wpath, key, seconds(0.1, 3600), default=dflt,
+                                fix="write a duration like 5s (100ms-1h)")
+        elif key == "connections":
+            values[key] = r.get(wpath, key, integer(1, 10_000), default=dflt,
+                                fix="use 1-10000 connections")
+        elif key == "threads":
+            values[key] = r.get(wpath, key, integer(1, 64), default=dflt,
+                                fix="use 1-64 threads")
+    return values
+
+
 _FIELD = {"requests": "requests", "duration": "duration_s", "connections": "connections",
           "threads": "threads"}
 
 
-def _scaling(r: Reader) -> dict:
+def _scaling(r: Reader) -> dict[str, Any]:
     counts = r.value(("services",))
-    out: list = []
+    out: list[int] = []
     if "services" not in r.value(()):
-        r.problem((), "missing required field 'services'", "add e.g. 'services: [10, 100, 1000, 10000]'")
+        r.problem((), "missing required field 'services'",
+                  "add e.g. 'services: [10, 100, 1000, 10000]'")
     elif not isinstance(counts, list) or not counts:
         r.problem(("services",), "expected a list of service counts",
                   "write e.g. 'services: [10, 100, 1000, 10000]'")
@@ -440,14 +463,18 @@ def _scaling(r: Reader) -> dict:
                           "list service counts in increasing order, each once")
                 continue
             out.append(n)
-    endpoints = r.get((), "endpoints", integer(1, 100), default=5, fix="use 1-100 endpoints per service")
+    endpoints = r.get((), "endpoints", integer(1, 100), default=5,
+                      fix="use 1-100 endpoints per service")
     return {"services": tuple(out), "endpoints": endpoints or 5}
 
 
-def _failover(r: Reader) -> dict:
-    duration = r.get((), "duration", seconds(1, 3600), default=30.0, fix="write a duration like 30s (1s-1h)")
-    rate = r.get((), "rate", integer(1, 100_000), default=200, fix="use 1-100000 requests per second")
-    timeout = r.get((), "timeout", seconds(0.01, 10), default=1.0, fix="write a timeout like 1s (10ms-10s)")
+def _failover(r: Reader) -> dict[str, Any]:
+    duration = r.get((), "duration", seconds(1, 3600), default=30.0,
+                     fix="write a duration like 30s (1s-1h)")
+    rate = r.get((), "rate", integer(1, 100_000), default=200,
+                 fix="use 1-100000 requests per second")
+    timeout = r.get((), "timeout", seconds(0.01, 10), default=1.0,
+                    fix="write a timeout like 1s (10ms-10s)")
     events = []
     raw = r.value(("events",))
     if "events" not in r.value(()):
@@ -468,11 +495,13 @@ def _failover(r: Reader) -> dict:
             r.mapping(epath, {"at", "action", needs} if needs else {"at", "action", "pod", "node"})
             at = r.get(epath, "at", seconds(0, 3600), fix="write a time like 5s")
             if at is not None and duration is not None and at >= duration:
-                r.problem(epath + ("at",), f"{_fmt_s(at)} is not before the end of the run ({_fmt_s(duration)})",
+                r.problem(epath + ("at",), f"{_fmt_s(at)} is not before the end of the run "
+                          f"({_fmt_s(duration)})",
                           "make the event earlier or the duration longer")
                 at = None
-            target = r.get(epath, needs, name(20), fix=f"name a {needs} of the topology") if needs else None
-            if None not in (at, action, target):
+            target = r.get(epath, needs, name(20),
+                           fix=f"name a {needs} of the topology") if needs else None
+            if at is not None and action is not None and target is not None:
                 events.append(Event(at, action, target, i))
     return {"duration_s": duration or 30.0, "rate": float(rate or 200), "timeout_s": timeout or 1.0,
             "events": tuple(sorted(events, key=lambda e: e.at_s))}
@@ -502,9 +531,10 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
                   f"did you mean '{hint}'?" if hint else
                   (f"use one of {', '.join(lb_services)}" if lb_services else
                    "give the topology a service with 'type: LoadBalancer'"))
-    pods = [f"{d.name}-{k}" for d in topology.deployments for k in range(len(placement(topology, d)))]
+    pods = [f"{d.name}-{k}" for d in topology.deployments
+            for k in range(len(placement(topology, d)))]
     nodes = [n.name for n in topology.nodes]
-    done: dict = {"pod": {}, "node": {}}
+    done: dict[str, dict[str, int]] = {"pod": {}, "node": {}}
     for ev in sorted(experiment.events, key=lambda e: e.index):
         key = "pod" if ev.action == "remove-pod" else "node"
         where = ("events", ev.index, key)
@@ -515,7 +545,8 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
                       f"did you mean '{hint}'?" if hint else f"use one of {', '.join(names[:8])}")
             continue
         if ev.target in seen:
-            r.problem(where, f"{key} '{ev.target}' is already {'removed' if key == 'pod' else 'failed'} "
+            done_what = "removed" if key == "pod" else "failed"
+            r.problem(where, f"{key} '{ev.target}' is already {done_what} "
                       f"by events[{seen[ev.target]}]", "name another one or remove this event")
             continue
         seen[ev.target] = ev.index
@@ -525,7 +556,7 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
 
     problems = list(r.problems)
     variants = {}
-    checked: dict = {}
+    checked: dict[str, list[Problem]] = {}
     for v in experiment.variants:
         if topology.doc is not None and v.mode not in checked:
             try:
@@ -534,7 +565,8 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
             except InputError as exc:
                 checked[v.mode] = exc.problems
                 problems.extend(replace(p, what=f"{p.what} (in mode {v.mode}, which variant "
-                                        f"'{v.name}' of {experiment.file} uses)") for p in exc.problems)
+                                        f"'{v.name}' of {experiment.file} uses)")
+                                for p in exc.problems)
         if not checked.get(v.mode):
             variants[v.name] = v.apply(topology)
     if problems:
