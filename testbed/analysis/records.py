@@ -49,7 +49,8 @@ METRICS = {
     "path_hops": Metric("hops", "routed hops per request", "lower"),
     "cross_node_bytes_fraction": Metric("fraction", "bytes crossing between nodes", "lower"),
     "cross_node_bytes": Metric("bytes", "bytes crossing between nodes", "lower"),
-    "source_ip_preserved": Metric("fraction", "requests where the pod saw the client's address", "higher"),
+    "source_ip_preserved": Metric("fraction", "requests where the pod saw the client's address",
+                                  "higher"),
     # distribution: pod_share has extra "pod", entry_share extra "node" (where the LB sent it)
     "jain_fairness": Metric("index", "Jain's fairness index", "higher"),
     "pod_share": Metric("fraction", "share of requests per pod"),
@@ -143,7 +144,8 @@ def new_run_dir(results_root: str, name: str, now: float | None = None) -> str:
 def update_latest(results_root: str, run_id: str) -> None:
     latest = os.path.join(results_root, "latest")
     if os.path.lexists(latest) and not os.path.islink(latest):
-        warnings.warn(f"{latest} is not a symlink; left alone (remove it to get results/latest back)")
+        warnings.warn(f"{latest} is not a symlink; left alone "
+                      "(remove it to get results/latest back)", stacklevel=2)
         return
     tmp = os.path.join(results_root, f".latest.tmp-{os.getpid()}")
     if os.path.lexists(tmp):
@@ -199,8 +201,9 @@ class RunWriter:
     ("interrupted" on Ctrl-C) with the exception as a fault.
     """
 
-    def __init__(self, out_dir: str, experiment=None, topology=None, environment: dict | None = None,
-                 variants: dict | None = None, service: str | None = None, resolved=None,
+    def __init__(self, out_dir: str, experiment=None, topology=None,
+                 environment: dict | None = None, variants: dict | None = None,
+                 service: str | None = None, resolved=None,
                  git: dict | None = None, clock=time.time):
         if resolved is not None:
             experiment = experiment if experiment is not None else resolved.experiment
@@ -212,7 +215,8 @@ class RunWriter:
         self._lock = threading.Lock()
         os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
         if os.path.exists(self.path("meta.json")):
-            raise FileExistsError(f"{out_dir} already holds a run (meta.json) — give a new directory")
+            raise FileExistsError(f"{out_dir} already holds a run (meta.json) — "
+                                  "give a new directory")
         started = clock()
         variant_names = []
         if experiment is not None and getattr(experiment, "variants", None):
@@ -231,7 +235,8 @@ class RunWriter:
             "finished": None,
             "finished_unix": None,
             "variants": variant_names,
-            "experiment": plain(experiment.to_dict() if hasattr(experiment, "to_dict") else experiment),
+            "experiment": plain(experiment.to_dict() if hasattr(experiment, "to_dict")
+                                else experiment),
             "service": service,
             "topology": plain(topology),
             "topology_source": _source(topology),
@@ -271,7 +276,8 @@ class RunWriter:
         if value is not None and not isinstance(value, (int, float)):
             raise ValueError(f"metric {metric}: value {value!r} is not a number")
         row = {"experiment": experiment, "variant": variant, "repetition": int(repetition),
-               "metric": metric, "value": plain(value), "unit": unit, "time": round(self.clock(), 6)}
+               "metric": metric, "value": plain(value), "unit": unit,
+               "time": round(self.clock(), 6)}
         for key, val in extra.items():
             if key in row:
                 raise ValueError(f"extra field {key} would overwrite the record's own")
@@ -296,11 +302,13 @@ class RunWriter:
         counts = {p: 0 for p in endpoints}
         counts.update(pod_counts)
         for pod, share in shares(counts).items():
-            self.record(experiment, variant, repetition, "pod_share", share, workload=workload, pod=pod)
+            self.record(experiment, variant, repetition, "pod_share", share, workload=workload,
+                        pod=pod)
         index = jain(list(counts.values())) if counts else math.nan
         self.record(experiment, variant, repetition, "jain_fairness", index, workload=workload)
         for node, share in shares(entry_counts or {}).items():
-            self.record(experiment, variant, repetition, "entry_share", share, workload=workload, node=node)
+            self.record(experiment, variant, repetition, "entry_share", share, workload=workload,
+                        node=node)
         return index
 
     def samples(self, variant: str, repetition: int, workload: str, rows: Iterable[dict]) -> str:
@@ -407,7 +415,7 @@ def _read_jsonl(path: str) -> list:
             row = json.loads(line.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             if i != len(lines) - 1:
-                warnings.warn(f"{path}:{i + 1}: not a JSON object; skipped")
+                warnings.warn(f"{path}:{i + 1}: not a JSON object; skipped", stacklevel=2)
             continue
         if isinstance(row, dict):
             out.append(row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from testbed.analysis.records import FORMAT, GROUP_FIELDS
 from testbed.errors import Problem
@@ -106,42 +107,69 @@ def _key_line(lines: list, key: str, after: int = 0) -> int:
 
 
 def _check_meta(path: str) -> list:
+    meta, text, problems = _read_meta(path)
+    if problems:
+        return problems
+    lines = text.splitlines()
+    out, typed = _meta_types(path, meta, lines)
+    return out + _meta_values(path, meta, lines, typed)
 
-    def bad(line: int, field: str, what: str, fix: str = _META_FIX):
-        return [Problem(path, line, field, what, fix)]
+
+def _bad(path: str, line: int, field: str, what: str, fix: str = _META_FIX) -> list[Problem]:
+    return [Problem(path, line, field, what, fix)]
+
+
+def _read_meta(path: str) -> tuple[dict[str, Any], str, list[Problem]]:
+    """(meta, its text, []) or ({}, "", the problem) when meta.json is not a JSON object."""
+    def bad(line: int, what: str, fix: str) -> tuple[dict[str, Any], str, list[Problem]]:
+        return {}, "", _bad(path, line, "", what, fix)
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
-        return bad(0, "", f"cannot be read ({exc.strerror or exc})",
+        return bad(0, f"cannot be read ({exc.strerror or exc})",
                    "give a run directory whose meta.json you can read (sudo?)")
     if not raw.strip():
-        return bad(0, "", "empty", _META_FIX)
+        return bad(0, "empty", _META_FIX)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return bad(0, "", "not UTF-8 text", _META_FIX)
+        return bad(0, "not UTF-8 text", _META_FIX)
     try:
         meta = json.loads(text)
     except ValueError as exc:
         line = getattr(exc, "lineno", 0)
-        return bad(line, "", f"not JSON ({getattr(exc, 'msg', exc)})", _META_FIX)
+        return bad(line, f"not JSON ({getattr(exc, 'msg', exc)})", _META_FIX)
     except RecursionError:
-        return bad(0, "", "not JSON as `cnlb run` writes it (nested too deeply)", _META_FIX)
+        return bad(0, "not JSON as `cnlb run` writes it (nested too deeply)", _META_FIX)
     if not isinstance(meta, dict):
-        return bad(1, "", f"{_kind(meta)}, not an object", _META_FIX)
-    lines = text.splitlines()
-    out = []
-    typed = set()   # fields present with the right type: their values are checked below
+        return bad(1, f"{_kind(meta)}, not an object", _META_FIX)
+    return meta, text, []
+
+
+def _meta_types(path: str, meta: dict[str, Any],
+                lines: list[str]) -> tuple[list[Problem], set[str]]:
+    """Problems of missing or mistyped fields, and the fields present with the right type."""
+    out: list[Problem] = []
+    typed: set[str] = set()   # present with the right type: their values are checked next
     for name, (types, required) in META_FIELDS.items():
         if name not in meta:
             if required:
-                out += bad(0, name, "missing", _META_FIX)
+                out += _bad(path, 0, name, "missing", _META_FIX)
         elif not _type_ok(meta[name], types):
-            out += bad(_key_line(lines, name), name,
-                       f"{_kind(meta[name])}, not {_wanted(types)}", _META_FIX)
+            out += _bad(path, _key_line(lines, name), name,
+                        f"{_kind(meta[name])}, not {_wanted(types)}", _META_FIX)
         else:
             typed.add(name)
+    return out, typed
+
+
+def _meta_values(path: str, meta: dict[str, Any], lines: list[str],
+                 typed: set[str]) -> list[Problem]:
+    """Problems of the values of the fields whose type is right."""
+    def bad(line: int, field: str, what: str, fix: str = _META_FIX) -> list[Problem]:
+        return _bad(path, line, field, what, fix)
+    out: list[Problem] = []
     if "format" in typed and not 1 <= meta["format"] <= FORMAT:
         out += bad(_key_line(lines, "format"), "format",
                    f"{meta['format']} is not a format this cnlb reads (1 to {FORMAT})",

@@ -175,7 +175,8 @@ def _print_next_steps(status: dict) -> None:
     client = status["clients"][0] if status["clients"] else None
     pod = status["pods"][0] if status["pods"] else None
     svc = status["services"][0] if status["services"] else None
-    print(f"cluster {status['cluster']} is up ({status['mode']}), owner pid {status['owner']['pid']}")
+    print(f"cluster {status['cluster']} is up ({status['mode']}), "
+          f"owner pid {status['owner']['pid']}")
     print("next:")
     print("  cnlb status")
     if vip and client:

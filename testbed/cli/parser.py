@@ -127,6 +127,7 @@ def _machine(sub) -> None:
 
 def _iptables_option(parser) -> None:
     parser.add_argument("--iptables", choices=("auto", "nft", "legacy"), default="auto",
-                        help="kube-proxy's iptables backend (auto: what the machine's iptables uses)")
+                        help="kube-proxy's iptables backend "
+                             "(auto: what the machine's iptables uses)")
 
 

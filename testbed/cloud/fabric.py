@@ -45,8 +45,9 @@ def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = No
                              "healthy_threshold": health.healthy_threshold,
                              "unhealthy_threshold": health.unhealthy_threshold},
         })
-    out: dict[str, object] = {"cluster": plan.cluster, "mode": plan.mode, "switches": switches, "links": links,
-           "subnets": subnets, "hosts": hosts, "pod_routes": pod_routes, "load_balancers": lbs}
+    out: dict[str, object] = {
+        "cluster": plan.cluster, "mode": plan.mode, "switches": switches, "links": links,
+        "subnets": subnets, "hosts": hosts, "pod_routes": pod_routes, "load_balancers": lbs}
     if lb_netns_pid is not None:
         out["health_checker"] = {"host": LB_HOST, "netns_pid": lb_netns_pid}
     return out

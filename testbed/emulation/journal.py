@@ -344,7 +344,10 @@ def clean(state: StateDir, log=lambda msg: None) -> dict:
             removed["links"] += 1
     for e in entries:
         if e["kind"] == "file" and os.path.exists(e["path"]):
-            shutil.rmtree(e["path"], ignore_errors=True) if os.path.isdir(e["path"]) else os.unlink(e["path"])
+            if os.path.isdir(e["path"]):
+                shutil.rmtree(e["path"], ignore_errors=True)
+            else:
+                os.unlink(e["path"])
             removed["files"] += 1
     shutil.rmtree(state.path, ignore_errors=True)
     return removed

@@ -162,18 +162,23 @@ def doctor() -> list[Check]:
     kdp = kernel_datapath()
     checks.append(Check("OVS datapath", True,
                         "kernel (openvswitch module)" if kdp else
-                        "userspace (netdev; no openvswitch module): slower, offloads turned off on veths"))
+                        "userspace (netdev; no openvswitch module): slower, "
+                        "offloads turned off on veths"))
     net = netem_available()
-    checks.append(Check("netem", net, "link delay/loss available" if net else "no sch_netem: links.delay/loss unavailable",
-                        "use a kernel with sch_netem (a usual VM kernel has it) or leave delay/loss out",
+    checks.append(Check("netem", net,
+                        "link delay/loss available" if net
+                        else "no sch_netem: links.delay/loss unavailable",
+                        "use a kernel with sch_netem (a usual VM kernel has it) "
+                        "or leave delay/loss out",
                         optional=True))
-    checks.append(Check("iptables", iptables_backend() != "missing", f"backend {iptables_backend()}",
-                        "apt-get install iptables"))
+    checks.append(Check("iptables", iptables_backend() != "missing",
+                        f"backend {iptables_backend()}", "apt-get install iptables"))
     try:
         import mininet.net  # noqa: F401
         checks.append(Check("mininet", True, "python module found"))
     except Exception:
-        checks.append(Check("mininet", False, "python module missing", "make setup (apt-get install mininet)"))
+        checks.append(Check("mininet", False, "python module missing",
+                            "make setup (apt-get install mininet)"))
     try:
         import os_ken  # noqa: F401
         checks.append(Check("os-ken", True, "python module found"))

@@ -179,8 +179,8 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
         proc.wait(STOP_WAIT_S)
         raise
     proc.wait(60)
-    raise EnvironmentProblem(f"the owner process exited ({proc.returncode}) before the cluster was ready; "
-                             f"see {os.path.join(STATE_ROOT, LOG)}")
+    raise EnvironmentProblem(f"the owner process exited ({proc.returncode}) before the cluster "
+                             f"was ready; see {os.path.join(STATE_ROOT, LOG)}")
 
 
 def read_status() -> dict:
@@ -189,7 +189,8 @@ def read_status() -> dict:
         with open(path) as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise EnvironmentProblem("no cluster is running — start one with `cnlb up FILE --detach`") from None
+        raise EnvironmentProblem("no cluster is running — "
+                                 "start one with `cnlb up FILE --detach`") from None
 
 
 def request(op: str, **args) -> dict:
@@ -201,7 +202,8 @@ def request(op: str, **args) -> dict:
             raise EnvironmentProblem(f"the cluster is held by a foreground process, "
                                      f"{held.describe()}, which answers no requests — start it "
                                      "with `cnlb up FILE --detach` to change it from other shells")
-        raise EnvironmentProblem("no detached cluster is running — start one with `cnlb up FILE --detach`")
+        raise EnvironmentProblem("no detached cluster is running — "
+                                 "start one with `cnlb up FILE --detach`")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(300)
         try:
@@ -224,7 +226,8 @@ def host_pid(name: str) -> int:
                          f"{', '.join(sorted(status['hosts']))}")
     pid, start = entry
     if not alive(pid, start):
-        raise EnvironmentProblem(f"{name}'s namespace is gone (its pod was removed, or the owner died)")
+        raise EnvironmentProblem(f"{name}'s namespace is gone "
+                                 "(its pod was removed, or the owner died)")
     return pid
 
 

@@ -36,7 +36,8 @@ def cross_checks(r: Reader, topo: Topology) -> None:
     try:
         node_ports(topo)
     except ValueError as exc:
-        r.problem(("services",), str(exc), "set some nodePorts by hand or use fewer NodePort services")
+        r.problem(("services",), str(exc),
+                  "set some nodePorts by hand or use fewer NodePort services")
 
 
 def _name_clashes(r: Reader, topo: Topology) -> None:
@@ -45,7 +46,8 @@ def _name_clashes(r: Reader, topo: Topology) -> None:
     deployments = {d.name for d in topo.deployments}
     clients_written = bool(declared(r, "clients"))
     taken: dict[str, str] = {} if clients_written else {DEFAULT_CLIENT: "the default client"}
-    for section, kind, items in (("nodes", "node", topo.nodes), ("clients", "client", topo.clients)):
+    for section, kind, items in (("nodes", "node", topo.nodes),
+                                 ("clients", "client", topo.clients)):
         if section == "clients" and not clients_written:
             continue
         for item in items:
@@ -59,7 +61,8 @@ def _name_clashes(r: Reader, topo: Topology) -> None:
             elif item.name in taken:
                 r.problem(path, f"'{item.name}' is also the name of {taken[item.name]}",
                           f"rename the {kind}: nodes and clients are all hosts and need their own "
-                          "names" + ("" if clients_written else ", or list clients under 'clients:'"))
+                          "names"
+                          + ("" if clients_written else ", or list clients under 'clients:'"))
             taken.setdefault(item.name, f"a {kind}")
 
 
@@ -142,7 +145,8 @@ def _capacity(r: Reader, topo: Topology) -> None:
         limit, what, fix = pod_room, (
             f"do not fit its /{cni.node_prefix} pod range ({pod_room} addresses)"), \
             "lower the replicas on that node, add nodes, or shorten cni.nodePrefix"
-    over: dict[Path, list[tuple[str, int]]] = {}   # one line per deployment line, naming the first node
+    # one line per deployment line, naming the first node
+    over: dict[Path, list[tuple[str, int]]] = {}
     pods_in_subnet: dict[str, int] = {}
     for node in topo.nodes:
         count = per_node.get(node.name, 0)
@@ -171,7 +175,8 @@ def _pods_path(r: Reader, topo: Topology, node: str, limit: int) -> Path:
     for d in topo.deployments:
         count += sum(1 for n in placement(topo, d) if n == node)
         if count > limit:
-            where: Path = ("placement", node) if any(n == node for n, _ in d.placement) else ("replicas",)
+            placed = any(n == node for n, _ in d.placement)
+            where: Path = ("placement", node) if placed else ("replicas",)
             return written_path(r, ("deployments", d.name) + where)
     return ("nodes", node)
 
@@ -184,7 +189,7 @@ def _vips(r: Reader, topo: Topology) -> None:
                   f"of {LB_CIDR}", "make most services ClusterIP or NodePort")
         return
     vips: dict[ipaddress.IPv4Address, str] = {}
-    for svc, vip in zip(lb_services, service_vips(topo)):
+    for svc, vip in zip(lb_services, service_vips(topo), strict=True):   # one VIP per service
         if svc.load_balancer_ip is None and not VIP_RANGE[0] <= vip <= VIP_RANGE[1]:
             r.problem(("services", svc.name), f"no VIP left: the next one after "
                       f"loadBalancer.vip {topo.load_balancer.vip} would be {vip}, past "

@@ -424,15 +424,18 @@ def _vip_problem(ip: ipaddress.IPv4Address) -> str:
     if ip == LB_CIDR.network_address + 2:
         return f"{ip} is the address of {LB_HOST}, the load balancer's health-check host"
     if ip in LB_CIDR:
-        return f"{ip} is not in the load balancer range 198.51.100.10-250 (the rest is the testbed's)"
+        return (f"{ip} is not in the load balancer range 198.51.100.10-250 "
+                "(the rest is the testbed's)")
     if ip in INTERNET_CIDR:
-        return f"{ip} is on the internet side, where the clients are, not in the load balancer range"
+        return (f"{ip} is on the internet side, where the clients are, "
+                "not in the load balancer range")
     return f"{ip} is not in the load balancer range 198.51.100.10-250"
 
 
 def read_load_balancer(r: Reader) -> LoadBalancer:
     path = ("loadBalancer",)
-    r.mapping(path, {"vip", "targets", "preserveClientIP", "healthCheck"}, hints={"mode": MODE_HINT})
+    r.mapping(path, {"vip", "targets", "preserveClientIP", "healthCheck"},
+              hints={"mode": MODE_HINT})
     vip = r.get(path, "vip", address, default=VIP_RANGE[0],
                 fix="write an address in 198.51.100.0/24")
     if vip is not None and not VIP_RANGE[0] <= vip <= VIP_RANGE[1]:

@@ -22,7 +22,8 @@ class FlannelBridge(CniPlugin):
         pod_net = ipaddress.IPv4Network(node.pod_cidr)
         cmds = [
             "ip link add cni0 type bridge",
-            f"ip link set cni0 address {node.vtep_mac.replace('02:cb:06', '02:cb:07')} mtu {plan.mtu}",
+            f"ip link set cni0 address {node.vtep_mac.replace('02:cb:06', '02:cb:07')} "
+            f"mtu {plan.mtu}",
             f"ip addr add {node.cni0_ip}/{pod_net.prefixlen} dev cni0",
             "ip link set cni0 up",
             # br_netfilter: bridged pod-to-pod traffic must see kube-proxy's rules (hairpin,
