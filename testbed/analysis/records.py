@@ -436,9 +436,9 @@ def read_meta(run_dir: str) -> dict:
         return {}
 
 
-def sample_files(run_dir: str) -> list:
+def sample_files(run_dir: str) -> list[tuple[str, int, str, str]]:
     """[(variant, repetition, workload, path)] of every samples file, sorted."""
-    out = []
+    out: list[tuple[str, int, str, str]] = []
     root = os.path.join(run_dir, "samples")
     if not os.path.isdir(root):
         return out

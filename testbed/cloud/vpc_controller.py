@@ -103,14 +103,15 @@ class ControllerProcess:
                                  f"(status: {last}); controller log ends with:\n" + self.log_tail())
 
     def stop(self, timeout: float = 5.0) -> None:
-        if not self.alive():
+        proc = self.proc
+        if proc is None or not self.alive():
             return
-        self.proc.terminate()
+        proc.terminate()
         try:
-            self.proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+            proc.kill()
+            proc.wait(5)
 
 
 def rest(port: int, method: str, path: str, body=None, timeout: float = 5.0):

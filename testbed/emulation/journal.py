@@ -245,17 +245,17 @@ class Lock:
                 return False
             raise
         self._fd = fd
-        self._write_holder()
+        self._write_holder(fd)
         return True
 
-    def _write_holder(self) -> None:
+    def _write_holder(self, fd: int) -> None:
         pid = os.getpid()
         me = {"pid": pid, "start": proc_start_time(pid), "argv": list(_own_argv()),
               "since": round(time.time(), 3)}
         data = (json.dumps(me) + "\n").encode()
         # write, then cut to length: a reader never sees the file empty while it is held
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
 
     def holder_info(self) -> Holder | None:
         """Who holds the lock now, or None when nobody does (see lock_holder)."""
@@ -294,7 +294,7 @@ class Lock:
     def inherit(self) -> None:
         """Keep the lock across a fork (the detached owner process takes it over)."""
         if self._fd is not None:
-            self._write_holder()
+            self._write_holder(self._fd)
 
 
 def _kill(pid: int, start: int | None, sig=signal.SIGKILL) -> bool:

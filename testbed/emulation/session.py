@@ -47,7 +47,9 @@ def current_state() -> StateDir:
 # -- the owner process ---------------------------------------------------------------------
 
 class _Handler(socketserver.StreamRequestHandler):
-    def handle(self):
+    server: _Server
+
+    def handle(self) -> None:
         line = self.rfile.readline()
         try:
             request = json.loads(line)
@@ -62,6 +64,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    owner: Owner          # set by Owner.serve before the first request
 
 
 class Owner:

@@ -25,10 +25,12 @@ def status_of(cluster: Any) -> dict[str, Any]:
     cluster: a started testbed.emulation.cluster.Cluster"""
     plan: Plan = cluster.plan
     controller: ControllerProcess = cluster.controller
+    proc = controller.proc
+    assert proc is not None   # a started cluster's controller was started
     return {
         "cluster": plan.cluster, "mode": plan.mode, "file": cluster.topo.file,
         "owner": {"pid": os.getpid(), "alive": True},
-        "controller": {"pid": controller.proc.pid, "alive": controller.alive(),
+        "controller": {"pid": proc.pid, "alive": controller.alive(),
                        "rest": f"http://127.0.0.1:{controller.rest_port}/v1/"},
         "nodes": _nodes(plan, cluster.control),
         "pods": _pods(plan, cluster.control),
