@@ -109,13 +109,14 @@ LB_PROTOCOLS = {"tcp": (inet.IPPROTO_TCP, "tcp_src", "tcp_dst"),
 # NXAction padding fix
 # --------------------------------------------------------------------------------------------
 
-class _PadToLen:
+class _PadToLen(ofpp.NXAction):
     """Write the zero pad bytes os-ken 4.2.2's NXAction.serialize forgets.
 
     NXAction.serialize sets `self.len` to the 8-byte-rounded length but appends only the body,
     so everything after the action is shifted. In a flow-mod the next action or the instruction
     length hides it; in a group bucket (ct(nat(dst=ip:port)) is 22 bytes + 2 of pad) OVS
-    rejects the group-mod with OFPBRC_BAD_LEN. Subclassing keeps os-ken itself untouched.
+    rejects the group-mod with OFPBRC_BAD_LEN. Subclassing keeps os-ken itself untouched; the
+    base NXAction comes after NXActionNAT/CT in the padded classes' MRO, so super() is theirs.
     """
 
     def serialize(self, buf, offset):
