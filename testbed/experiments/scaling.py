@@ -48,6 +48,7 @@ def _one_size(run: RunContext, cluster: Cluster, variant: Variant, rep: int, n: 
     latency = run.exp.workload("latency")
     services = real + synthetic_services(n, run.exp.endpoints)
     dataplane = cluster.kube_proxy
+    assert dataplane is not None   # a built cluster runs kube-proxy
     text = dataplane.render_node(node, services)
     t0 = time.time()
     for nd in cluster.plan.nodes:   # every node's kube-proxy syncs
@@ -56,6 +57,7 @@ def _one_size(run: RunContext, cluster: Cluster, variant: Variant, rep: int, n: 
     run.rec(variant, rep, "sync_time_ms", sync_ms, "scaling", services=n)
     run.rec(variant, rep, "rules", text.count("\n-A "), "scaling", services=n)
     if latency:
+        assert latency.requests is not None   # the experiment reader gives latency a count
         rows = sample_rows(cluster, variant, probe(cluster, run.res.service, latency.requests))
         run.w.samples(variant.name, rep, f"latency-{n}", rows)
         lat = [r["latency_ms"] for r in rows if r["ok"]]
