@@ -192,6 +192,8 @@ def main() -> int:
                 size = os.path.getsize(path) if os.path.isfile(path) else None
                 row = {"case": name, "loader": loader, "bytes": size,
                        **run_case(path, loader, args.reps)}
+                # the scratch directory's name says nothing about the result: keep file names
+                row["first_line"] = row["first_line"].replace(tmp + os.sep, "")
                 rows.append(row)
                 print(f"{loader:8} {name:45} {row['process_s']:6.2f}s {row['peak_rss_mb']:6.0f} MB "
                       f"rc={row['rc']} {row['first_line'][:70]}", file=sys.stderr)
