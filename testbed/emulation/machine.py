@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from functools import cache
 
+from testbed.kubernetes.dataplane.iptables.restore import detect_backend
+
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 # What `cnlb doctor` looks for on PATH. Every program here must map to a package in
 # tools/setup.sh (tests/unit/test_setup_packages.py checks). nsenter: the VPC controller's
@@ -102,12 +104,15 @@ def netem_available() -> bool:
 
 @cache
 def iptables_backend() -> str:
-    """'nft' or 'legacy': what the machine's `iptables` command uses."""
+    """'nft' or 'legacy': what the machine's `iptables` command uses ('missing' without one)."""
     try:
         out = run(["iptables", "-V"], timeout=5).stdout
     except OSError:
         return "missing"
-    return "nft" if "nf_tables" in out else "legacy"
+    try:
+        return detect_backend(out)
+    except ValueError:
+        return "legacy"   # iptables before 1.8 names no backend: it has only the legacy one
 
 
 def tool_versions() -> dict:

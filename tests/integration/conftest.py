@@ -6,8 +6,7 @@ import shutil
 import pytest
 
 from testbed.emulation import machine
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testbed.paths import REPO
 
 
 def _missing():

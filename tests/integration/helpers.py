@@ -1,7 +1,8 @@
 """Small helpers shared by the integration tests."""
 
 import json
-import os
+
+from testbed.paths import HTTPPROBE
 
 
 def answers(cluster, host: str, url: str, n: int) -> list:
@@ -19,8 +20,7 @@ def node_addresses(cluster, node: str) -> set:
 
 
 VIP = "198.51.100.10"
-PROBE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                     "build", "httpprobe")
+PROBE = HTTPPROBE
 
 
 def probe(cluster, n, host="client1"):

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from testbed.emulation.journal import STATE_ROOT
+from testbed.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]
 

@@ -6,9 +6,9 @@ import os
 
 from testbed.emulation.cluster import Cluster
 from testbed.emulation.reachability import reachability
+from testbed.paths import REPO
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 
 

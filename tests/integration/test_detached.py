@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 from testbed.emulation.journal import StateDir, owner_pid
+from testbed.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from testbed.analysis.records import read_meta, read_records
+from testbed.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]
 METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",

@@ -8,8 +8,8 @@ import sys
 
 from testbed.analysis.records import read_meta, read_records
 from testbed.emulation.journal import StateDir, read_journal
+from testbed.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]
 

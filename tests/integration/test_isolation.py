@@ -7,9 +7,9 @@ import os
 import subprocess
 
 from testbed.emulation.cluster import Cluster
+from testbed.paths import REPO
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 EMULATED = [ipaddress.IPv4Network(n) for n in
             ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "203.0.113.0/24", "198.51.100.0/24")]

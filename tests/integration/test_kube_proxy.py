@@ -6,10 +6,10 @@ from collections import Counter
 import pytest
 
 from testbed.emulation.cluster import Cluster
+from testbed.paths import REPO
 from testbed.spec.topology import load_topology
 from tests.integration.helpers import answers, node_addresses
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVICES = os.path.join(REPO, "tests", "data", "services.yaml")
 
 

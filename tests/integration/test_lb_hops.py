@@ -4,10 +4,10 @@ path has fewer than the classic path when kube-proxy sends the request to anothe
 import os
 
 from testbed.emulation.cluster import Cluster
+from testbed.paths import REPO
 from testbed.spec.topology import load_topology
 from tests.integration.helpers import entry_node, probe
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from testbed.emulation.cluster import Cluster
+from testbed.paths import REPO
 from testbed.spec.topology import load_topology
 from tests.integration.helpers import VIP, answers, probe, wait_answering
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 
 

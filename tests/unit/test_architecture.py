@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testbed.paths import REPO
+
 spec = importlib.util.spec_from_file_location("architecture",
                                               os.path.join(REPO, "tools", "architecture.py"))
 arch = importlib.util.module_from_spec(spec)

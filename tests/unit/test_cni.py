@@ -7,10 +7,10 @@ import pytest
 
 from testbed.kubernetes.cni import PLUGINS, plugin_for
 from testbed.kubernetes.node import node_setup
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 
 

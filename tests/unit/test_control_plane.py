@@ -11,11 +11,11 @@ from testbed.cloud.lb import L4LoadBalancer, Target, load_balancer_kind, target_
 from testbed.emulation import journal
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes import pods as scheduling
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.experiment import Variant
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")   # web-0..2 on node1, web-3 on node2
 
 

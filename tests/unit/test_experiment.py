@@ -8,6 +8,7 @@ import os
 import pytest
 
 from testbed.errors import InputError
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.experiment import (
     Variant,
@@ -20,7 +21,6 @@ from testbed.spec.experiment import (
 from testbed.spec.topology import load_topology
 from tests.badfiles import LINE_RE, expectation
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad-experiments")
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "experiments", "*.yaml")))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")

@@ -15,8 +15,8 @@ import pytest
 from testbed.emulation import journal as owner
 from testbed.emulation.journal import Holder, Lock, lock_holder, parse_holder, proc_start_time
 from testbed.emulation.session import format_status, is_detached_owner
+from testbed.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOLD = ("import sys, time; from testbed.emulation.journal import Lock\n"
         "assert Lock().acquire(); print('held', flush=True); time.sleep(600)\n")
 

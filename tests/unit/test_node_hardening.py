@@ -11,10 +11,10 @@ from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.base import sysctl
 from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
 from testbed.kubernetes.node import node_setup
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = sorted(os.path.join(REPO, "topologies", f)
                     for f in os.listdir(os.path.join(REPO, "topologies")) if f.endswith(".yaml"))
 MODES = ["nodeport", "container-native"]

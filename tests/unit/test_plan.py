@@ -8,10 +8,10 @@ import pytest
 
 from testbed.cloud.fabric import render_fabric
 from testbed.emulation.reachability import expected_probes
+from testbed.paths import REPO
 from testbed.plan.addresses import allocate_pod, build_plan, veth_name, with_pod
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = [os.path.join(REPO, "topologies", f) for f in ("minimal.yaml", "talk.yaml", "large.yaml")]
 MODES = ["nodeport", "container-native"]
 

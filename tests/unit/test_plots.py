@@ -11,11 +11,11 @@ from testbed.analysis.plots import PALETTE, plot_run, written
 from testbed.analysis.records import RunWriter, read_meta
 from testbed.analysis.report import write_report
 from testbed.analysis.stats import percentile
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.experiment import Variant, load_experiment, resolve
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 
 # What each variant looks like, roughly as the talk predicts (ms, Mbit/s, hops, ...).

@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from testbed.analysis.report import to_html, to_markdown, write_report
+from testbed.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(REPO, "tests", "data", "report")
 EXPECTED = ("report.md", "report.html")
 

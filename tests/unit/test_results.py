@@ -17,9 +17,9 @@ from testbed.analysis.records import (
     read_samples,
     summarize,
 )
+from testbed.paths import REPO
 from testbed.spec.experiment import load_resolved
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",
             "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors")
 

@@ -13,8 +13,7 @@ import pytest
 from testbed.analysis.records import RunWriter
 from testbed.analysis.rundir_check import check_run_dir
 from testbed.cli.main import main
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testbed.paths import REPO
 
 
 def run_dir(path, values=(1.0, 1.1, 0.9), name="e", variant="v"):

@@ -8,10 +8,10 @@ from testbed.experiments.client import request_rows
 from testbed.experiments.compare import parse_iperf_csv, parse_wrk, with_iperf_service
 from testbed.experiments.failover import recovery_time
 from testbed.experiments.scaling import synthetic_services
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.topology import load_topology
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TALK = os.path.join(REPO, "topologies", "talk.yaml")
 
 WRK = """Running 2s test @ http://198.51.100.10:80/

@@ -10,9 +10,9 @@ import pytest
 
 from testbed.emulation import machine
 from testbed.kubernetes.dataplane.iptables import restore as kubeproxy
+from testbed.paths import REPO
 from tests.unit import program_calls as pc
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETUP = os.path.join(REPO, "tools", "setup.sh")
 BUILD = os.path.join(REPO, "workloads", "build.sh")
 

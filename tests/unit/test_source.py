@@ -12,6 +12,7 @@ import pytest
 from testbed.cli.commands import _is_experiment
 from testbed.cli.main import main
 from testbed.errors import InputError
+from testbed.paths import REPO
 from testbed.spec.yamldoc import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -22,7 +23,6 @@ from testbed.spec.yamldoc import (
 )
 from tests.badfiles import LINE_RE
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
 

@@ -9,13 +9,13 @@ import pytest
 
 from testbed.cli.main import main
 from testbed.errors import InputError
+from testbed.paths import REPO
 from testbed.plan.addresses import build_plan
 from testbed.spec.fields import close_match
 from testbed.spec.topology import load_topology, parse_topology
 from testbed.spec.yamldoc import parse_document
 from tests.badfiles import LINE_RE, expectation
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad")
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))
 

@@ -41,12 +41,12 @@ from testbed.errors import InputError
 from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
 from testbed.kubernetes.node import host_fabric, node_setup
+from testbed.paths import REPO
 from testbed.plan.addresses import CORE_SWITCH, LB_HOST, build_plan
 from testbed.spec.model import INTERNET_CIDR, LB_CIDR, Topology
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import parse_document
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEEDS = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml"))) + [
     os.path.join(REPO, "tests", "data", "services.yaml")]
 MODES = (None, "nodeport", "container-native")
