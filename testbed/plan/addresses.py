@@ -1,16 +1,13 @@
-"""The address plan: every name, address, MAC and port the emulated cluster will use.
-
-Pure and deterministic: the same topology and mode always give the same plan, so a run can be
-rendered (`cnlb render plan FILE`), diffed and reproduced without building anything.
+"""The address plan: every name, address, MAC and port the emulated cluster will use; pure and
+deterministic, so a plan can be rendered (`cnlb render plan FILE`), diffed and reproduced.
 
 Naming scheme (written once, enforced here):
-  switches   vpc0 (the VPC core: router, internet gateway, load balancer), vpc1.. (one per subnet)
-  switch ports  vpc<N>-eth<K>: K=1 is a subnet switch's uplink; hosts follow in plan order
-  host side  eth0 in every node, client and pod namespace (like a real VM or container)
-  pod veth   veth<8 hex> on the node (a hash of the pod name, as real CNIs do)
-  overlay    flannel.<VNI> VXLAN device and cni0 bridge on each node (classic mode)
-MACs: 02:cb:<kind>:<index> with kind 01 node, 02 pod, 03 client, 04 LB host, 05 pod veth
-(node side), 06 VTEP, fe gateway.
+  switches   vpc0 (VPC core: router, internet gateway, load balancer), vpc1.. (one per subnet)
+  ports      vpc<N>-eth<K>: K=1 is a subnet switch's uplink; hosts follow in plan order
+  hosts      eth0 in every node, client and pod namespace; pod veth<8 hex> on the node (a hash
+             of the pod name, as real CNIs do); flannel.<VNI> and cni0 on classic nodes
+  MACs       02:cb:<kind>:<index>: 01 node, 02 pod, 03 client, 04 LB host, 05 pod veth, 06 VTEP,
+             fe gateway
 """
 
 from __future__ import annotations
