@@ -203,6 +203,10 @@ class Hosts:
         except KeyError:
             raise KeyError(f"no node, pod or client named {name}") from None
 
+    def netns_file(self, name: str) -> str:
+        """The file naming a host's network namespace (what setns(2) opens to enter it)."""
+        return f"/proc/{self.host(name).pid}/ns/net"
+
     def shells(self) -> list[subprocess.Popen]:
         """Every host's and bridge's shell process (to collect their exit status)."""
         return [n.shell for n in self.net.hosts + self.net.switches if getattr(n, "shell", None)]
