@@ -198,13 +198,13 @@ def cmd_status(args) -> int:
 
 
 def cmd_exec(args) -> int:
-    from testbed.emulation.session import host_pid
+    from testbed.emulation.session import host_netns
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("cnlb exec: no command — write `cnlb exec NAME -- COMMAND ...`")
-    pid = host_pid(args.name)
+    netns = host_netns(args.name)
     sys.stdout.flush()
-    os.execvp("mnexec", ["mnexec", "-a", str(pid), *command])
+    os.execvp("ip", ["ip", "netns", "exec", netns, *command])
 
 
 def cmd_down(args) -> int:

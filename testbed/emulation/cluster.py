@@ -23,7 +23,7 @@ from mininet.node import Node
 from testbed.cloud.fabric import render_fabric
 from testbed.cloud.lb import DEFAULT, CloudLoadBalancer, load_balancer_kind, target_kind
 from testbed.cloud.vpc_controller import ControllerProcess
-from testbed.emulation import machine
+from testbed.emulation import machine, wiring
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
@@ -184,12 +184,17 @@ class Cluster:
         self.hosts = Hosts(self.plan, self.journal, self.state, self.topo.name)
 
     def _refuse_foreign_names(self) -> None:
-        """Bridges and root-namespace links we would make must not exist already."""
+        """Bridges, namespaces and root-namespace links we would make must not exist already."""
         for sw in self.plan.switches:
             if bridge_exists(sw.name):
                 raise EnvironmentProblem(
                     f"an OVS bridge named {sw.name} exists and is not this testbed's — "
                     f"remove it (ovs-vsctl del-br {sw.name}) or run cnlb on another machine")
+        for host in wiring.host_names(self.plan):
+            if os.path.exists(wiring.netns_file(host)):
+                raise EnvironmentProblem(
+                    f"a network namespace named {wiring.netns_name(host)} exists and is not this "
+                    f"testbed's — remove it (ip netns del {wiring.netns_name(host)}) first")
         for att in self.plan.attachments:
             if os.path.exists(f"/sys/class/net/{att.port}"):
                 raise EnvironmentProblem(f"an interface named {att.port} already exists in the "

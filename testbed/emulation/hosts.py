@@ -1,9 +1,13 @@
-"""The cluster's Mininet network: a host (a network namespace with a shell) per node, pod,
-client and the LB host, the VPC's Open vSwitch bridges and the links between them, built in
-the cluster's host, fabric and address stages; and running command scripts in the hosts.
+"""The cluster's network: a named network namespace per node, pod, client and the LB host, the
+VPC's Open vSwitch bridges and the links between them, built in the cluster's host, fabric and
+address stages; and running command scripts in the namespaces.
 
-Every process, bridge and root-namespace link is journaled before it exists, so teardown (and
-`cnlb clean` after a crash) removes exactly what was made.
+Each host is a Mininet node, so Mininet's API and CLI work on it, but its shell starts only when
+something first runs in it (as `ip netns exec` enters a namespace only when asked): a thousand
+pods need a thousand namespaces, not a thousand idle shells. The kernel objects are made in
+batches (testbed.emulation.wiring renders them), and every namespace, process, bridge and
+root-namespace link is journaled before it exists, so teardown (and `cnlb clean` after a crash)
+removes exactly what was made.
 """
 
 from __future__ import annotations
@@ -11,62 +15,137 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from mininet.link import Intf
 from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Host, Node, OVSSwitch
 
-from testbed.emulation import machine
+from testbed.emulation import machine, wiring
 from testbed.emulation.journal import OVS_LABEL, Journal, StateDir
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.base import OFFLOADS_OFF
 from testbed.kubernetes.node import host_fabric, node_setup, shaping
-from testbed.plan.addresses import CORE_SWITCH, Plan, PodPlan
+from testbed.plan.addresses import Plan, PodPlan
 from testbed.spec.model import Links
 
-HOST_THREADS = 8
+HOST_THREADS = max(2, os.cpu_count() or 1)   # namespaces configured at once (CPU-bound work)
 
 
-class OneShellAtATime:
-    """A node's shell runs one command at a time: links are made from several threads, and
-    two of them may need the same node (a node's eth0 and its pods' veths)."""
+class ShellOnDemand:
+    """A Mininet node whose shell starts the first time a command runs in it, and runs one
+    command at a time (scripts reach a node from several threads)."""
+
+    _deferred = True
+
+    def startShell(self, mnopts=None):
+        if self._deferred:   # Node.__init__'s call: wait until the shell is needed
+            return
+        super().startShell(mnopts)
+
+    def ensure_shell(self) -> None:
+        with self._shell_lock:
+            if self.shell is None:
+                self._deferred = False
+                self.startShell()
+
+    @property
+    def pid(self):
+        """The shell's pid, as Mininet's nodes have one (starts the shell)."""
+        if self._pid is None and not self._deferred_init:
+            self.ensure_shell()
+        return self._pid
+
+    @pid.setter
+    def pid(self, value):
+        self._pid = value
 
     def cmd(self, *args, **kwargs):
+        if self._deferred_init:   # Mininet's Switch() brings `lo` up: nothing to do in the root
+            return ""
+        self.ensure_shell()
         with self._shell_lock:
             return super().cmd(*args, **kwargs)
 
+    def sendCmd(self, *args, **kwargs):
+        self.ensure_shell()
+        return super().sendCmd(*args, **kwargs)
 
-class OwnedHost(OneShellAtATime, Host):
-    """A Mininet host (node, pod, client or LB) whose processes are journaled as they start:
-    its shell, whose namespace dies with it, and everything started with popen()."""
+    def shell_started(self) -> bool:
+        return self.shell is not None
 
-    def __init__(self, name, journal: Journal | None = None, **params):
-        self.journal = journal
+    def __repr__(self):
+        pid = self._pid if self._pid is not None else "(no shell yet)"
+        return f"<{self.__class__.__name__} {self.name} pid={pid}>"
+
+
+class OwnedHost(ShellOnDemand, Host):
+    """A node, pod, client or the LB host: a named network namespace (made in a batch before
+    this object exists) with a shell on demand. Its processes are journaled as they start:
+    its shell, killed outright at teardown, and everything started with popen()."""
+
+    def __init__(self, name, netns: str = "", journal: Journal | None = None, **params):
+        self.netns, self.journal = netns, journal
         self._shell_lock = threading.RLock()
+        self._pid = None
+        self._deferred_init = True
         super().__init__(name, **params)
+        self._deferred_init = False
+
+    def startShell(self, mnopts=None):
+        # The namespace exists already: mnexec must not make one (inNamespace off for the
+        # call), and the shell is started inside it (_popen prefixes `ip netns exec`).
+        if self._deferred:
+            return
+        self.inNamespace = False
+        try:
+            super().startShell(mnopts)
+        finally:
+            self.inNamespace = True
 
     def _popen(self, cmd, **params):
+        shell = "bash" in cmd and "--norc" in cmd
+        if shell:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         popen = super()._popen(cmd, **params)
         if self.journal:
             # the host's interactive bash ignores SIGTERM: it is killed outright
-            shell = "bash" in cmd and "--norc" in cmd
             self.journal.process(popen.pid, f"{self.name}: {' '.join(map(str, cmd))[:120]}",
                                  gentle=not shell)
         return popen
 
+    def popen(self, *args, **kwargs):
+        """A process in this host's namespace, entered with `ip netns exec` (Mininet's popen
+        would enter the shell's namespace, starting a shell only for that).
+        args: a command list, a string, or the command's words; kwargs: Popen's"""
+        cmd = args[0] if len(args) == 1 else list(args)
+        if isinstance(cmd, str):
+            cmd = [os.environ.get("SHELL", "sh"), "-c", cmd] if kwargs.pop("shell", False) \
+                else cmd.split()
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        return self._popen(["ip", "netns", "exec", self.netns, *cmd], **kwargs)
 
-class VpcSwitch(OneShellAtATime, OVSSwitch):
-    """An OVS bridge of the VPC fabric, labelled as ours in OVSDB (external_ids) so cleanup can
-    tell it from bridges the machine's owner made."""
+    def addIntf(self, intf, port=None, moveIntfFn=None):
+        # interfaces are created inside the namespace: nothing to move
+        return super().addIntf(intf, port=port, moveIntfFn=lambda *a: None)
+
+
+class VpcSwitch(ShellOnDemand, OVSSwitch):
+    """An OVS bridge of the VPC fabric (made, with its ports, in one ovs-vsctl transaction for
+    all bridges; labelled as ours in OVSDB so cleanup can tell it from the machine owner's)."""
 
     def __init__(self, name, journal: Journal | None = None, cluster: str = "", **params):
         self.journal = journal
         self._shell_lock = threading.RLock()
+        self._pid = None
+        self._deferred_init = True
         self.cluster = cluster
         super().__init__(name, **params)
+        self._deferred_init = False
 
     def _popen(self, cmd, **params):
         popen = super()._popen(cmd, **params)
@@ -78,22 +157,12 @@ class VpcSwitch(OneShellAtATime, OVSSwitch):
         return super().bridgeOpts() + f" external_ids:{OVS_LABEL}={self.cluster}"
 
 
-class ControllerRef:
-    """What OVSSwitch.start() needs to know of a controller it does not start itself."""
-
-    def __init__(self, port: int):
-        self.name, self.protocol, self.port = "c0", "tcp", port
-
-    def IP(self):
-        return "127.0.0.1"
-
-
 class Hosts:
-    """The Mininet network of one cluster: its hosts, bridges and links.
+    """The network of one cluster: its namespaces (as Mininet hosts), bridges and links.
 
     plan: the cluster's address plan (names, addresses, ports)
-    journal: where every process, bridge and link is written down before it exists
-    state: the cluster's state directory (scripts are written there to run)
+    journal: where every namespace, process, bridge and link is written down before it exists
+    state: the cluster's state directory
     cluster: the cluster's name (the label of its OVS bridges)
     """
 
@@ -105,61 +174,63 @@ class Hosts:
 
     # -- building ----------------------------------------------------------------------------
     def add_host(self, name: str) -> Node:
-        """Add one host (its shell starts now). name: a node, pod, client or LB host name"""
-        return self.net.addHost(name, cls=OwnedHost, journal=self.journal, ip=None)
+        """Add one host: its namespace, then its Mininet node (no shell yet).
+        name: a node, pod, client or LB host name"""
+        self.add_namespaces([name])
+        return self.net.get(name)
+
+    def add_namespaces(self, names: Sequence[str]) -> None:
+        """Make the hosts' namespaces in one batch and their Mininet nodes."""
+        self.journal.record_many("netns", ({"name": wiring.netns_name(n)} for n in names))
+        ip_batch(wiring.namespace_lines(names))
+        for name in names:
+            self.net.addHost(name, cls=OwnedHost, netns=wiring.netns_name(name),
+                             journal=self.journal, ip=None)
 
     def add_hosts(self) -> None:
-        """Add every host of the plan: its attachments' hosts, then its pods."""
-        # Each host is a shell Mininet waits on until its prompt appears; waiting for several
-        # at once overlaps those start-ups (the GIL is free while a thread waits on its pty).
-        # Hosts are then put back in plan order, which Mininet's CLI and `nodes` show.
-        names = [a.host for a in self.plan.attachments] + [p.name for p in self.plan.pods]
-        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:
-            list(pool.map(self.add_host, names))
-        order = {name: i for i, name in enumerate(names)}
-        self.net.hosts.sort(key=lambda h: order[h.name])
+        """Add every host of the plan: its fabric hosts, then its pods."""
+        self.add_namespaces(wiring.host_names(self.plan))
 
     def add_fabric(self) -> None:
-        """Add the VPC's bridges, the subnet switches' uplinks to the core, every host's link
-        to its switch and every pod's veth to its node."""
-        datapath = "kernel" if machine.kernel_datapath() else "user"
+        """Add every veth (each fabric host's link to its switch, each pod's to its node) in one
+        batch, then the VPC's bridges, their ports and the subnet switches' patch-port uplinks
+        to the core in one ovs-vsctl transaction."""
+        self.journal.record_many("link", ({"name": p} for p in wiring.root_ports(self.plan)))
+        ip_batch(wiring.veth_lines(self.plan))
+        self.journal.record_many("bridge", ({"name": sw.name} for sw in self.plan.switches))
+        vsctl(wiring.bridge_args(self.plan, OVS_LABEL, self.cluster,
+                                 userspace=not machine.kernel_datapath()))
         for sw in self.plan.switches:
-            self.journal.record("bridge", name=sw.name)
             self.net.addSwitch(sw.name, cls=VpcSwitch, journal=self.journal, cluster=self.cluster,
-                               dpid=f"{sw.dpid:016x}", datapath=datapath, failMode="secure",
-                               protocols="OpenFlow13")
-        core = self.net.get(CORE_SWITCH)
+                               dpid=f"{sw.dpid:016x}", failMode="secure", protocols="OpenFlow13",
+                               datapath="user" if not machine.kernel_datapath() else "kernel")
+        for att in self.plan.attachments:
+            self._intf(att.switch, att.port, wiring.port_no(att.port))
+            self._intf(att.host, "eth0", 0, att.ip, att.prefixlen, att.mac)
         for sw in self.plan.switches:
-            if sw.role != "subnet":
-                continue
-            uplink, core_port = sw.uplink, sw.core_port
-            assert uplink is not None and core_port is not None   # a subnet switch has both
-            self.journal.record("link", name=uplink)
-            self.journal.record("link", name=core_port)
-            self.net.addLink(self.net.get(sw.name), core, port1=port_no(uplink),
-                             port2=port_no(core_port), intfName1=uplink,
-                             intfName2=core_port)
-        for att in self.plan.attachments:
-            self.journal.record("link", name=att.port)
-        # A link's commands run in its first node's shell: links of different switches or
-        # nodes can be made at once, those of one switch or node one after the other.
-        groups: dict[str, list[Callable[[], object]]] = {}
-        for att in self.plan.attachments:
-            groups.setdefault(att.switch, []).append(
-                lambda att=att: self.net.addLink(self.net.get(att.switch), self.net.get(att.host),
-                                                 port1=port_no(att.port), intfName1=att.port,
-                                                 intfName2="eth0", addr2=att.mac))
+            if sw.uplink and sw.core_port:
+                self._intf(sw.name, sw.uplink, wiring.port_no(sw.uplink))
+                core = next(s.name for s in self.plan.switches if s.role == "core")
+                self._intf(core, sw.core_port, wiring.port_no(sw.core_port))
         for pod in self.plan.pods:
-            groups.setdefault(pod.node, []).append(lambda pod=pod: self.link_pod(pod))
-        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:
-            for future in [pool.submit(lambda g=g: [make() for make in g])
-                           for g in groups.values()]:
-                future.result()
+            self._pod_intfs(pod)
+
+    def _intf(self, host: str, name: str, port: int, ip: str | None = None,
+              prefixlen: int | None = None, mac: str | None = None) -> None:
+        """Tell Mininet of an interface that exists (no command runs)."""
+        intf = Intf(name, node=self.net.get(host), port=port, moveIntfFn=lambda *a: None,
+                    up=None)   # up=None: Mininet would run `ifconfig up` in the node's shell
+        intf.ip, intf.prefixLen, intf.mac = ip, prefixlen, mac
+
+    def _pod_intfs(self, pod: PodPlan) -> None:
+        node = self.net.get(pod.node)
+        self._intf(pod.node, pod.veth, node.newPort(), mac=pod.veth_mac)
+        self._intf(pod.name, "eth0", 0, pod.ip, pod.prefixlen, pod.mac)
 
     def link_pod(self, pod: PodPlan) -> None:
         """The veth pair between a pod (eth0) and its node. pod: the pod's plan"""
-        self.net.addLink(self.net.get(pod.node), self.net.get(pod.name), intfName1=pod.veth,
-                         intfName2="eth0", addr1=pod.veth_mac, addr2=pod.mac)
+        ip_batch(wiring.pod_veth_lines(pod))
+        self._pod_intfs(pod)
 
     def configure(self, links: Links, offloads_off: bool) -> None:
         """Give every namespace its addresses and routes (the CNI's node and pod halves, the
@@ -175,25 +246,31 @@ class Hosts:
         for pod in self.plan.pods:
             scripts[pod.name] = plugin_for(self.plan).setup_pod(self.plan, pod)
         self.run_scripts(scripts)
+        ports = wiring.root_ports(self.plan)
         if offloads_off:
-            for port in self._root_ports():
-                subprocess.run(["ethtool", "-K", port, *OFFLOADS_OFF.split()],
-                               capture_output=True)
-        for att in self.plan.attachments:   # the switch side shapes traffic towards the host
-            for cmd in shaping(att.port, links.bw, links.delay_ms, links.loss_pct):
-                subprocess.run(cmd.split(), capture_output=True, check=True)
-
-    def _root_ports(self) -> list[str]:
-        ports = [a.port for a in self.plan.attachments]
-        ports += [p for s in self.plan.switches if s.role == "subnet"
-                  for p in (s.uplink, s.core_port)]
-        return ports
+            with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:
+                list(pool.map(lambda port: subprocess.run(
+                    ["ethtool", "-K", port, *OFFLOADS_OFF.split()], capture_output=True), ports))
+        # the switch side shapes traffic towards the host
+        lines = wiring.tc_batch(cmd for att in self.plan.attachments
+                                for cmd in shaping(att.port, links.bw, links.delay_ms,
+                                                   links.loss_pct))
+        if lines:
+            run_batch(["tc", "-batch", "-"], lines)
 
     def start_switches(self, ofp_port: int) -> None:
-        """Start every bridge, connected to the VPC controller. ofp_port: its OpenFlow port"""
-        ref = ControllerRef(ofp_port)
-        for sw in self.plan.switches:
-            self.net.get(sw.name).start([ref])
+        """Point every bridge at the VPC controller. ofp_port: its OpenFlow port"""
+        vsctl(wiring.controller_args(self.plan, ofp_port))
+
+    def remove_host(self, name: str) -> None:
+        """Delete a host's namespace (its veths go with it) and end its shell if it has one;
+        its Mininet node stays, as a stopped Mininet host does."""
+        host = self.net.get(name)
+        if host.shell_started() and host.shell.poll() is None:
+            host.shell.kill()
+            host.shell.wait(5)
+        if os.path.exists(wiring.netns_file(name)):
+            ip_batch([f"netns delete {wiring.netns_name(name)}"])
 
     # -- using ---------------------------------------------------------------------------------
     def host(self, name: str) -> Node:
@@ -205,66 +282,99 @@ class Hosts:
 
     def netns_file(self, name: str) -> str:
         """The file naming a host's network namespace (what setns(2) opens to enter it)."""
-        return f"/proc/{self.host(name).pid}/ns/net"
+        self.host(name)
+        return wiring.netns_file(name)
 
     def shells(self) -> list[subprocess.Popen]:
-        """Every host's and bridge's shell process (to collect their exit status)."""
-        return [n.shell for n in self.net.hosts + self.net.switches if getattr(n, "shell", None)]
+        """Every started host and bridge shell (to collect their exit status)."""
+        return [n.shell for n in self.net.hosts + self.net.switches if n.shell_started()]
 
     def run_script(self, host: str, cmds: Sequence[str]) -> str:
-        """Run command lines in a host's namespace as one shell script; raise on the first
-        failure."""
-        path = self.state.file(f"{host}.sh")
-        with open(path, "w") as fh:
-            fh.write("set -e\n" + "\n".join(cmds) + "\n")
-        out = self.host(host).cmd(f"sh {path} 2>&1; echo __rc=$?")
-        os.unlink(path)
-        body, _, rc = out.rpartition("__rc=")
-        if rc.strip() != "0":
-            raise EnvironmentProblem(f"setting up {host} failed: {body.strip()[-400:]}")
-        return body
+        """Run command lines in a host's namespace as one script; raise on the first failure."""
+        rc, out = run_in(wiring.netns_name(self.host(host).name), cmds,
+                         self.state.file(f"{host}.sh"))
+        if rc != 0:
+            raise EnvironmentProblem(f"setting up {host} failed: {out.strip()[-400:]}")
+        return out
 
     def run_scripts(self, scripts: Mapping[str, Sequence[str]]) -> None:
-        """Run many hosts' scripts at once: every host's shell is sent its script, then each
-        answer is collected (Mininet's sendCmd/waitOutput), so the namespaces work in parallel."""
-        paths = {}
-        for host, cmds in scripts.items():
-            paths[host] = self.state.file(f"{host}.sh")
-            with open(paths[host], "w") as fh:
-                fh.write("set -e\n" + "\n".join(batched(cmds)) + "\n")
-        failures = []
-        for host, path in paths.items():
-            self.host(host).sendCmd(f"sh {path} 2>&1; echo __rc=$?")
-        for host, path in paths.items():
-            out = self.host(host).waitOutput()
-            os.unlink(path)
-            body, _, rc = out.rpartition("__rc=")
-            if rc.strip() != "0":
-                failures.append(f"{host}: {body.strip()[-300:]}")
+        """Run many hosts' scripts at once, from as many threads as there are CPUs."""
+        def one(item: tuple[str, Sequence[str]]) -> str | None:
+            host, cmds = item
+            rc, out = run_in(wiring.netns_name(host), cmds, self.state.file(f"{host}.sh"))
+            return None if rc == 0 else f"{host}: {out.strip()[-300:]}"
+        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:
+            failures = [f for f in pool.map(one, scripts.items()) if f]
         if failures:
             raise EnvironmentProblem("setting up hosts failed: " + "; ".join(failures[:3]))
 
 
+def run_in(netns: str, cmds: Sequence[str], script: str) -> tuple[int, str]:
+    """Run command lines in a namespace: one `ip -n NS -batch` when they are all plain `ip`
+    commands, else the lines written to `script` and run by one shell under `ip netns exec`
+    (with runs of `ip` lines batched). Returns the exit status and the output."""
+    lines = wiring.ip_only(cmds)
+    if lines is not None:
+        done = subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(lines) + "\n",
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return done.returncode, done.stdout
+    with open(script, "w") as fh:
+        fh.write("\n".join(batched(cmds)) + "\n")
+    try:
+        done = subprocess.run(["ip", "netns", "exec", netns, "sh", "-e", script],
+                              stdin=subprocess.DEVNULL, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    finally:
+        os.unlink(script)
+    return done.returncode, done.stdout
+
+
+def run_batch(argv: list[str], lines: Iterable[str]) -> None:
+    """Feed lines to a batch-mode program (ip, tc); raise with its error if it fails."""
+    done = subprocess.run(argv, input="\n".join(lines) + "\n", text=True, capture_output=True)
+    if done.returncode:
+        raise EnvironmentProblem(f"{' '.join(argv)} failed: {done.stderr.strip()[-400:]}")
+
+
+def ip_batch(lines: Iterable[str]) -> None:
+    """One `ip -batch` in the root namespace."""
+    run_batch(["ip", "-batch", "-"], lines)
+
+
+def vsctl(args: list[str]) -> None:
+    """One ovs-vsctl transaction."""
+    done = subprocess.run(["ovs-vsctl", "--timeout=60", *args], text=True, capture_output=True)
+    if done.returncode:
+        raise EnvironmentProblem(f"ovs-vsctl failed: {done.stderr.strip()[-400:]}")
+
+
+BATCHING = ("ip", "bridge", "tc")   # tools with a -batch mode
+
+
 def batched(cmds: Iterable[str]) -> list[str]:
-    """Runs of consecutive `ip ...` lines become one `ip -batch` (one process instead of one
-    per line: a thousand pods' set-up is mostly process start-up). ip -batch stops at the
-    first failing line and fails, as `set -e` would."""
+    """Runs of consecutive `ip ...` (or `bridge ...`, `tc ...`) lines become one `-batch` of
+    that tool (one process instead of one per line: a thousand pods' set-up is mostly process
+    start-up). A batch stops at the first failing line and fails, as `set -e` would."""
     out: list[str] = []
     run: list[str] = []
+    tool = ""
     for cmd in [*cmds, None]:
-        if cmd is not None and cmd.startswith("ip ") and "|" not in cmd and ">" not in cmd:
-            run.append(cmd[3:])
+        word = cmd.split(" ", 1)[0] if cmd is not None else ""
+        plain = cmd is not None and word in BATCHING and not any(c in cmd for c in "|><;&$`")
+        if plain and word == tool:
+            run.append(cmd[len(word) + 1:])
             continue
         if len(run) == 1:
-            out.append("ip " + run[0])
+            out.append(f"{tool} {run[0]}")
         elif run:
-            out.append("ip -batch - <<'CNLB_IP'\n" + "\n".join(run) + "\nCNLB_IP")
-        run = []
-        if cmd is not None:
+            out.append(f"{tool} -batch - <<'CNLB_BATCH'\n" + "\n".join(run) + "\nCNLB_BATCH")
+        run, tool = [], ""
+        if plain:
+            assert cmd is not None
+            run, tool = [cmd[len(word) + 1:]], word
+        elif cmd is not None:
             out.append(cmd)
     return out
 
 
-def port_no(port_name: str) -> int:
-    """The OpenFlow port number in a port's name (s-az-a-eth3 -> 3)."""
-    return int(port_name.rsplit("eth", 1)[1])
+port_no = wiring.port_no

@@ -31,6 +31,7 @@ from testbed.emulation.journal import (
     read_journal,
 )
 from testbed.emulation.status import status_of, write_status
+from testbed.emulation.wiring import NETNS_DIR
 from testbed.errors import EnvironmentProblem, UsageError
 from testbed.paths import REPO
 
@@ -221,17 +222,17 @@ def request(op: str, **args) -> dict:
     return reply["result"]
 
 
-def host_pid(name: str) -> int:
+def host_netns(name: str) -> str:
+    """The named network namespace of a running cluster's host (for `cnlb exec`)."""
     status = read_status()
-    entry = status["hosts"].get(name)
-    if entry is None:
+    netns = status["hosts"].get(name)
+    if netns is None:
         raise UsageError(f"cnlb exec: no node, pod or client named {name!r} — one of "
                          f"{', '.join(sorted(status['hosts']))}")
-    pid, start = entry
-    if not alive(pid, start):
+    if not os.path.exists(f"{NETNS_DIR}/{netns}"):
         raise EnvironmentProblem(f"{name}'s namespace is gone "
                                  "(its pod was removed, or the owner died)")
-    return pid
+    return netns
 
 
 def is_detached_owner(holder: Holder) -> bool:

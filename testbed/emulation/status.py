@@ -14,7 +14,6 @@ from mininet.net import Mininet
 from testbed.cloud.lb import CloudLoadBalancer
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation.control_plane import ControlPlane
-from testbed.emulation.journal import proc_start_time
 from testbed.plan.addresses import Plan
 
 STATUS_FILE = "status.json"
@@ -88,6 +87,6 @@ def _load_balancers(plan: Plan, lb: CloudLoadBalancer) -> list[dict[str, Any]]:
     return out
 
 
-def _hosts(net: Mininet) -> dict[str, list[Any]]:
-    """Host name -> [pid, start time] of its shell (`cnlb exec` enters its namespaces)."""
-    return {h.name: [h.pid, proc_start_time(h.pid)] for h in net.hosts}
+def _hosts(net: Mininet) -> dict[str, str]:
+    """Host name -> its named network namespace (`cnlb exec` enters it)."""
+    return {h.name: h.netns for h in net.hosts}

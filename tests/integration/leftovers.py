@@ -187,8 +187,8 @@ class Watch:
         Ends the watch; may be asked again (after a clean-up, say)."""
         self.close()
         ovs = {_pidfile(p) for p in OVS_PIDFILES}
-        left: dict = {"processes": set(), "bridges": set(), "links": set(), "files": set(),
-                      "state": set()}
+        left: dict = {"processes": set(), "bridges": set(), "links": set(), "namespaces": set(),
+                      "files": set(), "state": set()}
         for pid, start in self._journaled() | (self.made - self.before_procs):
             if pid != self.me and pid not in ovs and alive(pid, start):
                 left["processes"].add(f"{pid} {_cmdline(pid)}")
@@ -203,6 +203,8 @@ class Watch:
                     left["bridges"] |= set(owned_bridges(e["cluster"]))
                 elif kind == "link" and os.path.exists(f"/sys/class/net/{e['name']}"):
                     left["links"].add(e["name"])
+                elif kind == "netns" and os.path.exists(f"/run/netns/{e['name']}"):
+                    left["namespaces"].add(e["name"])
                 elif kind == "file" and os.path.exists(e.get("path", "")):
                     left["files"].add(e["path"])
         return {k: sorted(v) for k, v in left.items() if v}

@@ -27,6 +27,7 @@ def host_view():
         "routes": sh("ip", "route", "show", "table", "all"),
         "addresses": sorted(line.split()[3] for line in sh("ip", "-o", "-4", "addr").splitlines()),
         "bridges": sh("ovs-vsctl", "list-br"),
+        "namespaces": sh("ip", "netns", "list"),
     }
 
 

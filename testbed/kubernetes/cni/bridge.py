@@ -31,9 +31,10 @@ class FlannelBridge(CniPlugin):
             f"[ -e /proc/sys/net/bridge ] && {sysctl('net.bridge.bridge-nf-call-iptables', 1)} "
             "|| true",
         ]
-        for pod in pods:
-            cmds += self.attach_pod(plan, pod)
-        return cmds
+        attach = [line for pod in pods for line in self.attach_pod(plan, pod)]
+        # grouped by tool, so each group runs as one `ip -batch` / `bridge -batch`
+        return cmds + [c for c in attach if c.startswith("ip ")] + \
+            [c for c in attach if not c.startswith("ip ")]
 
     def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return self.pod_eth0(plan, pod) + [f"ip route add default via {pod.gateway} dev eth0"]

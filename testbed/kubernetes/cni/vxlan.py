@@ -36,13 +36,12 @@ class Vxlan(FlannelBridge):
         ]
         if offloads_off:
             cmds.append(f"ethtool -K {dev} {OFFLOADS_OFF} >/dev/null 2>&1 || true")
-        for other in plan.nodes:
-            if other.name == node.name:
-                continue
-            remote = ipaddress.IPv4Network(other.pod_cidr).network_address
-            cmds += [
-                f"ip neigh replace {remote} lladdr {other.vtep_mac} dev {dev} nud permanent",
-                f"bridge fdb append {other.vtep_mac} dev {dev} dst {other.ip}",
-                f"ip route add {other.pod_cidr} via {remote} dev {dev} onlink",
-            ]
+        others = [o for o in plan.nodes if o.name != node.name]
+        remote = {o.name: ipaddress.IPv4Network(o.pod_cidr).network_address for o in others}
+        # grouped by tool, so each group runs as one `ip -batch` / `bridge -batch`
+        cmds += [f"ip neigh replace {remote[o.name]} lladdr {o.vtep_mac} dev {dev} nud permanent"
+                 for o in others]
+        cmds += [f"bridge fdb append {o.vtep_mac} dev {dev} dst {o.ip}" for o in others]
+        cmds += [f"ip route add {o.pod_cidr} via {remote[o.name]} dev {dev} onlink"
+                 for o in others]
         return cmds
