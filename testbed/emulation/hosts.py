@@ -77,9 +77,10 @@ class ShellOnDemand:
     def shell_started(self) -> bool:
         return self.shell is not None
 
-    def __repr__(self):
+    def __repr__(self):   # Mininet's, without starting a shell to show its pid
+        intfs = ",".join(f"{i.name}:{i.IP()}" for i in self.intfList())
         pid = self._pid if self._pid is not None else "(no shell yet)"
-        return f"<{self.__class__.__name__} {self.name} pid={pid}>"
+        return f"<{self.__class__.__name__} {self.name}: {intfs} pid={pid}> "
 
 
 class OwnedHost(ShellOnDemand, Host):
