@@ -4,7 +4,8 @@ Top to bottom: the client(s), the cloud load balancer (VIP), the VPC fabric with
 subnet, the nodes with their pods, and the pod network (classic mode's overlay) under them. The
 traffic is drawn as arrows in the variant's colour, each as wide as its share of requests:
 nodeport goes client → LB → switch → node (kube-proxy) → a local pod or, dashed along the
-overlay, a pod on another node; container-native goes client → LB → switch → pod. Inputs: the
+overlay, a pod on another node; container-native goes client → LB → switch → pod, and a
+variant that sends to the pods' own addresses (direct) client → switch → pod. Inputs: the
 address plan (a Plan or its to_dict()) and the observed {"pod_share", "entry_nodes"} counts; a
 share not observed is assumed (even) and the caption says so. PNG and PDF, matplotlib patches.
 """
@@ -227,11 +228,12 @@ def _subnet_columns(lay: Layout, nodes: Sequence[Entry]) -> list[SubnetColumn]:
 # -- the picture's sections, top to bottom ----------------------------------------------------
 
 def _draw_heading(ax: Axes, lay: Layout, heading: str, mode: str, policy: str,
-                  colour: str) -> None:
+                  colour: str, direct: bool = False) -> None:
     """The title (left) and what the variant is (right)."""
     ax.text(lay.margin, lay.height - 0.07, heading, ha="left", va="top", fontsize=7.5,
             fontweight="bold", color=colour)
-    what = ("LB → pod IP:targetPort\n(container-native)" if mode == "container-native" else
+    what = ("client → pod IP:targetPort\n(direct, no LB)" if direct else
+            "LB → pod IP:targetPort\n(container-native)" if mode == "container-native" else
             f"LB → node IP:NodePort\nexternalTrafficPolicy {policy}")
     ax.text(lay.width - lay.margin, lay.height - 0.07, what, ha="right", va="top", fontsize=5.2,
             color="#333333", linespacing=1.15)
@@ -264,9 +266,15 @@ def _lb_text(lb: Entry | None, svc: Entry | None, mode: str) -> str:
     return f"cloud load balancer   VIP {lb['vip']}:{lb['port']}\n{target}"
 
 
-def _draw_load_balancer(ax: Axes, lay: Layout, text: str, colour: str) -> None:
+def _draw_load_balancer(ax: Axes, lay: Layout, text: str, colour: str,
+                        direct: bool = False) -> None:
     lb_w = min(lay.width - 2 * lay.margin, 2.3)
     lb_x = lay.width / 2 - lb_w / 2
+    if direct:   # the LB stays in the picture, greyed: the requests pass it by
+        _box(ax, lb_x, lay.y_lb, lb_w, lay.h_lb, FILL["idle"],
+             "cloud load balancer: not used\n(the client sends to the pods' addresses)",
+             size=5.5)
+        return
     _box(ax, lb_x, lay.y_lb, lb_w, lay.h_lb, FILL["lb"], text, size=5.5)
     _arrow(ax, [(lay.width / 2, lay.y_client), (lay.width / 2, lay.y_lb + lay.h_lb)], colour, 1.0)
 
@@ -434,9 +442,10 @@ def _node_of(p: PlanDict, pod: str) -> str | None:
 
 def _draw_direct_path(ax: Axes, lay: Layout, p: PlanDict, f: Flows, colour: str,
                       node_subnet: Mapping[str, str], switch_at: Mapping[str, SwitchAt],
-                      pod_at: Mapping[str, PodAt]) -> None:
-    """container-native: LB → the pod's subnet switch → the pod, widest first."""
-    lb_bottom = (lay.width / 2, lay.y_lb)
+                      pod_at: Mapping[str, PodAt], from_client: bool = False) -> None:
+    """container-native: LB (or, sent to the pods directly, the client) → the pod's subnet
+    switch → the pod, widest first."""
+    lb_bottom = (lay.width / 2, lay.y_client if from_client else lay.y_lb)
     for pod, share in sorted(f["pods"].items(), key=lambda kv: -kv[1]):
         if share < MIN_SHARE_DRAWN or pod not in pod_at:
             continue
@@ -512,7 +521,8 @@ def _save_png_pdf(fig: Figure, out_base: str) -> list[str]:
 def draw_variant_diagram(plan: Any, observed: Observed | None = None,
                          out_base: str | None = None, title: str | None = None,
                          colour: str = "#0072B2", service: str | None = None,
-                         width_in: float | None = None) -> Figure | list[str]:
+                         width_in: float | None = None, direct: bool = False
+                         ) -> Figure | list[str]:
     """Draw one variant's cluster and measured path.
 
     plan: testbed.plan.addresses.Plan (build_plan(topology)) or its to_dict()
@@ -523,6 +533,8 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
     title: the heading (default: the plan's mode); colour: the variant's colour
     service: the LoadBalancer service measured (default: the first)
     width_in: figure width (default 3.5 in, one paper column; 7 in above 3 nodes)
+    direct: the client sent to the pods' own addresses (container-native addressing), not
+        through the LB
     """
     p = _as_dict(plan)
     f = flows(p, observed, service)
@@ -533,9 +545,9 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
     lay = _layout(nodes, hidden_nodes, width_in)
     fig, ax = _canvas(lay)
     lb, svc = _measured_service(p, f["service"])
-    _draw_heading(ax, lay, title or mode, mode, f["policy"], colour)
+    _draw_heading(ax, lay, title or mode, mode, f["policy"], colour, direct)
     _draw_clients(ax, lay, p)
-    _draw_load_balancer(ax, lay, _lb_text(lb, svc, mode), colour)
+    _draw_load_balancer(ax, lay, _lb_text(lb, svc, mode), colour, direct)
     switch_at = _draw_fabric(ax, lay, p, nodes)
     _draw_pod_network(ax, lay, p, f, mode)
     endpoints = set(svc["endpoints"]) if svc else set()
@@ -544,7 +556,7 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
         _draw_hidden_nodes(ax, lay, len(nodes), hidden_nodes)
     node_subnet = {nd["name"]: nd["subnet"] for nd in nodes}
     if mode == "container-native":
-        _draw_direct_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at)
+        _draw_direct_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at, direct)
     else:
         _draw_nodeport_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at, kp_at)
     ax.text(lay.margin * 0.5, 0.1, _caption(mode, f), ha="left", va="center", fontsize=4.6,

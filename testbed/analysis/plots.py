@@ -52,6 +52,7 @@ WORKLOAD_LABELS = {
     "load": "under load (wrk)",
     "throughput": "one bulk TCP connection (iperf 2)",
     "path": "path probe",
+    "veth": "plain veth between two namespaces (baseline)",
     "failover": "steady load during failover",
 }
 
@@ -133,6 +134,8 @@ def fig_diagrams(data: RunData, out: str) -> list[str]:
     plans = data.meta.get("plans") or {}
     if not plans:
         raise Skip("meta.json holds no address plans (the runner passes variants= to RunWriter)")
+    direct = {v.get("name") for v in data.experiment.get("variants") or []
+              if isinstance(v, dict) and v.get("to") == "pods"}
     paths = []
     for variant in data.variants:
         plan = plans.get(variant)
@@ -143,8 +146,9 @@ def fig_diagrams(data: RunData, out: str) -> list[str]:
             f"{variant}: the cluster and the path the measured requests took (arrow width ∝ share "
             "of requests" + ("" if observed["pod_share"] else ", shares assumed") + ").")
         paths += draw_variant_diagram(plan, observed, os.path.join(out, f"diagram-{variant}"),
-                                      title=variant,
-                                      colour=data.colour[variant], service=data.meta.get("service"))
+                                      title=variant, colour=data.colour[variant],
+                                      service=data.meta.get("service"),
+                                      direct=variant in direct)
     if not paths:
         raise Skip("no usable address plan in meta.json")
     return paths
@@ -314,7 +318,10 @@ def fig_path(data: RunData, out: str) -> list[str]:
 
 
 def _first_workload(data: RunData, metric: str) -> dict[str, MeanCI]:
-    for w in data.workloads(metric):
+    """The metric's values of workload path if it has some, else of the first workload that
+    has (latency records hops too; the plain veth baseline's, 0, are left out)."""
+    workloads = [w for w in data.workloads(metric) if w != "veth"]
+    for w in sorted(workloads, key=lambda w: w != "path"):
         values = data.metric(metric, **({"workload": w} if w is not None else {}))
         if values:
             return values

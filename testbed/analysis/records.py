@@ -55,6 +55,11 @@ METRICS = {
     "jain_fairness": Metric("index", "Jain's fairness index", "higher"),
     "pod_share": Metric("fraction", "share of requests per pod"),
     "entry_share": Metric("fraction", "share of requests per entry node"),
+    # the testbed's own cost (workload "overhead", derived per repetition from the latency
+    # and veth workloads: testbed.analysis.overhead)
+    "p50_over_veth": Metric("ratio", "new-connection p50 over a plain veth's", "lower"),
+    "hop_cost_us": Metric("us", "cost per routed hop", "lower"),
+    "extra_hop_cost_us": Metric("us", "extra cost over container-native per extra hop", "lower"),
     # bookkeeping
     "requests": Metric("count", "requests made"),
     "errors": Metric("count", "failed requests", "lower"),

@@ -1,9 +1,11 @@
 """One page per run: `report.md` and the same as `report.html`.
 
-What ran (experiment, topology, variants), the numbers (mean ± 95% CI over repetitions per
-variant and metric, and the ratio of the last variant to the first), the share of requests per
-pod, the figures (drawn first if figures/index.json is missing), the machine it ran on (from
-meta.json), and the faults the run noted. Reads only the run directory.
+What ran (experiment, topology, variants, the OVS datapath), the numbers (mean ± 95% CI over
+repetitions per variant and metric, and the ratio of the last variant to the first), the share
+of requests per pod, the testbed's own cost (each variant against the plain veth measured
+beside it: testbed.analysis.overhead), the figures (drawn first if figures/index.json is
+missing), the machine it ran on (from meta.json), and the faults the run noted. Reads only the
+run directory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from testbed.analysis import overhead
 from testbed.analysis.records import METRICS, read_meta, read_records, summarize, variant_order
 from testbed.analysis.stats import MeanCI
 
@@ -89,7 +92,8 @@ def _blocks(run_dir: str) -> list[Block]:
     exp = meta.get("experiment") or {}
     return (_heading(run_dir, meta, exp) + _variant_list(exp)
             + _results(exp, records, summary, variants) + _pod_share_table(summary, variants)
-            + _figures(run_dir) + _environment(meta) + _faults(meta))
+            + _overhead(meta, exp, records) + _figures(run_dir) + _environment(meta)
+            + _faults(meta))
 
 
 # -- the report's sections --------------------------------------------------------------------
@@ -115,7 +119,20 @@ def _facts(meta: Meta, exp: Meta) -> list[str]:
                      f"({exp.get('topology') or topo.get('file', '')})")
     if meta.get("service"):
         facts.append(f"service measured `{meta['service']}`")
+    if datapath_ran(meta):
+        facts.append(f"OVS datapath {datapath_ran(meta)}")
     return facts
+
+
+def datapath_ran(meta: Meta) -> str:
+    """The datapath the run's bridges ran on (read from OVSDB while each variant's cluster was
+    up; per variant when they differ), else the one the machine offered ('' if unknown)."""
+    ran = {v: d for v, d in (meta.get("datapaths") or {}).items() if d}
+    if len(set(ran.values())) == 1:
+        return next(iter(ran.values()))
+    if ran:
+        return ", ".join(f"{d} ({v})" for v, d in ran.items())
+    return str((meta.get("environment") or {}).get("datapath") or "")
 
 
 def _variant_list(exp: Meta) -> list[Block]:
@@ -125,7 +142,9 @@ def _variant_list(exp: Meta) -> list[Block]:
     items = []
     for v in exp["variants"]:
         if isinstance(v, dict):
-            desc = ("the LB sends to pod IP:targetPort" if v.get("mode") == "container-native"
+            desc = ("no LB: the client sends to each pod's own address in turn"
+                    if v.get("to") == "pods" else
+                    "the LB sends to pod IP:targetPort" if v.get("mode") == "container-native"
                     else "the LB sends to node IP:NodePort, externalTrafficPolicy "
                     f"{v.get('external_traffic_policy')}")
             items.append(f"`{v.get('name')}`: mode {v.get('mode')} — {desc}")
@@ -141,9 +160,13 @@ def _results(exp: Meta, records: Sequence[Record], summary: Summary,
         ("p", "Mean ± half-width of the 95% Student-t confidence interval over repetitions "
          + (f"({reps} per variant)" if reps else "") + "; one repetition gives no interval.")]
     planned = [w.get("name") for w in exp.get("workloads") or [] if isinstance(w, dict)]
-    keys = sorted({(m, g) for (_, m, g) in summary if m not in PER_POD}, key=_sort_key(planned))
+    keys = sorted({(m, g) for (_, m, g) in summary
+                   if m not in PER_POD and m not in overhead.METRICS}, key=_sort_key(planned))
     if keys and variants:
-        blocks.append(_metric_table(keys, records, summary, variants))
+        references = {v.get("name") for v in exp.get("variants") or []
+                      if isinstance(v, dict) and v.get("to") == "pods"}
+        blocks.append(_metric_table(keys, records, summary, variants,
+                                    [v for v in variants if v not in references]))
     else:
         blocks.append(("p", "No measurements were recorded."))
     return blocks
@@ -157,18 +180,20 @@ def _unit(metric: str, records: Sequence[Record]) -> str:
 
 
 def _metric_table(keys: Sequence[tuple[str, Group]], records: Sequence[Record], summary: Summary,
-                  variants: Sequence[str]) -> Block:
-    """With two variants or more, a last column: the last variant's mean over the first's."""
-    ratio = len(variants) >= 2
+                  variants: Sequence[str], compared: Sequence[str]) -> Block:
+    """With two compared variants or more (those sent through the VIP; a `to: pods` reference
+    is not one), a last column: the last one's mean over the first one's."""
+    ratio = len(compared) >= 2
     header = (["metric", "unit", "workload"] + list(variants)
-              + ([f"{variants[-1]} / {variants[0]}"] if ratio else []))
+              + ([f"{compared[-1]} / {compared[0]}"] if ratio else []))
     rows = []
     for metric, group in keys:
         row = [f"`{metric}`", _unit(metric, records), _group_label(group)]
         cis = [summary.get((v, metric, group)) for v in variants]
         row += [cell(ci) for ci in cis]
         if ratio:
-            first, last = cis[0], cis[-1]
+            first, last = summary.get((compared[0], metric, group)), \
+                summary.get((compared[-1], metric, group))
             row.append(fmt(last.mean / first.mean) if first and last and first.mean else "")
         rows.append(row)
     return ("table", header, rows)
@@ -189,6 +214,46 @@ def _pod_share_table(summary: Summary, variants: Sequence[str]) -> list[Block]:
             row.append(cell(ci, scale=100, suffix=" %"))
         rows.append(row)
     return [("h3", "Share of requests per pod"), ("table", ["pod"] + list(variants), rows)]
+
+
+def _overhead(meta: Meta, exp: Meta, records: Sequence[Record]) -> list[Block]:
+    """Each variant against the plain veth measured beside it, and the classic path's extra
+    cost per extra hop (only for a run with a veth baseline)."""
+    variants = [v for v in exp.get("variants") or [] if isinstance(v, dict) and v.get("name")]
+    rows, extras = overhead.costs(records, variants)
+    if not rows:
+        return []
+    requests = next((w.get("requests") for w in exp.get("workloads") or []
+                     if isinstance(w, dict) and w.get("name") == overhead.LATENCY), None)
+    same = f"the same {requests} requests" if requests else "the same request count"
+    ran = datapath_ran(meta)
+    blocks: list[Block] = [
+        ("h2", "The testbed's own cost"),
+        ("p", f"Each variant's new-connection p50 (workload `{overhead.LATENCY}`) against a "
+         "plain veth between two network namespaces, measured beside it in the same run "
+         f"(workload `{overhead.BASELINE}`: the same probe, {same}), and the routed hops of "
+         "the same requests: p50 / veth, and (p50 − veth p50) / routed hops, what one routed "
+         "hop costs on this machine. "
+         + (f"OVS datapath that ran: **{ran}**. " if ran else "")
+         + "Mean ± 95% interval over repetitions."),
+        ("table", ["variant", "p50 (ms)", "veth p50 (ms)", "p50 / veth", "routed hops",
+                   "per routed hop (µs)"],
+         [[f"`{r.variant}`", cell(r.p50), cell(r.veth), cell(r.ratio, suffix="×"),
+           cell(r.hops), cell(r.hop_cost_us)] for r in rows])]
+    lines = [_extra_line(e) for e in extras]
+    if lines:
+        blocks.append(("ul", lines))
+    return blocks
+
+
+def _extra_line(e: overhead.ExtraCost) -> str:
+    """One classic variant's extra cost over container-native, per extra routed hop."""
+    delta = f"p50 {'+' if e.delta_us and e.delta_us.mean >= 0 else ''}{cell(e.delta_us)} µs"
+    if e.per_hop_us is None:
+        return (f"`{e.variant}` over `{e.over}`: {delta} with no extra routed hop "
+                f"({cell(e.extra_hops)})")
+    return (f"`{e.variant}` over `{e.over}`: {delta} for {cell(e.extra_hops)} extra routed "
+            f"hops: **{cell(e.per_hop_us)} µs per extra hop**")
 
 
 def _figures(run_dir: str) -> list[Block]:

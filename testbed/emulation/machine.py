@@ -1,4 +1,5 @@
-"""What this machine can do: root, Open vSwitch, the OVS datapath, netem, iptables, tools.
+"""What this machine can do: root, Open vSwitch, the OVS datapath, netem, iptables, tools;
+and which datapath a cluster's bridges ran on.
 
 Every probe is side-effect free for the host: the netem probe runs in a throwaway network
 namespace (`unshare -n`) that disappears with the probe.
@@ -6,12 +7,15 @@ namespace (`unshare -n`) that disappears with the probe.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
+from testbed.emulation.journal import OVS_LABEL
 from testbed.kubernetes.dataplane.iptables.restore import detect_backend
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
@@ -89,6 +93,41 @@ def kernel_datapath() -> bool:
     return os.path.isdir("/sys/module/openvswitch")
 
 
+# A bridge's datapath_type as OVSDB holds it -> how doctor and reports name it. An empty
+# datapath_type is OVS's default, the kernel's.
+DATAPATHS = {"system": "kernel (system)", "netdev": "userspace (netdev)"}
+
+
+def datapath_label(datapath_type: str) -> str:
+    """How doctor and reports name a bridge's datapath_type."""
+    return DATAPATHS.get(datapath_type or "system", datapath_type)
+
+
+def bridge_datapaths(label: str | None = None) -> dict[str, str]:
+    """bridge -> its datapath_type, for every bridge OVSDB has (with `label`: only those
+    whose external_ids carry that key, e.g. the testbed's); {} when OVS does not answer."""
+    try:
+        p = run(["ovs-vsctl", "--timeout=5", "--format=json",
+                 "--columns=name,datapath_type,external_ids", "list", "Bridge"], timeout=10)
+        rows = json.loads(p.stdout).get("data", []) if p.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    out = {}
+    for name, dp_type, ext in rows:
+        ids = dict(ext[1]) if isinstance(ext, list) and ext and ext[0] == "map" else {}
+        if label is None or label in ids:
+            out[name] = dp_type if isinstance(dp_type, str) else ""
+    return out
+
+
+def datapath_of(bridges: Iterable[str]) -> str:
+    """The datapath the named bridges run on, as reports name it (several joined by ' + ';
+    'unknown' when OVSDB has none of them)."""
+    types = bridge_datapaths()
+    found = sorted({datapath_label(types[b]) for b in bridges if b in types})
+    return " + ".join(found) if found else "unknown"
+
+
 @cache
 def netem_available() -> bool:
     """True when `tc ... netem` works (link delay/loss). Probed in a throwaway namespace."""
@@ -158,17 +197,25 @@ class Check:
     optional: bool = False   # missing only limits what topologies may ask for
 
 
+def datapath_detail(ovs: bool) -> str:
+    """Which datapath the testbed's bridges use here, and which a running cluster's ran on."""
+    detail = (f"{DATAPATHS['system']}: the openvswitch module is loaded" if kernel_datapath()
+              else f"{DATAPATHS['netdev']}: no openvswitch module — slower, offloads turned off "
+                   "on veths")
+    running = bridge_datapaths(OVS_LABEL) if ovs else {}
+    if running:
+        ran = sorted({datapath_label(t) for t in running.values()})
+        detail += f"; the running cluster's {len(running)} bridges: {' + '.join(ran)}"
+    return detail
+
+
 def doctor() -> list[Check]:
     checks = [Check("root", is_root(), "running as root" if is_root() else "not root",
                     "run as root (sudo): namespaces and OVS need it")]
     ovs = ovs_running()
     checks.append(Check("Open vSwitch", ovs, "ovs-vswitchd answers" if ovs else "not running",
                         "make setup (or: " + OVS_CTL + " --system-id=random --no-monitor start)"))
-    kdp = kernel_datapath()
-    checks.append(Check("OVS datapath", True,
-                        "kernel (openvswitch module)" if kdp else
-                        "userspace (netdev; no openvswitch module): slower, "
-                        "offloads turned off on veths"))
+    checks.append(Check("OVS datapath", True, datapath_detail(ovs)))
     net = netem_available()
     checks.append(Check("netem", net,
                         "link delay/loss available" if net

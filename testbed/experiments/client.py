@@ -1,13 +1,15 @@
 """The external client's side of every experiment: httpprobe from client1 through the cloud
-LB's VIP, and its answers turned into sample rows (which pod answered, through which node,
-with which source address, over how many routed hops).
+LB's VIP (or, for a variant with `to: pods`, to each pod's own address in turn), and its
+answers turned into sample rows (which pod answered, through which node, with which source
+address, over how many routed hops).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from testbed.emulation.cluster import Cluster
@@ -65,6 +67,54 @@ def url(cluster: Cluster, service: str, path: str = "/") -> str:
     """The service's URL through its VIP."""
     svc = service_plan(cluster, service)
     return f"http://{svc.vip}:{svc.port}{path}"
+
+
+def pod_urls(cluster: Cluster, service: str, path: str = "/") -> list[str]:
+    """The URLs of the service's live pods, by their own addresses, in the plan's order."""
+    svc = service_plan(cluster, service)
+    live = cluster.live_pods()
+    return [f"http://{pod.ip}:{svc.target_port}{path}" for pod in cluster.plan.pods
+            if pod.name in svc.endpoints and pod.name in live]
+
+
+def targets(cluster: Cluster, variant: Variant, service: str) -> list[str]:
+    """Where the variant's client sends: the VIP, or each of the service's pods."""
+    return pod_urls(cluster, service) if variant.to == "pods" else [url(cluster, service)]
+
+
+def split(requests: int, parts: int) -> list[int]:
+    """Requests per target, round-robin: as even as whole requests allow, the first ones
+    taking the remainder."""
+    return [requests // parts + (1 if i < requests % parts else 0) for i in range(parts)]
+
+
+def probe_each(cluster: Cluster, urls: Sequence[str], requests: int) -> list[Row]:
+    """httpprobe's rows for `requests` requests spread round-robin over the URLs, one probe per
+    URL in turn (a block each); `t_start` counts from the first probe's start."""
+    rows: list[Row] = []
+    t0 = time.monotonic()
+    for i, (target, n) in enumerate(zip(urls, split(requests, len(urls)), strict=True)):
+        if not n:
+            continue
+        offset = time.monotonic() - t0 if i else 0.0
+        out = cluster.exec(CLIENT, [PROBE, "--url", target, "--requests", str(n)],
+                           timeout=n * 3 + 30)
+        for r in parse_probe(out.stdout):
+            if r.get("summary"):
+                continue
+            if isinstance(r.get("t_start"), (int, float)):
+                r["t_start"] += offset
+            rows.append(r)
+    return rows
+
+
+def warmup_each(cluster: Cluster, urls: Sequence[str], seconds: float) -> None:
+    """Discarded requests (200/s) for `seconds` in all, shared between the URLs."""
+    for target in urls:
+        if seconds:
+            cluster.exec(CLIENT, [PROBE, "--url", target, "--duration",
+                                  f"{seconds / len(urls):g}", "--rate", "200"],
+                         timeout=seconds + 30)
 
 
 def probe(cluster: Cluster, service: str, requests: int) -> list[Row]:

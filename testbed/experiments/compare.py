@@ -3,12 +3,17 @@ the workloads in a seeded random order (the same for every variant), from client
 cloud LB's VIP: latency (httpprobe, a new connection per request), keepalive and load (wrk),
 throughput (iperf 2, one TCP connection, to an extra `iperf` LoadBalancer service over the same
 pods) and path (httpprobe with the nodes' egress counters read before and after: hops, bytes
-between nodes, who answered, whether the client's address was kept). What each workload
-records: docs/experiments.md.
+between nodes, who answered, whether the client's address was kept). A variant with `to: pods`
+(the fabric alone, no LB) sends latency's and path's requests to the pods' own addresses in
+turn and skips the other workloads. Beside every latency measurement the same probe runs over a
+plain veth (testbed.experiments.baseline, workload `veth`); when a variant is done, the
+testbed's own cost derived from both (testbed.analysis.overhead) is recorded too. What each
+workload records: docs/experiments.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import subprocess
@@ -18,16 +23,23 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from testbed.analysis.overhead import BASELINE, WORKLOAD, derive
+from testbed.analysis.records import read_records
 from testbed.analysis.stats import percentile
+from testbed.emulation import machine
 from testbed.emulation.cluster import Cluster
+from testbed.experiments.baseline import VethPair
 from testbed.experiments.client import (
     CLIENT,
+    Row,
     entry_nodes,
-    probe,
+    probe_each,
     sample_rows,
     service_plan,
+    targets,
     url,
     warmup,
+    warmup_each,
 )
 from testbed.experiments.kind import RunContext
 from testbed.spec.experiment import Variant, Workload
@@ -36,6 +48,7 @@ from testbed.spec.model import Topology
 IPERF_SERVICE = "iperf"
 IPERF_PORT = 5001
 ACCT_CHAIN = "CNLB-ACCT"
+DIRECT_WORKLOADS = ("latency", "path")    # what a `to: pods` variant runs: one request at a time
 
 
 # -- pure helpers ----------------------------------------------------------------------------
@@ -77,20 +90,52 @@ def parse_iperf_csv(text: str) -> float | None:
 # -- the experiment --------------------------------------------------------------------------
 
 def run_compare(run: RunContext, variant: Variant, topo: Topology) -> None:
-    """Build the variant's cluster once; run every repetition's workloads on it."""
+    """Build the variant's cluster once (and the plain veth beside it); run every repetition's
+    workloads on it; record the testbed's own cost once the variant is done."""
     if run.exp.workload("throughput"):
         topo = with_iperf_service(topo, run.res.service)
     run.say(f"[{variant.name}] building the cluster ({topo.mode})")
     with Cluster(topo, iptables=run.iptables) as cluster:
         run.w.meta.setdefault("build_s", {})[variant.name] = cluster.timings.get("total_s")
+        run.w.meta.setdefault("datapaths", {})[variant.name] = machine.datapath_of(
+            [s.name for s in cluster.plan.switches])
         install_accounting(cluster)
-        for rep in range(run.exp.repetitions):
-            for wl in workload_order(run, rep):
-                run.progress(variant.name, rep, wl.name)
-                run.mend(cluster, variant.name, rep)
-                flush_conntrack()
-                WORKLOADS[wl.name](run, cluster, variant, rep, wl)
-            run.unit_done()
+        with (VethPair(cluster.journal) if run.exp.workload("latency")
+              else contextlib.nullcontext()) as veth:
+            _repetitions(run, cluster, variant, veth)
+    record_overhead(run, variant)
+
+
+def _repetitions(run: RunContext, cluster: Cluster, variant: Variant,
+                 veth: VethPair | None) -> None:
+    skipped = [w.name for w in run.exp.workloads
+               if variant.to == "pods" and w.name not in DIRECT_WORKLOADS]
+    if skipped:
+        run.say(f"[{variant.name}] sends to the pods directly: skips {', '.join(skipped)}")
+        run.w.meta.setdefault("skipped", {})[variant.name] = skipped
+    for rep in range(run.exp.repetitions):
+        for wl in workload_order(run, rep):
+            if wl.name in skipped:
+                continue
+            run.progress(variant.name, rep, wl.name)
+            run.mend(cluster, variant.name, rep)
+            flush_conntrack()
+            WORKLOADS[wl.name](run, cluster, variant, rep, wl)
+            if wl.name == "latency" and veth is not None:
+                run.progress(variant.name, rep, "plain veth (baseline)")
+                veth_baseline(run, veth, variant, rep, wl)
+        run.unit_done()
+
+
+def record_overhead(run: RunContext, variant: Variant) -> None:
+    """The testbed's own cost that this variant completes: its p50 over the veth's and cost
+    per routed hop, and a classic variant's extra cost over container-native once both ran
+    (a figure is complete when the last of the variants it comes from is done)."""
+    variants = run.exp.to_dict()["variants"]
+    for d in derive(read_records(run.w.dir), variants):
+        if variant.name in d.sources:
+            run.rec(run.exp.variant(d.variant), d.repetition, d.metric, d.value, WORKLOAD,
+                    **d.extra)
 
 
 def workload_order(run: RunContext, rep: int) -> list[Workload]:
@@ -111,14 +156,36 @@ def flush_conntrack() -> None:
 # -- workloads -------------------------------------------------------------------------------
 
 def latency(run: RunContext, cluster: Cluster, variant: Variant, rep: int, wl: Workload) -> None:
-    warmup(cluster, run.res.service, run.exp.warmup_s)
-    rows = sample_rows(cluster, variant, probe(cluster, run.res.service, wl.requests))
+    urls = targets(cluster, variant, run.res.service)
+    warmup_each(cluster, urls, run.exp.warmup_s)
+    assert wl.requests is not None   # the experiment reader gives latency a count
+    rows = sample_rows(cluster, variant, probe_each(cluster, urls, wl.requests))
     run.w.samples(variant.name, rep, wl.name, rows)
-    lat = [r["latency_ms"] for r in rows if r["ok"] and r["latency_ms"] is not None]
+    record_latency(run, variant, rep, wl.name, rows)
+
+
+def veth_baseline(run: RunContext, veth: VethPair, variant: Variant, rep: int,
+                  wl: Workload) -> None:
+    """The latency workload's requests over the plain veth, recorded as workload `veth`."""
+    assert wl.requests is not None
+    veth.warmup(run.exp.warmup_s)
+    rows = veth.probe(wl.requests)
+    run.w.samples(variant.name, rep, BASELINE, rows)
+    record_latency(run, variant, rep, BASELINE, rows)
+
+
+def record_latency(run: RunContext, variant: Variant, rep: int, workload: str,
+                   rows: list[Row]) -> None:
+    """Percentiles, mean and errors of one-request-per-connection rows, and the routed hops
+    the same requests took (what testbed.analysis.overhead divides by)."""
+    ok = [r for r in rows if r["ok"]]
+    lat = [r["latency_ms"] for r in ok if r["latency_ms"] is not None]
     for q in (50, 90, 99):
-        run.rec(variant, rep, f"latency_p{q}_ms", percentile(lat, q) if lat else None, wl.name)
-    run.rec(variant, rep, "latency_mean_ms", sum(lat) / len(lat) if lat else None, wl.name)
-    run.rec(variant, rep, "errors", sum(1 for r in rows if not r["ok"]), wl.name)
+        run.rec(variant, rep, f"latency_p{q}_ms", percentile(lat, q) if lat else None, workload)
+    run.rec(variant, rep, "latency_mean_ms", sum(lat) / len(lat) if lat else None, workload)
+    hops = [r["hops"] for r in ok if r["hops"] is not None]
+    run.rec(variant, rep, "path_hops", sum(hops) / len(hops) if hops else None, workload)
+    run.rec(variant, rep, "errors", len(rows) - len(ok), workload)
 
 
 def _wrk(cluster: Cluster, service: str, wl: Workload) -> dict[str, Any]:
@@ -189,8 +256,10 @@ def _served_where(cluster: Cluster, served: dict[str, str]) -> dict[str, Any]:
 
 
 def path(run: RunContext, cluster: Cluster, variant: Variant, rep: int, wl: Workload) -> None:
+    urls = targets(cluster, variant, run.res.service)
+    assert wl.requests is not None   # the experiment reader gives path a count
     before = egress(cluster)
-    rows = sample_rows(cluster, variant, probe(cluster, run.res.service, wl.requests))
+    rows = sample_rows(cluster, variant, probe_each(cluster, urls, wl.requests))
     after = egress(cluster)
     run.w.samples(variant.name, rep, wl.name, rows)
     ok = [r for r in rows if r["ok"]]

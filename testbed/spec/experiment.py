@@ -24,6 +24,7 @@ from testbed.spec.yamldoc import Document, Path, nearest, read_document
 
 KINDS = ("compare", "scaling", "failover")
 POLICIES = ("Cluster", "Local")
+TARGETS = ("vip", "pods")        # where a variant's clients send: the LB's VIP, or the pods
 ACTIONS = ("remove-pod", "fail-node")
 MAX_VARIANTS = 8                 # one colour each in the plots' palette
 
@@ -56,10 +57,13 @@ class Variant:
     name: the label in plots and records
     mode: nodeport (the LB targets node IP:NodePort) or container-native (pod IP:targetPort)
     external_traffic_policy: set on every LoadBalancer service (Cluster | Local)
+    to: where the clients send: vip (through the cloud LB) or pods (each pod's own address in
+        turn, no LB: the fabric's cost alone; compare only, container-native addressing)
     """
     name: str
     mode: str
     external_traffic_policy: str = "Cluster"
+    to: str = "vip"
 
     def apply(self, topology: Topology) -> Topology:
         """The topology in this variant's mode, every LoadBalancer service's policy overridden.
@@ -277,7 +281,7 @@ def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
     reps = r.get((), "repetitions", integer(1, 100), default=3, fix="use 1-100 repetitions")
     warmup = r.get((), "warmup", seconds(0, 60), default=1.0,
                    fix="write a warm-up like 1s (at most 60s)")
-    variants = _variants(r)
+    variants = _variants(r, kind)
     extra: dict[str, Any] = {}
     if kind == "compare":
         extra["workloads"] = _workloads(r, allowed=tuple(WORKLOADS), default=None)
@@ -331,7 +335,7 @@ def _topology(r: Reader, file: str, override: str | None) -> str:
     return path
 
 
-def _variants(r: Reader) -> tuple[Variant, ...]:
+def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
     path = ("variants",)
     if "variants" not in r.value(()):
         r.problem((), "missing required field 'variants'",
@@ -360,21 +364,32 @@ def _variants(r: Reader) -> tuple[Variant, ...]:
             r.problem(vpath, "missing required field 'mode'",
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
-        r.mapping(vpath, {"mode", "externalTrafficPolicy"}, required=("mode",), what="mode: ...")
+        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to"}, required=("mode",),
+                  what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
             continue
         mode = r.get(vpath, "mode", choice(*MODES), fix="use nodeport or container-native")
         policy = r.get(vpath, "externalTrafficPolicy", choice(*POLICIES), default="Cluster",
                        fix="use Cluster or Local")
-        if mode and policy:
-            out.append(Variant(vname, mode, policy))
-    seen: dict[tuple[str, str], str] = {}
+        to = r.get(vpath, "to", choice(*TARGETS), default="vip", fix="use vip or pods")
+        if to == "pods" and kind != "compare":
+            r.problem(vpath + ("to",), f"only a compare experiment sends to the pods directly "
+                      f"(this is kind {kind})", "remove 'to: pods'")
+            continue
+        if to == "pods" and mode == "nodeport":
+            # classic pods live on the overlay: the client has no route to them
+            r.problem(vpath + ("to",), "in mode nodeport the pods' addresses are not routable "
+                      "from the client", "use 'mode: container-native' with 'to: pods'")
+            continue
+        if mode and policy and to:
+            out.append(Variant(vname, mode, policy, to))
+    seen: dict[tuple[str, str, str], str] = {}
     for v in out:
-        key = (v.mode, v.external_traffic_policy)
+        key = (v.mode, v.external_traffic_policy, v.to)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
-                      f"externalTrafficPolicy {v.external_traffic_policy})",
-                      "remove one, or change its mode or externalTrafficPolicy")
+                      f"externalTrafficPolicy {v.external_traffic_policy}, to {v.to})",
+                      "remove one, or change its mode, externalTrafficPolicy or to")
         seen[key] = v.name
     return tuple(out)
 

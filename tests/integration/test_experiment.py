@@ -1,5 +1,6 @@
 """A short compare run on a real cluster: records for every variant and metric, no errors, the
-figures and the report; and an interrupted run keeps what it measured and leaves nothing."""
+plain veth beside each variant and the testbed's own cost derived from it, the datapath that ran,
+the figures and the report; and an interrupted run keeps what it measured and leaves nothing."""
 
 import json
 import os
@@ -16,7 +17,10 @@ from testbed.paths import REPO
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]
 METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",
-           "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors"]
+           "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors",
+           "p50_over_veth", "hop_cost_us"]
+# `direct` sends to the pods' own addresses: only the one-request-at-a-time workloads
+DIRECT_METRICS = set(METRICS) - {"requests_per_s", "throughput_mbps"}
 
 
 def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_path):
@@ -25,11 +29,16 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
     records = read_records(str(out))
-    variants = {"nodeport-cluster", "nodeport-local", "container-native"}
+    variants = {"nodeport-cluster", "nodeport-local", "container-native", "direct"}
     for variant in variants:
         got = {r["metric"] for r in records if r["variant"] == variant and r["value"] is not None}
-        missing = set(METRICS) - got
+        missing = (DIRECT_METRICS if variant == "direct" else set(METRICS)) - got
         assert not missing, (variant, missing)
+        veth = [r for r in records if r["variant"] == variant and r.get("workload") == "veth"]
+        assert {r["metric"] for r in veth} >= {"latency_p50_ms", "path_hops"}, veth
+        assert all(r["value"] == 0 for r in veth if r["metric"] == "path_hops"), veth
+    assert not {r["workload"] for r in records if r["variant"] == "direct"} & {"keepalive", "load",
+                                                                                 "throughput"}
     errors = [r for r in records if r["metric"] == "errors" and r["value"]]
     assert not errors, errors
     by = {(r["variant"], r["metric"]): r["value"] for r in records if r.get("workload") == "path"}
@@ -40,8 +49,16 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
     assert by[("nodeport-cluster", "source_ip_preserved")] == 0
     assert by[("container-native", "cross_node_bytes_fraction")] == 0
     assert by[("container-native", "path_hops")] == 2
+    assert by[("direct", "path_hops")] == 2 and by[("direct", "source_ip_preserved")] == 1
+    # the direct variant's requests reach every pod, one block each
+    direct = [r for r in records if r["variant"] == "direct" and r["metric"] == "pod_share"]
+    assert len(direct) == 3 and all(r["value"] > 0 for r in direct), direct
+    extra = [r for r in records if r["metric"] == "extra_hop_cost_us"]
+    assert [(r["variant"], r["over"]) for r in extra] == [("nodeport-cluster", "container-native")]
     meta = read_meta(str(out))
     assert meta["status"] == "ok"
+    assert set(meta["datapaths"]) == variants
+    assert set(meta["datapaths"].values()) <= {"kernel (system)", "userspace (netdev)"}
     for key in ("kernel", "datapath", "iptables_backend", "tools"):
         assert key in meta["environment"]
     assert meta["git"]["revision"]
@@ -50,6 +67,8 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
         assert f"{name}.png" in figures and f"{name}.pdf" in figures, figures
     report = (out / "report.md").read_text()
     assert all(v in report for v in variants)
+    assert "## The testbed's own cost" in report and "per extra hop" in report
+    assert f"OVS datapath that ran: **{meta['datapaths']['direct']}**" in report
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -75,12 +75,25 @@ def test_compare_file_fields():
     exp = load_experiment(os.path.join(REPO, "experiments", "compare.yaml"))
     assert (exp.name, exp.kind, exp.seed, exp.repetitions, exp.warmup_s) == ("compare", "compare", 42, 3, 1.0)
     assert exp.topology == os.path.normpath(TALK) or os.path.samefile(exp.topology, TALK)
-    assert [(v.name, v.mode, v.external_traffic_policy) for v in exp.variants] == [
-        ("nodeport-cluster", "nodeport", "Cluster"), ("nodeport-local", "nodeport", "Local"),
-        ("container-native", "container-native", "Cluster")]
+    assert [(v.name, v.mode, v.external_traffic_policy, v.to) for v in exp.variants] == [
+        ("nodeport-cluster", "nodeport", "Cluster", "vip"),
+        ("nodeport-local", "nodeport", "Local", "vip"),
+        ("container-native", "container-native", "Cluster", "vip"),
+        ("direct", "container-native", "Cluster", "pods")]
     load = exp.workload("load")
     assert (load.duration_s, load.connections, load.threads) == (5.0, 32, 2)
     assert exp.workload("latency").requests == 200 and exp.workload("nothing") is None
+
+
+def test_a_direct_variant_is_container_native_and_not_the_same_as_one_through_the_vip(tmp_path):
+    f = write(tmp_path, f"topology: {TALK}\nvariants:\n  cn: {{mode: container-native}}\n"
+                        "  direct: {mode: container-native, to: pods}\n  again: {mode: container-native, to: vip}\n"
+                        "workloads: {latency: {}}\n")
+    problems = problems_of(f)
+    assert len(problems) == 1 and "variants.again: runs the same as variant 'cn'" in problems[0], problems
+    exp = load_experiment(write(tmp_path, f"topology: {TALK}\nvariants: {{d: {{mode: container-native, to: pods}}}}\n"
+                                          "workloads: {latency: {}}\n", "d.yaml"))
+    assert exp.variant("d").to == "pods" and exp.to_dict()["variants"][0]["to"] == "pods"
 
 
 def test_quick_compare_is_quick():

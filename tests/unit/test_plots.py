@@ -28,6 +28,8 @@ PROFILE = {
                            entry={"node1": 50, "node2": 50}),
     "container-native": dict(lat=0.64, mbps=900, rps=6400, hops=2.0, cross=0.0, src=1.0,
                              pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25}, entry={}),
+    "direct": dict(lat=0.62, mbps=900, rps=6400, hops=2.0, cross=0.0, src=1.0,
+                   pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25}, entry={}),
 }
 
 
@@ -84,7 +86,7 @@ def test_plot_run_writes_every_compare_figure_as_png_and_pdf(compare_run):
     for expected in ("latency-cdf-latency", "latency-cdf-keepalive", "latency-latency",
                      "latency-keepalive", "throughput", "requests-per-s", "pod-share", "path",
                      "source-ip", "diagram-nodeport-cluster", "diagram-nodeport-local",
-                     "diagram-container-native"):
+                     "diagram-container-native", "diagram-direct"):
         assert expected in names, (expected, result)
         for ext in ("png", "pdf"):
             assert _nonempty(os.path.join(run_dir, "figures", f"{expected}.{ext}"))
@@ -95,8 +97,8 @@ def test_plot_run_writes_every_compare_figure_as_png_and_pdf(compare_run):
 def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
     run_dir, _ = compare_run
     index = json.load(open(os.path.join(run_dir, "figures", "index.json")))
-    assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native"]
-    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:3])
+    assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct"]
+    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:4])
 
 
 def test_report_has_every_variant_figures_table_environment(compare_run):

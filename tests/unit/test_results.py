@@ -102,7 +102,7 @@ def test_meta_is_written_at_start_and_rewritten_at_finish(tmp_path):
     w = writer(run, resolved=res, environment=env)
     meta = read_meta(str(run))
     assert meta["status"] == "running" and meta["finished"] is None
-    assert meta["variants"] == ["nodeport-cluster", "nodeport-local", "container-native"]
+    assert meta["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct"]
     assert meta["experiment"]["name"] == "compare-quick" and meta["topology"]["name"] == "minimal"
     assert meta["topology_source"]["text"].startswith("#")
     assert meta["plans"]["container-native"]["mode"] == "container-native"
