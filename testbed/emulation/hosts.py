@@ -359,9 +359,10 @@ def batched(cmds: Iterable[str]) -> list[str]:
     out: list[str] = []
     run: list[str] = []
     tool = ""
-    for cmd in [*cmds, None]:
-        word = cmd.split(" ", 1)[0] if cmd is not None else ""
-        plain = cmd is not None and word in BATCHING and not any(c in cmd for c in "|><;&$`")
+    for line in [*cmds, None]:
+        cmd = line or ""
+        word = cmd.split(" ", 1)[0]
+        plain = word in BATCHING and not any(c in cmd for c in "|><;&$`")
         if plain and word == tool:
             run.append(cmd[len(word) + 1:])
             continue
@@ -371,10 +372,9 @@ def batched(cmds: Iterable[str]) -> list[str]:
             out.append(f"{tool} -batch - <<'CNLB_BATCH'\n" + "\n".join(run) + "\nCNLB_BATCH")
         run, tool = [], ""
         if plain:
-            assert cmd is not None
             run, tool = [cmd[len(word) + 1:]], word
-        elif cmd is not None:
-            out.append(cmd)
+        elif line is not None:
+            out.append(line)
     return out
 
 
