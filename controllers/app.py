@@ -46,6 +46,8 @@ class VpcController(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.service = VpcService.from_config(CONF.vpc_config)
+        # Before the OpenFlow listener opens: the testbed starts the switches once it does.
+        self.service.warm_up()
 
     def start(self):
         thread = super().start()

@@ -1,7 +1,7 @@
 """Backend health: the state machine, and the health checker's parent and child sides.
 
 Health, observe: one backend's state (initial, healthy, unhealthy, unchecked) and its update
-backend_id, parse_backend_id: the 'lb/ip:port' id a check result carries
+CheckResult, backend_id, parse_result: one check's outcome; the 'lb/ip:port' id its line carries
 HealthChecker: the controller's side -- runs the child in the LB host's netns, feeds it targets
 checker_main, probe: the child (`python -m controllers.run --checker`), JSON lines in and out
 Standard library only at import time: the child and the launcher import this module before
@@ -61,6 +61,21 @@ def observe(h: Health, ok: bool, hc: HealthCheck) -> bool:
     return changed
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """One health check of one backend.
+
+    lb, ip, port: the backend (its LB's name, its address and port)
+    ok: the check passed
+    detail: the checker's result line (id, ok, status or error, ms)
+    """
+    lb: str
+    ip: str
+    port: int
+    ok: bool
+    detail: dict
+
+
 def backend_id(lb: str, ip: str, port: int) -> str:
     """The id a checker result carries: 'lb/ip:port'."""
     return f"{lb}/{ip}:{port}"
@@ -71,6 +86,12 @@ def parse_backend_id(text: str) -> tuple[str, str, int]:
     lb, _, rest = text.rpartition("/")
     ip, _, port = rest.rpartition(":")
     return lb, ip, int(port)
+
+
+def parse_result(line: dict) -> CheckResult:
+    """A checker result line {"id", "ok", ...} as a CheckResult."""
+    lb, ip, port = parse_backend_id(line["id"])
+    return CheckResult(lb, ip, port, bool(line.get("ok")), line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,14 +110,16 @@ class HealthChecker:
     lines: targets in on stdin, one result per check out on stdout.
 
     netns_pid: a process in the LB host's namespace (fabric.json health_checker.netns_pid)
-    on_result: called with each result dict {"id", "ok", "status"|"error", "ms"}
+    on_results: called with the result dicts {"id", "ok", "status"|"error", "ms"} read at once
+        (as many as the pipe held: a backlog is handled as one batch)
     """
 
     RESTART_S = 2.0
+    READ_MAX = 1 << 16
 
-    def __init__(self, netns_pid: int | None, on_result: Callable[[dict], None]):
+    def __init__(self, netns_pid: int | None, on_results: Callable[[list[dict]], None]):
         self.netns_pid = netns_pid
-        self.on_result = on_result
+        self.on_results = on_results
         self.proc: Any = None               # the child: an eventlet.green.subprocess.Popen
         self.targets: list = []
         self.stopping = False
@@ -167,18 +190,28 @@ class HealthChecker:
                 hub.sleep(self.RESTART_S)
 
     def _read_results(self) -> None:
-        """Hand each result line of the child to on_result until its stdout closes."""
-        for line in self.proc.stdout:
-            try:
-                result = json.loads(line)
-            except ValueError:
-                LOG.warning("checker said %r", line[:200])
-                continue
-            if "id" in result:
-                self.results += 1
-                self.on_result(result)
-            elif result.get("event"):
-                LOG.info("checker: %s", result)
+        """Hand the child's result lines to on_results, all those read at once together, until
+        its stdout closes."""
+        partial = b""
+        while chunk := self.proc.stdout.read(self.READ_MAX):   # what the pipe holds, >= 1 byte
+            *lines, partial = (partial + chunk).split(b"\n")
+            results = [r for r in map(self._parse, lines) if r is not None]
+            if results:
+                self.results += len(results)
+                self.on_results(results)
+
+    def _parse(self, line: bytes) -> dict | None:
+        """A result line as a dict; events are logged, and None returned for them."""
+        try:
+            result = json.loads(line)
+        except ValueError:
+            LOG.warning("checker said %r", line[:200])
+            return None
+        if "id" in result:
+            return result
+        if result.get("event"):
+            LOG.info("checker: %s", result)
+        return None
 
 
 def _die_with_parent() -> None:
@@ -201,9 +234,7 @@ def checker_main() -> int:
     return 0
 
 
-def _emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+Emit = Callable[[dict], None]
 
 
 async def _checker() -> None:
@@ -211,7 +242,14 @@ async def _checker() -> None:
     # One line lists every target: 1000 pods exceed the 64 KiB default.
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    _emit({"event": "ready", "pid": os.getpid(), "netns": os.readlink("/proc/self/ns/net")})
+    # Results go out through the event loop, buffered here if the controller reads slowly: a
+    # blocking write to a full pipe would stop every check in flight and time them all out.
+    out, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
+
+    def emit(obj: dict) -> None:
+        out.write((json.dumps(obj) + "\n").encode())
+
+    emit({"event": "ready", "pid": os.getpid(), "netns": os.readlink("/proc/self/ns/net")})
     tasks: dict[str, tuple[dict, asyncio.Task]] = {}
     while True:
         line = await reader.readline()
@@ -220,22 +258,35 @@ async def _checker() -> None:
         try:
             targets = {t["id"]: t for t in json.loads(line)["targets"]}
         except (ValueError, KeyError, TypeError) as e:
-            _emit({"event": "bad-input", "error": str(e)})
+            emit({"event": "bad-input", "error": str(e)})
             continue
         for tid in list(tasks):
             if tasks[tid][0] != targets.get(tid):
                 tasks.pop(tid)[1].cancel()
-        for tid, t in targets.items():
-            if tid not in tasks:
-                tasks[tid] = (t, asyncio.create_task(_check_forever(t)))
-        _emit({"event": "targets", "count": len(tasks)})
+        new = [t for tid, t in targets.items() if tid not in tasks]
+        for t, delay in zip(new, first_check_delays(new), strict=True):
+            tasks[t["id"]] = (t, asyncio.create_task(_check_forever(t, delay, emit)))
+        emit({"event": "targets", "count": len(tasks)})
 
 
-async def _check_forever(t: dict) -> None:
+def first_check_delays(new: list[dict]) -> list[float]:
+    """When each of the targets registered together is first checked, in seconds from now.
+
+    The first round is spread evenly over the interval, as a cloud LB spreads its checks:
+    one target is checked at once, 1000 registered together one every interval/1000 -- not
+    1000 connections in the same instant, whose CPU burst on a small machine can push checks
+    past their timeout and fail healthy backends.
+    """
+    return [i * t["interval_s"] / len(new) for i, t in enumerate(new)]
+
+
+async def _check_forever(t: dict, delay: float, emit: Emit) -> None:
+    """Check t after delay, then every interval_s (from the start of one check to the next)."""
     loop = asyncio.get_running_loop()
+    await asyncio.sleep(delay)
     while True:
         start = loop.time()
-        _emit(await probe(t["ip"], t["port"], t["path"], t["timeout_s"], t["id"]))
+        emit(await probe(t["ip"], t["port"], t["path"], t["timeout_s"], t["id"]))
         await asyncio.sleep(max(0.0, t["interval_s"] - (loop.time() - start)))
 
 

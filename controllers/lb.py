@@ -1,7 +1,7 @@
 """The cloud load balancer on the core switch: its backends, their health, and its flows.
 
 Balancer: per LB the registered backends and their Health; VIP capture, select group, SNAT and
-    reply un-NAT flows; register / deregister / observe_health return the messages to send;
+    reply un-NAT flows; register / deregister / observe_results return the messages to send;
     checker_targets, backends_view and lbs_view are what the checker and the REST API see
 """
 
@@ -15,7 +15,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
 from controllers.config import Backend, Fabric, LoadBalancer
-from controllers.health import INITIAL, UNCHECKED, Health, backend_id, observe
+from controllers.health import INITIAL, UNCHECKED, CheckResult, Health, backend_id, observe
 from controllers.openflow import (
     COOKIE_BACKEND,
     COOKIE_LB,
@@ -34,6 +34,7 @@ from controllers.openflow import (
     T_LB_UNNAT,
     T_NEXTHOP,
     T_ROUTE,
+    Bucket,
     Messages,
     Ports,
     arp_flow,
@@ -66,6 +67,8 @@ class Balancer:
         self.backends: dict[str, dict[tuple[str, int], Backend]] = {}
         self.health: dict[tuple[str, str, int], Health] = {}
         self.reply_keys: set[tuple[str, str, int]] = set()
+        self._buckets: dict[tuple[str, str, int], Bucket] = {}   # (LB name, ip, port)
+        self._reply_msgs: dict[tuple[tuple[str, str, int], bool], list] = {}  # (key, snat)
         for lb in fabric.load_balancers:
             self.backends[lb.name] = {}
             for b in lb.backends:
@@ -79,8 +82,7 @@ class Balancer:
                 # The group first: OVS refuses a flow that names a missing group (BAD_OUT_GROUP).
                 msgs.append(self.group(lb, ofp.OFPGC_ADD))
                 msgs += self._core_flows(lb)
-            for key in sorted(self.reply_keys):
-                msgs += self._reply_flows(key)
+            msgs += self.reply_flows()
         else:
             for lb in self.fabric.load_balancers:
                 msgs += self._edge_flows(switch, ports, lb)
@@ -125,9 +127,15 @@ class Balancer:
                      {"eth_type": ether.ETH_TYPE_IP, "ipv4_dst": lb.vip},
                      [ofpp.OFPActionOutput(out)])]
 
-    def _bucket(self, lb: LoadBalancer, b: Backend) -> list:
-        after = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
-        return [ct(CT_ZONE_DNAT, after, commit=True, nat=nat_dst(b.ip, b.port))]
+    def _bucket(self, lb: LoadBalancer, b: Backend) -> Bucket:
+        """The backend's bucket: DNAT to it, committed; built once per registration."""
+        key = (lb.name, *b.key)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            after = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
+            bucket = self._buckets[key] = Bucket(
+                [ct(CT_ZONE_DNAT, after, commit=True, nat=nat_dst(b.ip, b.port))])
+        return bucket
 
     def in_service(self, lb: LoadBalancer) -> list[Backend]:
         """The LB's backends that get new connections, in a stable order."""
@@ -145,11 +153,19 @@ class Balancer:
         proto, l4_src, _ = LB_PROTOCOLS[proto_name]
         snat = any(not lb.preserve_client_ip and (ip, port) in self.backends[lb.name]
                    for lb in self.fabric.load_balancers if lb.protocol == proto_name)
-        action = (ct(CT_ZONE_SNAT, T_LB_UNNAT, nat=nat_reverse()) if snat
-                  else ct(CT_ZONE_DNAT, T_NEXTHOP, nat=nat_reverse()))
-        return [flow(T_INGRESS, P_LB_REPLY, _reply_cookie(key),
+        msgs = self._reply_msgs.get((key, snat))
+        if msgs is None:                       # built once per kind: 1000 on a 1000-pod core
+            action = (ct(CT_ZONE_SNAT, T_LB_UNNAT, nat=nat_reverse()) if snat
+                      else ct(CT_ZONE_DNAT, T_NEXTHOP, nat=nat_reverse()))
+            msgs = self._reply_msgs[(key, snat)] = [
+                flow(T_INGRESS, P_LB_REPLY, _reply_cookie(key),
                      {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "ipv4_src": ip,
                       l4_src: port}, [action])]
+        return msgs
+
+    def reply_flows(self) -> list:
+        """The core's reply un-NAT flows of every backend ever registered (built once, kept)."""
+        return [m for key in sorted(self.reply_keys) for m in self._reply_flows(key)]
 
     def _register(self, lb: LoadBalancer, b: Backend) -> None:
         self.backends[lb.name][b.key] = b
@@ -180,19 +196,31 @@ class Balancer:
         lb = self._lb(lb_name)
         del self.backends[lb.name][(ip, port)]
         del self.health[(lb.name, ip, port)]
+        self._buckets.pop((lb.name, ip, port), None)
         return self._core_update(lb, ports_by_switch)
 
-    def observe_health(self, lb_name: str, ip: str, port: int, ok: bool, result: dict,
-                       ports_by_switch: Mapping[str, Ports]) -> Messages:
-        """Feed one checker result; returns messages only when the bucket set changes."""
-        lb = self.fabric.lb(lb_name)
-        h = self.health.get((lb_name, ip, port))
-        if lb is None or h is None or lb.health_check is None or h.state == UNCHECKED:
-            return {}                                  # a result for a removed backend
-        h.last = result
-        before = h.in_service
-        observe(h, ok, lb.health_check)
-        return self._core_update(lb, ports_by_switch) if h.in_service != before else {}
+    def observe_results(self, results: Iterable[CheckResult],
+                        ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """Feed checker results in order; one group modify per LB whose bucket set changed.
+
+        One group-mod for a batch, not one per change: 1000 backends turning healthy together
+        would otherwise rewrite a group of up to 1000 buckets 1000 times.
+        """
+        changed: list[LoadBalancer] = []
+        for r in results:
+            lb = self.fabric.lb(r.lb)
+            h = self.health.get((r.lb, r.ip, r.port))
+            if lb is None or h is None or lb.health_check is None or h.state == UNCHECKED:
+                continue                               # a result for a removed backend
+            h.last = r.detail
+            before = h.in_service
+            observe(h, r.ok, lb.health_check)
+            if h.in_service != before and lb not in changed:
+                changed.append(lb)
+        core = self.fabric.core.name
+        if core not in ports_by_switch or not changed:
+            return {}
+        return {core: [self.group(lb, ofp.OFPGC_MODIFY) for lb in changed]}
 
     def _lb(self, name: str) -> LoadBalancer:
         """The LB called name (KeyError if there is none)."""

@@ -3,7 +3,8 @@
 SwitchState: what the controller knows of one fabric switch (connected, programmed, errors)
 VpcService: one method per event the app receives and per action the REST API asks for; it
     updates the state, asks the core for messages and sends them through the datapath objects
-    it is handed (anything with `id` and `send_msg`), so tests build it with fake datapaths.
+    it is handed (anything with `id`, `xid`, `ofproto` and os-ken's `send(bytes)`), so tests
+    build it with fake datapaths.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import controllers
 from controllers.config import Backend, PodRoute, parse_fabric
-from controllers.health import HealthChecker, parse_backend_id
-from controllers.openflow import Messages, Ports, clear_switch, switch_config
+from controllers.health import HealthChecker, parse_result
+from controllers.openflow import DP, Messages, Ports, clear_switch, encode, switch_config
 from controllers.topology import identify_switch
 from controllers.vpc import Vpc
 
@@ -63,7 +64,7 @@ class VpcService:
         self.vpc = vpc
         self.started = time.time()
         self.switches = {s.name: SwitchState(s.name) for s in vpc.fabric.switches}
-        self.checker = HealthChecker(vpc.fabric.checker_netns_pid, self.on_health_result)
+        self.checker = HealthChecker(vpc.fabric.checker_netns_pid, self.on_health_results)
         self._pending_ports: dict[int, dict[str, int]] = {}   # dpid -> ports of a reply so far
         self._sent: dict = {}               # (dpid, xid) -> message, to explain errors
 
@@ -79,6 +80,12 @@ class VpcService:
                  f"in netns of pid {fabric.checker_netns_pid}" if service.checks_enabled
                  else "off (backends unchecked, always in service)")
         return service
+
+    def warm_up(self) -> None:
+        """Build and serialize the messages that are kept (host, pod and reply routes) now, at
+        start-up, rather than when the first switch connects."""
+        for m in self.vpc.kept_flows():
+            encode(m, 0)
 
     @property
     def checks_enabled(self) -> bool:
@@ -137,7 +144,7 @@ class VpcService:
         if st is None or name not in self.vpc.wanted_ports(st.name):
             return
         LOG.info("switch %s: port %s changed (reason %d); reprogramming", st.name, name, reason)
-        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
+        self.send(dp, [dp.ofproto_parser.OFPPortDescStatsRequest(DP, 0)])
 
     def on_invalid_ttl(self, dp: Any, in_port: int, data: bytes, reg0: int) -> None:
         """A packet's TTL ran out at dec_ttl: answer ICMP time exceeded."""
@@ -152,16 +159,23 @@ class VpcService:
             LOG.warning("switch %s disconnected", st.name)
             st.dp, st.connected, st.programmed = None, False, False
 
-    def on_health_result(self, result: dict) -> None:
-        """One checker result: the health state machine; a bucket set change -> group modify."""
-        lb, ip, port = parse_backend_id(result["id"])
-        health = self.vpc.balancer.health.get((lb, ip, port))
-        before = health.state if health else None
-        msgs = self.vpc.observe_health(lb, ip, port, bool(result.get("ok")), result,
-                                       self.ports_by_switch())
-        if health is not None and health.state != before:
-            LOG.info("lb %s backend %s:%d: %s -> %s (%s)", lb, ip, port, before, health.state,
-                     result.get("status") or result.get("error"))
+    def on_health_result(self, line: dict) -> None:
+        """One checker result line (see on_health_results)."""
+        self.on_health_results([line])
+
+    def on_health_results(self, lines: list[dict]) -> None:
+        """Checker result lines, in order: the health state machine; one group modify per LB
+        whose bucket set changed over the batch."""
+        results = [parse_result(line) for line in lines]
+        health = self.vpc.balancer.health
+        before = {k: h.state for r in results
+                  if (h := health.get(k := (r.lb, r.ip, r.port))) is not None}
+        msgs = self.vpc.observe_results(results, self.ports_by_switch())
+        for (lb, ip, port), state in before.items():
+            h = health.get((lb, ip, port))
+            if h is not None and h.state != state:
+                LOG.info("lb %s backend %s:%d: %s -> %s (%s)", lb, ip, port, state, h.state,
+                         h.last.get("status") or h.last.get("error"))
         self.send_by_switch(msgs)
 
     # ---- REST actions -------------------------------------------------------------------
@@ -220,18 +234,24 @@ class VpcService:
         st.programs += 1
         st.errors_at_program = st.errors
         st.flows_sent = len(msgs)
-        self.send(dp, msgs)
-        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
-        dp.send_msg(barrier)
-        st.barrier_xid = barrier.xid
+        st.barrier_xid = self.send(dp, msgs + [dp.ofproto_parser.OFPBarrierRequest(DP)])
 
-    def send(self, dp: Any, msgs: list) -> None:
-        """Send msgs to dp in order, remembering each by xid to explain an error."""
+    def send(self, dp: Any, msgs: list) -> int | None:
+        """Send msgs to dp in order, in one write; returns the last one's xid (None if none).
+
+        One write, not one per message: os-ken's send_msg queues each message on its own, and a
+        1000-pod switch's ~2200 flow-mods then cost a green-thread hand-off each. Each message
+        is remembered by xid to explain an error.
+        """
         self._sent = self._sent if len(self._sent) < SENT_KEPT else {}
+        chunks, xid = [], None
         for m in msgs:
-            m.datapath = dp
-            dp.send_msg(m)
-            self._sent[(dp.id, m.xid)] = m
+            xid = _next_xid(dp)
+            chunks.append(encode(m, xid))
+            self._sent[(dp.id, xid)] = m
+        if chunks:
+            dp.send(b"".join(chunks))
+        return xid
 
     def send_by_switch(self, by_switch: Messages) -> None:
         for name, msgs in by_switch.items():
@@ -245,3 +265,9 @@ class VpcService:
 
     def state_of(self, dp: Any) -> SwitchState | None:
         return next((st for st in self.switches.values() if st.dp is dp), None)
+
+
+def _next_xid(dp: Any) -> int:
+    """The datapath's next transaction id, from the counter os-ken's own messages use too."""
+    dp.xid = (dp.xid + 1) & dp.ofproto.MAX_XID
+    return dp.xid

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from controllers import icmp
 from controllers.config import Backend, Fabric, PodRoute
+from controllers.health import CheckResult
 from controllers.lb import Balancer
 from controllers.openflow import Messages, Ports, clear_switch, switch_config
 from controllers.routing import Router
@@ -37,6 +38,11 @@ class Vpc:
         """Everything the switch needs, from an empty table: clear, config, then all flows."""
         return (clear_switch() + switch_config() + self.router.flows(switch, ports)
                 + self.balancer.flows(switch, ports))
+
+    def kept_flows(self) -> list:
+        """The messages built once and kept: host and pod routes (the same on every switch)
+        and the core's reply flows."""
+        return self.router.shared_flows() + self.balancer.reply_flows()
 
     def wanted_ports(self, switch: str) -> set[str]:
         """Every port name this switch's flows refer to (status shows the missing ones)."""
@@ -69,7 +75,13 @@ class Vpc:
     def observe_health(self, lb_name: str, ip: str, port: int, ok: bool, result: dict,
                        ports_by_switch: Mapping[str, Ports]) -> Messages:
         """Feed one checker result; returns messages only when the bucket set changes."""
-        return self.balancer.observe_health(lb_name, ip, port, ok, result, ports_by_switch)
+        return self.observe_results([CheckResult(lb_name, ip, port, ok, result)],
+                                    ports_by_switch)
+
+    def observe_results(self, results: list[CheckResult],
+                        ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """Feed checker results in order; one group modify per LB whose bucket set changed."""
+        return self.balancer.observe_results(results, ports_by_switch)
 
     # ---- what the checker and the REST API see ----------------------------------------
 

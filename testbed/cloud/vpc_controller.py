@@ -1,8 +1,8 @@
 """The VPC controller as seen from the testbed: a child process and its REST API.
 
 The controller (controllers/, an os-ken app) listens for OpenFlow and REST on 127.0.0.1 only.
-The testbed starts it, waits until every switch is connected and programmed, notices if it dies,
-and stops it.
+The testbed starts it (returning once it listens for OpenFlow), waits until every switch is
+connected and programmed, notices if it dies, and stops it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class ControllerProcess:
     log: path of the controller's log file
     """
 
+    POLL_S = 0.05        # start and wait_programmed look this often (a local connect is cheap)
+
     def __init__(self, config: str, log: str, ofp_port: int | None = None,
                  rest_port: int | None = None):
         self.config, self.log = config, log
@@ -41,7 +43,12 @@ class ControllerProcess:
         self.rest_port = rest_port or free_port()
         self.proc: subprocess.Popen | None = None
 
-    def start(self, on_pid=lambda pid: None) -> None:
+    def start(self, on_pid=lambda pid: None, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start the controller and, with wait, return once it listens (see wait_listening).
+
+        wait: False to return at once -- to overlap its start-up (about a second of imports
+            and building its flows) with other work, then call wait_listening before starting
+            any switch"""
         env = dict(os.environ, OSKEN_HUB_TYPE="eventlet", PYTHONPATH=REPO + os.pathsep +
                    os.environ.get("PYTHONPATH", ""))
         argv = [sys.executable, "-m", "controllers.run", "--config", self.config,
@@ -53,6 +60,29 @@ class ControllerProcess:
                                          stdout=subprocess.DEVNULL, stderr=err,
                                          start_new_session=True)
         on_pid(self.proc.pid)
+        if wait:
+            self.wait_listening(timeout)
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Block until the OpenFlow port accepts connections; EnvironmentProblem with the log
+        if the controller exits or does not listen within timeout seconds.
+
+        Why wait: a switch started before the controller listens is refused, and Open vSwitch
+        backs off a whole second before it tries again.
+        """
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.alive():
+                raise EnvironmentProblem("the VPC controller exited during start-up; its log "
+                                         "ends with:\n" + self.log_tail())
+            try:
+                socket.create_connection(("127.0.0.1", self.ofp_port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(self.POLL_S)
+        raise EnvironmentProblem(f"the VPC controller did not listen on 127.0.0.1:"
+                                 f"{self.ofp_port} within {timeout:.0f}s; its log ends with:\n"
+                                 + self.log_tail())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -98,7 +128,7 @@ class ControllerProcess:
                     return
             except (OSError, ValueError, urllib.error.URLError):
                 pass
-            time.sleep(0.2)
+            time.sleep(self.POLL_S)
         raise EnvironmentProblem(f"switches not programmed by the controller within {timeout:.0f}s "
                                  f"(status: {last}); controller log ends with:\n" + self.log_tail())
 

@@ -3,17 +3,28 @@
 FakeSwitch: tables, priorities, masked matches, apply-actions/goto, select groups, and just enough
     conntrack for ct(commit, nat(dst|src)) and the reverse `nat`; process() says where a packet goes
 FakeFabric: every switch programmed from a Vpc, walk() follows a packet across the links
-FakeDatapath: records what the controller sends, numbering messages like os-ken's Datapath
+FakeDatapath: records what the controller writes, decoded from the bytes back into messages
+decode: the messages in a buffer written to a switch (os-ken parses few of those; the rest here)
 """
 
 import copy
 import ipaddress
+import random
+import struct
 
-from os_ken.ofproto import nicira_ext
+from os_ken.ofproto import nicira_ext, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
-from controllers.openflow import CT_EST, CT_NEW, CT_RPL, CT_TRK, NX_NAT_F_DST, NX_NAT_F_SRC
+from controllers.openflow import (
+    CT_EST,
+    CT_NEW,
+    CT_RPL,
+    CT_TRK,
+    DP,
+    NX_NAT_F_DST,
+    NX_NAT_F_SRC,
+)
 
 
 def _norm(value):
@@ -220,18 +231,68 @@ class FakeFabric:
 
 
 class FakeDatapath:
-    """A connected switch as the controller sees it: id, parser, send_msg (recorded in sent)."""
+    """A connected switch as the controller sees it: id, xid counter, parser and send(bytes).
+
+    sent: every message written, decoded from the bytes (so tests see what goes on the wire)
+    writes: how many writes carried them
+    """
 
     ofproto = ofp
     ofproto_parser = ofpp
 
     def __init__(self, dpid):
         self.id = dpid
+        self.xid = random.randint(0, ofp.MAX_XID)     # as os-ken's Datapath starts it
         self.sent = []
-        self._xid = 0
+        self.writes = 0
 
-    def send_msg(self, msg):
-        if msg.xid is None:
-            self._xid += 1
-            msg.set_xid(self._xid)
-        self.sent.append(msg)
+    def send(self, buf):
+        self.writes += 1
+        self.sent += decode(buf)
+
+
+def decode(buf):
+    """The messages in buf, in order, as os-ken objects with their xid."""
+    msgs, offset = [], 0
+    while offset < len(buf):
+        version, msg_type, msg_len, xid = ofproto_parser.header(buf[offset:])
+        assert version == ofp.OFP_VERSION and msg_len >= ofp.OFP_HEADER_SIZE
+        one = bytes(buf[offset:offset + msg_len])
+        assert len(one) == msg_len, "a message cut short"
+        msg = _decode_one(msg_type, one)
+        msg.xid = xid
+        msgs.append(msg)
+        offset += msg_len
+    return msgs
+
+
+def _decode_one(msg_type, buf):
+    body = ofp.OFP_HEADER_SIZE
+    if msg_type == ofp.OFPT_FLOW_MOD:
+        return ofpp.OFPFlowMod.parser(DP, ofp.OFP_VERSION, msg_type, len(buf), 0, buf)
+    if msg_type == ofp.OFPT_GROUP_MOD:
+        command, type_, group_id = struct.unpack_from("!HBxI", buf, body)
+        buckets, offset = [], ofp.OFP_GROUP_MOD_SIZE
+        while offset < len(buf):
+            buckets.append(ofpp.OFPBucket.parser(buf, offset))
+            offset += buckets[-1].len
+        return ofpp.OFPGroupMod(DP, command, type_, group_id, buckets)
+    if msg_type == ofp.OFPT_PACKET_OUT:
+        buffer_id, in_port, actions_len = struct.unpack_from("!IIH6x", buf, body)
+        actions, offset = [], ofp.OFP_PACKET_OUT_SIZE
+        while offset < ofp.OFP_PACKET_OUT_SIZE + actions_len:
+            actions.append(ofpp.OFPAction.parser(buf, offset))
+            offset += actions[-1].len
+        return ofpp.OFPPacketOut(DP, buffer_id, in_port, actions, buf[offset:])
+    if msg_type == ofp.OFPT_BARRIER_REQUEST:
+        return ofpp.OFPBarrierRequest(DP)
+    if msg_type == ofp.OFPT_MULTIPART_REQUEST:
+        mp_type, flags = struct.unpack_from("!HH", buf, body)
+        assert mp_type == ofp.OFPMP_PORT_DESC, f"unmodelled multipart request {mp_type}"
+        return ofpp.OFPPortDescStatsRequest(DP, flags)
+    if msg_type == ofp.OFPT_SET_CONFIG:
+        return ofpp.OFPSetConfig(DP, *struct.unpack_from("!HH", buf, body))
+    if msg_type == ofp.OFPT_SET_ASYNC:
+        v = struct.unpack_from("!6I", buf, body)
+        return ofpp.OFPSetAsync(DP, list(v[0:2]), list(v[2:4]), list(v[4:6]))
+    raise AssertionError(f"unmodelled message type {msg_type}")

@@ -98,6 +98,9 @@ class FakeController:
             raise OSError("HTTP Error 404: Not Found")
         if method == "GET" and path.startswith("/v1/lbs/"):
             return self.rows.get(path.split("/")[3], [])
+        if method == "GET" and path == "/v1/lbs":
+            return [{"name": lb, "in_service": sum(bool(r.get("in_service")) for r in rows)}
+                    for lb, rows in self.rows.items()]
         return None
 
     def alive(self):
@@ -131,6 +134,19 @@ def test_l4_wait_ready_names_the_missing_backends_and_the_controller_log():
     with pytest.raises(EnvironmentProblem, match="backends node2, node3 not healthy") as err:
         lb.wait_ready({"web": {"node1", "node2", "node3"}}, timeout=0)
     assert "last words" in str(err.value)
+
+
+def test_l4_wait_ready_reads_the_target_list_only_once_enough_targets_serve():
+    ctl = FakeController({"web": [{"name": "node1", "ip": "192.168.0.10", "port": 30080,
+                                   "in_service": True}]})
+    lb = L4LoadBalancer(ctl, "instance")
+    with pytest.raises(EnvironmentProblem):
+        lb.wait_ready({"web": {"node1", "node2"}}, timeout=0)
+    assert [p for _, p, _ in ctl.calls] == ["/v1/lbs", "/v1/lbs/web/backends"]  # + the error's
+    ctl.calls.clear()
+    with pytest.raises(EnvironmentProblem, match="backends node2 not healthy"):
+        lb.wait_ready({"web": {"node2"}}, timeout=0)     # one serves, but not the one wanted
+    assert [p for _, p, _ in ctl.calls] == ["/v1/lbs"] + ["/v1/lbs/web/backends"] * 2
 
 
 def test_an_unknown_load_balancer_kind_names_the_known_ones():

@@ -1,6 +1,7 @@
 """The controller's REST API over a VpcService, called as a WSGI app (no sockets, no event loop)."""
 
 import json
+from pathlib import Path
 
 import webob
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
@@ -13,6 +14,8 @@ from controllers.vpc import Vpc
 
 from .fakeswitch import FakeDatapath
 from .vpc_fixtures import PORTS, fabric_dict
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def service(mode="nodeport", connected=True):
@@ -137,3 +140,73 @@ def test_probe_refused_is_an_error():
         port = s.getsockname()[1]
     result = asyncio.run(health.probe("127.0.0.1", port, "/healthz", 1.0))
     assert result["ok"] is False and result["error"] == "Connection refused"
+
+
+# ----------------------------------------------------------------------------------------------
+# The checker's two ends: results read together, first checks spread over the interval
+# ----------------------------------------------------------------------------------------------
+
+class _Pipe:
+    """A child's stdout that yields these chunks, as the pipe held them, then EOF."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+
+    def read(self, n):
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_the_checker_parent_hands_over_the_result_lines_read_together():
+    batches = []
+    checker = health.HealthChecker(4242, batches.append)
+    checker.proc = type("Proc", (), {"stdout": _Pipe([
+        b'{"id": "web/a:1", "ok": true}\n{"event": "targets", "count": 2}\n{"id": "web/b',
+        b':1", "ok": false}\n{"id": "web/a:1", "ok": true}\n',
+        b'not json\n'])})()
+    checker._read_results()
+    assert [[r["id"] for r in b] for b in batches] == [["web/a:1"], ["web/b:1", "web/a:1"]]
+    assert checker.results == 3
+
+
+def test_targets_registered_together_are_first_checked_spread_over_the_interval():
+    targets = [{"id": f"web/10.0.0.{i}:80", "interval_s": 5.0} for i in range(4)]
+    assert health.first_check_delays(targets) == [0.0, 1.25, 2.5, 3.75]
+    assert health.first_check_delays(targets[:1]) == [0.0]           # one alone: at once
+
+
+def test_the_checker_child_checks_each_target_again_and_again():
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    targets = [{"id": f"web/127.0.0.1:{port}{path}", "ip": "127.0.0.1", "port": port,
+                "path": path, "interval_s": 0.2, "timeout_s": 1.0} for path in ("/healthz", "/x")]
+    child = subprocess.Popen([sys.executable, "-m", "controllers.run", "--checker"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        child.stdin.write((json.dumps({"targets": targets}) + "\n").encode())
+        child.stdin.flush()
+        seen: dict[str, list] = {}
+        while min((len(seen.get(t["id"], [])) for t in targets), default=0) < 2:
+            line = json.loads(child.stdout.readline())
+            if "id" in line:
+                seen.setdefault(line["id"], []).append(line)
+    finally:
+        child.stdin.close()                              # EOF: the child exits
+        child.wait(10)
+        server.shutdown()
+    assert {r["status"] for r in seen[targets[0]["id"]]} == {200}
+    assert {(r["ok"], r["status"]) for r in seen[targets[1]["id"]]} == {(False, 503)}
+    assert child.returncode == 0

@@ -112,3 +112,26 @@ def test_invalid_ttl_is_answered_with_a_packet_out():
     svc.on_invalid_ttl(dp, PORTS["vpc2"]["vpc2-node2"], bytes(p.data), 0)
     [out] = dp.sent[before:]
     assert isinstance(out, ofpp.OFPPacketOut) and out.actions[0].port == 2
+
+
+def test_a_full_program_is_one_write_that_ends_with_its_barrier():
+    svc = new_service()
+    dp = connect(svc, "vpc0")
+    st = svc.switches["vpc0"]
+    # features: clear and config (4 messages); port description: the program and its barrier
+    assert dp.writes == 2 and len(dp.sent) == 4 + st.flows_sent + 1
+    xids = [m.xid for m in dp.sent]
+    assert len(set(xids)) == len(xids) and st.barrier_xid == xids[-1]
+    assert isinstance(dp.sent[-1], ofpp.OFPBarrierRequest)
+
+
+def test_checker_results_read_together_send_one_group_modify():
+    svc = new_service()
+    core = connect(svc, "vpc0")
+    before, writes = len(core.sent), core.writes
+    svc.on_health_results([{"id": f"web/{ip}:30080", "ok": True, "status": 200}
+                           for _ in range(2) for ip in ("192.168.0.10", "192.168.1.10")])
+    [group_mod] = core.sent[before:]
+    assert isinstance(group_mod, ofpp.OFPGroupMod) and len(group_mod.buckets) == 2
+    assert core.writes == writes + 1
+    assert [b["state"] for b in svc.vpc.backends_view("web")] == ["healthy", "healthy"]

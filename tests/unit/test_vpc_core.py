@@ -16,11 +16,12 @@ from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
 from controllers import openflow as of
 from controllers.config import Backend, ConfigError, HealthCheck, PodRoute, parse_fabric
-from controllers.health import Health, observe
+from controllers.health import CheckResult, Health, observe
 from controllers.icmp import ICMP_QUOTE_MAX
 from controllers.topology import identify_switch
 from controllers.vpc import Vpc
 
+from .fakeswitch import FakeSwitch
 from .vpc_fixtures import (
     CLIENT1,
     GW_A,
@@ -176,6 +177,20 @@ def test_vip_group_has_one_bucket_per_healthy_backend():
     for _ in range(2):
         fab.apply(vpc.observe_health("web", "192.168.1.10", 30080, True, {}, PORTS))
     assert len(_group(fab)) == 2
+
+
+def test_results_read_together_rewrite_the_group_once():
+    vpc, fab = make(healthy=False)
+    results = [CheckResult("web", ip, 30080, True, {})
+               for _ in range(2) for ip in ("192.168.0.10", "192.168.1.10")]
+    msgs = vpc.observe_results(results, PORTS)
+    [group_mod] = msgs["vpc0"]
+    assert isinstance(group_mod, ofpp.OFPGroupMod) and list(msgs) == ["vpc0"]
+    fab.apply(msgs)
+    assert len(_group(fab)) == 2
+    # Still healthy_threshold good checks each: one good result is not enough.
+    vpc, fab = make(healthy=False)
+    assert vpc.observe_results(results[:2], PORTS) == {}
 
 
 def test_vip_connection_is_dnated_routed_and_replies_come_back_from_the_vip():
@@ -348,7 +363,7 @@ def _bucket_bytes(nat_cls, ct_cls):
     nat = nat_cls(flags=of.NX_NAT_F_DST, range_ipv4_min="192.168.0.10", range_proto_min=30080)
     ctact = ct_cls(flags=nicira_ext.NX_CT_F_COMMIT, zone_src="", zone_ofs_nbits=of.CT_ZONE_DNAT,
                    recirc_table=of.T_ROUTE, alg=0, actions=[nat])
-    gm = of.select_group(ofp.OFPGC_ADD, 1, [[ctact], [ctact]])
+    gm = of.select_group(ofp.OFPGC_ADD, 1, [of.Bucket([ctact]), of.Bucket([ctact])])
     gm.serialize()
     return bytes(gm.buf)
 
@@ -392,6 +407,49 @@ def test_every_message_of_a_full_program_serializes_consistently():
         for m in vpc.program_switch(sw, PORTS[sw]):
             m.serialize()
             assert struct.unpack_from("!H", m.buf, 2)[0] == len(m.buf), m
+
+
+def test_a_bucket_serializes_once_to_the_bytes_os_ken_writes():
+    def actions():
+        return [of.ct(of.CT_ZONE_DNAT, of.T_ROUTE, commit=True,
+                      nat=of.nat_dst("192.168.0.10", 30080))]
+    want = bytearray()
+    ofpp.OFPBucket(weight=1, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                   actions=actions()).serialize(want, 0)
+    bucket = of.Bucket(actions())
+    for _ in range(2):
+        gm = of.select_group(ofp.OFPGC_MODIFY, 1, [bucket, bucket])
+        gm.serialize()
+        assert bytes(gm.buf[16:]) == bytes(want) * 2
+
+
+def test_a_message_is_serialized_once_and_sent_with_each_xid():
+    vpc, _ = make(preserve=False, healthy=False)
+    again = Vpc(parse_fabric(fabric_dict(preserve=False)))
+    for sw in PORTS:
+        fresh = again.program_switch(sw, PORTS[sw])
+        for i, m in enumerate(vpc.program_switch(sw, PORTS[sw])):
+            first, second = of.encode(m, 7), of.encode(m, 0xfffffffe)
+            fresh[i].xid = 0xfffffffe
+            fresh[i].serialize()
+            assert second == bytes(fresh[i].buf) and struct.unpack_from("!I", first, 4) == (7,)
+            assert first[:4] + first[8:] == second[:4] + second[8:]
+
+
+def test_a_pods_route_is_built_once_for_all_switches_and_anew_when_it_changes():
+    vpc, fab = make("container-native")
+    c = of.cookie(of.COOKIE_POD, "web-0")
+
+    def pod_flows(sw):
+        return [m for m in vpc.program_switch(sw, PORTS[sw]) if getattr(m, "cookie", 0) == c]
+    on_vpc1, on_vpc2 = pod_flows("vpc1"), pod_flows("vpc2")
+    assert len(on_vpc1) == 2 and all(a is b for a, b in zip(on_vpc1, on_vpc2, strict=True))
+    fab.apply(vpc.add_pod(PodRoute("web-0", "192.168.1.101", "node2"), PORTS))
+    moved = pod_flows("vpc1")
+    assert moved[0] is not on_vpc1[0] and moved[1].match["ipv4_dst"] == "192.168.1.101"
+    # the switch changed at run time holds what a fresh program would give it
+    fresh = FakeSwitch(vpc.program_switch("vpc1", PORTS["vpc1"]))
+    assert sorted(map(str, fab.sw["vpc1"].flows)) == sorted(map(str, fresh.flows))
 
 
 # ----------------------------------------------------------------------------------------------
