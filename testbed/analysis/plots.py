@@ -11,6 +11,7 @@ every axis, error bars = 95% Student-t CI over repetitions (none with one repeti
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from testbed.analysis.rundata import (  # noqa: E402
@@ -328,47 +330,130 @@ def _first_workload(data: RunData, metric: str) -> dict[str, MeanCI]:
     return {}
 
 
-def fig_scaling(data: RunData, out: str) -> list[str]:
-    """scaling: kube-proxy sync time and new-connection latency vs services."""
-    def series(metric: str) -> dict[str, list[tuple[float, MeanCI]]]:
-        per: dict[str, list[tuple[float, MeanCI]]] = {}
-        for (variant, m, group), ci in data.summary.items():
-            g = dict(group)
-            if m == metric and "services" in g:
-                per.setdefault(variant, []).append((float(g["services"]), ci))
-        return {v: sorted(pts, key=lambda p: p[0]) for v, pts in per.items()}
-    sync, lat = series("sync_time_ms"), series("latency_p50_ms")
-    if not sync and not lat:
-        raise Skip("no records with a 'services' field (not a scaling run)")
-    panels = [(s, label) for s, label in ((sync, "kube-proxy\nsync time (ms)"),
-                                          (lat, "new-connection\nlatency p50 (ms)")) if s]
-    fig, axes = _figure(height=1.8 * len(panels) + 0.3, nrows=len(panels), sharex=True)
-    axes = axes if len(panels) > 1 else [axes]
-    for ax, (per, label) in zip(axes, panels, strict=True):
-        for variant in data.variants:
-            pts = per.get(variant)
-            if not pts:
-                continue
-            xs = [p[0] for p in pts]
-            ys = [p[1].mean for p in pts]
-            errs = [p[1].half or 0.0 for p in pts]
-            ax.errorbar(xs, ys, yerr=errs if any(errs) else None, color=data.colour[variant],
-                        marker="o", markersize=3, label=variant, elinewidth=0.7)
+Series = dict[str, list[tuple[float, MeanCI]]]   # variant -> (size, mean and CI), by size
+
+# (metric, axis label, log y) of each panel of a sweep's figure, top to bottom
+SERVICES_PANELS = (("sync_time_ms", "kube-proxy\nsync time (ms)", True),
+                   ("latency_p50_ms", "new-connection\nlatency p50 (ms)", False))
+PODS_PANELS = (("bringup_s", "bring-up (s)", True),
+               ("teardown_s", "teardown (s)", True),
+               ("lb_ready_s", "LB: every target\nin service (s)", False),
+               ("sync_time_ms", "kube-proxy full\nsync, 1 node (ms)", True),
+               ("rules", "iptables rules", True),
+               ("latency_p50_ms", "new-connection\nlatency p50 (ms)", False))
+
+
+def _sweep(data: RunData, metric: str, size: str, stage: str | None = None) -> Series:
+    """A metric's points along a sweep (size: services or pods), per variant; for bring-up,
+    one stage's (stage None: the whole)."""
+    per: Series = {}
+    for (variant, m, group), ci in data.summary.items():
+        g = dict(group)
+        if m == metric and size in g and g.get("stage") == stage:
+            per.setdefault(variant, []).append((float(g[size]), ci))
+    return {v: sorted(pts, key=lambda p: p[0]) for v, pts in per.items()}
+
+
+def _lines(ax: plt.Axes, per: Series, colour: Mapping[str, str], order: Sequence[str]) -> None:
+    """One line per series, markers at the sizes, 95% CI error bars where there is one."""
+    for name in order:
+        pts = per.get(name)
+        if not pts:
+            continue
+        errs = [p[1].half or 0.0 for p in pts]
+        ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
+                    yerr=errs if any(errs) else None, color=colour[name], marker="o",
+                    markersize=3, label=name, elinewidth=0.7)
+
+
+def _plain_labels(ax: plt.Axes) -> None:
+    """Tick labels as plain numbers (3, 0.5, 1000), not powers of ten; on a log axis spanning
+    less than a decade the minor ticks at 2, 3 and 5 times a power of ten are labelled too
+    (otherwise it may have no label at all)."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    some = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and round(
+        v / 10 ** math.floor(math.log10(v)), 6) in (2, 3, 5) else "")
+    for axis, (lo, hi), scale in ((ax.xaxis, ax.get_xlim(), ax.get_xscale()),
+                                  (ax.yaxis, ax.get_ylim(), ax.get_yscale())):
+        axis.set_major_formatter(plain)
+        if scale == "log":
+            axis.set_minor_formatter(some if lo > 0 and hi / lo < 10 else NullFormatter())
+
+
+def _sweep_figure(data: RunData, out: str, name: str, size: str,
+                  panels: Sequence[tuple[str, str, bool]], title: str) -> list[str]:
+    """The panels of one sweep that have data, stacked, x = the size (log)."""
+    drawn = [(series, label, logy) for metric, label, logy in panels
+             for series in [_sweep(data, metric, size)] if series]
+    if not drawn:
+        return []
+    fig, axes = _figure(height=1.35 * len(drawn) + 0.4, nrows=len(drawn), sharex=True)
+    axes = axes if len(drawn) > 1 else [axes]
+    for ax, (series, label, logy) in zip(axes, drawn, strict=True):
+        _lines(ax, series, data.colour, data.variants)
         ax.set_xscale("log")
         ax.set_ylabel(label)
-        if per is sync:
+        if logy:
             ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    axes[-1].set_xlabel("number of services (log scale)")
-    axes[-1].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        _plain_labels(ax)
+    axes[-1].set_xlabel(f"number of {size} (log scale)")
     axes[0].legend(loc="upper left")
-    axes[0].set_title(f"Scaling — {_replications_note(data)}", loc="left")
+    axes[0].set_title(f"{title} — {_replications_note(data)}", loc="left")
     fig.align_ylabels(axes)
     fig.tight_layout(h_pad=0.5)
-    data.captions["scaling"] = ("kube-proxy sync time and new-connection latency against the "
-                                "number of services (both axes log for sync time). "
-                                f"{_replications_note(data)}.")
-    return _save(fig, out, "scaling")
+    return _save(fig, out, name)
+
+
+def _stages_figure(data: RunData, out: str) -> list[str]:
+    """scaling-pods-stages: each bring-up stage's seconds vs pods, a panel per variant."""
+    stages = list(dict.fromkeys(str(dict(g)["stage"]) for (_, m, g) in data.summary
+                                if m == "bringup_s" and "stage" in dict(g)))
+    per_stage = {st: _sweep(data, "bringup_s", "pods", st) for st in stages}
+    variants = [v for v in data.variants if any(v in s for s in per_stage.values())]
+    if not variants:
+        return []
+    cmap = plt.get_cmap("Dark2")   # qualitative, and not the variants' palette
+    colour = {st: to_hex(cmap(i % cmap.N)) for i, st in enumerate(stages)}
+    fig, axes = _figure(height=1.6 * len(variants) + 0.4, nrows=len(variants), sharex=True)
+    axes = axes if len(variants) > 1 else [axes]
+    for ax, variant in zip(axes, variants, strict=True):
+        _lines(ax, {st: per_stage[st].get(variant, []) for st in stages}, colour, stages)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{variant}\nstage (s)")
+        _plain_labels(ax)
+    axes[-1].set_xlabel("number of pods (log scale)")
+    axes[-1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.38), ncol=3, fontsize=6)
+    axes[0].set_title(f"Bring-up stages — {_replications_note(data)}", loc="left")
+    fig.align_ylabels(axes)
+    fig.tight_layout(h_pad=0.5)
+    data.captions["scaling-pods-stages"] = (
+        "Where a cluster's bring-up time goes, stage by stage, against its number of pods (both "
+        f"axes log). {_replications_note(data)}.")
+    return _save(fig, out, "scaling-pods-stages")
+
+
+def fig_scaling(data: RunData, out: str) -> list[str]:
+    """scaling: kube-proxy sync time and new-connection latency vs services; scaling-pods:
+    bring-up, teardown, the LB's readiness, kube-proxy's sync, rules and latency vs pods;
+    scaling-pods-stages: the bring-up's stages vs pods."""
+    paths = _sweep_figure(data, out, "scaling", "services", SERVICES_PANELS,
+                          "Scaling with services")
+    if paths:
+        data.captions["scaling"] = ("kube-proxy sync time and new-connection latency against "
+                                    "the number of services (both axes log for sync time). "
+                                    f"{_replications_note(data)}.")
+    pods = _sweep_figure(data, out, "scaling-pods", "pods", PODS_PANELS, "Scaling with pods")
+    if pods:
+        data.captions["scaling-pods"] = (
+            "A cluster built per number of pods: its bring-up and teardown, the load balancer's "
+            "time to serve from every target registered afresh, one node's kube-proxy full sync "
+            "and its rules, and new-connection latency through the VIP (x log; y log where "
+            f"marked by its ticks). {_replications_note(data)}.")
+        pods += _stages_figure(data, out)
+    if not paths + pods:
+        raise Skip("no records with a 'services' or 'pods' field (not a scaling run)")
+    return paths + pods
 
 
 def fig_failover(data: RunData, out: str) -> list[str]:
@@ -416,7 +501,7 @@ FIGURES = (
     ("pod-share", "Share of requests per pod", fig_pod_share),
     ("path", "Routed hops and cross-node bytes", fig_path),
     ("source-ip", "Client address seen by the pod", fig_source_ip),
-    ("scaling", "Scaling with the number of services", fig_scaling),
+    ("scaling", "Scaling with the number of services and pods", fig_scaling),
     ("failover", "Errors during failover", fig_failover),
 )
 

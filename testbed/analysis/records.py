@@ -63,16 +63,22 @@ METRICS = {
     # bookkeeping
     "requests": Metric("count", "requests made"),
     "errors": Metric("count", "failed requests", "lower"),
-    # scaling (extra "services"): kube-proxy's rule sync time at that many services
+    # scaling (extra "services", or "pods" for a cluster of that many pods): kube-proxy's rule
+    # sync time at that size; with "pods" also the cluster's bring-up ("stage": one stage's
+    # share, none: the whole), teardown, node count and the LB's time to serve every target
     "sync_time_ms": Metric("ms", "kube-proxy sync time", "lower"),
     "rules": Metric("count", "iptables rules"),
+    "bringup_s": Metric("s", "bring-up time", "lower"),
+    "teardown_s": Metric("s", "teardown time", "lower"),
+    "lb_ready_s": Metric("s", "time until the LB serves from every target", "lower"),
+    "nodes": Metric("count", "nodes in the cluster"),
     # failover (extra "event": index in the experiment's events)
     "recovery_time_s": Metric("s", "time until traffic is whole again", "lower"),
 }
 
 # Fields of a record that name *what* was measured besides variant and metric; a summary is kept
 # per distinct combination of them.
-GROUP_FIELDS = ("workload", "pod", "node", "services", "event")
+GROUP_FIELDS = ("workload", "pod", "node", "services", "pods", "stage", "event")
 
 # The raw sample rows the plots understand (a runner may add more fields):
 SAMPLE_FIELDS = {

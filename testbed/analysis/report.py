@@ -23,8 +23,10 @@ from testbed.analysis.stats import MeanCI
 
 ORDER = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "requests_per_s",
          "throughput_mbps", "path_hops", "cross_node_bytes_fraction", "cross_node_bytes",
-         "source_ip_preserved", "jain_fairness", "requests", "errors", "sync_time_ms", "rules",
-         "recovery_time_s")
+         "source_ip_preserved", "jain_fairness", "requests", "errors", "nodes", "bringup_s",
+         "sync_time_ms", "rules", "lb_ready_s", "teardown_s", "recovery_time_s")
+# a cluster's bring-up stages in the order they run (testbed.emulation.cluster)
+STAGES = ("hosts", "fabric", "addresses", "controller", "switches", "workloads")
 PER_POD = ("pod_share", "entry_share")
 
 # ("h1"|"h2"|"h3"|"p", text) | ("ul", items) | ("table", header, rows) | ("img", alt, png, pdf)
@@ -72,15 +74,19 @@ def _group_label(group: Group) -> str:
 
 
 def _sort_key(workloads: Sequence[str | None]) -> Callable[[tuple[str, Group]], tuple]:
-    """Rows in the experiment's workload order, then the usual metric order, then services."""
+    """Rows in the experiment's workload order, then the services sweep before the pods sweep,
+    the usual metric order, the size, and a bring-up's whole before its stages in build order."""
     def key(item: tuple[str, Group]) -> tuple:
         metric, group = item
         g = dict(group)
         w = g.get("workload")
-        services = g.get("services")
-        return (workloads.index(w) if w in workloads else len(workloads), str(w),
+        size = g.get("services", g.get("pods"))
+        stage = g.get("stage")
+        return (workloads.index(w) if w in workloads else len(workloads), str(w), "pods" in g,
                 ORDER.index(metric) if metric in ORDER else len(ORDER),
-                services if isinstance(services, (int, float)) else 0, str(group))
+                size if isinstance(size, (int, float)) else 0,
+                -1 if stage is None else STAGES.index(stage) if stage in STAGES else len(STAGES),
+                str(group))
     return key
 
 

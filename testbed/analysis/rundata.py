@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from testbed.analysis.records import (
+    GROUP_FIELDS,
     group_of,
     read_meta,
     read_records,
@@ -26,6 +27,10 @@ from testbed.analysis.stats import MeanCI, mean_ci, shares
 # Okabe & Ito's colour-blind-safe palette; variant i of the experiment gets PALETTE[i].
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 NON_LATENCY_SAMPLES = {"events"}
+# Samples of the scaling experiment's pods sweep (this prefix, then the pod count) come from a
+# cluster built for that size, not from the one whose plan meta.json holds: who answered them
+# is left out of the pod shares and the diagrams.
+PODS_SWEEP_SAMPLES = "latency-pods-"
 
 Group = tuple[tuple[str, Any], ...]          # a record's (field, value) pairs: workload, pod...
 Row = Mapping[str, Any]                      # a sample or a record
@@ -61,8 +66,7 @@ class RunData:
 
     def metric(self, metric: str, **group: Any) -> dict[str, MeanCI]:
         """variant -> MeanCI for one metric and group (only the given group fields, exactly)."""
-        want = tuple((f, group[f]) for f in ("workload", "pod", "node", "services", "event")
-                     if f in group)
+        want = tuple((f, group[f]) for f in GROUP_FIELDS if f in group)
         out = {}
         for (variant, m, g), ci in self.summary.items():
             if m == metric and g == want:
@@ -106,7 +110,7 @@ def _answered_by(data: RunData, variant: str, field: str) -> dict[str, float]:
     """How many answered requests of a variant's samples name each value of field."""
     counts: dict[str, float] = {}
     for (v, _, w), rows in data.samples.items():
-        if v != variant or w in NON_LATENCY_SAMPLES:
+        if v != variant or w in NON_LATENCY_SAMPLES or w.startswith(PODS_SWEEP_SAMPLES):
             continue
         for row in rows:
             if row.get(field) and row.get("ok", True):
@@ -133,7 +137,7 @@ def pod_shares(data: RunData) -> dict[str, dict[str, MeanCI]]:
         return out
     per_rep: dict[str, dict[tuple[int, str], dict[str, int]]] = {}
     for (variant, rep, workload), rows in data.samples.items():
-        if workload in NON_LATENCY_SAMPLES:
+        if workload in NON_LATENCY_SAMPLES or workload.startswith(PODS_SWEEP_SAMPLES):
             continue
         for row in rows:
             if row.get("pod") and row.get("ok", True) is not False:

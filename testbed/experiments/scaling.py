@@ -1,19 +1,34 @@
-"""The scaling experiment: kube-proxy's sync time and rule count as the number of services
-grows (synthetic ClusterIP services added to the real ones on every node), optionally with
-request latency through the VIP at each size. One cluster per variant.
+"""The scaling experiment: how kube-proxy, the load balancer and the request path cope as the
+cluster grows. Two sweeps, each optional (at least one is given):
+
+services: synthetic ClusterIP services added to the real ones on every node of the variant's
+    cluster (built once): kube-proxy's sync time and rule count, and request latency through the
+    VIP, at each service count
+pods: a cluster built per pod count and repetition from the experiment's topology scaled to
+    that size (testbed.spec.scaling.scale_topology): its bring-up time by stage, one node's
+    kube-proxy full sync with the real endpoints, the rule count, request latency through the
+    VIP, the load balancer's time to have every target in service again after registering them
+    all afresh, and the teardown time
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from testbed.analysis.rundata import PODS_SWEEP_SAMPLES
 from testbed.analysis.stats import percentile
+from testbed.emulation import machine
 from testbed.emulation.cluster import Cluster
 from testbed.experiments.client import probe, sample_rows
 from testbed.experiments.kind import RunContext
 from testbed.kubernetes.dataplane.model import Endpoint, ServicePort, service_ports
 from testbed.spec.experiment import Variant
 from testbed.spec.model import Topology
+from testbed.spec.scaling import scale_topology, scaled_deployment
+
+# (metric, value, extra fields) -> None: one record of the size being measured
+Record = Callable[..., None]
 
 
 def synthetic_services(n: int, endpoints: int) -> list[ServicePort]:
@@ -32,20 +47,33 @@ def synthetic_services(n: int, endpoints: int) -> list[ServicePort]:
 
 
 def run_scaling(run: RunContext, variant: Variant, topo: Topology) -> None:
-    """For each repetition and each service count: sync every node, record, sync back."""
+    """The services sweep on the variant's cluster, then the pods sweep (its own clusters)."""
+    if run.exp.services:
+        _services_sweep(run, variant, topo, repetitions_done=not run.exp.pods)
+    if run.exp.pods:
+        _pods_sweep(run, variant)
+
+
+# -- services: synthetic services on one cluster ---------------------------------------------
+
+def _services_sweep(run: RunContext, variant: Variant, topo: Topology,
+                    repetitions_done: bool) -> None:
+    """For each repetition and each service count: sync every node, record, sync back.
+    repetitions_done: each repetition ends a unit of the time-left estimate (no pods sweep)"""
     with Cluster(topo, iptables=run.iptables) as cluster:
+        _note_datapath(run, variant, cluster)
         real = service_ports(cluster.plan, cluster.live_pods())
         for rep in range(run.exp.repetitions):
             for n in run.exp.services:
                 run.progress(variant.name, rep, f"{n} services")
                 _one_size(run, cluster, variant, rep, n, real)
-            run.unit_done()
+            if repetitions_done:
+                run.unit_done()
 
 
 def _one_size(run: RunContext, cluster: Cluster, variant: Variant, rep: int, n: int,
               real: list[ServicePort]) -> None:
     node = cluster.plan.nodes[0].name
-    latency = run.exp.workload("latency")
     services = real + synthetic_services(n, run.exp.endpoints)
     dataplane = cluster.kube_proxy
     assert dataplane is not None   # a built cluster runs kube-proxy
@@ -54,17 +82,100 @@ def _one_size(run: RunContext, cluster: Cluster, variant: Variant, rep: int, n: 
     for nd in cluster.plan.nodes:   # every node's kube-proxy syncs
         dataplane.apply_text(nd.name, text)
     sync_ms = (time.time() - t0) * 1000 / len(cluster.plan.nodes)
-    run.rec(variant, rep, "sync_time_ms", sync_ms, "scaling", services=n)
-    run.rec(variant, rep, "rules", text.count("\n-A "), "scaling", services=n)
-    if latency:
-        assert latency.requests is not None   # the experiment reader gives latency a count
-        rows = sample_rows(cluster, variant, probe(cluster, run.res.service, latency.requests))
-        run.w.samples(variant.name, rep, f"latency-{n}", rows)
-        lat = [r["latency_ms"] for r in rows if r["ok"]]
-        for q in (50, 99):
-            run.rec(variant, rep, f"latency_p{q}_ms", percentile(lat, q) if lat else None,
-                    "scaling", services=n)
-        run.rec(variant, rep, "errors", len(rows) - len(lat), "scaling", services=n)
+
+    def rec(metric: str, value: object, **extra: object) -> None:
+        run.rec(variant, rep, metric, value, "scaling", services=n, **extra)
+    rec("sync_time_ms", sync_ms)
+    rec("rules", text.count("\n-A "))
+    _latency(run, cluster, variant, rep, f"latency-{n}", rec)
     # back to the real services only (a partial sync removes the synthetic chains)
     for nd in cluster.plan.nodes:
         dataplane.apply_text(nd.name, dataplane.render_change(nd.name, services, real))
+
+
+def _latency(run: RunContext, cluster: Cluster, variant: Variant, rep: int, samples: str,
+             rec: Record) -> None:
+    """The experiment's latency requests through the VIP (if it has them): samples under the
+    name `samples`, p50, p99 and errors recorded with rec."""
+    latency = run.exp.workload("latency")
+    if not latency:
+        return
+    assert latency.requests is not None   # the experiment reader gives latency a count
+    rows = sample_rows(cluster, variant, probe(cluster, run.res.service, latency.requests))
+    run.w.samples(variant.name, rep, samples, rows)
+    lat = [r["latency_ms"] for r in rows if r["ok"]]
+    for q in (50, 99):
+        rec(f"latency_p{q}_ms", percentile(lat, q) if lat else None)
+    rec("errors", len(rows) - len(lat))
+
+
+def _note_datapath(run: RunContext, variant: Variant, cluster: Cluster) -> None:
+    """The OVS datapath the variant's bridges run on, for meta.json and the report."""
+    run.w.meta.setdefault("datapaths", {}).setdefault(
+        variant.name, machine.datapath_of([s.name for s in cluster.plan.switches]))
+
+
+# -- pods: a cluster per size ----------------------------------------------------------------
+
+def _pods_sweep(run: RunContext, variant: Variant) -> None:
+    """For each repetition and each pod count: build the scaled cluster, measure, tear down.
+    Sizes run in increasing order within a repetition, so a drift of the machine over the run
+    spreads over every size rather than landing on one."""
+    base = run.res.topology
+    deployment = scaled_deployment(base, run.res.service)
+    for rep in range(run.exp.repetitions):
+        for n in run.exp.pods:
+            run.progress(variant.name, rep, f"{n} pods")
+            topo = variant.apply(scale_topology(base, n, run.exp.pods_per_node, deployment))
+            _one_cluster(run, variant, rep, n, topo)
+        run.unit_done()
+
+
+def _one_cluster(run: RunContext, variant: Variant, rep: int, n: int, topo: Topology) -> None:
+    """Build the cluster of n pods, record its bring-up stages, measure it, tear it down."""
+    def rec(metric: str, value: object, **extra: object) -> None:
+        run.rec(variant, rep, metric, value, "scaling", pods=n, **extra)
+
+    with Cluster(topo, iptables=run.iptables) as cluster:
+        _note_datapath(run, variant, cluster)
+        for key, seconds in cluster.timings.items():
+            if key.endswith("_s") and key not in ("total_s", "stop_s"):
+                rec("bringup_s", seconds, stage=key[:-2])
+        rec("bringup_s", cluster.timings.get("total_s"))
+        rec("nodes", len(cluster.plan.nodes))
+        _kube_proxy_sync(cluster, rec)
+        run.mend(cluster, variant.name, rep)
+        _latency(run, cluster, variant, rep, f"{PODS_SWEEP_SAMPLES}{n}", rec)
+        rec("lb_ready_s", lb_ready_s(cluster, run.res.service))
+    rec("teardown_s", cluster.timings.get("stop_s"))
+
+
+def _kube_proxy_sync(cluster: Cluster, rec: Record) -> None:
+    """One node's full sync with the cluster's real services and endpoints: the restore's
+    wall time (as the services sweep measures it) and the rules it loads."""
+    dataplane = cluster.kube_proxy
+    assert dataplane is not None   # a built cluster runs kube-proxy
+    node = cluster.plan.nodes[0].name
+    text = dataplane.render_node(node, service_ports(cluster.plan, cluster.live_pods()))
+    t0 = time.perf_counter()
+    dataplane.apply_text(node, text)
+    rec("sync_time_ms", (time.perf_counter() - t0) * 1000)
+    rec("rules", text.count("\n-A "))
+
+
+def lb_ready_s(cluster: Cluster, service: str) -> float:
+    """Seconds the load balancer takes to have a service's targets in service: every target
+    (pods in container-native mode, nodes in nodeport mode) is deregistered, then all are
+    registered again, one API call each as a cloud controller does, and the clock runs from the
+    first registration until every target that should serve passes its health checks. Leaves
+    the LB as it found it."""
+    lb = cluster.lb
+    assert lb is not None   # a built cluster has its load balancer
+    targets = [t.target for t in lb.targets(service)]
+    for target in targets:
+        lb.deregister(service, target)
+    t0 = time.monotonic()
+    for target in targets:
+        lb.register(service, target)
+    cluster.wait_lb_ready()
+    return time.monotonic() - t0

@@ -19,6 +19,7 @@ from typing import Any
 from testbed.errors import InputError, Problem
 from testbed.spec.fields import Converter, Reader, choice, integer, name, text
 from testbed.spec.model import MODES, Topology, placement
+from testbed.spec.scaling import check_sizes, read_sweeps
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import Document, Path, nearest, read_document
 
@@ -41,7 +42,7 @@ WORKLOADS: dict[str, tuple[str, dict[str, float]]] = {
 COMMON_KEYS = {"name", "kind", "topology", "service", "seed", "repetitions", "warmup", "variants"}
 KIND_KEYS = {
     "compare": {"workloads"},
-    "scaling": {"workloads", "services", "endpoints"},
+    "scaling": {"workloads", "services", "endpoints", "pods", "podsPerNode"},
     "failover": {"duration", "rate", "timeout", "events"},
 }
 ALL_KEYS = COMMON_KEYS.union(*KIND_KEYS.values())
@@ -124,6 +125,8 @@ class Experiment:
     warmup_s: discarded run time before each workload
     workloads: in run order (compare; scaling: latency only; failover: none)
     services, endpoints: scaling only — synthetic service counts and endpoints per service
+    pods, pods_per_node: scaling only — the pod counts of the pods sweep (a cluster built per
+        count: testbed.spec.scaling.scale_topology) and the pods a node gets
     duration_s, rate, timeout_s, events: failover only — steady load of `rate` requests/s for
         `duration_s`, a request slower than `timeout_s` counts as an error, events in time order
     """
@@ -139,6 +142,8 @@ class Experiment:
     workloads: tuple[Workload, ...] = ()
     services: tuple[int, ...] = ()
     endpoints: int = 0
+    pods: tuple[int, ...] = ()
+    pods_per_node: int = 0
     duration_s: float = 0.0
     rate: float = 0.0
     timeout_s: float = 1.0
@@ -288,7 +293,7 @@ def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
     elif kind == "scaling":
         extra["workloads"] = _workloads(r, allowed=("latency",),
                                         default={"latency": {"requests": 100}})
-        extra.update(_scaling(r))
+        extra.update(read_sweeps(r))
     else:
         extra.update(_failover(r))
     r.raise_if_any()
@@ -459,30 +464,6 @@ _FIELD = {"requests": "requests", "duration": "duration_s", "connections": "conn
           "threads": "threads"}
 
 
-def _scaling(r: Reader) -> dict[str, Any]:
-    counts = r.value(("services",))
-    out: list[int] = []
-    if "services" not in r.value(()):
-        r.problem((), "missing required field 'services'",
-                  "add e.g. 'services: [10, 100, 1000, 10000]'")
-    elif not isinstance(counts, list) or not counts:
-        r.problem(("services",), "expected a list of service counts",
-                  "write e.g. 'services: [10, 100, 1000, 10000]'")
-    else:
-        for i in range(len(counts)):
-            n = r.get(("services",), i, integer(1, 20_000), fix="use 1-20000 services")
-            if n is None:
-                continue
-            if out and n <= out[-1]:
-                r.problem(("services", i), f"{n} does not grow from the {out[-1]} before it",
-                          "list service counts in increasing order, each once")
-                continue
-            out.append(n)
-    endpoints = r.get((), "endpoints", integer(1, 100), default=5,
-                      fix="use 1-100 endpoints per service")
-    return {"services": tuple(out), "endpoints": endpoints or 5}
-
-
 def _failover(r: Reader) -> dict[str, Any]:
     duration = r.get((), "duration", seconds(1, 3600), default=30.0,
                      fix="write a duration like 30s (1s-1h)")
@@ -584,6 +565,21 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
                                 for p in exc.problems)
         if not checked.get(v.mode):
             variants[v.name] = v.apply(topology)
+    problems += _size_problems(experiment, topology, service, variants)
     if problems:
         raise InputError(problems)
     return Resolved(experiment, topology, service, variants)
+
+
+def _size_problems(experiment: Experiment, topology: Topology, service: str,
+                   variants: Mapping[str, Topology]) -> list[Problem]:
+    """The pods sweep's sizes, each checked in the modes whose variants the topology runs."""
+    if not experiment.pods or not variants:
+        return []
+    modes: dict[str, str] = {}   # mode -> its first variant
+    for v in experiment.variants:
+        if v.name in variants:
+            modes.setdefault(v.mode, v.name)
+    r = Reader(experiment.doc or Document(experiment.file, {}))
+    check_sizes(r, topology, experiment.pods, experiment.pods_per_node, modes, service)
+    return r.problems
