@@ -7,7 +7,11 @@
  * which pod a load balancer picked and whether the client's source IP survived the path
  * (container-native) or was SNATed to a node (classic NodePort, externalTrafficPolicy=Cluster).
  *
- *   podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--ready-fd N]
+ *   podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--netns FILE] [--ready-fd N]
+ *   podserver --launch
+ *
+ * --netns FILE: enter the network namespace FILE names (/proc/PID/ns/net, /run/netns/NAME)
+ * before binding, so a pod's server needs no process already inside the pod to start it.
  *
  * Endpoints (method GET or HEAD; anything else gets 405):
  *   /healthz   200 "ok\n"                      — the load balancer's / kubelet's health check
@@ -22,7 +26,22 @@
  *
  * Why C, epoll, one thread: up to 1000 pods share a 2-core machine, so a pod must cost little
  * memory when idle (no interpreter) and never be the bottleneck of a latency measurement.
- * Plain C11 + libc; no fork, no threads.
+ * Plain C11 + libc; a server is one thread and never forks.
+ *
+ * Launcher (--launch): starts the servers of many pods, so a cluster's thousand pods cost a
+ * thousand fork()s of one small process rather than a thousand exec()s from the testbed.
+ * It reads one line per pod on stdin, the flags of one server separated by spaces (as above,
+ * without --ready-fd), forks a server per line and stays its parent until every server has
+ * exited. It reports on stdout, one line each, in this order per server:
+ *   started PID         the line was read and its server forked (one per line, in line order;
+ *                       "error WHAT" instead when the fork failed)
+ *   ready PID           the server listens (its --ready-fd is the launcher's stdout); it may
+ *                       come before its "started" line, being written by the server itself
+ *   exit PID CODE       it exited: CODE is its exit status, or -SIGNAL if a signal killed it
+ * A server dies with its launcher (PR_SET_PDEATHSIG). SIGTERM/SIGINT to the launcher pass
+ * SIGTERM to every server; it exits 0 once the last one has exited, and also when stdin is
+ * closed and no server is left. A server's error messages go to the launcher's stderr, after
+ * "podserver POD: ".
  *
  * HTTP subset: HTTP/1.0 and 1.1, keep-alive (1.1 default, "Connection: close" honoured; 1.0
  * only with "Connection: keep-alive"), pipelining, request heads up to 8 KiB (else 431 and
@@ -39,6 +58,8 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -49,13 +70,16 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define USAGE "podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--ready-fd N]"
+#define USAGE "podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--netns FILE] " \
+              "[--ready-fd N] | podserver --launch"
 #define PROG "podserver"
 #include "cliargs.h"
 
@@ -82,7 +106,9 @@ struct config {
     const char *pod;
     const char *node;
     const char *bind;
+    const char *netns;     /* NULL: stay in the namespace we were started in */
     int ready_fd;          /* -1: none */
+    bool ready_pid;        /* say "ready PID" (many servers share the launcher's pipe) */
 };
 
 /* Names go verbatim into JSON and an HTTP header, so allow only characters that need no
@@ -123,7 +149,7 @@ static struct config parse_args(int argc, char **argv)
         flag[flen] = '\0';
         bool known = !strcmp(flag, "--port") || !strcmp(flag, "--pod") ||
                      !strcmp(flag, "--node") || !strcmp(flag, "--bind") ||
-                     !strcmp(flag, "--ready-fd");
+                     !strcmp(flag, "--netns") || !strcmp(flag, "--ready-fd");
         if (!known)
             usage_error("unknown flag '%s'", flag);
         const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
@@ -138,6 +164,8 @@ static struct config parse_args(int argc, char **argv)
             cfg.node = parse_name(flag, val);
         else if (!strcmp(flag, "--bind"))
             cfg.bind = val;
+        else if (!strcmp(flag, "--netns"))
+            cfg.netns = val;
         else {
             cfg.ready_fd = (int)parse_whole(flag, val, 0, INT_MAX);
             if (fcntl(cfg.ready_fd, F_GETFD) < 0)
@@ -799,10 +827,28 @@ static void on_listen(struct server *s)
 
 /* ---- startup ---------------------------------------------------------------------------- */
 
+/* Set in a launched server: its messages share the launcher's stderr with every other pod's. */
+static const char *launched_pod;
+
 static void die(const char *what)
 {
-    fprintf(stderr, "podserver: %s: %s\n", what, strerror(errno));
+    if (launched_pod)
+        fprintf(stderr, "podserver %s: %s: %s\n", launched_pod, what, strerror(errno));
+    else
+        fprintf(stderr, "podserver: %s: %s\n", what, strerror(errno));
     exit(1);
+}
+
+/* setns() before the listening socket exists: a socket belongs to the namespace it is made in. */
+static void enter_netns(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || setns(fd, CLONE_NEWNET) < 0) {
+        char what[PATH_MAX + 16];
+        snprintf(what, sizeof what, "--netns %s", path);
+        die(what);
+    }
+    close(fd);
 }
 
 /* A pod with many keep-alive clients needs more than the usual soft limit of 1024 fds. */
@@ -878,17 +924,30 @@ static void epoll_add(struct server *s, int fd, struct handle *h)
         die("epoll_ctl");
 }
 
-/* Tell the launcher we listen, so it need not poll the port. */
-static void signal_ready(int fd)
+/* Tell the launcher we listen, so it need not poll the port. One write of a few bytes is
+ * atomic on a pipe, so servers sharing the launcher's pipe never mix their lines. */
+static void signal_ready(int fd, bool with_pid)
 {
-    static const char msg[] = "ready\n";
+    char msg[32];
+    int len = with_pid ? snprintf(msg, sizeof msg, "ready %ld\n", (long)getpid())
+                       : snprintf(msg, sizeof msg, "ready\n");
     ssize_t n;
     do
-        n = write(fd, msg, sizeof msg - 1);
+        n = write(fd, msg, (size_t)len);
     while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)(sizeof msg - 1))
+    if (n != len)
         die("--ready-fd write");
-    close(fd);
+    if (fd > STDERR_FILENO) {
+        close(fd);
+        return;
+    }
+    /* a standard descriptor is pointed at /dev/null, not closed: a later socket must not
+     * take its number and receive what is meant for it */
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, fd);
+        close(null);
+    }
 }
 
 static void server_init(struct server *s, const struct config *cfg)
@@ -901,6 +960,8 @@ static void server_init(struct server *s, const struct config *cfg)
     s->timers[T_LINGER].timeout_ms = LINGER_MS;
     raise_fd_limit();
     s->sigfd = setup_signals();
+    if (cfg->netns)
+        enter_netns(cfg->netns);
     s->lfd = open_listener(cfg);
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -934,13 +995,206 @@ static void run(struct server *s)
     }
 }
 
-int main(int argc, char **argv)
+static int serve_pod(const struct config *cfg)
 {
-    struct config cfg = parse_args(argc, argv);
     static struct server srv;   /* one per process; static keeps it off the stack */
-    server_init(&srv, &cfg);
-    if (cfg.ready_fd >= 0)
-        signal_ready(cfg.ready_fd);
+    server_init(&srv, cfg);
+    if (cfg->ready_fd >= 0)
+        signal_ready(cfg->ready_fd, cfg->ready_pid);
     run(&srv);
     return 0;
+}
+
+/* ---- launcher --------------------------------------------------------------------------- */
+
+enum {
+    LINE_CAP = 4096,            /* one pod's flags; the testbed's lines are under 200 bytes */
+    MAX_WORDS = 32,
+};
+
+struct launcher {
+    int sigfd;
+    pid_t *kids;                /* servers not yet reaped */
+    size_t nkids, cap;
+    bool stopping;              /* SIGTERM/SIGINT: servers told to stop, no more starts */
+    bool eof;                   /* stdin closed: no more starts */
+};
+
+/* One report line. The testbed may be gone (EPIPE): the servers still run and are reaped. */
+static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void report(const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    ssize_t w;
+    do
+        w = write(STDOUT_FILENO, line, len);
+    while (w < 0 && errno == EINTR);
+}
+
+/* In the forked child: become the server LINE's words describe, inside its namespace. */
+static void become_server(struct launcher *l, pid_t launcher_pid, int argc, char **argv)
+{
+    /* die with the launcher: nobody else would reap this server or tell the testbed */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != launcher_pid)
+        _exit(1);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGCHLD, SIG_DFL);
+    close(l->sigfd);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO);   /* the launcher's stdin must see EOF when the testbed closes it */
+        if (null > STDERR_FILENO)
+            close(null);
+    }
+    struct config cfg = parse_args(argc, argv);
+    launched_pod = cfg.pod;
+    cfg.ready_fd = STDOUT_FILENO;
+    cfg.ready_pid = true;
+    exit(serve_pod(&cfg));
+}
+
+static void launch(struct launcher *l, char *line)
+{
+    char *argv[MAX_WORDS + 1];
+    int argc = 0;
+    argv[argc++] = "podserver";
+    for (char *save = NULL, *w = strtok_r(line, " \t", &save); w;
+         w = strtok_r(NULL, " \t", &save)) {
+        if (argc == MAX_WORDS) {
+            report("error more than %d words on a line\n", MAX_WORDS - 1);
+            return;
+        }
+        argv[argc++] = w;
+    }
+    argv[argc] = NULL;
+    if (l->nkids == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        pid_t *kids = realloc(l->kids, cap * sizeof *kids);
+        if (!kids) {
+            report("error out of memory\n");
+            return;
+        }
+        l->kids = kids;
+        l->cap = cap;
+    }
+    pid_t me = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        report("error fork: %s\n", strerror(errno));
+        return;
+    }
+    if (pid == 0)
+        become_server(l, me, argc, argv);
+    l->kids[l->nkids++] = pid;
+    report("started %ld\n", (long)pid);
+}
+
+static void reap(struct launcher *l)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        int code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+        for (size_t i = 0; i < l->nkids; i++) {
+            if (l->kids[i] == pid) {
+                l->kids[i] = l->kids[--l->nkids];
+                break;
+            }
+        }
+        report("exit %ld %d\n", (long)pid, code);
+    }
+}
+
+static void on_signals(struct launcher *l)
+{
+    struct signalfd_siginfo si;
+    while (read(l->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGCHLD) {
+            reap(l);
+        } else if (!l->stopping) {
+            l->stopping = true;
+            for (size_t i = 0; i < l->nkids; i++)
+                kill(l->kids[i], SIGTERM);
+        }
+    }
+}
+
+/* Feed complete lines of stdin to launch(); a line longer than LINE_CAP is reported and
+ * skipped up to its end, so the next line starts cleanly. */
+static void on_input(struct launcher *l, char *buf, size_t *len, bool *skipping)
+{
+    ssize_t n = read(STDIN_FILENO, buf + *len, LINE_CAP - *len);
+    if (n < 0 && errno == EINTR)
+        return;
+    if (n <= 0) {
+        l->eof = true;
+        return;
+    }
+    *len += (size_t)n;
+    char *start = buf, *nl;
+    while ((nl = memchr(start, '\n', (size_t)(buf + *len - start))) != NULL) {
+        *nl = '\0';
+        if (!*skipping && !l->stopping)
+            launch(l, start);
+        *skipping = false;
+        start = nl + 1;
+    }
+    *len = (size_t)(buf + *len - start);
+    memmove(buf, start, *len);
+    if (*len == LINE_CAP) {
+        report("error line longer than %d bytes\n", LINE_CAP);
+        *skipping = true;
+        *len = 0;
+    }
+}
+
+static int launcher(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        die("sigprocmask");
+    struct launcher l = { .sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC) };
+    if (l.sigfd < 0)
+        die("signalfd");
+    static char buf[LINE_CAP];
+    size_t len = 0;
+    bool skipping = false;
+    while (!((l.eof || l.stopping) && l.nkids == 0)) {
+        struct pollfd fds[2] = {
+            { .fd = l.sigfd, .events = POLLIN },
+            { .fd = l.eof || l.stopping ? -1 : STDIN_FILENO, .events = POLLIN },
+        };
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            die("poll");
+        }
+        if (fds[0].revents)
+            on_signals(&l);
+        if (fds[1].revents)
+            on_input(&l, buf, &len, &skipping);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && !strcmp(argv[1], "--launch"))
+        return launcher();
+    struct config cfg = parse_args(argc, argv);
+    return serve_pod(&cfg);
 }

@@ -7,23 +7,20 @@ mode, the VPC's pod routes and the load balancer's ip targets. The decisions are
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mininet.node import Node
 
 from testbed.cloud.lb import CloudLoadBalancer, Target
 from testbed.cloud.vpc_controller import ControllerProcess
-from testbed.emulation.hosts import HOST_THREADS, Hosts
+from testbed.emulation.hosts import Hosts
+from testbed.emulation.journal import Journal, StateDir
+from testbed.emulation.podservers import Launcher, PodServer, server_flags
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes import pods as scheduling
 from testbed.kubernetes.cni import plugin_for
-from testbed.paths import PODSERVER
 from testbed.plan.addresses import Plan, PodPlan, allocate_pod, with_pod
 from testbed.spec.model import Topology
 
@@ -33,6 +30,8 @@ class ClusterParts(Protocol):
 
     topo: Topology
     plan: Plan
+    state: StateDir
+    journal: Journal | None
     hosts: Hosts | None
     controller: ControllerProcess | None
     lb: CloudLoadBalancer | None
@@ -50,7 +49,10 @@ class ControlPlane:
     def __init__(self, cluster: ClusterParts):
         self.cluster = cluster
         self.states = scheduling.PodStates()
-        self.pod_servers: dict[str, subprocess.Popen] = {}   # pod -> its HTTP server
+        # pod -> its HTTP server (a PodServer: Popen's pid, poll, wait and kill). Typed Any
+        # while Cluster.pod_servers still names Popen.
+        self.pod_servers: dict[str, Any] = {}
+        self.launcher: Launcher | None = None   # started with the first pod server
 
     # -- what is running -----------------------------------------------------------------------
     def live_pods(self) -> set[str]:
@@ -90,32 +92,39 @@ class ControlPlane:
 
     # -- pod servers -----------------------------------------------------------------------------
     def start_pod_servers(self, pods: Sequence[PodPlan]) -> None:
-        """Start each pod's HTTP server and wait until every one listens."""
-        waiting = {}
+        """Start each pod's HTTP server inside its namespace and wait until every one listens
+        (one launcher forks them all: see testbed.emulation.podservers)."""
+        hosts = self.cluster.hosts
+        servers: list[PodServer] = self._launcher().launch(
+            [(pod.name, server_flags(pod, hosts.netns_file(pod.name))) for pod in pods])
+        for server in servers:
+            self.pod_servers[server.pod] = server
+        deadline = time.monotonic() + 30 + len(servers) * 0.05
+        for server in servers:
+            if not server.wait_ready(deadline - time.monotonic()):
+                raise EnvironmentProblem(self._not_started(server))
 
-        def start(pod: PodPlan) -> tuple[str, subprocess.Popen, int]:
-            r, w = os.pipe()
-            try:
-                proc = self.cluster.host(pod.name).popen(
-                    [PODSERVER, "--port", str(pod.port), "--pod", pod.name, "--node", pod.node,
-                     "--ready-fd", str(w)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, pass_fds=(w,))
-            finally:
-                os.close(w)
-            return pod.name, proc, r
-        with ThreadPoolExecutor(max_workers=HOST_THREADS) as pool:   # fork+exec overlap
-            for name, proc, r in pool.map(start, pods):
-                self.pod_servers[name] = proc
-                waiting[name] = r
-        deadline = time.time() + 30 + len(waiting) * 0.05
-        try:
-            for name, r in waiting.items():
-                if _read_ready(r, deadline, name) != b"ready\n":
-                    raise EnvironmentProblem(f"pod {name}'s server did not start "
-                                             f"(exit {self.pod_servers[name].poll()})")
-        finally:
-            for r in waiting.values():
-                os.close(r)
+    def _launcher(self) -> Launcher:
+        if self.launcher is None or not self.launcher.alive():
+            journal = self.cluster.journal
+            assert journal is not None   # a started cluster has one
+
+            def started(servers: list[PodServer]) -> None:   # as Journal.process writes them
+                journal.record_many("process", [
+                    {"pid": s.pid, "start": s.start_time, "what": f"{s.pod}: podserver",
+                     "gentle": True} for s in servers])
+            self.launcher = Launcher(self.cluster.state.file("podservers.log"),
+                                     lambda pid: journal.process(pid, "pod server launcher"),
+                                     started)
+        return self.launcher
+
+    def _not_started(self, server: PodServer) -> str:
+        code = server.poll()
+        if code is None:
+            return f"pod {server.pod}'s server did not say it was ready in time"
+        said = self.launcher.log_line(server.pod) if self.launcher else ""
+        return f"pod {server.pod}'s server did not start (exit {code})" + \
+            (f": {said}" if said else "")
 
     def _kill_server(self, name: str) -> None:
         proc = self.pod_servers.pop(name, None)
@@ -163,9 +172,7 @@ class ControlPlane:
         self._kill_server(name)
         if pod.node not in self.states.failed_nodes:
             c.hosts.run_script(pod.node, plugin_for(plan).detach_pod(plan, pod))
-        host = c.hosts.host(name)
-        os.kill(host.pid, 9)   # the pod's namespace, and its veth pair, go with its shell
-        host.shell.wait(5)
+        c.hosts.remove_host(name)   # the pod's namespace, and its veth pair with it
 
     def fail_pod(self, name: str) -> None:
         """A pod's server crashes. Nothing else changes: the LB's health checks notice it in
@@ -192,18 +199,3 @@ class ControlPlane:
         if self.cluster.kube_proxy is not None:
             self.cluster.kube_proxy.sync_all()
 
-
-def _read_ready(fd: int, deadline: float, pod: str) -> bytes:
-    """What a pod server writes on its ready pipe, up to its first newline (or its exit)."""
-    ready = b""
-    while not ready.endswith(b"\n"):
-        left = deadline - time.time()
-        poller = select.poll()   # not select(): hosts' ptys push fds past 1024
-        poller.register(fd, select.POLLIN)
-        if left <= 0 or not poller.poll(left * 1000):
-            raise EnvironmentProblem(f"pod {pod}'s server did not say it was ready in time")
-        chunk = os.read(fd, 16)
-        if not chunk:
-            break
-        ready += chunk
-    return ready

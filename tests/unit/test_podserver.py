@@ -67,12 +67,12 @@ class Server:
     port: the TCP port it listens on (on HOST)
     """
 
-    def __init__(self, binary, pod="web-0", node="node1"):
+    def __init__(self, binary, pod="web-0", node="node1", extra=()):
         for _ in range(3):  # the free port can be taken between free_port() and bind()
             self.port = free_port()
             read_fd, write_fd = os.pipe()
             args = [str(binary), "--port", str(self.port), "--pod", pod, "--node", node,
-                    "--bind", HOST, "--ready-fd", str(write_fd)]
+                    "--bind", HOST, "--ready-fd", str(write_fd), *extra]
             self.proc = subprocess.Popen(args, pass_fds=(write_fd,), stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE)
             os.close(write_fd)
@@ -366,3 +366,172 @@ def test_signal_exits_0_promptly_and_silently(server, sig):
     assert server.proc.stdout.read() == b""
     assert server.proc.stderr.read() == b""
     conn.close()
+
+
+# ---- --netns and the launcher ----------------------------------------------------------------
+
+def test_netns_that_cannot_be_entered_is_a_startup_error_naming_it(podserver_bin, tmp_path):
+    missing = tmp_path / "no-such-namespace"
+    proc = subprocess.run([str(podserver_bin), "--port", str(free_port()), "--pod", "p",
+                           "--node", "n", "--bind", HOST, "--netns", str(missing)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"podserver: --netns {missing}: ")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setns(2) needs CAP_SYS_ADMIN")
+def test_netns_enters_the_namespace_before_binding(podserver_bin):
+    # our own namespace: the server must then answer here, where the test connects
+    srv = Server(podserver_bin, extra=["--netns", f"/proc/{os.getpid()}/ns/net"])
+    try:
+        assert get_json(srv.connect())["pod"] == "web-0"
+    finally:
+        srv.stop()
+
+
+class Launcher:
+    """`podserver --launch` with its report lines read back as (kind, pid, rest...) tuples."""
+
+    def __init__(self, binary):
+        self.proc = subprocess.Popen([str(binary), "--launch"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        self.reports = []
+        self._rest = b""
+
+    def send(self, *lines):
+        self.proc.stdin.write("".join(line + "\n" for line in lines).encode())
+        self.proc.stdin.flush()
+
+    def read_until(self, done):
+        """Read reports until done(reports) holds (or the launcher's stdout ends)."""
+        deadline = time.monotonic() + TIMEOUT
+        fd = self.proc.stdout.fileno()   # raw reads: a buffered reader would hide lines
+        while not done(self.reports) and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                *lines, self._rest = (self._rest + chunk).split(b"\n")
+                for line in lines:
+                    words = line.decode().split()
+                    self.reports.append((words[0], *map(int, words[1:]))
+                                        if words[0] != "error" else tuple(words))
+        return self.reports
+
+    def pids(self, kind):
+        return [r[1] for r in self.reports if r[0] == kind]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # its own session: it and its servers
+        self.proc.wait(TIMEOUT)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@pytest.fixture
+def launcher(podserver_bin):
+    lch = Launcher(podserver_bin)
+    yield lch
+    lch.stop()
+
+
+def pod_line(port, pod, node="node1"):
+    return f"--port {port} --pod {pod} --node {node} --bind {HOST}"
+
+
+def test_launcher_starts_one_server_per_line_and_reports_each(launcher):
+    ports = [free_port() for _ in range(3)]
+    launcher.send(*(pod_line(port, f"web-{i}") for i, port in enumerate(ports)))
+    reports = launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 3)
+    started = launcher.pids("started")
+    assert len(started) == 3 and sorted(launcher.pids("ready")) == sorted(started)
+    assert all(len(r) == 2 for r in reports)
+    for i, port in enumerate(ports):   # line order is started order
+        conn = Conn(socket.create_connection((HOST, port), timeout=TIMEOUT))
+        assert get_json(conn)["pod"] == f"web-{i}"
+        conn.close()
+    assert launcher.proc.poll() is None
+
+
+def test_launcher_reports_each_exit_with_its_status_and_keeps_the_others(launcher):
+    port = free_port()
+    launcher.send(pod_line(port, "web-0"), pod_line(free_port(), "web-1"))
+    launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 2)
+    first, second = launcher.pids("started")
+    os.kill(first, signal.SIGKILL)
+    os.kill(second, signal.SIGTERM)
+    launcher.read_until(lambda r: len([x for x in r if x[0] == "exit"]) == 2)
+    assert sorted(r for r in launcher.reports if r[0] == "exit") == sorted(
+        [("exit", first, -signal.SIGKILL), ("exit", second, 0)])
+    launcher.send(pod_line(port, "web-0"))   # a restart, on the same port
+    launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 3)
+    assert len(launcher.pids("ready")) == 3 and launcher.proc.poll() is None
+
+
+def test_a_line_that_cannot_start_is_started_then_exits_with_the_reason_on_stderr(launcher):
+    busy = socket.socket()
+    busy.bind((HOST, 0))
+    busy.listen()
+    try:
+        launcher.send(pod_line(busy.getsockname()[1], "web-0"), "--port x --pod web-1 --node n")
+        launcher.read_until(lambda r: len([x for x in r if x[0] == "exit"]) == 2)
+    finally:
+        busy.close()
+    bind_failed, bad_flags = launcher.pids("started")
+    exits = {r[1]: r[2] for r in launcher.reports if r[0] == "exit"}
+    assert exits == {bind_failed: 1, bad_flags: 2} and launcher.pids("ready") == []
+    os.kill(launcher.proc.pid, signal.SIGTERM)
+    assert launcher.proc.wait(TIMEOUT) == 0
+    err = launcher.proc.stderr.read().decode()
+    assert "podserver web-0: bind 127.0.0.1 port" in err and "Address already in use" in err
+    assert "podserver: --port: 'x' is not a whole number" in err
+
+
+def test_sigterm_stops_every_server_then_the_launcher(launcher):
+    launcher.send(*(pod_line(free_port(), f"web-{i}") for i in range(3)))
+    launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 3)
+    os.kill(launcher.proc.pid, signal.SIGTERM)
+    assert launcher.proc.wait(TIMEOUT) == 0
+    launcher.read_until(lambda r: False)   # to the end of its stdout
+    assert sorted((r[1], r[2]) for r in launcher.reports if r[0] == "exit") == sorted(
+        (pid, 0) for pid in launcher.pids("started"))
+
+
+def test_closed_stdin_keeps_the_launcher_until_its_last_server_exits(launcher):
+    launcher.send(pod_line(free_port(), "web-0"))
+    launcher.read_until(lambda r: launcher.pids("ready"))
+    launcher.proc.stdin.close()
+    time.sleep(0.2)
+    assert launcher.proc.poll() is None          # its server still runs
+    os.kill(launcher.pids("started")[0], signal.SIGTERM)
+    assert launcher.proc.wait(TIMEOUT) == 0
+
+
+def test_servers_die_with_a_killed_launcher(launcher):
+    launcher.send(pod_line(free_port(), "web-0"))
+    launcher.read_until(lambda r: launcher.pids("ready"))
+    (pid,) = launcher.pids("started")
+    os.kill(launcher.proc.pid, signal.SIGKILL)
+    launcher.proc.wait(TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.02)
+    assert not _running(pid)
+
+
+def _running(pid):
+    """pid exists and is no zombie (an orphan waits for init to collect it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_launcher_takes_no_other_flags(podserver_bin):
+    proc = subprocess.run([str(podserver_bin), "--launch", "--port", "1"], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and "unknown flag '--launch'" in proc.stderr

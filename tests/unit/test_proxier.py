@@ -116,7 +116,7 @@ def test_first_sync_is_whole_with_jumps_then_partial(plan, tmp_path):
     cluster = FakeCluster(plan, tmp_path)
     kp = KubeProxy(cluster, backend="legacy")
     kp.sync_all()
-    first = _restores(cluster)
+    first = sorted(_restores(cluster), key=lambda p: p.node)   # the nodes load at once
     assert [(p.node, p.argv) for p in first] == [
         (n.name, ["iptables-legacy-restore", "--noflush", "--wait"]) for n in plan.nodes]
     for proc in first:   # the whole state, with the jumps from the built-in chains
@@ -127,6 +127,69 @@ def test_first_sync_is_whole_with_jumps_then_partial(plan, tmp_path):
     cluster.dead.add("web-2")   # node2's only pod
     kp.sync_all()
     assert [kind for _, _, kind in kp.sync_times[2:]] == ["partial", "partial"]
+
+
+@pytest.fixture
+def cluster_policy_plan(tmp_path) -> Plan:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(TOPOLOGY.replace("externalTrafficPolicy: Local, healthCheckNodePort: 31000",
+                                     "externalTrafficPolicy: Cluster"))
+    return build_plan(load_topology(str(path), mode="nodeport"))
+
+
+def _count_renders(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    for name in ("render", "render_partial"):
+        real = getattr(rules, name)
+        monkeypatch.setattr(rules, name, lambda *a, real=real, name=name:
+                            calls.append(name) or real(*a))
+    return calls
+
+
+def test_nodes_that_render_alike_share_one_render(cluster_policy_plan, tmp_path, monkeypatch):
+    plan = cluster_policy_plan
+    calls = _count_renders(monkeypatch)
+    cluster = FakeCluster(plan, tmp_path)
+    kp = KubeProxy(cluster)
+    kp.sync_all()
+    cluster.dead.add("web-0")
+    kp.sync_all()
+    assert calls == ["render", "render_partial"]   # Cluster policy: all nodes' texts are alike
+    assert sorted(kind for _, _, kind in kp.sync_times) == ["full"] * 2 + ["partial"] * 2
+    for proc in _restores(cluster)[:2]:
+        assert proc.fed.decode() == render_node_rules(plan, proc.node)
+
+
+def test_local_policy_renders_each_node_for_its_own_endpoints(plan, tmp_path, monkeypatch):
+    contexts = [node_context(plan, n.name) for n in plan.nodes]
+    services = service_ports(plan)
+    assert len({rules.render_key(services, ctx) for ctx in contexts}) == 2
+    assert rules.render(services, contexts[0]) != rules.render(services, contexts[1])
+    calls = _count_renders(monkeypatch)
+    KubeProxy(FakeCluster(plan, tmp_path)).sync_all()
+    assert calls == ["render", "render"]
+
+
+def test_render_key_names_all_that_the_text_reads(plan, cluster_policy_plan):
+    """Nodes with equal keys get equal texts, whole and partial (the sharing's premise)."""
+    for p in (plan, cluster_policy_plan):
+        old, new = service_ports(p), service_ports(p, {"web-0", "web-2"})
+        by_key: dict = {}
+        for n in p.nodes:
+            ctx = node_context(p, n.name)
+            text = rules.render(new, ctx) + rules.render_partial(old, new, ctx)
+            by_key.setdefault(rules.render_key([*old, *new], ctx), set()).add(text)
+        assert all(len(texts) == 1 for texts in by_key.values())
+
+
+def test_one_refused_node_does_not_stop_the_others(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path)
+    cluster.hosts["node1"].fail_restore = True
+    kp = KubeProxy(cluster)
+    with pytest.raises(EnvironmentProblem, match="kube-proxy on node1: "):
+        kp.sync_all()
+    assert sorted(p.node for p in _restores(cluster)) == ["node1", "node2"]
+    assert list(kp.applied) == ["node2"] and [n for n, _, _ in kp.sync_times] == ["node2"]
 
 
 def test_health_state_file_is_health_check_state(plan, tmp_path):

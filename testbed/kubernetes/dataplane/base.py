@@ -9,9 +9,12 @@ testbed.kubernetes.dataplane.registry. What a mode needs of the running cluster 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
 from testbed.kubernetes.dataplane.model import (
@@ -26,6 +29,10 @@ from testbed.plan.addresses import Plan
 # run(argv, stdin_bytes) -> (returncode, stderr): the caller decides where commands run
 # (a Mininet host, `ip netns exec`, ...).
 CommandRunner = Callable[[Sequence[str], bytes | None], tuple[int, str]]
+
+# Nodes loaded at once: a load is a CPU-bound tool in its own namespace (nothing shared), so
+# one per CPU keeps every CPU busy without making each load wait for a turn.
+APPLY_THREADS = max(2, os.cpu_count() or 1)
 
 
 class ApplyError(RuntimeError):
@@ -108,6 +115,20 @@ class ServiceDataPlane(ABC):
     @abstractmethod
     def apply_text(self, node: str, text: str) -> None:
         """Load `text` (render's or render_partial's) on `node`; raises ApplyError."""
+
+    def apply_many(self, texts: Mapping[str, str]) -> dict[str, float | ApplyError]:
+        """apply_text on several nodes at once. texts: node -> its text
+        Returns node -> the seconds its load took, or the ApplyError it raised."""
+
+        def load(node: str) -> float | ApplyError:
+            t0 = time.time()
+            try:
+                self.apply_text(node, texts[node])
+            except ApplyError as exc:
+                return exc
+            return time.time() - t0
+        with ThreadPoolExecutor(max_workers=min(APPLY_THREADS, len(texts) or 1)) as pool:
+            return dict(zip(texts, pool.map(load, texts), strict=True))
 
     @abstractmethod
     def sync_all(self) -> None:

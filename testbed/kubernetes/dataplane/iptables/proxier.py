@@ -17,9 +17,14 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from testbed.errors import EnvironmentProblem
-from testbed.kubernetes.dataplane.base import ClusterView, CommandRunner, ServiceDataPlane
+from testbed.kubernetes.dataplane.base import (
+    ApplyError,
+    ClusterView,
+    CommandRunner,
+    ServiceDataPlane,
+)
 from testbed.kubernetes.dataplane.iptables import rules
-from testbed.kubernetes.dataplane.iptables.restore import RestoreError, apply, with_jump_rules
+from testbed.kubernetes.dataplane.iptables.restore import apply, with_jump_rules
 from testbed.kubernetes.dataplane.model import (
     NodeContext,
     ServicePort,
@@ -64,25 +69,45 @@ class KubeProxy(ServiceDataPlane):
 
     def sync_all(self) -> None:
         services = service_ports(self.cluster.plan, self.cluster.live_pods())
-        for node in self.cluster.plan.nodes:
-            if node.name in self.cluster.failed_nodes:
-                continue
-            self.sync_node(node.name, services)
+        self.sync_nodes([n.name for n in self.cluster.plan.nodes
+                         if n.name not in self.cluster.failed_nodes], services)
         self._sync_health(services)
 
     def sync_node(self, node: str, services: list[ServicePort]) -> None:
-        old = self.applied.get(node)
-        if old is None:
-            text, kind = with_jump_rules(self.render_node(node, services)), "full"
-        else:
-            text, kind = self.render_change(node, old, services), "partial"
-        t0 = time.time()
-        try:
-            self.apply_text(node, text)
-        except RestoreError as exc:
-            raise EnvironmentProblem(f"kube-proxy on {node}: {exc}") from None
-        self.sync_times.append((node, round(time.time() - t0, 4), kind))
-        self.applied[node] = services
+        """Bring one node to `services` (whole at its first sync, partially after)."""
+        self.sync_nodes([node], services)
+
+    def sync_nodes(self, nodes: Sequence[str], services: list[ServicePort]) -> None:
+        """Bring these nodes to `services`, all loads at once; a text several nodes share
+        (rules.render_key) is rendered once. Raises EnvironmentProblem naming the first node
+        (in `nodes` order) whose load failed; the others are loaded all the same."""
+        texts, kinds = self._texts(nodes, services)
+        results = self.apply_many(texts)
+        failed = None
+        for node in nodes:
+            result = results[node]
+            if isinstance(result, ApplyError):
+                failed = failed or f"kube-proxy on {node}: {result}"
+                continue
+            self.sync_times.append((node, round(result, 4), kinds[node]))
+            self.applied[node] = services
+        if failed:
+            raise EnvironmentProblem(failed)
+
+    def _texts(self, nodes: Sequence[str], services: list[ServicePort]
+               ) -> tuple[dict[str, str], dict[str, str]]:
+        """node -> what it loads now, node -> "full" or "partial"."""
+        texts, kinds = {}, {}
+        rendered: dict[tuple[int, tuple[str | None, bool, str]], str] = {}
+        for node in nodes:
+            old, ctx = self.applied.get(node), self.context(node)
+            # nodes synced together hold the same `old` list (or None): its id() groups them
+            key = (id(old), rules.render_key([*(old or ()), *services], ctx))
+            if key not in rendered:
+                rendered[key] = (with_jump_rules(self.render(services, ctx)) if old is None
+                                 else self.render_partial(old, services, ctx))
+            texts[node], kinds[node] = rendered[key], "full" if old is None else "partial"
+        return texts, kinds
 
     def _runner(self, node: str) -> CommandRunner:
         host = self.cluster.host(node)

@@ -346,6 +346,17 @@ def render_partial(
     return _sync(new, node, is_changed, stale)
 
 
+def render_key(
+    services: Iterable[ServicePort], node: NodeContext
+) -> tuple[str | None, bool, str]:
+    """What of `node` render and render_partial read for these services: nodes with the same
+    key get the same text, so a sync of many nodes renders it once. The node's name only picks
+    its local endpoints, which only externalTrafficPolicy=Local uses; its IP is never written
+    (LOCAL destinations are matched by addrtype)."""
+    local = any(s.external_policy_local for s in services)
+    return node.cluster_cidr, node.random_fully, node.node_name if local else ""
+
+
 def changed_services(
     old: Iterable[ServicePort], new: Iterable[ServicePort]
 ) -> set[tuple[str, str]]:
