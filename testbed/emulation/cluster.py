@@ -16,6 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from mininet.net import Mininet
 from mininet.node import Node
@@ -27,6 +28,7 @@ from testbed.emulation import machine, wiring
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
+from testbed.emulation.podservers import PodServer
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
@@ -86,7 +88,7 @@ class Cluster:
         return self.control.states.failed_nodes
 
     @property
-    def pod_servers(self) -> dict[str, subprocess.Popen]:
+    def pod_servers(self) -> dict[str, PodServer]:
         return self.control.pod_servers
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -131,7 +133,7 @@ class Cluster:
     def _reap(self) -> None:
         """Collect the exit status of our child processes (clean() killed them), so no zombies
         stay behind while a long-lived caller (a test session, a notebook) goes on."""
-        procs = list(self.control.pod_servers.values())
+        procs: list[PodServer | subprocess.Popen] = list(self.control.pod_servers.values())
         if self.kube_proxy is not None:
             procs += list(self.kube_proxy.health_servers.values())
         if self.hosts is not None:
@@ -202,8 +204,8 @@ class Cluster:
 
     def _start_controller(self, ofp_port: int | None = None,
                           rest_port: int | None = None) -> None:
-        lb_pid = self.hosts.host(LB_HOST).pid
-        fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_pid,
+        lb_netns = self.hosts.netns_file(LB_HOST)
+        fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_netns,
                                gone=frozenset(self.removed_pods))
         path = self.state.file("fabric.json")
         with open(path, "w") as fh:
@@ -230,8 +232,18 @@ class Cluster:
 
     def _start_workloads(self) -> None:
         self.control.start_pod_servers(self.plan.pods)
-        self.sync_kube_proxy()
-        self.wait_lb_ready()
+        if self.plan.mode != "container-native":
+            self.sync_kube_proxy()   # the LB checks nodes through kube-proxy's NodePort rules
+            self.wait_lb_ready()
+            return
+        # The LB checks pods directly: its first checks and kube-proxy's first sync overlap,
+        # as they do in a real cluster (two controllers that do not wait for each other).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sync = pool.submit(self.sync_kube_proxy)
+            try:
+                self.wait_lb_ready()
+            finally:
+                sync.result()
 
     def sync_kube_proxy(self) -> None:
         """Render and apply kube-proxy's rules on every node."""

@@ -49,9 +49,7 @@ class ControlPlane:
     def __init__(self, cluster: ClusterParts):
         self.cluster = cluster
         self.states = scheduling.PodStates()
-        # pod -> its HTTP server (a PodServer: Popen's pid, poll, wait and kill). Typed Any
-        # while Cluster.pod_servers still names Popen.
-        self.pod_servers: dict[str, Any] = {}
+        self.pod_servers: dict[str, PodServer] = {}   # pod -> its HTTP server
         self.launcher: Launcher | None = None   # started with the first pod server
 
     # -- what is running -----------------------------------------------------------------------
