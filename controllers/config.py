@@ -21,6 +21,10 @@ MODES = ("nodeport", "container-native")
 TARGET_MODES = ("nodeport", "container-native")
 PROTOCOLS = ("tcp", "udp")
 
+# The most backends one LB may have: a big LB picks one by a hash slot number written by
+# multipath, whose n_links is 1-65536 (controllers/lb.py). GCP's zonal NEG holds 10,000.
+MAX_LB_BACKENDS = 65536
+
 
 class ConfigError(ValueError):
     """fabric.json does not describe a VPC the controller can program."""
@@ -181,7 +185,7 @@ class Fabric:
     pod_routes: tuple[PodRoute, ...]
     load_balancers: tuple[LoadBalancer, ...]
     checker_host: str | None
-    checker_netns_pid: int | None
+    checker_netns: str | None
 
     @property
     def core(self) -> Switch:
@@ -219,14 +223,14 @@ def parse_fabric(d: Mapping, source: str = "fabric.json") -> Fabric:
     subnets = _parse_subnets(d, source, names)
     hosts = _parse_hosts(d, source, names, subnets)
     pod_routes = _parse_pod_routes(d, source, mode)
-    checker_host, checker_pid = _parse_health_checker(d, source)
+    checker_host, checker_netns = _parse_health_checker(d, source)
     checker_ip = next((h.ip for h in hosts if h.name == checker_host), None)
     lbs = [_parse_load_balancer(lb, f"{source}.load_balancers[{i}]", i + 1, mode, checker_ip)
            for i, lb in enumerate(d.get("load_balancers") or [])]
     fabric = Fabric(cluster=str(d.get("cluster", "")), mode=mode, switches=tuple(switches),
                     links=tuple(links), subnets=tuple(subnets), hosts=tuple(hosts),
                     pod_routes=tuple(pod_routes), load_balancers=tuple(lbs),
-                    checker_host=checker_host, checker_netns_pid=checker_pid)
+                    checker_host=checker_host, checker_netns=checker_netns)
     for i, p in enumerate(fabric.pod_routes):
         check_pod(fabric, p, f"{source}.pod_routes[{i}]")
     return fabric
@@ -319,13 +323,18 @@ def _parse_pod_routes(d: Mapping, source: str, mode: str) -> list[PodRoute]:
     return pod_routes
 
 
-def _parse_health_checker(d: Mapping, source: str) -> tuple[str | None, int | None]:
-    """health_checker: {host, netns_pid} -> (host name, pid); both may be absent."""
+def _parse_health_checker(d: Mapping, source: str) -> tuple[str | None, str | None]:
+    """health_checker: {host, netns} -> (host name, network namespace file); both may be absent."""
     checker = d.get("health_checker") or {}
-    checker_pid = checker.get("netns_pid")
-    if checker_pid is not None and (not isinstance(checker_pid, int) or checker_pid <= 0):
-        raise ConfigError(f"{source}.health_checker.netns_pid: {checker_pid!r} is not a pid")
-    return checker.get("host"), checker_pid
+    w = f"{source}.health_checker"
+    if "netns_pid" in checker:
+        pid = checker["netns_pid"]
+        raise ConfigError(f"{w}.netns_pid: replaced by netns, the namespace's file -- write "
+                          f'"netns": "/proc/{pid}/ns/net" (or /run/netns/NAME)')
+    netns = checker.get("netns")
+    if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
+        raise ConfigError(f"{w}.netns: {netns!r} is not a file path like /run/netns/NAME")
+    return checker.get("host"), netns
 
 
 def _parse_health_check(hc: Mapping, hw: str) -> HealthCheck:
@@ -365,6 +374,10 @@ def _parse_load_balancer(lb: Mapping, w: str, index: int, mode: str,
                           f"no health_checker.host to take the address from")
     backends = tuple(parse_backend(b, f"{w}.backends[{j}]")
                      for j, b in enumerate(lb.get("backends") or []))
+    distinct = len({b.key for b in backends})
+    if distinct > MAX_LB_BACKENDS:
+        raise ConfigError(f"{w}.backends: {distinct} backends; an LB can have at most "
+                          f"{MAX_LB_BACKENDS} -- split them over more LBs")
     return LoadBalancer(
         name=str(_req(lb, "name", w)), index=index, vip=_ip(_req(lb, "vip", w), f"{w}.vip"),
         port=_port(_req(lb, "port", w), f"{w}.port"), protocol=proto, target_mode=target_mode,

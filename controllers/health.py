@@ -109,7 +109,8 @@ class HealthChecker:
     from the start, it dies with us (PR_SET_PDEATHSIG, and EOF on its stdin), and it speaks JSON
     lines: targets in on stdin, one result per check out on stdout.
 
-    netns_pid: a process in the LB host's namespace (fabric.json health_checker.netns_pid)
+    netns: the LB host's network namespace file, e.g. /run/netns/cnlb-lb0 (fabric.json
+        health_checker.netns); None: no checker
     on_results: called with the result dicts {"id", "ok", "status"|"error", "ms"} read at once
         (as many as the pipe held: a backlog is handled as one batch)
     """
@@ -117,8 +118,8 @@ class HealthChecker:
     RESTART_S = 2.0
     READ_MAX = 1 << 16
 
-    def __init__(self, netns_pid: int | None, on_results: Callable[[list[dict]], None]):
-        self.netns_pid = netns_pid
+    def __init__(self, netns: str | None, on_results: Callable[[list[dict]], None]):
+        self.netns = netns
         self.on_results = on_results
         self.proc: Any = None               # the child: an eventlet.green.subprocess.Popen
         self.targets: list = []
@@ -128,7 +129,7 @@ class HealthChecker:
         self.starts = 0
 
     def command(self) -> list[str]:
-        return ["nsenter", f"--net=/proc/{self.netns_pid}/ns/net", "--",
+        return ["nsenter", f"--net={self.netns}", "--",
                 sys.executable, "-m", "controllers.run", "--checker"]
 
     def start(self, targets: list) -> None:
@@ -147,7 +148,7 @@ class HealthChecker:
             proc.terminate()
 
     def status(self) -> dict:
-        return {"enabled": self.netns_pid is not None, "netns_pid": self.netns_pid,
+        return {"enabled": self.netns is not None, "netns": self.netns,
                 "running": self.proc is not None and self.proc.poll() is None,
                 "pid": self.proc.pid if self.proc else None, "starts": self.starts,
                 "results": self.results, "last_error": self.last_error}
@@ -178,8 +179,8 @@ class HealthChecker:
                 LOG.error("%s", self.last_error)
                 hub.sleep(self.RESTART_S)
                 continue
-            LOG.info("health checker pid %d started in the netns of pid %d", self.proc.pid,
-                     self.netns_pid)
+            LOG.info("health checker pid %d started in network namespace %s", self.proc.pid,
+                     self.netns)
             self._write_targets()
             self._read_results()
             code = self.proc.wait()

@@ -1,8 +1,11 @@
 """The cloud load balancer on the core switch: its backends, their health, and its flows.
 
-Balancer: per LB the registered backends and their Health; VIP capture, select group, SNAT and
-    reply un-NAT flows; register / deregister / observe_results return the messages to send;
-    checker_targets, backends_view and lbs_view are what the checker and the REST API see
+Balancer: per LB the registered backends and their Health; VIP capture, select group (or hash
+    slots, for an LB too big for one group), SNAT and reply un-NAT flows; register / deregister /
+    observe_results return the messages to send; checker_targets, backends_view and lbs_view
+    are what the checker and the REST API see
+reslot: a big LB's slot table after its in-service set changed, moving as few slots as it can
+GROUP_MAX_BACKENDS: the most backends an LB can have and keep one select group
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from os_ken.ofproto import ether
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
-from controllers.config import Backend, Fabric, LoadBalancer
+from controllers.config import MAX_LB_BACKENDS, Backend, ConfigError, Fabric, LoadBalancer
 from controllers.health import INITIAL, UNCHECKED, CheckResult, Health, backend_id, observe
 from controllers.openflow import (
     COOKIE_BACKEND,
@@ -29,6 +32,7 @@ from controllers.openflow import (
     P_LB_REPLY,
     P_LB_VIP,
     T_INGRESS,
+    T_LB_PICK,
     T_LB_SELECT,
     T_LB_SNAT,
     T_LB_UNNAT,
@@ -40,7 +44,11 @@ from controllers.openflow import (
     arp_flow,
     cookie,
     ct,
+    delete_flow_strict,
+    delete_flows,
+    delete_group,
     flow,
+    hash_slot,
     hex_cookie,
     nat_dst,
     nat_reverse,
@@ -48,6 +56,14 @@ from controllers.openflow import (
     select_group,
 )
 from controllers.topology import Topology
+
+# An LB keeps one select group while every registered backend's bucket fits one group-mod:
+# (65535 - 16 bytes of group-mod header) // 64 bytes a bucket (ct(commit, nat(dst=ip:port))).
+# Counted over registered backends, not in-service ones, so health changes never move an LB
+# between a group and hash slots; only registering the 1024th backend (or deregistering it) does.
+GROUP_MAX_BACKENDS = 1023
+
+BackendKey = tuple[str, int]            # (ip, port)
 
 
 class Balancer:
@@ -58,6 +74,16 @@ class Balancer:
     reply_keys: every (proto, ip, port) ever registered as a backend -- their reply flows stay
                 after deregistration so in-flight connections drain (a no-op for other traffic)
     checks_enabled: False when no checker runs; backends are then "unchecked" and in service
+    slots: per big LB (more than GROUP_MAX_BACKENDS registered), its in-service backends by slot
+
+    A big LB picks by hash slots instead of a group: its new-connection flow sets
+    reg1 := hash(addresses, protocol, ports) mod S (multipath), S = its in-service backends, and
+    table lb_pick has one flow per slot, reg1 = i -> the ct(commit, nat(dst)) a bucket would
+    have. Every backend is equally likely, however many there are, and a health change rewrites
+    one or two slot flows and the select flow (reslot), never a whole table. Not a select group
+    of select groups: OVS 3.1 does not choose a group's buckets in proportion to their weights
+    (the hash method ranks hash x weight; dp_hash rounds weights onto 16-256 hash values), and a
+    nested group hashes the same fields again, so its choice depends on its parent's.
     """
 
     def __init__(self, fabric: Fabric, topology: Topology, checks_enabled: bool = True):
@@ -69,18 +95,26 @@ class Balancer:
         self.reply_keys: set[tuple[str, str, int]] = set()
         self._buckets: dict[tuple[str, str, int], Bucket] = {}   # (LB name, ip, port)
         self._reply_msgs: dict[tuple[tuple[str, str, int], bool], list] = {}  # (key, snat)
+        self.slots: dict[str, list[BackendKey]] = {}
         for lb in fabric.load_balancers:
             self.backends[lb.name] = {}
             for b in lb.backends:
                 self._register(lb, b)
+            if not self.uses_group(lb):
+                self.slots[lb.name] = reslot([], [b.key for b in self.in_service(lb)])
 
     def flows(self, switch: str, ports: Ports) -> list:
         """The LB part of a full program: groups and flows on the core, VIP uplinks elsewhere."""
         msgs = []
         if switch == self.fabric.core.name:
             for lb in self.fabric.load_balancers:
-                # The group first: OVS refuses a flow that names a missing group (BAD_OUT_GROUP).
-                msgs.append(self.group(lb, ofp.OFPGC_ADD))
+                # The group (or slots) first: OVS refuses a flow that names a missing group
+                # (BAD_OUT_GROUP), and a slot must be there before a hash can pick it.
+                if lb.name in self.slots:
+                    msgs += [self._slot_flow(lb, i, key)
+                             for i, key in enumerate(self.slots[lb.name])]
+                else:
+                    msgs.append(self.group(lb, ofp.OFPGC_ADD))
                 msgs += self._core_flows(lb)
             msgs += self.reply_flows()
         else:
@@ -90,19 +124,14 @@ class Balancer:
 
     def _core_flows(self, lb: LoadBalancer) -> list:
         c = cookie(COOKIE_LB, lb.name)
-        proto, _, l4_dst = LB_PROTOCOLS[lb.protocol]
-        vip = {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "ipv4_dst": lb.vip,
-               l4_dst: lb.port}
+        vip = _vip_match(lb)
         after_dnat = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
         msgs = [
             # Tag the packet with the LB (reg0 survives recirculation and shows up in an
             # invalid-TTL packet-in), then look it up with the existing NAT applied.
             flow(T_INGRESS, P_LB_VIP, c, vip, [ofpp.OFPActionSetField(reg0=lb.tag),
                                                 ct(CT_ZONE_DNAT, T_LB_SELECT, nat=nat_reverse())]),
-            # Still addressed to the VIP and new: pick a backend.
-            flow(T_LB_SELECT, P_LB_VIP, c,
-                 dict(vip, reg0=lb.tag, ct_state=(CT_NEW | CT_TRK, CT_NEW | CT_TRK)),
-                 [ofpp.OFPActionGroup(lb.group_id)]),
+            self._select_flow(lb),
             # Anything else tracked (established, or a retransmitted SYN already DNATed): go on.
             flow(T_LB_SELECT, P_DEFAULT, c, {"reg0": lb.tag, "ct_state": (CT_TRK, CT_TRK | CT_INV)},
                  goto=after_dnat),
@@ -127,14 +156,28 @@ class Balancer:
                      {"eth_type": ether.ETH_TYPE_IP, "ipv4_dst": lb.vip},
                      [ofpp.OFPActionOutput(out)])]
 
+    def _select_flow(self, lb: LoadBalancer) -> ofpp.OFPFlowMod:
+        """Still addressed to the VIP and new: pick a backend, by the group or by a hash slot."""
+        c = cookie(COOKIE_LB, lb.name)
+        new = dict(_vip_match(lb), reg0=lb.tag, ct_state=(CT_NEW | CT_TRK, CT_NEW | CT_TRK))
+        slots = self.slots.get(lb.name)
+        if slots is None:
+            return flow(T_LB_SELECT, P_LB_VIP, c, new, [ofpp.OFPActionGroup(lb.group_id)])
+        if not slots:                  # none in service: dropped, as by an empty group
+            return flow(T_LB_SELECT, P_LB_VIP, c, new)
+        return flow(T_LB_SELECT, P_LB_VIP, c, new, [hash_slot(len(slots))], goto=T_LB_PICK)
+
+    def _slot_flow(self, lb: LoadBalancer, slot: int, key: BackendKey) -> ofpp.OFPFlowMod:
+        """A big LB's slot: reg1 = slot -> DNAT to the backend, committed (like its bucket)."""
+        return flow(T_LB_PICK, P_DEFAULT, cookie(COOKIE_LB, lb.name), _slot_match(lb, slot),
+                    _dnat(lb, *key))
+
     def _bucket(self, lb: LoadBalancer, b: Backend) -> Bucket:
         """The backend's bucket: DNAT to it, committed; built once per registration."""
         key = (lb.name, *b.key)
         bucket = self._buckets.get(key)
         if bucket is None:
-            after = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
-            bucket = self._buckets[key] = Bucket(
-                [ct(CT_ZONE_DNAT, after, commit=True, nat=nat_dst(b.ip, b.port))])
+            bucket = self._buckets[key] = Bucket(_dnat(lb, b.ip, b.port))
         return bucket
 
     def in_service(self, lb: LoadBalancer) -> list[Backend]:
@@ -146,6 +189,34 @@ class Balancer:
         """The LB's select group: one bucket per in-service backend."""
         return select_group(command, lb.group_id,
                             [self._bucket(lb, b) for b in self.in_service(lb)])
+
+    def uses_group(self, lb: LoadBalancer) -> bool:
+        """Whether the LB picks with one select group (else by hash slots)."""
+        return len(self.backends[lb.name]) <= GROUP_MAX_BACKENDS
+
+    def _changes(self, lb: LoadBalancer) -> list:
+        """Bring the LB's selection up to date with its backends and their health; returns the
+        messages that do the same on the core (the state changes whether the core is there)."""
+        old = self.slots.get(lb.name)
+        if self.uses_group(lb):
+            if old is None:
+                return [self.group(lb, ofp.OFPGC_MODIFY)]
+            # Back to one group: the group, then the select flow naming it, then no slots.
+            del self.slots[lb.name]
+            return [self.group(lb, ofp.OFPGC_ADD), self._select_flow(lb),
+                    delete_flows(T_LB_PICK, {"reg0": lb.tag})]
+        new = self.slots[lb.name] = reslot(old or [], [b.key for b in self.in_service(lb)])
+        # New slots before the select flow that can pick them; dropped slots after it.
+        msgs: list = [self._slot_flow(lb, i, key) for i, key in enumerate(new)
+                      if old is None or i >= len(old) or old[i] != key]
+        if old is None or len(old) != len(new):
+            msgs.append(self._select_flow(lb))
+        if old is None:                          # out of one group: it goes after its last user
+            msgs.append(delete_group(lb.group_id))
+        else:
+            msgs += [delete_flow_strict(T_LB_PICK, P_DEFAULT, _slot_match(lb, i))
+                     for i in range(len(new), len(old))]
+        return msgs
 
     def _reply_flows(self, key: tuple[str, str, int]) -> list:
         """Traffic from backend (proto, ip, port): un-SNAT (if any LB SNATs) then un-DNAT."""
@@ -179,12 +250,16 @@ class Balancer:
                     ports_by_switch: Mapping[str, Ports]) -> Messages:
         """Register a backend (the NEG idea); it takes traffic once healthy (or unchecked).
 
-        Registering a backend that is already there only updates its name.
+        Registering a backend that is already there only updates its name. ConfigError when the
+        LB already has MAX_LB_BACKENDS.
         """
         lb = self._lb(lb_name)
         if b.key in self.backends[lb.name]:           # idempotent: keep its health
             self.backends[lb.name][b.key] = b
             return {}
+        if len(self.backends[lb.name]) >= MAX_LB_BACKENDS:
+            raise ConfigError(f"lb {lb.name} has {MAX_LB_BACKENDS} backends, the most an LB can "
+                              "have -- deregister one first")
         new_key = (lb.protocol, b.ip, b.port) not in self.reply_keys
         self._register(lb, b)
         return self._core_update(lb, ports_by_switch,
@@ -201,7 +276,8 @@ class Balancer:
 
     def observe_results(self, results: Iterable[CheckResult],
                         ports_by_switch: Mapping[str, Ports]) -> Messages:
-        """Feed checker results in order; one group modify per LB whose bucket set changed.
+        """Feed checker results in order; one group modify (or slot update) per LB whose
+        in-service set changed.
 
         One group-mod for a batch, not one per change: 1000 backends turning healthy together
         would otherwise rewrite a group of up to 1000 buckets 1000 times.
@@ -217,10 +293,11 @@ class Balancer:
             observe(h, r.ok, lb.health_check)
             if h.in_service != before and lb not in changed:
                 changed.append(lb)
+        msgs = [m for lb in changed for m in self._changes(lb)]
         core = self.fabric.core.name
-        if core not in ports_by_switch or not changed:
+        if core not in ports_by_switch or not msgs:
             return {}
-        return {core: [self.group(lb, ofp.OFPGC_MODIFY) for lb in changed]}
+        return {core: msgs}
 
     def _lb(self, name: str) -> LoadBalancer:
         """The LB called name (KeyError if there is none)."""
@@ -231,10 +308,11 @@ class Balancer:
 
     def _core_update(self, lb: LoadBalancer, ports_by_switch: Mapping[str, Ports],
                      extra: Iterable = ()) -> Messages:
+        msgs = self._changes(lb)
         core = self.fabric.core.name
         if core not in ports_by_switch:
             return {}
-        return {core: list(extra) + [self.group(lb, ofp.OFPGC_MODIFY)]}
+        return {core: list(extra) + msgs}
 
     # ---- what the checker and the REST API see ----------------------------------------
 
@@ -265,15 +343,19 @@ class Balancer:
         return rows
 
     def lbs_view(self) -> list[dict]:
-        """One row per LB: VIP, mode, group id, zones, backend counts, health check."""
+        """One row per LB: VIP, mode, how it picks (group id or slots), zones, backend counts,
+        health check."""
         rows = []
         for lb in self.fabric.load_balancers:
             hc = lb.health_check
+            slots = self.slots.get(lb.name)
             rows.append({"name": lb.name, "vip": lb.vip, "port": lb.port,
                          "protocol": lb.protocol, "target_mode": lb.target_mode,
                          "preserve_client_ip": lb.preserve_client_ip,
                          "snat_ip": None if lb.preserve_client_ip else lb.snat_ip,
-                         "group_id": lb.group_id, "reg0_tag": lb.tag,
+                         "selection": "select_group" if slots is None else "hash_slots",
+                         "group_id": lb.group_id if slots is None else None,
+                         "slots": None if slots is None else len(slots), "reg0_tag": lb.tag,
                          "ct_zone_dnat": CT_ZONE_DNAT,
                          "ct_zone_snat": None if lb.preserve_client_ip else CT_ZONE_SNAT,
                          "backends": len(self.backends[lb.name]),
@@ -281,6 +363,45 @@ class Balancer:
                          "health_check": dataclasses.asdict(hc) if hc else None,
                          "cookie": hex_cookie(cookie(COOKIE_LB, lb.name))})
         return rows
+
+
+def reslot(old: list[BackendKey], now: list[BackendKey]) -> list[BackendKey]:
+    """A big LB's slots after its in-service set became `now` (in a stable order).
+
+    A backend that stays keeps its slot. A slot whose backend left takes the last slot's backend
+    (the table shrinks by one); backends that joined take new slots at the end. So each change
+    rewrites at most one slot flow, and the slots are always exactly the in-service backends.
+    """
+    keep = set(now)
+    slots = list(old)
+    i = 0
+    while i < len(slots):
+        if slots[i] not in keep:
+            last = slots.pop()
+            if i < len(slots):
+                slots[i] = last              # look at slot i again: `last` may have left too
+                continue
+        i += 1
+    placed = set(slots)
+    return slots + [k for k in now if k not in placed]
+
+
+def _vip_match(lb: LoadBalancer) -> dict:
+    proto, _, l4_dst = LB_PROTOCOLS[lb.protocol]
+    return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "ipv4_dst": lb.vip,
+            l4_dst: lb.port}
+
+
+def _slot_match(lb: LoadBalancer, slot: int) -> dict:
+    # eth_type and ip_proto: OVS refuses nat() with ports in a flow that does not match on them.
+    return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": LB_PROTOCOLS[lb.protocol][0],
+            "reg0": lb.tag, "reg1": slot}
+
+
+def _dnat(lb: LoadBalancer, ip: str, port: int) -> list:
+    """DNAT to backend ip:port, committed, then on to routing (or the LB's SNAT)."""
+    after = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
+    return [ct(CT_ZONE_DNAT, after, commit=True, nat=nat_dst(ip, port))]
 
 
 def _reply_cookie(key: tuple[str, str, int]) -> int:

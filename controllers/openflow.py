@@ -4,10 +4,12 @@ Names: T_* tables, P_* priorities, COOKIE_* kinds, CT_* conntrack zones and stat
 NXActionNATPadded, NXActionCTPadded: os-ken's NX actions with the pad bytes it forgets
 cookie, flow, delete_by_cookie: the one flow builder and its cookie scheme
 ct, nat_reverse, nat_dst, nat_src: conntrack actions
-Bucket, select_group: the LB's group, whose buckets serialize once
+Bucket, select_group, delete_group: the LB's group, whose buckets serialize once
+hash_slot, delete_flows, delete_flow_strict: a big LB's hash slots (see controllers/lb.py)
 arp_responder, arp_flow, nexthop_flow: the router's per-address entries
 clear_switch, switch_config: what a freshly connected switch gets first
-encode: a message's bytes with a given xid, serialized once however many switches get it
+encode: a message's bytes with a given xid, serialized once however many switches get it;
+    MessageTooLong when it would not fit OpenFlow's 16-bit length
 Messages are os-ken parser objects built against DP, a stand-in datapath; encode turns them into
 the bytes the app writes to a switch, many messages in one write.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import struct
 from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
 
@@ -34,6 +37,7 @@ DP = SimpleNamespace(ofproto=ofp, ofproto_parser=ofpp, id=None)
 #   INGRESS(0) --ARP--> ARP(1)                            answer from the table, out IN_PORT
 #      | VIP (core) ----> ct(nat) --> LB_SELECT(2) --new--> group (select, 1 bucket/backend)
 #      |                                  | est                 bucket: ct(commit,nat(dst=B:P))
+#      |                                  |   (a big LB: multipath -> LB_PICK(9), the same ct)
 #      |                                  v                              |
 #      |                             [LB_SNAT(3)] <---- preserve_client_ip=false ----+
 #      |                                  | ct(commit,nat(src=snat_ip))             | true
@@ -54,9 +58,10 @@ T_DISPATCH = 5
 T_ROUTE = 6
 T_NEXTHOP = 7
 T_L2 = 8
+T_LB_PICK = 9     # after l2 only because goto-table must go forward: lb_select(2) jumps here
 TABLE_NAMES = {T_INGRESS: "ingress", T_ARP: "arp", T_LB_SELECT: "lb_select", T_LB_SNAT: "lb_snat",
                T_LB_UNNAT: "lb_unnat", T_DISPATCH: "dispatch", T_ROUTE: "route",
-               T_NEXTHOP: "nexthop", T_L2: "l2"}
+               T_NEXTHOP: "nexthop", T_L2: "l2", T_LB_PICK: "lb_pick"}
 
 # Priorities (higher wins inside one table).
 P_MISS = 0          # table-miss: drop, or the default next table
@@ -95,6 +100,14 @@ SNAT_PORTS = (1024, 32767)
 # nicira_ext has no names for these (OVS include/openflow/nicira-ext.h, enum nx_nat_flags).
 NX_NAT_F_SRC = 1 << 0
 NX_NAT_F_DST = 1 << 1
+
+# multipath's field set (OVS include/openflow/nicira-ext.h, enum nx_hash_fields; os-ken names
+# only the first two): IP addresses, protocol and TCP *or UDP* ports -- symmetric_l4 would leave
+# UDP ports out and send every UDP flow between two hosts to one backend.
+NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
+
+# The most an OpenFlow message can be: its header's length field is 16 bits.
+OFP_MAX_LEN = 0xffff
 
 # ct_state bits (OVS ovs-fields(7)).
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -253,6 +266,37 @@ def select_group(command: int, group_id: int, buckets: Iterable[Bucket]) -> ofpp
                             buckets=list(buckets))
 
 
+def delete_group(group_id: int) -> ofpp.OFPGroupMod:
+    """Delete one group (and, in OVS, any flow still naming it)."""
+    return ofpp.OFPGroupMod(DP, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_SELECT,
+                            group_id=group_id)
+
+
+def hash_slot(slots: int, basis: int = 0) -> ofpp.NXActionMultipath:
+    """reg1 := a hash of the connection (addresses, protocol, ports) modulo slots (1-65536).
+
+    Every slot is equally likely: a plain modulo of a 32-bit hash, unlike a select group, whose
+    weights OVS does not honour in proportion (docs/controller.md, "Big load balancers").
+    """
+    return ofpp.NXActionMultipath(
+        fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, basis=basis,
+        algorithm=nicira_ext.NX_MP_ALG_MODULO_N, max_link=slots - 1, arg=0,
+        ofs_nbits=nicira_ext.ofs_nbits(0, 31), dst="reg1")
+
+
+def delete_flows(table: int, match: Mapping) -> ofpp.OFPFlowMod:
+    """Delete every flow of one table whose match includes these fields (non-strict)."""
+    return ofpp.OFPFlowMod(DP, table_id=table, command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
+                           out_group=ofp.OFPG_ANY, match=ofpp.OFPMatch(**dict(match)))
+
+
+def delete_flow_strict(table: int, priority: int, match: Mapping) -> ofpp.OFPFlowMod:
+    """Delete the one flow with exactly this table, priority and match."""
+    return ofpp.OFPFlowMod(DP, table_id=table, priority=priority,
+                           command=ofp.OFPFC_DELETE_STRICT, out_port=ofp.OFPP_ANY,
+                           out_group=ofp.OFPG_ANY, match=ofpp.OFPMatch(**dict(match)))
+
+
 def clear_switch() -> list:
     """Delete every flow and every group."""
     return [ofpp.OFPFlowMod(DP, table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
@@ -273,17 +317,39 @@ def switch_config() -> list:
             ofpp.OFPSetAsync(DP, [reasons, 0], [port_status, port_status], [0, 0])]
 
 
+class MessageTooLong(ValueError):
+    """A message that would not fit OpenFlow's 16-bit length field; it is refused, not sent."""
+
+
+def describe(msg: ofpp.MsgBase) -> str:
+    """A message in a few words, for errors: its kind and what it is about."""
+    if isinstance(msg, ofpp.OFPGroupMod):
+        return f"group-mod of group {msg.group_id} ({len(msg.buckets)} buckets)"
+    if isinstance(msg, ofpp.OFPFlowMod):
+        return (f"flow-mod in table {TABLE_NAMES.get(msg.table_id, msg.table_id)} "
+                f"(cookie {hex_cookie(msg.cookie)})")
+    return type(msg).__name__
+
+
 def encode(msg: ofpp.MsgBase, xid: int) -> bytes:
     """msg as it goes on the wire, with transaction id xid.
 
     Serialized on first use and kept on the message: one message object may go to many switches
     (a pod's route is the same on all of them), so only the xid differs between its copies.
-    A message is never changed once it is built.
+    A message is never changed once it is built. MessageTooLong if it is over OFP_MAX_LEN bytes
+    (os-ken would fail with a bare struct.error packing the header's length).
     """
     wire = msg.__dict__.get("_wire")
     if wire is None:
         if msg.xid is None:
             msg.xid = xid
-        msg.serialize()
+        try:
+            msg.serialize()
+        except struct.error:
+            size = len(msg.buf or b"")
+            if size <= OFP_MAX_LEN:
+                raise                                  # not the length: a bug, let it show
+            raise MessageTooLong(f"{describe(msg)} would be {size} bytes; an OpenFlow message "
+                                 f"holds at most {OFP_MAX_LEN}") from None
         wire = msg._wire = bytes(msg.buf)
     return wire[:4] + xid.to_bytes(4, "big") + wire[8:]

@@ -28,6 +28,7 @@ from controllers.openflow import (
     T_DISPATCH,
     T_INGRESS,
     T_L2,
+    T_LB_PICK,
     T_LB_SELECT,
     T_LB_SNAT,
     T_LB_UNNAT,
@@ -104,7 +105,7 @@ class Router:
             msgs += [flow(T_LB_SELECT, P_MISS, c), flow(T_LB_SNAT, P_MISS, c),
                      flow(T_LB_UNNAT, P_DEFAULT, c, ip,
                           [ct(CT_ZONE_DNAT, T_NEXTHOP, nat=nat_reverse())]),
-                     flow(T_LB_UNNAT, P_MISS, c)]
+                     flow(T_LB_UNNAT, P_MISS, c), flow(T_LB_PICK, P_MISS, c)]
         return msgs
 
     def _gateway_flows(self, subnet: Subnet) -> list:

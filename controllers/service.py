@@ -19,7 +19,15 @@ from typing import Any
 import controllers
 from controllers.config import Backend, PodRoute, parse_fabric
 from controllers.health import HealthChecker, parse_result
-from controllers.openflow import DP, Messages, Ports, clear_switch, encode, switch_config
+from controllers.openflow import (
+    DP,
+    Messages,
+    MessageTooLong,
+    Ports,
+    clear_switch,
+    encode,
+    switch_config,
+)
 from controllers.topology import identify_switch
 from controllers.vpc import Vpc
 
@@ -64,20 +72,20 @@ class VpcService:
         self.vpc = vpc
         self.started = time.time()
         self.switches = {s.name: SwitchState(s.name) for s in vpc.fabric.switches}
-        self.checker = HealthChecker(vpc.fabric.checker_netns_pid, self.on_health_results)
+        self.checker = HealthChecker(vpc.fabric.checker_netns, self.on_health_results)
         self._pending_ports: dict[int, dict[str, int]] = {}   # dpid -> ports of a reply so far
         self._sent: dict = {}               # (dpid, xid) -> message, to explain errors
 
     @classmethod
     def from_config(cls, path: str) -> VpcService:
-        """Read fabric.json at path; the checker runs iff it names a netns pid."""
+        """Read fabric.json at path; the checker runs iff it names a network namespace."""
         with open(path) as f:
             fabric = parse_fabric(json.load(f), source=path)
-        service = cls(Vpc(fabric, checks_enabled=fabric.checker_netns_pid is not None))
+        service = cls(Vpc(fabric, checks_enabled=fabric.checker_netns is not None))
         LOG.info("fabric %s: mode %s, %d switches, %d hosts, %d LBs, health checker %s",
                  fabric.cluster, fabric.mode, len(fabric.switches), len(fabric.hosts),
                  len(fabric.load_balancers),
-                 f"in netns of pid {fabric.checker_netns_pid}" if service.checks_enabled
+                 f"in network namespace {fabric.checker_netns}" if service.checks_enabled
                  else "off (backends unchecked, always in service)")
         return service
 
@@ -241,17 +249,35 @@ class VpcService:
 
         One write, not one per message: os-ken's send_msg queues each message on its own, and a
         1000-pod switch's ~2200 flow-mods then cost a green-thread hand-off each. Each message
-        is remembered by xid to explain an error.
+        is remembered by xid to explain an error. A message too long for OpenFlow is refused:
+        logged and counted as an error of the switch (so a program with one is not
+        "programmed"), and the others still go.
         """
         self._sent = self._sent if len(self._sent) < SENT_KEPT else {}
         chunks, xid = [], None
         for m in msgs:
-            xid = _next_xid(dp)
-            chunks.append(encode(m, xid))
+            this = _next_xid(dp)
+            try:
+                chunks.append(encode(m, this))
+            except MessageTooLong as e:
+                self._refused(dp, m, e)
+                continue
+            xid = this
             self._sent[(dp.id, xid)] = m
         if chunks:
             dp.send(b"".join(chunks))
         return xid
+
+    def _refused(self, dp: Any, msg: Any, error: MessageTooLong) -> None:
+        st = self.state_of(dp)
+        lb = next((lb.name for lb in self.vpc.fabric.load_balancers
+                   if getattr(msg, "group_id", None) == lb.group_id), None)
+        text = (f"switch {st.name if st else dp.id}: not sent: "
+                f"{f'lb {lb}: ' if lb else ''}{error}")
+        LOG.error("%s", text)
+        if st is not None:
+            st.errors += 1
+            st.last_error = text
 
     def send_by_switch(self, by_switch: Messages) -> None:
         for name, msgs in by_switch.items():

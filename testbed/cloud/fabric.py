@@ -11,11 +11,12 @@ from testbed.plan.addresses import LB_HOST, Plan, lb_backends
 from testbed.spec.model import HealthCheck
 
 
-def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = None,
+def render_fabric(plan: Plan, health: HealthCheck, lb_netns: str | None = None,
                   gone: Collection[str] = frozenset()) -> dict[str, object]:
     """The fabric config for the controller.
 
-    lb_netns_pid: the LB host's shell, once it exists (health checks run in its namespace)
+    lb_netns: the file of the LB host's network namespace, once it exists (the health checks
+        run in it; the controller enters it with nsenter --net=FILE)
     gone: pods removed since the build (a restarted controller must not route to them)
     """
     switches = [{"name": s.name, "dpid": s.dpid, "role": s.role,
@@ -48,6 +49,6 @@ def render_fabric(plan: Plan, health: HealthCheck, lb_netns_pid: int | None = No
     out: dict[str, object] = {
         "cluster": plan.cluster, "mode": plan.mode, "switches": switches, "links": links,
         "subnets": subnets, "hosts": hosts, "pod_routes": pod_routes, "load_balancers": lbs}
-    if lb_netns_pid is not None:
-        out["health_checker"] = {"host": LB_HOST, "netns_pid": lb_netns_pid}
+    if lb_netns is not None:
+        out["health_checker"] = {"host": LB_HOST, "netns": lb_netns}
     return out

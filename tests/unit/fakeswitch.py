@@ -1,13 +1,15 @@
 """Shared test fakes for the VPC controller: a small OpenFlow 1.3 switch, a fabric, a datapath.
 
-FakeSwitch: tables, priorities, masked matches, apply-actions/goto, select groups, and just enough
-    conntrack for ct(commit, nat(dst|src)) and the reverse `nat`; process() says where a packet goes
+FakeSwitch: tables, priorities, masked matches, apply-actions/goto, select groups, multipath, and
+    just enough conntrack for ct(commit, nat(dst|src)) and the reverse `nat`; process() says where
+    a packet goes
 FakeFabric: every switch programmed from a Vpc, walk() follows a packet across the links
 FakeDatapath: records what the controller writes, decoded from the bytes back into messages
 decode: the messages in a buffer written to a switch (os-ken parses few of those; the rest here)
 """
 
 import copy
+import hashlib
 import ipaddress
 import random
 import struct
@@ -44,7 +46,7 @@ class FakeSwitch:
     """
 
     def __init__(self, msgs=()):
-        self.flows = []
+        self.tables = {}         # table id -> {(priority, match key): flow}, flows as in `flows`
         self.groups = {}
         self.conns = []          # dicts: zone, orig, reply, kind, to
         self.apply(msgs)
@@ -57,15 +59,20 @@ class FakeSwitch:
                         for a in getattr(inst, "actions", []):
                             assert not isinstance(a, ofpp.OFPActionGroup) or \
                                 a.group_id in self.groups, "flow names a missing group"
-                    key = (m.table_id, m.priority, _match_key(m.match))
-                    self.flows = [f for f in self.flows if f[:3] != key]
-                    self.flows.append((m.table_id, m.priority, _match_key(m.match),
-                                       m.instructions, m.cookie))
+                    table = self.tables.setdefault(m.table_id, {})
+                    key = (m.priority, _match_key(m.match))
+                    table.pop(key, None)
+                    table[key] = (m.table_id, *key, m.instructions, m.cookie)
+                elif m.command == ofp.OFPFC_DELETE_STRICT:
+                    self.tables.get(m.table_id, {}).pop((m.priority, _match_key(m.match)), None)
                 elif m.command == ofp.OFPFC_DELETE:
-                    assert m.table_id == ofp.OFPTT_ALL and not list(m.match.items())
-                    mask = m.cookie_mask
-                    self.flows = [f for f in self.flows
-                                  if mask and (f[4] & mask) != (m.cookie & mask)]
+                    mask, want = m.cookie_mask, set(_match_key(m.match))
+                    for table_id, table in self.tables.items():
+                        if m.table_id in (ofp.OFPTT_ALL, table_id):
+                            self.tables[table_id] = {
+                                k: f for k, f in table.items()
+                                if (mask and (f[4] & mask) != (m.cookie & mask))
+                                or not want <= set(f[2])}
             elif isinstance(m, ofpp.OFPGroupMod):
                 if m.command == ofp.OFPGC_DELETE:
                     self.groups.clear() if m.group_id == ofp.OFPG_ALL else \
@@ -77,8 +84,13 @@ class FakeSwitch:
                     assert m.group_id in self.groups
                     self.groups[m.group_id] = m.buckets
 
+    @property
+    def flows(self):
+        """Every flow as (table, priority, match key, instructions, cookie)."""
+        return [f for table in self.tables.values() for f in table.values()]
+
     def table(self, table_id):
-        return [f for f in self.flows if f[0] == table_id]
+        return list(self.tables.get(table_id, {}).values())
 
     def process(self, pkt, in_port):
         pkt = dict(pkt, in_port=in_port)
@@ -127,6 +139,12 @@ class FakeSwitch:
                     h = hash((pkt["ipv4_src"], pkt.get("tcp_src"))) % len(buckets)
                     done, res = self._actions(buckets[h].actions, dict(pkt), depth)
                     out += res
+            elif isinstance(a, ofpp.NXActionMultipath):       # a stable stand-in for its hash
+                five = f"{pkt['ipv4_src']} {pkt['ipv4_dst']} {pkt['ip_proto']} " \
+                       f"{pkt.get('tcp_src', pkt.get('udp_src'))} " \
+                       f"{pkt.get('tcp_dst', pkt.get('udp_dst'))}"
+                h = int.from_bytes(hashlib.blake2b(five.encode(), digest_size=4).digest(), "big")
+                pkt[a.dst] = h % (a.max_link + 1)
             elif isinstance(a, ofpp.NXActionCT):
                 self._ct(a, pkt)
                 if a.recirc_table != nicira_ext.NX_CT_RECIRC_NONE:

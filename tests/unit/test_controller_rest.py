@@ -158,7 +158,7 @@ class _Pipe:
 
 def test_the_checker_parent_hands_over_the_result_lines_read_together():
     batches = []
-    checker = health.HealthChecker(4242, batches.append)
+    checker = health.HealthChecker("/run/netns/cnlb-lb0", batches.append)
     checker.proc = type("Proc", (), {"stdout": _Pipe([
         b'{"id": "web/a:1", "ok": true}\n{"event": "targets", "count": 2}\n{"id": "web/b',
         b':1", "ok": false}\n{"id": "web/a:1", "ok": true}\n',

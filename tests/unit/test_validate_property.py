@@ -312,7 +312,7 @@ def check_buildable(topo: Topology) -> None:
     and the controller would refuse: names, addresses, ports."""
     plan = build_plan(topo)
     plan.to_dict()
-    fabric = render_fabric(plan, topo.load_balancer.health_check, lb_netns_pid=1)
+    fabric = render_fabric(plan, topo.load_balancer.health_check, lb_netns="/run/netns/cnlb-lb0")
     parse_fabric(json.loads(json.dumps(fabric)))   # what the controller reads at start
     hc = fabric["load_balancers"][0]["health_check"] if fabric["load_balancers"] else None
     if hc:

@@ -59,7 +59,7 @@ def fabric_dict(mode="nodeport", preserve=True):
             "health_check": {"port": None, "path": "/healthz", "interval_s": 1.0,
                              "timeout_s": 0.5, "healthy_threshold": 2,
                              "unhealthy_threshold": 2}}],
-        "health_checker": {"host": "lb0", "netns_pid": 4242},
+        "health_checker": {"host": "lb0", "netns": "/run/netns/cnlb-lb0"},
     }
 
 
