@@ -4,7 +4,7 @@ Balancer: per LB the registered backends and their Health; VIP capture, select g
     slots, for an LB too big for one group), SNAT and reply un-NAT flows; register / deregister /
     observe_results return the messages to send; checker_targets, backends_view and lbs_view
     are what the checker and the REST API see
-reslot: a big LB's slot table after its in-service set changed, moving as few slots as it can
+SlotTable: a big LB's slots (slot -> backend, backend -> slot), updated moving as few as it can
 GROUP_MAX_BACKENDS: the most backends an LB can have and keep one select group
 """
 
@@ -61,6 +61,15 @@ from controllers.topology import Topology
 # (65535 - 16 bytes of group-mod header) // 64 bytes a bucket (ct(commit, nat(dst=ip:port))).
 # Counted over registered backends, not in-service ones, so health changes never move an LB
 # between a group and hash slots; only registering the 1024th backend (or deregistering it) does.
+#
+# A bigger LB picks by hash slots: its new-connection flow sets reg1 := hash(addresses,
+# protocol, ports) mod S (multipath), S = its in-service backends, and table lb_pick has one
+# flow per slot, reg1 = i -> the ct(commit, nat(dst)) a bucket would have. Every backend is
+# equally likely, however many there are, and a health change rewrites one or two slot flows and
+# the select flow (SlotTable), never a whole table. Not a select group of select groups: OVS 3.1
+# does not choose a group's buckets in proportion to their weights (the hash method ranks
+# hash x weight; dp_hash rounds weights onto 16-256 hash values), and a nested group hashes the
+# same fields again, so its choice depends on its parent's.
 GROUP_MAX_BACKENDS = 1023
 
 BackendKey = tuple[str, int]            # (ip, port)
@@ -74,16 +83,7 @@ class Balancer:
     reply_keys: every (proto, ip, port) ever registered as a backend -- their reply flows stay
                 after deregistration so in-flight connections drain (a no-op for other traffic)
     checks_enabled: False when no checker runs; backends are then "unchecked" and in service
-    slots: per big LB (more than GROUP_MAX_BACKENDS registered), its in-service backends by slot
-
-    A big LB picks by hash slots instead of a group: its new-connection flow sets
-    reg1 := hash(addresses, protocol, ports) mod S (multipath), S = its in-service backends, and
-    table lb_pick has one flow per slot, reg1 = i -> the ct(commit, nat(dst)) a bucket would
-    have. Every backend is equally likely, however many there are, and a health change rewrites
-    one or two slot flows and the select flow (reslot), never a whole table. Not a select group
-    of select groups: OVS 3.1 does not choose a group's buckets in proportion to their weights
-    (the hash method ranks hash x weight; dp_hash rounds weights onto 16-256 hash values), and a
-    nested group hashes the same fields again, so its choice depends on its parent's.
+    slots: per big LB (more than GROUP_MAX_BACKENDS registered), its hash slots (see above)
     """
 
     def __init__(self, fabric: Fabric, topology: Topology, checks_enabled: bool = True):
@@ -95,13 +95,14 @@ class Balancer:
         self.reply_keys: set[tuple[str, str, int]] = set()
         self._buckets: dict[tuple[str, str, int], Bucket] = {}   # (LB name, ip, port)
         self._reply_msgs: dict[tuple[tuple[str, str, int], bool], list] = {}  # (key, snat)
-        self.slots: dict[str, list[BackendKey]] = {}
+        self.slots: dict[str, SlotTable] = {}
         for lb in fabric.load_balancers:
             self.backends[lb.name] = {}
             for b in lb.backends:
                 self._register(lb, b)
             if not self.uses_group(lb):
-                self.slots[lb.name] = reslot([], [b.key for b in self.in_service(lb)])
+                self.slots[lb.name] = SlotTable()
+                self.slots[lb.name].update([], [b.key for b in self.in_service(lb)])
 
     def flows(self, switch: str, ports: Ports) -> list:
         """The LB part of a full program: groups and flows on the core, VIP uplinks elsewhere."""
@@ -111,8 +112,8 @@ class Balancer:
                 # The group (or slots) first: OVS refuses a flow that names a missing group
                 # (BAD_OUT_GROUP), and a slot must be there before a hash can pick it.
                 if lb.name in self.slots:
-                    msgs += [self._slot_flow(lb, i, key)
-                             for i, key in enumerate(self.slots[lb.name])]
+                    msgs += [_slot_flow(lb, i, key)
+                             for i, key in enumerate(self.slots[lb.name].keys)]
                 else:
                     msgs.append(self.group(lb, ofp.OFPGC_ADD))
                 msgs += self._core_flows(lb)
@@ -160,17 +161,13 @@ class Balancer:
         """Still addressed to the VIP and new: pick a backend, by the group or by a hash slot."""
         c = cookie(COOKIE_LB, lb.name)
         new = dict(_vip_match(lb), reg0=lb.tag, ct_state=(CT_NEW | CT_TRK, CT_NEW | CT_TRK))
-        slots = self.slots.get(lb.name)
-        if slots is None:
+        table = self.slots.get(lb.name)
+        if table is None:
             return flow(T_LB_SELECT, P_LB_VIP, c, new, [ofpp.OFPActionGroup(lb.group_id)])
-        if not slots:                  # none in service: dropped, as by an empty group
+        if not table.keys:             # none in service: dropped, as by an empty group
             return flow(T_LB_SELECT, P_LB_VIP, c, new)
-        return flow(T_LB_SELECT, P_LB_VIP, c, new, [hash_slot(len(slots))], goto=T_LB_PICK)
-
-    def _slot_flow(self, lb: LoadBalancer, slot: int, key: BackendKey) -> ofpp.OFPFlowMod:
-        """A big LB's slot: reg1 = slot -> DNAT to the backend, committed (like its bucket)."""
-        return flow(T_LB_PICK, P_DEFAULT, cookie(COOKIE_LB, lb.name), _slot_match(lb, slot),
-                    _dnat(lb, *key))
+        return flow(T_LB_SELECT, P_LB_VIP, c, new, [hash_slot(len(table.keys))],
+                    goto=T_LB_PICK)
 
     def _bucket(self, lb: LoadBalancer, b: Backend) -> Bucket:
         """The backend's bucket: DNAT to it, committed; built once per registration."""
@@ -194,29 +191,39 @@ class Balancer:
         """Whether the LB picks with one select group (else by hash slots)."""
         return len(self.backends[lb.name]) <= GROUP_MAX_BACKENDS
 
-    def _changes(self, lb: LoadBalancer) -> list:
-        """Bring the LB's selection up to date with its backends and their health; returns the
-        messages that do the same on the core (the state changes whether the core is there)."""
-        old = self.slots.get(lb.name)
+    def _changes(self, lb: LoadBalancer, touched: Iterable[BackendKey]) -> list:
+        """Bring the LB's selection up to date after the backends `touched` were registered,
+        deregistered or changed service; returns the messages that do the same on the core (the
+        state changes whether the core is there). A big LB's cost is that of the change, not of
+        its size: 1000 checks a second on 5000 backends must not sort 5000 a batch."""
+        table = self.slots.get(lb.name)
         if self.uses_group(lb):
-            if old is None:
+            if table is None:
                 return [self.group(lb, ofp.OFPGC_MODIFY)]
             # Back to one group: the group, then the select flow naming it, then no slots.
             del self.slots[lb.name]
             return [self.group(lb, ofp.OFPGC_ADD), self._select_flow(lb),
                     delete_flows(T_LB_PICK, {"reg0": lb.tag})]
-        new = self.slots[lb.name] = reslot(old or [], [b.key for b in self.in_service(lb)])
-        # New slots before the select flow that can pick them; dropped slots after it.
-        msgs: list = [self._slot_flow(lb, i, key) for i, key in enumerate(new)
-                      if old is None or i >= len(old) or old[i] != key]
-        if old is None or len(old) != len(new):
+        if table is None:                        # out of one group
+            table = self.slots[lb.name] = SlotTable()
+            table.update([], [b.key for b in self.in_service(lb)])
+            return ([_slot_flow(lb, i, key) for i, key in enumerate(table.keys)]
+                    + [self._select_flow(lb), delete_group(lb.group_id)])
+        serving = {key: self._serving(lb, key) for key in touched}
+        before = len(table.keys)
+        moved = table.update([k for k, on in serving.items() if not on and k in table.index],
+                             sorted(k for k, on in serving.items() if on and k not in table.index))
+        # New and moved slots before the select flow that can pick them; dropped ones after it.
+        msgs: list = [_slot_flow(lb, i, table.keys[i]) for i in sorted(moved)]
+        if len(table.keys) != before:
             msgs.append(self._select_flow(lb))
-        if old is None:                          # out of one group: it goes after its last user
-            msgs.append(delete_group(lb.group_id))
-        else:
-            msgs += [delete_flow_strict(T_LB_PICK, P_DEFAULT, _slot_match(lb, i))
-                     for i in range(len(new), len(old))]
-        return msgs
+        return msgs + [delete_flow_strict(T_LB_PICK, P_DEFAULT, _slot_match(lb, i))
+                       for i in range(len(table.keys), before)]
+
+    def _serving(self, lb: LoadBalancer, key: BackendKey) -> bool:
+        """Whether backend key of lb is registered and in service."""
+        h = self.health.get((lb.name, *key))
+        return h is not None and h.in_service
 
     def _reply_flows(self, key: tuple[str, str, int]) -> list:
         """Traffic from backend (proto, ip, port): un-SNAT (if any LB SNATs) then un-DNAT."""
@@ -262,7 +269,7 @@ class Balancer:
                               "have -- deregister one first")
         new_key = (lb.protocol, b.ip, b.port) not in self.reply_keys
         self._register(lb, b)
-        return self._core_update(lb, ports_by_switch,
+        return self._core_update(lb, [b.key], ports_by_switch,
                                  self._reply_flows((lb.protocol, b.ip, b.port)) if new_key else [])
 
     def remove_backend(self, lb_name: str, ip: str, port: int,
@@ -272,7 +279,7 @@ class Balancer:
         del self.backends[lb.name][(ip, port)]
         del self.health[(lb.name, ip, port)]
         self._buckets.pop((lb.name, ip, port), None)
-        return self._core_update(lb, ports_by_switch)
+        return self._core_update(lb, [(ip, port)], ports_by_switch)
 
     def observe_results(self, results: Iterable[CheckResult],
                         ports_by_switch: Mapping[str, Ports]) -> Messages:
@@ -282,7 +289,7 @@ class Balancer:
         One group-mod for a batch, not one per change: 1000 backends turning healthy together
         would otherwise rewrite a group of up to 1000 buckets 1000 times.
         """
-        changed: list[LoadBalancer] = []
+        changed: dict[str, list[BackendKey]] = {}      # LB name -> backends that flipped
         for r in results:
             lb = self.fabric.lb(r.lb)
             h = self.health.get((r.lb, r.ip, r.port))
@@ -291,9 +298,9 @@ class Balancer:
             h.last = r.detail
             before = h.in_service
             observe(h, r.ok, lb.health_check)
-            if h.in_service != before and lb not in changed:
-                changed.append(lb)
-        msgs = [m for lb in changed for m in self._changes(lb)]
+            if h.in_service != before:
+                changed.setdefault(lb.name, []).append((r.ip, r.port))
+        msgs = [m for name, keys in changed.items() for m in self._changes(self._lb(name), keys)]
         core = self.fabric.core.name
         if core not in ports_by_switch or not msgs:
             return {}
@@ -306,9 +313,9 @@ class Balancer:
             raise KeyError(name)
         return lb
 
-    def _core_update(self, lb: LoadBalancer, ports_by_switch: Mapping[str, Ports],
-                     extra: Iterable = ()) -> Messages:
-        msgs = self._changes(lb)
+    def _core_update(self, lb: LoadBalancer, touched: list[BackendKey],
+                     ports_by_switch: Mapping[str, Ports], extra: Iterable = ()) -> Messages:
+        msgs = self._changes(lb, touched)
         core = self.fabric.core.name
         if core not in ports_by_switch:
             return {}
@@ -355,7 +362,8 @@ class Balancer:
                          "snat_ip": None if lb.preserve_client_ip else lb.snat_ip,
                          "selection": "select_group" if slots is None else "hash_slots",
                          "group_id": lb.group_id if slots is None else None,
-                         "slots": None if slots is None else len(slots), "reg0_tag": lb.tag,
+                         "slots": None if slots is None else len(slots.keys),
+                         "reg0_tag": lb.tag,
                          "ct_zone_dnat": CT_ZONE_DNAT,
                          "ct_zone_snat": None if lb.preserve_client_ip else CT_ZONE_SNAT,
                          "backends": len(self.backends[lb.name]),
@@ -365,31 +373,46 @@ class Balancer:
         return rows
 
 
-def reslot(old: list[BackendKey], now: list[BackendKey]) -> list[BackendKey]:
-    """A big LB's slots after its in-service set became `now` (in a stable order).
+class SlotTable:
+    """A big LB's hash slots: keys[i] is slot i's backend, index[key] its slot.
 
-    A backend that stays keeps its slot. A slot whose backend left takes the last slot's backend
-    (the table shrinks by one); backends that joined take new slots at the end. So each change
+    A backend that stays keeps its slot. A backend that leaves hands its slot to the last slot's
+    backend (the table shrinks by one); one that joins takes a new slot at the end. So a change
     rewrites at most one slot flow, and the slots are always exactly the in-service backends.
     """
-    keep = set(now)
-    slots = list(old)
-    i = 0
-    while i < len(slots):
-        if slots[i] not in keep:
-            last = slots.pop()
-            if i < len(slots):
-                slots[i] = last              # look at slot i again: `last` may have left too
-                continue
-        i += 1
-    placed = set(slots)
-    return slots + [k for k in now if k not in placed]
+
+    def __init__(self) -> None:
+        self.keys: list[BackendKey] = []
+        self.index: dict[BackendKey, int] = {}
+
+    def update(self, leaving: Iterable[BackendKey], joining: Iterable[BackendKey]) -> set[int]:
+        """Take leaving out (each must have a slot) and joining in (none may have one); returns
+        the slots, still in the table, whose backend changed or that are new."""
+        changed = set()
+        for key in leaving:
+            i = self.index.pop(key)
+            last = self.keys.pop()
+            if i < len(self.keys):             # not the last slot itself: move the last one in
+                self.keys[i] = last
+                self.index[last] = i
+                changed.add(i)
+        for key in joining:
+            self.index[key] = len(self.keys)
+            changed.add(len(self.keys))
+            self.keys.append(key)
+        return {i for i in changed if i < len(self.keys)}
 
 
 def _vip_match(lb: LoadBalancer) -> dict:
     proto, _, l4_dst = LB_PROTOCOLS[lb.protocol]
     return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "ipv4_dst": lb.vip,
             l4_dst: lb.port}
+
+
+def _slot_flow(lb: LoadBalancer, slot: int, key: BackendKey) -> ofpp.OFPFlowMod:
+    """A big LB's slot: reg1 = slot -> DNAT to the backend, committed (like its bucket)."""
+    return flow(T_LB_PICK, P_DEFAULT, cookie(COOKIE_LB, lb.name), _slot_match(lb, slot),
+                _dnat(lb, *key))
 
 
 def _slot_match(lb: LoadBalancer, slot: int) -> dict:

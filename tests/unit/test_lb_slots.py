@@ -16,7 +16,7 @@ import controllers.config
 from controllers import openflow as of
 from controllers.config import Backend, ConfigError, parse_fabric
 from controllers.health import CheckResult
-from controllers.lb import GROUP_MAX_BACKENDS, reslot
+from controllers.lb import GROUP_MAX_BACKENDS, SlotTable
 from controllers.service import VpcService
 from controllers.vpc import Vpc
 
@@ -195,24 +195,25 @@ def test_registering_a_backend_into_a_big_lb_sends_no_slot_until_it_is_healthy()
     assert vpc.lbs_view()[0]["slots"] == 5000
 
 
-def test_reslot_keeps_the_slots_exactly_the_in_service_set_moving_few():
+def test_a_slot_table_is_exactly_the_in_service_set_and_moves_one_slot_per_leaver():
     rng = random.Random(7)
     universe = [(f"10.0.{i // 200}.{i % 200}", 80) for i in range(600)]
-    slots: list = []
+    table = SlotTable()
     in_service: set = set()
     for _ in range(300):
-        before = set(in_service)
-        for key in rng.sample(universe, rng.randint(1, 12)):
-            in_service ^= {key}
-        new = reslot(slots, sorted(in_service))
-        assert len(new) == len(set(new)) and set(new) == in_service
-        left, joined = len(before - in_service), len(in_service - before)
-        changed = sum(1 for i in range(max(len(slots), len(new)))
-                      if i >= len(slots) or i >= len(new) or slots[i] != new[i])
-        assert changed <= 2 * left + joined           # flow-mods: a hole and the tail; a new slot
-        moved = [k for i, k in enumerate(slots) if k in in_service and new.index(k) != i]
-        assert len(moved) <= left                     # a backend that stays moves only into one
-        slots = new
+        flip = set(rng.sample(universe, rng.randint(1, 12)))
+        leaving, joining = flip & in_service, sorted(flip - in_service)
+        before = list(table.keys)
+        changed = table.update(leaving, joining)
+        in_service ^= flip
+        assert sorted(table.keys) == sorted(in_service)
+        assert all(table.keys[i] == k for k, i in table.index.items())
+        assert changed == {i for i, k in enumerate(table.keys)
+                           if i >= len(before) or before[i] != k}
+        assert len(changed) <= len(leaving) + len(joining)
+        stayed_but_moved = [k for i, k in enumerate(before)
+                            if k in in_service and table.index[k] != i]
+        assert len(stayed_but_moved) <= len(leaving)       # only into a leaver's slot
 
 
 # ---- the 64 KiB limit: refused with a clear error, never a crash --------------------------------
