@@ -35,7 +35,7 @@ from testbed.experiments.runner import environment  # noqa: E402
 from testbed.spec.topology import load_topology  # noqa: E402
 
 MODES = ("nodeport", "container-native")
-STAGES = ("hosts", "fabric", "addresses", "controller", "switches", "workloads")
+STAGES = ("hosts", "fabric", "addresses", "pods", "controller", "switches", "workloads")
 
 
 def machine() -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The emulated cluster: Mininet hosts for nodes, pods, clients and the LB host, an Open vSwitch
 fabric controlled by the VPC controller, the cloud load balancer, and the workloads on top.
 
-Cluster is the lifecycle: it builds in named stages (hosts, fabric, addresses, controller,
+Cluster is the lifecycle: it builds in named stages (hosts, fabric, addresses, pods, controller,
 switches, workloads) from the pure plan and renderers, and tears down from the journal (every
 process, bridge and root-namespace link is written down before it exists, so teardown and
 `cnlb clean` after a crash remove exactly what was made; Mininet's stop() and `mn -c` are not
@@ -104,6 +104,9 @@ class Cluster:
             self._stage("fabric", self.hosts.add_fabric)
             self._stage("addresses", lambda: self.hosts.configure(self.topo.links,
                                                                   self.offloads_off))
+            # Pods serve before the VPC controller registers them with the LB, as a cloud LB
+            # controller registers a pod once it is running: its first checks find it up.
+            self._stage("pods", lambda: self.control.start_pod_servers(self.plan.pods))
             self._stage("controller", self._start_controller)
             self._stage("switches", self._start_switches)
             self._stage("workloads", self._start_workloads)
@@ -231,7 +234,7 @@ class Cluster:
         self.controller.wait_programmed([s.name for s in self.plan.switches])
 
     def _start_workloads(self) -> None:
-        self.control.start_pod_servers(self.plan.pods)
+        """kube-proxy's first sync on every node, and the LB's first health checks."""
         if self.plan.mode != "container-native":
             self.sync_kube_proxy()   # the LB checks nodes through kube-proxy's NodePort rules
             self.wait_lb_ready()
