@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from mininet.net import Mininet
 from mininet.node import Node
@@ -234,19 +233,10 @@ class Cluster:
         self.controller.wait_programmed([s.name for s in self.plan.switches])
 
     def _start_workloads(self) -> None:
-        """kube-proxy's first sync on every node, and the LB's first health checks."""
-        if self.plan.mode != "container-native":
-            self.sync_kube_proxy()   # the LB checks nodes through kube-proxy's NodePort rules
-            self.wait_lb_ready()
-            return
-        # The LB checks pods directly: its first checks and kube-proxy's first sync overlap,
-        # as they do in a real cluster (two controllers that do not wait for each other).
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            sync = pool.submit(self.sync_kube_proxy)
-            try:
-                self.wait_lb_ready()
-            finally:
-                sync.result()
+        """kube-proxy's first sync on every node, then the LB serving from every target (its
+        checks began when the controller registered the targets: they run meanwhile)."""
+        self.sync_kube_proxy()
+        self.wait_lb_ready()
 
     def sync_kube_proxy(self) -> None:
         """Render and apply kube-proxy's rules on every node."""

@@ -39,13 +39,27 @@ class LiveCluster(Protocol):
            timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
+FULL_MESH_MAX = 20_000   # node-to-pod pings; past this each pod is pinged by two nodes only
+PINGS_AT_ONCE = 200      # concurrent pings per source (and per script: one argument < 128 KiB)
+
+
+def pods_pinged_by(plan: Plan, node: str, index: int) -> list[PodPlan]:
+    """The pods a node pings: all of them in a small cluster; in a large one its own pods and
+    every pod whose position falls to this node in turn (so each pod is pinged by its own
+    node and by one other, and the pings grow with the pods, not with nodes × pods)."""
+    n = len(plan.nodes)
+    if n * len(plan.pods) <= FULL_MESH_MAX:
+        return list(plan.pods)
+    return [p for i, p in enumerate(plan.pods) if p.node == node or i % n == index]
+
+
 def expected_probes(plan: Plan) -> list[Probe]:
     """Every ping the mode promises an answer to, or promises none (clients to pod addresses
     in classic mode)."""
     probes = []
     native = plan.mode == "container-native"
-    for node in plan.nodes:
-        for pod in plan.pods:
+    for index, node in enumerate(plan.nodes):
+        for pod in pods_pinged_by(plan, node.name, index):
             probes.append(Probe(node.name, pod.name, pod.ip, "pods", True))
         for other in plan.nodes:
             if other.name != node.name:
@@ -120,11 +134,13 @@ def run_probes(cluster: LiveCluster, probes: Sequence[Probe]) -> dict[tuple[str,
         by_source[p.source].append(p.ip)
     answered: dict[tuple[str, str], bool] = {}
     for source, ips in by_source.items():
-        result = cluster.sh(source, ping_script(sorted(set(ips))), timeout=60)
-        for line in result.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                answered[(source, parts[0])] = parts[1] == "0"
+        unique = sorted(set(ips))
+        for i in range(0, len(unique), PINGS_AT_ONCE):
+            result = cluster.sh(source, ping_script(unique[i:i + PINGS_AT_ONCE]), timeout=60)
+            for line in result.stdout.splitlines():
+                parts = line.split()
+                if len(parts) == 2:
+                    answered[(source, parts[0])] = parts[1] == "0"
     return answered
 
 

@@ -76,3 +76,21 @@ def test_a_veth_name_taken_on_the_node_is_rehashed():
     plan.pods[0] = replace(plan.pods[0], node="node3", veth=veth_name("web-4"))
     pod = allocate_pod(plan, "web", "node3", 8080)
     assert pod.name == "web-4" and pod.veth == veth_name("web-4", {veth_name("web-4")})
+
+
+def test_a_large_cluster_pings_each_pod_from_its_node_and_one_other():
+    from collections import Counter
+
+    from testbed.emulation.reachability import FULL_MESH_MAX, pods_pinged_by
+    plan = build_plan(load_topology(os.path.join(REPO, "bench", "pods5000.yaml"),
+                                    mode="container-native"))
+    assert len(plan.nodes) * len(plan.pods) > FULL_MESH_MAX
+    probes = [p for p in expected_probes(plan) if p.group == "pods"]
+    by_pod = Counter(p.target for p in probes)
+    assert set(by_pod) == {p.name for p in plan.pods}          # every pod is pinged
+    assert set(by_pod.values()) <= {1, 2} and len(probes) <= 2 * len(plan.pods)
+    node_of = {p.name: p.node for p in plan.pods}
+    assert all(node_of[p.target] == p.source for p in probes
+               if by_pod[p.target] == 1)                        # once: its node is the other
+    own = {p.name for p in pods_pinged_by(plan, "node1", 0) if p.node == "node1"}
+    assert own == {p.name for p in plan.pods if p.node == "node1"}
