@@ -45,12 +45,13 @@ PINGS_AT_ONCE = 200      # concurrent pings per source (and per script: one argu
 
 def pods_pinged_by(plan: Plan, node: str, index: int) -> list[PodPlan]:
     """The pods a node pings: all of them in a small cluster; in a large one its own pods and
-    every pod whose position falls to this node in turn (so each pod is pinged by its own
-    node and by one other, and the pings grow with the pods, not with nodes × pods)."""
+    those of the node before it in plan order (so each pod is pinged by its own node and by
+    one other, and the pings grow with the pods, not with nodes × pods)."""
     n = len(plan.nodes)
     if n * len(plan.pods) <= FULL_MESH_MAX:
         return list(plan.pods)
-    return [p for i, p in enumerate(plan.pods) if p.node == node or i % n == index]
+    previous = plan.nodes[(index - 1) % n].name
+    return [p for p in plan.pods if p.node in (node, previous)]
 
 
 def expected_probes(plan: Plan) -> list[Probe]:
