@@ -176,7 +176,7 @@ def parts(tmp_path, monkeypatch):
     c.controller = FakeController({"web": rows})
     c.lb = L4LoadBalancer(c.controller, "ip")
     c.hosts = types.SimpleNamespace(net=types.SimpleNamespace(
-        hosts=[types.SimpleNamespace(name="node1", pid=os.getpid())]))
+        hosts=[types.SimpleNamespace(name="node1", netns="cnlb-node1")]))
     c.control.pod_servers.update({"web-0": FakeProc(), "web-1": FakeProc(1),
                                   "web-2": FakeProc(-9), "web-3": FakeProc()})
     c.control.states.failed_pods.add("web-2")
@@ -199,7 +199,7 @@ def test_status_from_the_parts(parts):
     assert [(p["name"], p["server_running"], p["healthy"]) for p in status["pods"]] == [
         ("web-0", True, True), ("web-1", False, False), ("web-2", False, False)]
     assert status["load_balancers"][0]["backends"][0]["name"] == "web-0"
-    assert status["controller"]["pid"] == 4242 and status["hosts"]["node1"][0] == os.getpid()
+    assert status["controller"]["pid"] == 4242 and status["hosts"]["node1"] == "cnlb-node1"
     assert status["timings"] == {"total_s": 1.5} and status["owner"]["alive"]
 
 
