@@ -420,6 +420,12 @@ class Launcher:
                                         if words[0] != "error" else tuple(words))
         return self.reports
 
+    def until_ready(self, n):
+        """Read until n servers reported both "started" (written by the launcher) and "ready"
+        (written by the server itself): either line may reach the pipe first."""
+        return self.read_until(lambda r: sum(x[0] == "ready" for x in r) >= n
+                               and sum(x[0] == "started" for x in r) >= n)
+
     def pids(self, kind):
         return [r[1] for r in self.reports if r[0] == kind]
 
@@ -445,7 +451,7 @@ def pod_line(port, pod, node="node1"):
 def test_launcher_starts_one_server_per_line_and_reports_each(launcher):
     ports = [free_port() for _ in range(3)]
     launcher.send(*(pod_line(port, f"web-{i}") for i, port in enumerate(ports)))
-    reports = launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 3)
+    reports = launcher.until_ready(3)
     started = launcher.pids("started")
     assert len(started) == 3 and sorted(launcher.pids("ready")) == sorted(started)
     assert all(len(r) == 2 for r in reports)
@@ -459,7 +465,7 @@ def test_launcher_starts_one_server_per_line_and_reports_each(launcher):
 def test_launcher_reports_each_exit_with_its_status_and_keeps_the_others(launcher):
     port = free_port()
     launcher.send(pod_line(port, "web-0"), pod_line(free_port(), "web-1"))
-    launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 2)
+    launcher.until_ready(2)
     first, second = launcher.pids("started")
     os.kill(first, signal.SIGKILL)
     os.kill(second, signal.SIGTERM)
@@ -467,7 +473,7 @@ def test_launcher_reports_each_exit_with_its_status_and_keeps_the_others(launche
     assert sorted(r for r in launcher.reports if r[0] == "exit") == sorted(
         [("exit", first, -signal.SIGKILL), ("exit", second, 0)])
     launcher.send(pod_line(port, "web-0"))   # a restart, on the same port
-    launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 3)
+    launcher.until_ready(3)
     assert len(launcher.pids("ready")) == 3 and launcher.proc.poll() is None
 
 
@@ -492,7 +498,7 @@ def test_a_line_that_cannot_start_is_started_then_exits_with_the_reason_on_stder
 
 def test_sigterm_stops_every_server_then_the_launcher(launcher):
     launcher.send(*(pod_line(free_port(), f"web-{i}") for i in range(3)))
-    launcher.read_until(lambda r: len([x for x in r if x[0] == "ready"]) == 3)
+    launcher.until_ready(3)
     os.kill(launcher.proc.pid, signal.SIGTERM)
     assert launcher.proc.wait(TIMEOUT) == 0
     launcher.read_until(lambda r: False)   # to the end of its stdout
@@ -502,7 +508,7 @@ def test_sigterm_stops_every_server_then_the_launcher(launcher):
 
 def test_closed_stdin_keeps_the_launcher_until_its_last_server_exits(launcher):
     launcher.send(pod_line(free_port(), "web-0"))
-    launcher.read_until(lambda r: launcher.pids("ready"))
+    launcher.until_ready(1)
     launcher.proc.stdin.close()
     time.sleep(0.2)
     assert launcher.proc.poll() is None          # its server still runs
@@ -512,7 +518,7 @@ def test_closed_stdin_keeps_the_launcher_until_its_last_server_exits(launcher):
 
 def test_servers_die_with_a_killed_launcher(launcher):
     launcher.send(pod_line(free_port(), "web-0"))
-    launcher.read_until(lambda r: launcher.pids("ready"))
+    launcher.until_ready(1)
     (pid,) = launcher.pids("started")
     os.kill(launcher.proc.pid, signal.SIGKILL)
     launcher.proc.wait(TIMEOUT)
