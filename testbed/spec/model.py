@@ -118,8 +118,28 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class ServicePortSpec:
+    """One entry of a Service's `ports:` list, in Kubernetes' field names.
+
+    name: the port's name ("" only for a Service's single port)
+    port, target_port: the Service's port and the pods' port
+    protocol: TCP or UDP
+    node_port: the NodePort (None: allocated, for NodePort and LoadBalancer Services)
+    """
+    name: str
+    port: int
+    target_port: int
+    protocol: str = "TCP"
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
 class Service:
-    """A Kubernetes Service in front of a deployment's pods."""
+    """A Kubernetes Service in front of a deployment's pods.
+
+    port, target_port, node_port, protocol: the first port (the single-port shorthand)
+    ports: every port; () means the shorthand's one unnamed port
+    """
     name: str
     type: str
     selector: str
@@ -132,6 +152,9 @@ class Service:
     health_check_node_port: int | None
     load_balancer_ip: ipaddress.IPv4Address | None
     protocol: str = "TCP"
+    ports: tuple[ServicePortSpec, ...] = ()
+    internal_traffic_policy: str = "Cluster"
+    publish_not_ready_addresses: bool = False
     # the cloud LB health-checks this service's targets through another service's port (a
     # target group's "health check port" override); set by experiments, not by topology files
     health_via: str | None = None
@@ -159,6 +182,48 @@ class LoadBalancer:
     targets: str
     preserve_client_ip: bool
     health_check: HealthCheck
+    # how the cloud reports the LB in status.loadBalancer.ingress: "ip" (GCP: nodes short-circuit
+    # the VIP) or "hostname" (AWS NLB/ALB: traffic to the VIP goes out through the LB)
+    address: str = "ip"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The control plane's clock: how long Kubernetes and the cloud take to act (the topology's
+    `kubernetes:` section). Defaults are upstream's; mode "instant" makes every change at once
+    and in the most favourable order (the idealised picture).
+
+    readiness_*: the pod's readiness probe (kubelet): period, initial delay, thresholds
+    termination_grace_period_s, pre_stop_s: pod deletion: preStop sleep, then SIGTERM, SIGKILL
+        at the grace period's end; the endpoint is ready=false serving=true terminating=true
+    min_sync_period_s: kube-proxy's --iptables-min-sync-period (at most one sync per period)
+    endpoint_updates_batch_period_s: the EndpointSlice controller's batching (0: at once)
+    node_monitor_grace_period_s: a silent node becomes NotReady after this (node lifecycle
+        controller); its pods' endpoints go not ready
+    not_ready_toleration_s: pods are evicted (and recreated elsewhere) this long after NotReady
+    lb_registration_delay_s, lb_deregistration_lag_s: the cloud LB controller's lag to register
+        and deregister targets after endpoints change
+    lb_deregistration_delay_s: the LB's connection draining: a deregistered target gets no new
+        connections but keeps its open ones this long
+    """
+    mode: str = "realistic"
+    readiness_period_s: float = 10.0
+    readiness_initial_delay_s: float = 0.0
+    readiness_failure_threshold: int = 3
+    readiness_success_threshold: int = 1
+    termination_grace_period_s: float = 30.0
+    pre_stop_s: float = 0.0
+    min_sync_period_s: float = 1.0
+    endpoint_updates_batch_period_s: float = 0.0
+    node_monitor_grace_period_s: float = 40.0
+    not_ready_toleration_s: float = 300.0
+    lb_registration_delay_s: float = 0.0
+    lb_deregistration_lag_s: float = 0.0
+    lb_deregistration_delay_s: float = 300.0
+
+    @property
+    def instant(self) -> bool:
+        return self.mode == "instant"
 
 
 @dataclass(frozen=True)
@@ -190,6 +255,7 @@ class Topology:
     clients: tuple[Client, ...]
     links: Links
     doc: Document | None = field(repr=False, compare=False, default=None)
+    kubernetes: Timing = field(default_factory=Timing)
 
     def with_mode(self, mode: str) -> Topology:
         return replace(self, mode=mode)

@@ -32,12 +32,17 @@ class Endpoint:
     port: the pod's port (the service's targetPort, resolved)
     node: name of the node the pod runs on (decides "local" for externalTrafficPolicy=Local)
     ready: only ready endpoints receive traffic
+    serving: the pod answers (EndpointConditions.serving; None: the same as ready)
+    terminating: the pod is being deleted (serving-terminating endpoints are used only when a
+        service has no ready endpoint, as upstream's CategorizeEndpoints does)
     """
 
     ip: str
     port: int
     node: str | None = None
     ready: bool = True
+    serving: bool | None = None
+    terminating: bool = False
 
     def __post_init__(self) -> None:
         _check_ipv4(self.ip, "endpoint ip")
@@ -80,6 +85,7 @@ class ServicePort:
     health_check_node_port: int | None = None
     endpoints: tuple[Endpoint, ...] = ()
     external_ips: tuple[str, ...] = ()
+    internal_traffic_policy: str = "Cluster"
 
     def __post_init__(self) -> None:
         where = service_port_name(self.namespace, self.name, self.port_name)
