@@ -122,8 +122,22 @@ class PodPlan:
 
 
 @dataclass(frozen=True)
+class PortPlan:
+    """One port of a Service, resolved: the node port is allocated."""
+    name: str
+    port: int
+    target_port: int
+    protocol: str = "TCP"
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
 class ServicePlan:
-    """A Service as kube-proxy and the cloud LB see it."""
+    """A Service as kube-proxy and the cloud LB see it.
+
+    port, target_port, node_port, protocol: its first port
+    ports: every port (the first included); () means the single port above
+    """
     name: str
     type: str
     cluster_ip: str
@@ -139,6 +153,15 @@ class ServicePlan:
     endpoints: tuple[str, ...]   # pod names, in pod order
     protocol: str = "TCP"
     health_via: str | None = None   # health-check through this service's port instead
+    ports: tuple[PortPlan, ...] = ()
+    internal_traffic_policy: str = "Cluster"
+    publish_not_ready_addresses: bool = False
+
+    @property
+    def all_ports(self) -> tuple[PortPlan, ...]:
+        """Every port, the single-port form included."""
+        return self.ports or (PortPlan("", self.port, self.target_port, self.protocol,
+                                       self.node_port),)
 
 
 @dataclass(frozen=True)
