@@ -150,8 +150,11 @@ def _service(draw, name: str, index: int) -> ServicePort | None:
     if not draw(st.booleans()):
         return None
     ips = draw(st.lists(st.sampled_from(_POOL_IPS), unique=True, max_size=4))
-    eps = tuple(Endpoint(ip, 8080, f"node{ip.split('.')[2]}",
-                         ready=draw(st.sampled_from([True, True, False]))) for ip in ips)
+    # ready, not ready, serving-terminating, terminating and no longer serving
+    states = [(True, None, False), (True, None, False), (False, None, False),
+              (False, True, True), (False, False, True)]
+    eps = tuple(Endpoint(ip, 8080, f"node{ip.split('.')[2]}", *draw(st.sampled_from(states)))
+                for ip in ips)
     return ServicePort(
         "default", name, draw(st.sampled_from(["", "http"])), draw(st.sampled_from(["TCP", "UDP"])),
         f"10.96.0.{index + 10}", 80, 8080,
@@ -160,6 +163,7 @@ def _service(draw, name: str, index: int) -> ServicePort | None:
         external_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
         session_affinity_seconds=draw(st.sampled_from([None, 60])),
         endpoints=eps,
+        internal_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
     )
 
 
@@ -191,3 +195,122 @@ def test_health_state_counts_local_ready_endpoints(mode):
     assert state([WEB, API], "node3")["services"][0]["local_endpoints"] == 0
     not_ready = _replace(API, endpoints=(Endpoint("10.244.1.4", 8080, "node1", ready=False),))
     assert state([not_ready], "node1")["services"][0]["local_endpoints"] == 0
+
+
+def test_health_state_counts_pod_ips_once_over_all_ports_and_no_terminating_ones(mode):
+    """Upstream's LocalReadyEndpoints: distinct ready local pod IPs of the Service, whatever
+    its ports; a terminating pod is not counted even while it still serves."""
+    state = DATAPLANES[mode].health_state
+    https = _replace(API, port_name="https", port=443, endpoints=tuple(
+        Endpoint(ep.ip, 8443, ep.node) for ep in API.endpoints))
+    assert state([API, https], "node2")["services"][0]["local_endpoints"] == 2
+    going = _replace(API, endpoints=(
+        Endpoint("10.244.1.4", 8080, "node1", ready=False, serving=True, terminating=True),
+        Endpoint("10.244.2.3", 8080, "node2")))
+    assert state([going], "node1")["services"][0]["local_endpoints"] == 0
+
+
+# --- upstream proxier_test.go: traffic policies and terminating endpoints ----------------------
+
+POD_SRC = "10.244.9.2"   # a pod on another node, calling the service
+SVC1 = ServicePort("ns1", "svc1", "", "TCP", "172.30.1.1", 80, 80)
+SVC1_LB = _replace(SVC1, load_balancer_ips=("1.2.3.4",), node_port=30001,
+                   health_check_node_port=30000, external_traffic_policy="Local")
+
+
+def _trace(mode: str, svc: ServicePort, src: str, dst: str, dport: int = 80,
+           node: NodeContext = NODE1):
+    return _node(mode, node, [svc]).trace(Packet(src, dst, dport, frozenset({node.node_ip})))
+
+
+def _outcome(trace) -> str:
+    """upstream's packetFlowTest output: the endpoints, or the verdict."""
+    return ", ".join(sorted(trace.destinations)) or ", ".join(trace.verdicts)
+
+
+def _eps(*spec: tuple[str, str, bool, bool, bool]) -> tuple[Endpoint, ...]:
+    """(ip, node, ready, serving, terminating) -> Endpoints on port 80."""
+    return tuple(Endpoint(ip, 80, node, r, s, t) for ip, node, r, s, t in spec)
+
+
+@pytest.mark.parametrize("policy, nodes, want", [
+    ("Cluster", ("node1", "node8", "node9"), "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80"),
+    ("Local", ("node1", "node8", "node9"), "10.0.1.1:80"),
+    ("Local", ("node1", "node1", "node9"), "10.0.1.1:80, 10.0.1.2:80"),
+    ("Local", ("node0", "node8", "node9"), "DROP"),
+], ids=["internalTrafficPolicy is cluster",
+        "internalTrafficPolicy is local and there is one local endpoint",
+        "internalTrafficPolicy is local and there are multiple local endpoints",
+        "internalTrafficPolicy is local and there are no local endpoints"])
+def test_internal_traffic_policy(mode, policy, nodes, want):
+    """upstream TestInternalTrafficPolicy: pod to ClusterIP, then the endpoints deleted."""
+    eps = tuple(Endpoint(f"10.0.1.{i}", 80, n) for i, n in enumerate(nodes, 1))
+    svc = _replace(SVC1, internal_traffic_policy=policy, endpoints=eps)
+    got = _trace(mode, svc, POD_SRC, "172.30.1.1")
+    assert _outcome(got) == want and not got.masquerade, got.matched
+    gone = _trace(mode, _replace(svc, endpoints=()), POD_SRC, "172.30.1.1")
+    assert _outcome(gone) == "REJECT"
+
+
+_R, _ST, _T = (True, True, False), (False, True, True), (False, False, True)
+
+
+@pytest.mark.parametrize("eps, pod_to_cluster_ip, external_to_lb", [
+    pytest.param(_eps(("10.0.1.1", "node1", *_R), ("10.0.1.2", "node1", *_R),
+                      ("10.0.1.3", "node1", *_ST), ("10.0.1.4", "node1", *_T),
+                      ("10.0.1.5", "node-1", *_R)),
+                 "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", "10.0.1.1:80, 10.0.1.2:80",
+                 id="ready endpoints exist"),
+    pytest.param(_eps(("10.0.1.2", "node1", *_ST), ("10.0.1.3", "node1", *_ST),
+                      ("10.0.1.4", "node1", *_T), ("10.0.1.5", "node-1", *_R)),
+                 "10.0.1.5:80", "10.0.1.2:80, 10.0.1.3:80",
+                 id="only terminating endpoints exist"),
+    pytest.param(_eps(("10.0.1.5", "node-1", *_ST)), "10.0.1.5:80", "DROP",
+                 id="terminating endpoints on remote node"),
+    pytest.param(_eps(("10.0.1.5", "node1", *_T), ("10.0.1.6", "node-1", *_T)),
+                 "REJECT", "REJECT", id="no usable endpoints on any node"),
+])
+def test_terminating_endpoints_traffic_policy_local(mode, eps, pod_to_cluster_ip,
+                                                     external_to_lb):
+    """upstream TestTerminatingEndpointsTrafficPolicyLocal (LoadBalancer, ETP Local)."""
+    svc = _replace(SVC1_LB, endpoints=eps)
+    assert _outcome(_trace(mode, svc, POD_SRC, "172.30.1.1")) == pod_to_cluster_ip
+    external = _trace(mode, svc, CLIENT, "1.2.3.4")
+    assert _outcome(external) == external_to_lb and not external.masquerade
+    gone = _replace(svc, endpoints=())
+    assert _outcome(_trace(mode, gone, POD_SRC, "172.30.1.1")) == "REJECT"
+    assert _outcome(_trace(mode, gone, CLIENT, "1.2.3.4")) == "REJECT"
+
+
+@pytest.mark.parametrize("eps, want", [
+    pytest.param(_eps(("10.0.1.1", "node1", *_R), ("10.0.1.2", "node1", *_R),
+                      ("10.0.1.3", "node1", *_ST), ("10.0.1.4", "node1", *_T),
+                      ("10.0.1.5", "node-1", *_R)),
+                 "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", id="ready endpoints exist"),
+    pytest.param(_eps(("10.0.1.2", "node1", *_ST), ("10.0.1.3", "node1", *_ST),
+                      ("10.0.1.4", "node1", *_T), ("10.0.1.5", "node-1", *_ST)),
+                 "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80", id="only terminating endpoints exist"),
+    pytest.param(_eps(("10.0.1.5", "node-1", *_ST)), "10.0.1.5:80",
+                 id="terminating endpoints on remote node"),
+    pytest.param(_eps(("10.0.1.5", "node1", *_T), ("10.0.1.6", "node-1", *_T)), "REJECT",
+                 id="no usable endpoints on any node"),
+])
+def test_terminating_endpoints_traffic_policy_cluster(mode, eps, want):
+    """upstream TestTerminatingEndpointsTrafficPolicyCluster: with externalTrafficPolicy
+    Cluster, pods and external clients get the same endpoints (external ones SNATed)."""
+    svc = _replace(SVC1_LB, external_traffic_policy="Cluster", endpoints=eps)
+    assert _outcome(_trace(mode, svc, POD_SRC, "172.30.1.1")) == want
+    external = _trace(mode, svc, CLIENT, "1.2.3.4")
+    assert _outcome(external) == want
+    assert external.masquerade == (want != "REJECT")
+
+
+def test_external_traffic_policy_local_on_a_node_port_service(mode):
+    """A NodePort Service (no LB, no healthCheckNodePort) may have externalTrafficPolicy Local:
+    the node's own pods only, client address kept; a node without one drops."""
+    svc = _replace(SVC1, node_port=30001, external_traffic_policy="Local",
+                   endpoints=_eps(("10.0.1.1", "node1", *_R), ("10.0.1.2", "node2", *_R)))
+    on1 = _trace(mode, svc, CLIENT, NODE1.node_ip, 30001)
+    assert _outcome(on1) == "10.0.1.1:80" and not on1.masquerade
+    assert _outcome(_trace(mode, svc, CLIENT, NODE3.node_ip, 30001, NODE3)) == "DROP"
+    assert DATAPLANES[mode].health_state([svc], "node1") == {"services": []}

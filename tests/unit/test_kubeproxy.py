@@ -17,7 +17,13 @@ from testbed.kubernetes.dataplane.iptables.names import (
     service_firewall_chain,
     service_local_chain,
 )
-from testbed.kubernetes.dataplane.model import Endpoint, NodeContext, ServicePort, service_port_name
+from testbed.kubernetes.dataplane.model import (
+    Endpoint,
+    NodeContext,
+    ServicePort,
+    categorize_endpoints,
+    service_port_name,
+)
 from tests.unit.iptables_model import Tables, check_jumps, sort_like_upstream
 from tests.unit.kubeproxy_cases import API, NODE1, NODE3, WEB
 from tests.unit.kubeproxy_cases import replace_port as _replace
@@ -591,3 +597,89 @@ def test_nat_chains_in_save():
     save = ("*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n"
             ":PREROUTING ACCEPT [0:0]\n:KUBE-SEP-X - [0:0]\n-A KUBE-SEP-X -j RETURN\nCOMMIT\n")
     assert restore.nat_chains_in_save(save) == {"PREROUTING", "KUBE-SEP-X"}
+
+
+# --- internalTrafficPolicy and the terminating fallback, on text -------------------------------
+
+ITP = ServicePort("ns1", "svc1", "", "TCP", "172.30.1.1", 80, 80, internal_traffic_policy="Local",
+                  endpoints=(Endpoint("10.244.1.1", 80, "node1"),
+                             Endpoint("10.244.2.1", 80, "node2")))
+ITP_SVC, ITP_SVL = service_chain("ns1/svc1", "tcp"), service_local_chain("ns1/svc1", "tcp")
+
+
+def test_internal_traffic_policy_local_jumps_to_the_local_chain():
+    text = rules.render([ITP], NODE1)
+    lines = text.splitlines()
+    assert ('-A KUBE-SERVICES -m comment --comment "ns1/svc1 cluster IP" -m tcp -p tcp'
+            f" -d 172.30.1.1 --dport 80 -j {ITP_SVL}") in lines
+    assert (f'-A {ITP_SVL} -m comment --comment "ns1/svc1 cluster IP" -m tcp -p tcp'
+            " -d 172.30.1.1 --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ") in lines
+    assert [line for line in lines if line.startswith(f"-A {ITP_SVL} ")][-1] == (
+        f'-A {ITP_SVL} -m comment --comment "ns1/svc1 -> 10.244.1.1:80"'
+        f" -j {endpoint_chain('ns1/svc1', 'tcp', '10.244.1.1:80')}")
+    # a ClusterIP-only service with Local internal policy never uses the Cluster chain
+    assert ITP_SVC not in text and "10.244.2.1" not in text
+    check_jumps(text)
+
+
+def test_internal_traffic_policy_local_without_local_endpoints_drops():
+    text = rules.render([ITP], NODE3)
+    assert ('-A KUBE-SERVICES -m comment --comment "ns1/svc1 has no local endpoints"'
+            " -m tcp -p tcp -d 172.30.1.1 --dport 80 -j DROP") in text.splitlines()
+    assert "KUBE-SVL-" not in text and "KUBE-SEP-" not in text
+    assert "has no endpoints" not in text   # the service has endpoints, just none here
+
+
+def test_internal_local_external_cluster_keeps_both_chains():
+    """A NodePort with internalTrafficPolicy Local: cluster-IP traffic to KUBE-SVL, external
+    traffic through KUBE-EXT to KUBE-SVC (upstream UsesClusterEndpoints: externally reachable)."""
+    svc = _replace(ITP, node_port=30001)
+    on3 = rules.render([svc], NODE3).splitlines()
+    assert f"-A KUBE-EXT-{names.port_proto_hash('ns1/svc1', 'tcp')} -j {ITP_SVC}" in on3
+    assert any("has no local endpoints" in line and "-j DROP" in line
+               and line.startswith("-A KUBE-SERVICES") for line in on3)
+    check_jumps("\n".join(on3))
+
+
+def _ep(ip: str, node: str, ready: bool = True, serving: bool | None = None,
+        terminating: bool = False) -> Endpoint:
+    return Endpoint(ip, 80, node, ready, serving, terminating)
+
+
+@pytest.mark.parametrize("svc_changes, eps, cluster, local, reachable, has_any", [
+    # upstream topology_test.go TestCategorizeEndpoints, the cases without hints
+    ({}, [_ep("10.1.2.3", "node1"), _ep("10.1.2.4", "node2")],
+     {"10.1.2.3", "10.1.2.4"}, set(), {"10.1.2.3", "10.1.2.4"}, True),
+    ({"internal_traffic_policy": "Local"}, [_ep("10.0.0.0", "node1"), _ep("10.0.0.1", "node2")],
+     set(), {"10.0.0.0"}, {"10.0.0.0"}, True),
+    ({"internal_traffic_policy": "Local"}, [_ep("10.0.0.0", "node2"), _ep("10.0.0.1", "node3")],
+     set(), set(), set(), True),
+    # externalTrafficPolicy Local: both lists; only the cluster list's members are reachable
+    ({"external_traffic_policy": "Local", "node_port": 30001},
+     [_ep("10.0.0.0", "node1"), _ep("10.0.0.1", "node2")],
+     {"10.0.0.0", "10.0.0.1"}, {"10.0.0.0"}, {"10.0.0.0", "10.0.0.1"}, True),
+    # no ready endpoints: serving-terminating ones, for Cluster and for Local each
+    ({"external_traffic_policy": "Local", "node_port": 30001},
+     [_ep("10.0.0.0", "node1", False, True, True), _ep("10.0.0.1", "node2", False, True, True),
+      _ep("10.0.0.2", "node1", False, False, True)],
+     {"10.0.0.0", "10.0.0.1"}, {"10.0.0.0"}, {"10.0.0.0", "10.0.0.1"}, True),
+    # ready remote, only terminating local: Local falls back alone, reachable is the union
+    ({"external_traffic_policy": "Local", "node_port": 30001},
+     [_ep("10.0.0.0", "node1", False, True, True), _ep("10.0.0.1", "node2")],
+     {"10.0.0.1"}, {"10.0.0.0"}, {"10.0.0.0", "10.0.0.1"}, True),
+    # terminating and no longer serving: not usable at all
+    ({}, [_ep("10.0.0.0", "node1", False, False, True)], set(), set(), set(), False),
+    # not ready and not terminating (serving unset): not usable
+    ({}, [_ep("10.0.0.0", "node1", False)], set(), set(), set(), False),
+])
+def test_categorize_endpoints(svc_changes, eps, cluster, local, reachable, has_any):
+    svc = _replace(ServicePort("ns", "s", "", "TCP", "10.96.0.1", 80, 80), endpoints=tuple(eps),
+                   **svc_changes)
+    got = categorize_endpoints(svc, "node1")
+
+    def ips(endpoints):
+        return {ep.ip for ep in endpoints}
+    assert ips(got.cluster_endpoints) == cluster
+    assert ips(got.local_endpoints) == local
+    assert ips(got.all_reachable_endpoints) == reachable
+    assert got.has_any_endpoints == has_any

@@ -10,7 +10,7 @@ and how the testbed's plan becomes this model.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple, TypedDict
@@ -51,6 +51,15 @@ class Endpoint:
     def __str__(self) -> str:
         return f"{self.ip}:{self.port}"
 
+    @property
+    def is_serving(self) -> bool:
+        """Upstream's IsServing(): the pod answers (serving, or ready when serving is unset)."""
+        return self.ready if self.serving is None else self.serving
+
+    def is_local(self, node_name: str) -> bool:
+        """Upstream's IsLocal(): the endpoint runs on the node kube-proxy runs on."""
+        return self.node == node_name
+
 
 @dataclass(frozen=True)
 class ServicePort:
@@ -69,6 +78,8 @@ class ServicePort:
     health_check_node_port: for Local LoadBalancer services, the port the LB probes
     endpoints: the Endpoints of this port
     external_ips: spec.externalIPs
+    internal_traffic_policy: "Cluster" (any pod) or "Local" (only this node's pods) for
+        traffic to the cluster IP
     """
 
     namespace: str
@@ -95,6 +106,11 @@ class ServicePort:
         if self.external_traffic_policy not in POLICIES:
             raise ValueError(
                 f"{where}: externalTrafficPolicy {self.external_traffic_policy!r} "
+                f"is not one of {POLICIES}"
+            )
+        if self.internal_traffic_policy not in POLICIES:
+            raise ValueError(
+                f"{where}: internalTrafficPolicy {self.internal_traffic_policy!r} "
                 f"is not one of {POLICIES}"
             )
         if self.cluster_ip not in (None, "", "None"):
@@ -132,10 +148,31 @@ class ServicePort:
     def external_policy_local(self) -> bool:
         return self.external_traffic_policy == "Local" and self.externally_accessible
 
+    @property
+    def internal_policy_local(self) -> bool:
+        return self.internal_traffic_policy == "Local"
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        """Upstream's UsesClusterEndpoints: internal policy Cluster, or any external traffic
+        (even with externalTrafficPolicy=Local, pods and the node itself short-circuit to the
+        Cluster endpoints)."""
+        return not self.internal_policy_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        """Upstream's UsesLocalEndpoints: either traffic policy is Local."""
+        return self.internal_policy_local or self.external_policy_local
+
+    @cached_property
+    def sorted_endpoints(self) -> tuple[Endpoint, ...]:
+        """Every endpoint in upstream's order (sorted by "ip:port" string)."""
+        return tuple(sorted(self.endpoints, key=str))
+
     @cached_property
     def ready_endpoints(self) -> tuple[Endpoint, ...]:
         """Ready endpoints in upstream's order (sorted by "ip:port" string)."""
-        return tuple(sorted((ep for ep in self.endpoints if ep.ready), key=str))
+        return tuple(ep for ep in self.sorted_endpoints if ep.ready)
 
 
 @dataclass(frozen=True)
@@ -184,23 +221,65 @@ def service_port_name(namespace: str, name: str, port_name: str = "") -> str:
 
 
 class NodeEndpoints(NamedTuple):
-    """What one service port needs on one node."""
+    """What one service port needs on one node: upstream CategorizeEndpoints' four results, and
+    the two the iptables proxier derives from them (hasInternalEndpoints, hasExternalEndpoints).
+    """
 
-    cluster_eps: tuple[Endpoint, ...]  # every ready endpoint (policy Cluster's members)
-    local_eps: tuple[Endpoint, ...]  # this node's ready endpoints (Local policy only)
-    reachable_eps: tuple[Endpoint, ...]  # every endpoint a packet may be sent to from here
-    has_endpoints: bool  # any ready endpoint anywhere
+    cluster_endpoints: tuple[Endpoint, ...]  # KUBE-SVC's members (empty: policy Cluster unused)
+    local_endpoints: tuple[Endpoint, ...]  # KUBE-SVL's members (empty: policy Local unused)
+    all_reachable_endpoints: tuple[Endpoint, ...]  # the KUBE-SEP chains this node writes
+    has_any_endpoints: bool  # usable endpoints somewhere in the cluster
+    has_internal_endpoints: bool  # cluster-IP traffic has somewhere to go from this node
     has_external_endpoints: bool  # external traffic has somewhere to go on this node
 
 
+def _usable(endpoints: Iterable[Endpoint], keep: Callable[[Endpoint], bool]
+            ) -> tuple[Endpoint, ...]:
+    """Ready endpoints that `keep` accepts; when there are none, the serving-terminating ones
+    (upstream: a service whose pods are all shutting down still answers while they can)."""
+    eps = tuple(endpoints)
+    ready = tuple(ep for ep in eps if ep.ready and keep(ep))
+    if ready:
+        return ready
+    return tuple(ep for ep in eps if ep.is_serving and ep.terminating and keep(ep))
+
+
 def categorize_endpoints(svc: ServicePort, node_name: str) -> NodeEndpoints:
-    """Which of `svc`'s endpoints the node `node_name` uses, and for what traffic."""
-    ready = svc.ready_endpoints
-    local = tuple(ep for ep in ready if ep.node == node_name) if svc.external_policy_local else ()
-    has_endpoints = bool(ready)
-    has_external = has_endpoints and (bool(local) or not svc.external_policy_local)
-    # Ready local endpoints are a subset of the ready cluster endpoints, so the union is `ready`.
-    return NodeEndpoints(ready, local, ready, has_endpoints, has_external)
+    """Which of `svc`'s endpoints the node `node_name` uses, and for what traffic (upstream's
+    CategorizeEndpoints without topology hints, then the proxier's hasInternal/ExternalEndpoints).
+
+    Usable endpoints are the ready ones, falling back to serving-and-terminating ones
+    independently for the Cluster and the Local list when there is no ready one.
+    """
+    eps = svc.sorted_endpoints
+    cluster: tuple[Endpoint, ...] = ()
+    has_any = False
+    if svc.uses_cluster_endpoints:
+        cluster = _usable(eps, lambda ep: True)
+        has_any = bool(cluster)
+    local: tuple[Endpoint, ...] = ()
+    if svc.uses_local_endpoints:
+        has_any = has_any or any(ep.ready or (ep.is_serving and ep.terminating) for ep in eps)
+        local = _usable(eps, lambda ep: ep.is_local(node_name))
+    if not svc.uses_local_endpoints:
+        reachable = cluster
+    elif not svc.uses_cluster_endpoints:
+        reachable = local
+    elif not local or local[0].ready:
+        # Ready local endpoints are among the ready cluster ones (no topology here).
+        reachable = cluster
+    else:
+        # Local fell back to terminating endpoints that the Cluster list may not hold.
+        reachable = _union(cluster, local)
+    has_internal = has_any and (bool(local) or not svc.internal_policy_local)
+    has_external = has_any and (bool(local) or not svc.external_policy_local)
+    return NodeEndpoints(cluster, local, reachable, has_any, has_internal, has_external)
+
+
+def _union(a: Iterable[Endpoint], b: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+    """Both lists, once each by "ip:port", sorted (upstream merges through a map)."""
+    merged = {str(ep): ep for ep in (*a, *b)}
+    return tuple(merged[k] for k in sorted(merged))
 
 
 # --- what the health-check node port server reports (upstream pkg/proxy/healthcheck) ------------
@@ -223,18 +302,24 @@ class HealthState(TypedDict):
 
 def health_check_state(services: Iterable[ServicePort], node_name: str) -> HealthState:
     """What the health-check server on `node_name` reports: one entry per Service with a
-    healthCheckNodePort and Local policy, counting its ready endpoints on this node (upstream
-    counts per Service, so ports of one Service share one health check)."""
+    healthCheckNodePort and Local policy, counting its ready endpoints on this node as upstream's
+    LocalReadyEndpoints does: per Service, by distinct pod IP over all its ports, and only ready
+    ones -- a node whose local pods are all terminating answers 503 (the LB stops sending new
+    connections) while its NodePort still serves them through the terminating fallback."""
     entries: dict[tuple[str, str], HealthCheck] = {}
+    ips: dict[tuple[str, str], set[str]] = {}
     for svc in services:
         if not (svc.proxied and svc.external_policy_local and svc.health_check_node_port):
             continue
-        local = sum(1 for ep in svc.ready_endpoints if ep.node == node_name)
-        entry = entries.setdefault((svc.namespace, svc.name), {
+        key = (svc.namespace, svc.name)
+        entries.setdefault(key, {
             "namespace": svc.namespace, "name": svc.name,
             "port": svc.health_check_node_port, "local_endpoints": 0,
         })
-        entry["local_endpoints"] = max(entry["local_endpoints"], local)
+        ips.setdefault(key, set()).update(
+            ep.ip for ep in svc.ready_endpoints if ep.is_local(node_name))
+    for key, entry in entries.items():
+        entry["local_endpoints"] = len(ips[key])
     return {"services": [entries[k] for k in sorted(entries)]}
 
 

@@ -50,14 +50,19 @@ def _service_chains(svc: ServicePort, on_node: NodeEndpoints) -> list[str]:
     """The per-service nat chains this service port owns on this node, in writing order."""
     chains = []
     ch = service_chains(svc)
-    if on_node.has_endpoints and svc.externally_accessible:
+    if on_node.has_any_endpoints and svc.externally_accessible:
         chains.append(ch.ext)
-    if on_node.cluster_eps:
+    if on_node.cluster_endpoints:
         chains.append(ch.svc)
-    if on_node.local_eps:
+    if on_node.local_endpoints:
         chains.append(ch.svl)
-    chains.extend(sep_chain(svc, ep) for ep in on_node.reachable_eps)
+    chains.extend(sep_chain(svc, ep) for ep in on_node.all_reachable_endpoints)
     return chains
+
+
+def _internal_chain(svc: ServicePort, ch: ServiceChains) -> str:
+    """Where cluster-IP traffic goes: KUBE-SVL under internalTrafficPolicy=Local, else KUBE-SVC."""
+    return ch.svl if svc.internal_policy_local else ch.svc
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -118,23 +123,24 @@ def _write_entry_rules(
     """KUBE-SERVICES / KUBE-NODEPORTS jumps and the filter verdicts: rewritten on every sync."""
     spn, p = svc.port_name_string, svc.proto
     match = f"-m {p} -p {p}"
-    # Where external traffic that cannot be NATed ends: no endpoints at all, or none local.
-    if on_node.has_endpoints:
-        no_ext = f'"{spn} has no local endpoints"', "DROP"
+    # Where traffic that cannot be NATed ends: no endpoints at all, or none local (a Local
+    # policy's DROP; the same comment and verdict for internal and external traffic).
+    if on_node.has_any_endpoints:
+        no_eps = f'"{spn} has no local endpoints"', "DROP"
     else:
-        no_ext = f'"{spn} has no endpoints"', "REJECT"
+        no_eps = f'"{spn} has no endpoints"', "REJECT"
 
-    if on_node.has_endpoints:
+    if on_node.has_internal_endpoints:
         buf.nat_rules.append(
             f'-A {KUBE_SERVICES} -m comment --comment "{spn} cluster IP" {match}'
-            f" -d {svc.cluster_ip} --dport {svc.port} -j {ch.svc}"
+            f" -d {svc.cluster_ip} --dport {svc.port} -j {_internal_chain(svc, ch)}"
         )
     else:
         buf.filter_rules.append(
-            f'-A {KUBE_SERVICES} -m comment --comment "{spn} has no endpoints" {match}'
-            f" -d {svc.cluster_ip} --dport {svc.port} -j REJECT"
+            f"-A {KUBE_SERVICES} -m comment --comment {no_eps[0]} {match}"
+            f" -d {svc.cluster_ip} --dport {svc.port} -j {no_eps[1]}"
         )
-    _write_external_entries(buf, svc, ch.ext, on_node, match, no_ext)
+    _write_external_entries(buf, svc, ch.ext, on_node, match, no_eps)
     if svc.health_check_node_port:
         # Accepted whether or not this node has local endpoints: the LB must get its 503.
         buf.filter_rules.append(
@@ -150,7 +156,7 @@ def _write_external_entries(
     """The jumps to KUBE-EXT for external IPs, LB IPs and the NodePort, or their verdicts."""
     spn = svc.port_name_string
     for ip in svc.external_ips:
-        if on_node.has_endpoints:
+        if on_node.has_any_endpoints:
             buf.nat_rules.append(
                 f'-A {KUBE_SERVICES} -m comment --comment "{spn} external IP" {match}'
                 f" -d {ip} --dport {svc.port} -j {ext}"
@@ -160,7 +166,7 @@ def _write_external_entries(
                 f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {no_ext[0]} {match}"
                 f" -d {ip} --dport {svc.port} -j {no_ext[1]}"
             )
-    if on_node.has_endpoints:
+    if on_node.has_any_endpoints:
         for ip in svc.load_balancer_ips:
             buf.nat_rules.append(
                 f'-A {KUBE_SERVICES} -m comment --comment "{spn} loadbalancer IP" {match}'
@@ -173,7 +179,7 @@ def _write_external_entries(
                 f" -d {ip} --dport {svc.port} -j {no_ext[1]}"
             )
     if svc.node_port:
-        if on_node.has_endpoints:
+        if on_node.has_any_endpoints:
             buf.nat_rules.append(
                 f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {match}"
                 f" --dport {svc.node_port} -j {ext}"
@@ -192,21 +198,21 @@ def _write_service_chains(
     """The per-service chains (EXT, SVC, SVL, SEP): skipped by a partial sync when unchanged."""
     spn, p = svc.port_name_string, svc.proto
     cidr = node.cluster_cidr
-    if on_node.has_endpoints and cidr:
+    if on_node.has_internal_endpoints and cidr:
         # Off-cluster sources reaching a cluster IP may be bounced to another node: SNAT them.
         rules.append(
-            f'-A {ch.svc} -m comment --comment "{spn} cluster IP" -m {p} -p {p}'
+            f'-A {_internal_chain(svc, ch)} -m comment --comment "{spn} cluster IP" -m {p} -p {p}'
             f" -d {svc.cluster_ip} --dport {svc.port} ! -s {cidr} -j {KUBE_MARK_MASQ}"
         )
-    if on_node.has_endpoints and svc.externally_accessible:
+    if on_node.has_any_endpoints and svc.externally_accessible:
         _write_external_chain(chains, rules, svc, ch, on_node, cidr)
-    if on_node.cluster_eps:
+    if on_node.cluster_endpoints:
         chains.append(_chain_line(ch.svc))
-        _write_balancing(rules, svc, ch.svc, on_node.cluster_eps, large)
-    if on_node.local_eps:
+        _write_balancing(rules, svc, ch.svc, on_node.cluster_endpoints, large)
+    if on_node.local_endpoints:
         chains.append(_chain_line(ch.svl))
-        _write_balancing(rules, svc, ch.svl, on_node.local_eps, large)
-    for ep in on_node.reachable_eps:
+        _write_balancing(rules, svc, ch.svl, on_node.local_endpoints, large)
+    for ep in on_node.all_reachable_endpoints:
         sep = sep_chain(svc, ep)
         chains.append(_chain_line(sep))
         head = f"-A {sep}" if large else f"-A {sep} -m comment --comment {spn}"
@@ -351,9 +357,9 @@ def render_key(
 ) -> tuple[str | None, bool, str]:
     """What of `node` render and render_partial read for these services: nodes with the same
     key get the same text, so a sync of many nodes renders it once. The node's name only picks
-    its local endpoints, which only externalTrafficPolicy=Local uses; its IP is never written
-    (LOCAL destinations are matched by addrtype)."""
-    local = any(s.external_policy_local for s in services)
+    its local endpoints, which only a Local traffic policy (external or internal) uses; its IP is
+    never written (LOCAL destinations are matched by addrtype)."""
+    local = any(s.uses_local_endpoints for s in services)
     return node.cluster_cidr, node.random_fully, node.node_name if local else ""
 
 
