@@ -114,15 +114,17 @@ def cmd_up(args) -> int:
         from testbed.emulation.session import run_owner
         if args.ready_fd is None:
             raise UsageError("cnlb up --owner is internal: it needs --ready-fd")
-        return run_owner(Cluster(topo, iptables=args.iptables), args.ready_fd)
+        return run_owner(Cluster(topo, iptables=args.iptables, datapath=args.datapath),
+                         args.ready_fd)
     if args.detach:
         if args.check or args.cli:
             raise UsageError("cnlb up: --detach does not go with --check or --cli — "
                              "use `cnlb exec` and `cnlb status` on the detached cluster")
         from testbed.emulation.session import start_detached
-        _print_next_steps(start_detached(topo.file, topo.mode, say, args.iptables))
+        _print_next_steps(start_detached(topo.file, topo.mode, say, args.iptables,
+                                         args.datapath))
         return 0
-    cluster = Cluster(topo, progress=say, iptables=args.iptables)
+    cluster = Cluster(topo, progress=say, iptables=args.iptables, datapath=args.datapath)
     status = 0
     with cluster:
         say(f"ready in {cluster.timings['total_s']:.1f}s")
@@ -235,7 +237,7 @@ def cmd_node(args) -> int:
 def cmd_run(args) -> int:
     from testbed.experiments.run import run_experiment
     result = run_experiment(args.experiment, args.topology, out=args.out, iptables=args.iptables,
-                            progress=_progress(args.quiet))
+                            datapath=args.datapath, progress=_progress(args.quiet))
     print(f"{len(result.figures)} figures in {os.path.join(result.out, 'figures')}")
     print(f"report: {result.report}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from testbed.cli import commands as c
+from testbed.emulation.machine import FABRIC_DATAPATHS
 from testbed.errors import UsageError
 
 MODES = ("nodeport", "container-native")
@@ -54,6 +55,7 @@ def _cluster(sub) -> None:
                    "exit non-zero if anything expected failed")
     u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
     _iptables_option(u)
+    _datapath_option(u, default="auto")
     u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
                    "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")
@@ -99,6 +101,7 @@ def _runs(sub) -> None:
     rn.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
     rn.add_argument("--quiet", action="store_true", help="no progress lines")
     _iptables_option(rn)
+    _datapath_option(rn, default=None)
     rn.set_defaults(func=c.cmd_run)
 
     pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
@@ -123,6 +126,14 @@ def _machine(sub) -> None:
 
     d = sub.add_parser("doctor", help="what this machine can do, and the fix for what it cannot")
     d.set_defaults(func=c.cmd_doctor)
+
+
+def _datapath_option(parser, default: str | None) -> None:
+    parser.add_argument("--datapath", choices=FABRIC_DATAPATHS, default=default,
+                        help="the fabric's OVS datapath: auto (kernel with the openvswitch "
+                             "module, else userspace) or afxdp (userspace with AF_XDP ports "
+                             "polled by a PMD thread: cheaper hops, one CPU kept busy)"
+                             + ("" if default else "; default: the experiment's datapath:"))
 
 
 def _iptables_option(parser) -> None:

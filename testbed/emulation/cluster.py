@@ -45,13 +45,19 @@ class Cluster:
     iptables: kube-proxy's backend: auto (the machine's), nft or legacy
     load_balancer: the cloud load balancer's kind (a key of testbed.cloud.lb.LOAD_BALANCERS)
     proxy_mode: kube-proxy's mode (a key of testbed.kubernetes.dataplane.registry.DATAPLANES)
+    datapath: what the fabric asks OVS for: auto or afxdp (machine.FABRIC_DATAPATHS)
     """
 
     def __init__(self, topo: Topology, progress: Callable[[str], None] | None = None,
                  iptables: str = "auto", load_balancer: str = DEFAULT,
-                 proxy_mode: str = "iptables"):
+                 proxy_mode: str = "iptables", datapath: str = "auto"):
         self.topo = topo
         self.iptables = iptables
+        if datapath not in machine.FABRIC_DATAPATHS:
+            raise ValueError(f"datapath {datapath!r} is not one of "
+                             f"{', '.join(machine.FABRIC_DATAPATHS)}")
+        self.datapath_asked = datapath
+        self.datapath = ""   # what runs: kernel, userspace or afxdp (decided when it starts)
         self.proxy_mode = proxy_mode
         dataplane_for(proxy_mode)   # an unknown mode fails here, before anything is built
         self.plan: Plan = build_plan(topo)
@@ -184,8 +190,15 @@ class Cluster:
         self.journal.record("start", cluster=self.topo.name, mode=self.plan.mode,
                             file=self.topo.file, pid=os.getpid(),
                             pid_start=proc_start_time(os.getpid()))
-        self.offloads_off = not machine.kernel_datapath()
-        self.hosts = Hosts(self.plan, self.journal, self.state, self.topo.name)
+        self.datapath, why = machine.fabric_datapath(self.datapath_asked)
+        if why:
+            self.progress(f"note: {why}")
+        if self.datapath == "afxdp" and self.topo.links.bw:
+            # OVS writes to an AF_XDP socket, past the switch port's qdisc
+            self.progress("note: with AF_XDP ports links.bw shapes what hosts send, not what "
+                          "the switch sends them")
+        self.offloads_off = self.datapath != "kernel"
+        self.hosts = Hosts(self.plan, self.journal, self.state, self.topo.name, self.datapath)
 
     def _refuse_foreign_names(self) -> None:
         """Bridges, namespaces and root-namespace links we would make must not exist already."""

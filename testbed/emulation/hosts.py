@@ -23,7 +23,7 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Host, Node, OVSSwitch
 
-from testbed.emulation import machine, wiring
+from testbed.emulation import wiring
 from testbed.emulation.journal import OVS_LABEL, Journal, StateDir
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.cni import plugin_for
@@ -165,10 +165,13 @@ class Hosts:
     journal: where every namespace, process, bridge and link is written down before it exists
     state: the cluster's state directory
     cluster: the cluster's name (the label of its OVS bridges)
+    datapath: what the fabric runs on: "kernel", "userspace" or "afxdp" (machine.fabric_datapath)
     """
 
-    def __init__(self, plan: Plan, journal: Journal, state: StateDir, cluster: str):
+    def __init__(self, plan: Plan, journal: Journal, state: StateDir, cluster: str,
+                 datapath: str = "userspace"):
         self.plan, self.journal, self.state, self.cluster = plan, journal, state, cluster
+        self.datapath = datapath
         setLogLevel("warning")
         self.net = Mininet(build=False, controller=None, autoSetMacs=False, autoStaticArp=False,
                            waitConnected=False, inNamespace=False)
@@ -200,11 +203,12 @@ class Hosts:
         ip_batch(wiring.veth_lines(self.plan))
         self.journal.record_many("bridge", ({"name": sw.name} for sw in self.plan.switches))
         vsctl(wiring.bridge_args(self.plan, OVS_LABEL, self.cluster,
-                                 userspace=not machine.kernel_datapath()))
+                                 userspace=self.datapath != "kernel",
+                                 afxdp=self.datapath == "afxdp"))
         for sw in self.plan.switches:
             self.net.addSwitch(sw.name, cls=VpcSwitch, journal=self.journal, cluster=self.cluster,
                                dpid=f"{sw.dpid:016x}", failMode="secure", protocols="OpenFlow13",
-                               datapath="user" if not machine.kernel_datapath() else "kernel")
+                               datapath="kernel" if self.datapath == "kernel" else "user")
         for att in self.plan.attachments:
             self._intf(att.switch, att.port, wiring.port_no(att.port))
             self._intf(att.host, "eth0", 0, att.ip, att.prefixlen, att.mac)

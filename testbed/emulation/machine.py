@@ -96,6 +96,39 @@ def kernel_datapath() -> bool:
 # A bridge's datapath_type as OVSDB holds it -> how doctor and reports name it. An empty
 # datapath_type is OVS's default, the kernel's.
 DATAPATHS = {"system": "kernel (system)", "netdev": "userspace (netdev)"}
+AFXDP_LABEL = "userspace (netdev), AF_XDP ports"
+
+# What a user may ask the fabric to run on: "auto" is the kernel datapath where the module
+# exists, else the userspace one with its ports read by ovs-vswitchd's main thread; "afxdp" is
+# the userspace datapath with AF_XDP ports polled by a PMD thread, which busy-polls one CPU
+# while the cluster is up and in exchange costs a packet a fraction of a main-thread wakeup.
+FABRIC_DATAPATHS = ("auto", "afxdp")
+
+
+@cache
+def afxdp_ports() -> bool:
+    """True when ovs-vswitchd offers AF_XDP ports (built with libxdp/libbpf)."""
+    try:
+        p = run(["ovs-vsctl", "--timeout=5", "get", "Open_vSwitch", ".", "iface_types"],
+                timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0 and "afxdp" in p.stdout.replace("afxdp-nonpmd", "")
+
+
+def fabric_datapath(asked: str) -> tuple[str, str]:
+    """(what runs, why) for the fabric datapath a user asked for: "kernel", "userspace" or
+    "afxdp". An afxdp request on an OVS without AF_XDP ports runs as "auto" would, and says so
+    (the report records what ran)."""
+    if asked not in FABRIC_DATAPATHS:
+        raise ValueError(f"datapath {asked!r} is not one of {', '.join(FABRIC_DATAPATHS)}")
+    if asked == "afxdp":
+        if afxdp_ports():
+            return "afxdp", ""
+        fallback = "kernel" if kernel_datapath() else "userspace"
+        return fallback, (f"this Open vSwitch has no AF_XDP ports (iface_types lacks afxdp): "
+                          f"the fabric runs on the {fallback} datapath instead")
+    return ("kernel" if kernel_datapath() else "userspace"), ""
 
 
 def datapath_label(datapath_type: str) -> str:
@@ -120,11 +153,27 @@ def bridge_datapaths(label: str | None = None) -> dict[str, str]:
     return out
 
 
+def afxdp_bridges(bridges: Iterable[str]) -> set[str]:
+    """Those of the bridges with an AF_XDP port (the testbed names a bridge's ports
+    <bridge>-ethN)."""
+    bridges = set(bridges)
+    try:
+        p = run(["ovs-vsctl", "--timeout=5", "--format=json", "--columns=name",
+                 "find", "Interface", "type=afxdp"], timeout=10)
+        rows = json.loads(p.stdout).get("data", []) if p.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return set()
+    return {str(row[0]).rsplit("-eth", 1)[0] for row in rows if row} & bridges
+
+
 def datapath_of(bridges: Iterable[str]) -> str:
     """The datapath the named bridges run on, as reports name it (several joined by ' + ';
     'unknown' when OVSDB has none of them)."""
+    bridges = list(bridges)
     types = bridge_datapaths()
-    found = sorted({datapath_label(types[b]) for b in bridges if b in types})
+    xdp = afxdp_bridges(bridges)
+    found = sorted({AFXDP_LABEL if b in xdp else datapath_label(types[b])
+                    for b in bridges if b in types})
     return " + ".join(found) if found else "unknown"
 
 
@@ -202,9 +251,14 @@ def datapath_detail(ovs: bool) -> str:
     detail = (f"{DATAPATHS['system']}: the openvswitch module is loaded" if kernel_datapath()
               else f"{DATAPATHS['netdev']}: no openvswitch module — slower, offloads turned off "
                    "on veths")
+    if ovs:
+        detail += ("; AF_XDP ports available (datapath: afxdp)" if afxdp_ports()
+                   else "; no AF_XDP ports (datapath: afxdp runs as auto)")
     running = bridge_datapaths(OVS_LABEL) if ovs else {}
     if running:
-        ran = sorted({datapath_label(t) for t in running.values()})
+        xdp = afxdp_bridges(running)
+        ran = sorted({AFXDP_LABEL if b in xdp else datapath_label(t)
+                      for b, t in running.items()})
         detail += f"; the running cluster's {len(running)} bridges: {' + '.join(ran)}"
     return detail
 

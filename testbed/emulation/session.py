@@ -151,7 +151,8 @@ def run_owner(cluster, ready_fd: int) -> int:
 
 # -- the other side: commands against a detached cluster -------------------------------------
 
-def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
+def start_detached(file: str, mode: str, say, iptables: str = "auto",
+                   datapath: str = "auto") -> dict:
     """Start the owner process and wait until the cluster is ready; return its status."""
     from testbed.emulation.journal import Lock
     Lock().refuse_if_held()
@@ -159,7 +160,7 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto") -> dict:
     log = open(os.path.join(STATE_ROOT, LOG), "w")
     r, w = os.pipe()
     argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, OWNER_FLAG,
-            "--iptables", iptables, "--ready-fd", str(w)]
+            "--iptables", iptables, "--datapath", datapath, "--ready-fd", str(w)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,
                             cwd=REPO)

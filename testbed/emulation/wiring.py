@@ -67,21 +67,25 @@ def port_no(port_name: str) -> int:
     return int(port_name.rsplit("eth", 1)[1])
 
 
-def bridge_args(plan: Plan, label: str, cluster: str, userspace: bool) -> list[str]:
+def bridge_args(plan: Plan, label: str, cluster: str, userspace: bool,
+                afxdp: bool = False) -> list[str]:
     """One `ovs-vsctl` transaction adding every bridge (secure fail mode: nothing flows until the
     controller says so), every host port, and the patch-port pairs joining each subnet switch to
-    the core. label: the external_ids key marking a bridge as ours; cluster: its value"""
+    the core. label: the external_ids key marking a bridge as ours; cluster: its value;
+    afxdp: host ports are AF_XDP sockets polled by a PMD thread (userspace datapath only)"""
     args: list[str] = []
     for sw in plan.switches:
         opts = [f"other_config:datapath-id={sw.dpid:016x}", "fail_mode=secure",
                 "other-config:disable-in-band=true", "protocols=OpenFlow13",
                 f"other-config:dp-desc={sw.name}", f"external_ids:{label}={cluster}"]
-        if userspace:
+        if userspace or afxdp:
             opts.append("datapath_type=netdev")
         args += ["--", "add-br", sw.name, "--", "set", "bridge", sw.name, *opts]
     for att in plan.attachments:
         args += ["--", "add-port", att.switch, att.port,
                  "--", "set", "interface", att.port, f"ofport_request={port_no(att.port)}"]
+        if afxdp:
+            args += ["type=afxdp"]
     for sw in plan.switches:
         if sw.role != "subnet" or sw.uplink is None or sw.core_port is None:
             continue

@@ -95,7 +95,7 @@ def run_compare(run: RunContext, variant: Variant, topo: Topology) -> None:
     if run.exp.workload("throughput"):
         topo = with_iperf_service(topo, run.res.service)
     run.say(f"[{variant.name}] building the cluster ({topo.mode})")
-    with Cluster(topo, iptables=run.iptables) as cluster:
+    with Cluster(topo, iptables=run.iptables, datapath=run.datapath) as cluster:
         run.w.meta.setdefault("build_s", {})[variant.name] = cluster.timings.get("total_s")
         run.w.meta.setdefault("datapaths", {})[variant.name] = machine.datapath_of(
             [s.name for s in cluster.plan.switches])

@@ -27,7 +27,7 @@ def run_failover(run: RunContext, variant: Variant, topo: Topology) -> None:
     """Each repetition: build, warm up, steady load with the events, record."""
     for rep in range(run.exp.repetitions):
         run.progress(variant.name, rep, "building")
-        with Cluster(topo, iptables=run.iptables) as cluster:
+        with Cluster(topo, iptables=run.iptables, datapath=run.datapath) as cluster:
             rows, events = _steady_load_with_events(run, cluster, variant, rep)
         run.w.samples(variant.name, rep, "failover", rows)
         run.w.samples(variant.name, rep, "events", events)

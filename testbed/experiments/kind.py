@@ -22,12 +22,14 @@ class RunContext(Protocol):
     res: the experiment resolved (its measured service, a topology per variant)
     w: where records, samples and meta go
     iptables: kube-proxy's backend for every cluster of the run
+    datapath: what every cluster's fabric asks OVS for (auto or afxdp)
     """
 
     exp: Experiment
     res: Resolved
     w: RunWriter
     iptables: str
+    datapath: str
 
     def say(self, msg: str) -> None:
         """One progress line."""

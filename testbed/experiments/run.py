@@ -35,12 +35,13 @@ class RunResult:
 
 
 def run_experiment(experiment: str, topology: str | None = None, out: str | None = None,
-                   iptables: str = "auto",
+                   iptables: str = "auto", datapath: str | None = None,
                    progress: Callable[[str], None] = lambda msg: None) -> RunResult:
     """Check the files, measure every variant into a new run directory, then plot and report.
 
     experiment: the experiment file; topology: overrides the file's `topology:`
     out: the run directory (None: a new results/<run-id>); iptables: kube-proxy's backend
+    datapath: the fabric's datapath (None: the experiment's `datapath:`)
     progress: called with one line per step
     Raises InputError (bad files), UsageError (out already holds a run), EnvironmentProblem.
     """
@@ -53,7 +54,7 @@ def run_experiment(experiment: str, topology: str | None = None, out: str | None
         out = new_run_dir(RESULTS, resolved.experiment.name)
     progress(f"results go to {out}")
     with RunWriter(out, resolved=resolved, environment=environment(iptables)) as writer:
-        Runner(resolved, writer, progress, iptables=iptables).run()
+        Runner(resolved, writer, progress, iptables=iptables, datapath=datapath).run()
     progress("drawing figures ...")
     figures = written(plot_run(out))
     return RunResult(out, figures, write_report(out))

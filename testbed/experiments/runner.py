@@ -43,13 +43,16 @@ class Runner:
     writer: where records, samples and meta go (testbed.analysis.records.RunWriter)
     say: progress lines (None: quiet)
     iptables: kube-proxy's backend for every cluster: auto (the machine's), nft or legacy
+    datapath: the fabric's datapath for every cluster (None: the experiment's `datapath:`)
     """
 
     def __init__(self, resolved: Resolved, writer: RunWriter,
-                 say: Callable[[str], None] | None = None, iptables: str = "auto"):
+                 say: Callable[[str], None] | None = None, iptables: str = "auto",
+                 datapath: str | None = None):
         self.iptables = iptables
         self.res = resolved
         self.exp = resolved.experiment
+        self.datapath = datapath or self.exp.datapath
         self.w = writer
         self._say = say or (lambda msg: None)
         self.t0 = time.time()

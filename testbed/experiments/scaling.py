@@ -60,7 +60,7 @@ def _services_sweep(run: RunContext, variant: Variant, topo: Topology,
                     repetitions_done: bool) -> None:
     """For each repetition and each service count: sync every node, record, sync back.
     repetitions_done: each repetition ends a unit of the time-left estimate (no pods sweep)"""
-    with Cluster(topo, iptables=run.iptables) as cluster:
+    with Cluster(topo, iptables=run.iptables, datapath=run.datapath) as cluster:
         _note_datapath(run, variant, cluster)
         real = service_ports(cluster.plan, cluster.live_pods())
         for rep in range(run.exp.repetitions):
@@ -136,7 +136,7 @@ def _one_cluster(run: RunContext, variant: Variant, rep: int, n: int, topo: Topo
     def rec(metric: str, value: object, **extra: object) -> None:
         run.rec(variant, rep, metric, value, "scaling", pods=n, **extra)
 
-    with Cluster(topo, iptables=run.iptables) as cluster:
+    with Cluster(topo, iptables=run.iptables, datapath=run.datapath) as cluster:
         _note_datapath(run, variant, cluster)
         for key, seconds in cluster.timings.items():
             if key.endswith("_s") and key not in ("total_s", "stop_s"):

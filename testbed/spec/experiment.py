@@ -39,7 +39,8 @@ WORKLOADS: dict[str, tuple[str, dict[str, float]]] = {
     "path": ("cnlb client: hops, cross-node bytes, pod, source address", {"requests": 50}),
 }
 
-COMMON_KEYS = {"name", "kind", "topology", "service", "seed", "repetitions", "warmup", "variants"}
+COMMON_KEYS = {"name", "kind", "topology", "service", "seed", "repetitions", "warmup", "variants",
+               "datapath"}
 KIND_KEYS = {
     "compare": {"workloads"},
     "scaling": {"workloads", "services", "endpoints", "pods", "podsPerNode"},
@@ -129,6 +130,8 @@ class Experiment:
         count: testbed.spec.scaling.scale_topology) and the pods a node gets
     duration_s, rate, timeout_s, events: failover only — steady load of `rate` requests/s for
         `duration_s`, a request slower than `timeout_s` counts as an error, events in time order
+    datapath: what every cluster's fabric asks OVS for: auto or afxdp (AF_XDP ports polled by
+        a PMD thread; testbed.emulation.machine.FABRIC_DATAPATHS)
     """
     name: str
     file: str
@@ -148,6 +151,7 @@ class Experiment:
     rate: float = 0.0
     timeout_s: float = 1.0
     events: tuple[Event, ...] = ()
+    datapath: str = "auto"
     doc: Document | None = field(repr=False, compare=False, default=None)
 
     def variant(self, name: str) -> Variant:
@@ -287,7 +291,10 @@ def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
     warmup = r.get((), "warmup", seconds(0, 60), default=1.0,
                    fix="write a warm-up like 1s (at most 60s)")
     variants = _variants(r, kind)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"datapath": r.get(
+        (), "datapath", choice("auto", "afxdp"), default="auto",
+        fix="use auto (the kernel datapath, or OVS's userspace one without the module) or afxdp "
+            "(AF_XDP ports polled by a PMD thread: fewer microseconds per hop, one CPU busy)")}
     if kind == "compare":
         extra["workloads"] = _workloads(r, allowed=tuple(WORKLOADS), default=None)
     elif kind == "scaling":

@@ -229,3 +229,11 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_missing_experiment_file_points_at_experiments():
     with pytest.raises(InputError, match="see experiments/"):
         load_experiment("/nonexistent/experiment.yaml")
+
+
+def test_datapath_is_auto_unless_the_file_asks_for_afxdp(tmp_path):
+    base = f"topology: {TALK}\nvariants: {{cn: {{mode: container-native}}}}\nworkloads: {{latency: {{}}}}\n"
+    assert load_experiment(write(tmp_path, base)).datapath == "auto"
+    assert load_experiment(write(tmp_path, base + "datapath: afxdp\n", "x.yaml")).datapath == "afxdp"
+    (problem,) = problems_of(write(tmp_path, base + "datapath: dpdk\n", "bad.yaml"))
+    assert "bad.yaml:4: datapath:" in problem and "afxdp" in problem, problem

@@ -230,8 +230,10 @@ def test_doctor_says_which_datapath_the_bridges_use_and_a_running_clusters_ran_o
     ovsdb = {"data": [["s-core", "netdev", ["map", [["cnlb-cluster", "talk"]]]],
                       ["s-az-a", "", ["map", [["cnlb-cluster", "talk"]]]],
                       ["br-mine", "system", ["map", []]]], "headings": []}
+    no_afxdp = {"data": [], "headings": ["name"]}
     monkeypatch.setattr(machine, "run", lambda argv, **kw: subprocess.CompletedProcess(
-        argv, 0, json.dumps(ovsdb), ""))
+        argv, 0, json.dumps(no_afxdp if "Interface" in argv else ovsdb), ""))
+    monkeypatch.setattr(machine, "afxdp_ports", lambda: True)
     assert machine.bridge_datapaths() == {"s-core": "netdev", "s-az-a": "", "br-mine": "system"}
     assert machine.datapath_of(["s-core", "s-az-a"]) == "kernel (system) + userspace (netdev)"
     assert machine.datapath_of(["gone"]) == "unknown"
@@ -241,3 +243,38 @@ def test_doctor_says_which_datapath_the_bridges_use_and_a_running_clusters_ran_o
     assert detail.endswith("the running cluster's 2 bridges: kernel (system) + userspace (netdev)")
     monkeypatch.setattr(machine, "kernel_datapath", lambda: True)
     assert machine.datapath_detail(ovs=False) == "kernel (system): the openvswitch module is loaded"
+
+
+def test_afxdp_runs_where_ovs_offers_it_and_falls_back_saying_so(monkeypatch):
+    import pytest
+
+    from testbed.emulation import machine
+    monkeypatch.setattr(machine, "kernel_datapath", lambda: False)
+    monkeypatch.setattr(machine, "afxdp_ports", lambda: True)
+    assert machine.fabric_datapath("afxdp") == ("afxdp", "")
+    assert machine.fabric_datapath("auto") == ("userspace", "")
+    monkeypatch.setattr(machine, "afxdp_ports", lambda: False)
+    ran, why = machine.fabric_datapath("afxdp")
+    assert ran == "userspace" and "no AF_XDP ports" in why and "userspace datapath" in why
+    monkeypatch.setattr(machine, "kernel_datapath", lambda: True)
+    assert machine.fabric_datapath("afxdp")[0] == machine.fabric_datapath("auto")[0] == "kernel"
+    with pytest.raises(ValueError, match="not one of auto, afxdp"):
+        machine.fabric_datapath("dpdk")
+
+
+def test_a_bridge_with_af_xdp_ports_is_named_so(monkeypatch):
+    import subprocess
+
+    from testbed.emulation import machine
+    answers = {"Bridge": {"data": [["vpc0", "netdev", ["map", [["cnlb-cluster", "talk"]]]],
+                                   ["vpc1", "netdev", ["map", [["cnlb-cluster", "talk"]]]]]},
+               "Interface": {"data": [["vpc1-eth2"], ["other-eth1"]]}}
+
+    def run(argv, **kw):
+        table = "Interface" if "Interface" in argv else "Bridge"
+        return subprocess.CompletedProcess(argv, 0, json.dumps(answers[table]), "")
+    monkeypatch.setattr(machine, "run", run)
+    assert machine.afxdp_bridges(["vpc0", "vpc1"]) == {"vpc1"}
+    assert machine.datapath_of(["vpc1"]) == machine.AFXDP_LABEL
+    assert machine.datapath_of(["vpc0", "vpc1"]) == \
+        f"userspace (netdev) + {machine.AFXDP_LABEL}"

@@ -80,6 +80,18 @@ def test_bridges_ports_and_patch_uplinks_in_one_transaction(plan):
     assert not any("datapath_type=netdev" in c for c in kernel)
 
 
+def test_afxdp_makes_every_host_port_an_af_xdp_socket_on_the_userspace_datapath(plan):
+    cmds = _transaction(wiring.bridge_args(plan, "cnlb-cluster", "talk", userspace=False,
+                                           afxdp=True))
+    sets = {c[2]: c[3:] for c in cmds if c[:2] == ["set", "bridge"]}
+    assert all("datapath_type=netdev" in sets[sw.name] for sw in plan.switches)
+    ifaces = {c[2]: c[3:] for c in cmds if c[:2] == ["set", "interface"]}
+    for att in plan.attachments:
+        assert ifaces[att.port] == [f"ofport_request={wiring.port_no(att.port)}", "type=afxdp"]
+    for sw in (s for s in plan.switches if s.role == "subnet"):   # patch ports stay patch ports
+        assert "type=patch" in ifaces[sw.uplink] and "type=afxdp" not in ifaces[sw.uplink]
+
+
 def test_every_bridge_is_pointed_at_the_controller(plan):
     cmds = _transaction(wiring.controller_args(plan, 6699))
     created = [c for c in cmds if c[:2] == ["create", "Controller"] or "create" in c]
