@@ -8,6 +8,7 @@
  *
  *   httpprobe --url http://IP[:PORT][/PATH] (--requests N | --duration S | both)
  *             [--rate R] [--timeout-ms T] [--keepalive] [--out FILE]
+ *   httpprobe --url udp://IP:PORT ...the same flags
  *
  *   --requests N    stop after N requests
  *   --duration S    stop starting requests S seconds after the first one (float); with both,
@@ -21,8 +22,22 @@
  *                   retransmitted (Linux retries after 1 s) before a connect counts as failed
  *   --keepalive     one connection reused for all requests; a new one is opened when the
  *                   server closed it (checked before the request, outside the timings) or
- *                   after an error
+ *                   after an error. udp: one socket for the whole run, whatever happens — one
+ *                   source port, so one conntrack flow (without it every request has a new
+ *                   socket and source port: a new flow each, as TCP has a new connection)
  *   --out FILE      write the lines there instead of stdout
+ *
+ * udp://IP:PORT: each request is one datagram ("httpprobe N\n", N the request's number) to a
+ * connected UDP socket, and its answer is the first datagram back within --timeout-ms (one
+ * datagram, as podserver's UDP ports send: its JSON line). The record is the same: connect_ms
+ * null, total_ms from sending to the answer, status 200 when an answer came (UDP has no
+ * status; 200 keeps "status 200 and no error" meaning answered for both), pod/node/client/
+ * client_port/server from the answer's JSON, local_port our source port, and syn_ack_ttl the
+ * TTL of the answer datagram (IP_RECVTTL; no privilege needed). Errors: "timeout" (no answer:
+ * the datagram or its answer was lost, or nobody answered), "refused" (ICMP port unreachable:
+ * no socket on the port, or kube-proxy's REJECT for a Service without endpoints),
+ * "unreachable". On a kept socket an answer to an earlier request can come late: one whose
+ * "echo" (podserver repeats the datagram's first line) is not this request's is skipped.
  *
  * Output: one JSON line per request, flushed as it is written (so `tail -f` and a killed run
  * keep every finished request), then a summary line:
@@ -81,8 +96,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define USAGE "httpprobe --url http://IP[:PORT][/PATH] (--requests N | --duration S) " \
-              "[--rate R] [--timeout-ms T] [--keepalive] [--out FILE]"
+#define USAGE "httpprobe --url http://IP[:PORT][/PATH]|udp://IP:PORT " \
+              "(--requests N | --duration S) [--rate R] [--timeout-ms T] [--keepalive] " \
+              "[--out FILE]"
 #define PROG "httpprobe"
 #include "cliargs.h"
 
@@ -109,6 +125,7 @@ struct config {
     double duration;             /* seconds; 0: no limit */
     int timeout_ms;
     bool keepalive;
+    bool udp;                    /* udp://: one datagram per request */
     const char *out;
 };
 
@@ -122,17 +139,21 @@ static double parse_positive(const char *flag, const char *text)
     return v;
 }
 
-/* http://A.B.C.D[:PORT][/PATH]; the path goes into the request line verbatim. */
+/* http://A.B.C.D[:PORT][/PATH]; the path goes into the request line verbatim.
+ * udp://A.B.C.D:PORT; no default port and no path. */
 static void parse_url(struct config *cfg, const char *url)
 {
     const char *p = url;
-    if (strncmp(p, "http://", 7) != 0)
-        usage_error("--url: '%s' does not start with http://", url);
-    p += 7;
+    if (!strncmp(p, "http://", 7))
+        p += 7;
+    else if (!strncmp(p, "udp://", 6))
+        p += 6, cfg->udp = true;
+    else
+        usage_error("--url: '%s' does not start with http:// or udp://", url);
     size_t hlen = strcspn(p, ":/");
     char ip[INET_ADDRSTRLEN];
     if (hlen == 0 || hlen >= sizeof ip)
-        usage_error("--url: '%s' has no IPv4 address after http://", url);
+        usage_error("--url: '%s' has no IPv4 address after //", url);
     memcpy(ip, p, hlen);
     ip[hlen] = '\0';
     memset(&cfg->dst, 0, sizeof cfg->dst);
@@ -151,7 +172,11 @@ static void parse_url(struct config *cfg, const char *url)
         num[plen] = '\0';
         port = (long)parse_whole("--url port", num, 1, 65535);
         p += plen;
+    } else if (cfg->udp) {
+        usage_error("--url: '%s' needs a port (udp://IP:PORT)", url);
     }
+    if (cfg->udp && *p && strcmp(p, "/"))
+        usage_error("--url: '%s': a udp:// URL has no path", url);
     cfg->dst.sin_port = htons((uint16_t)port);
     snprintf(cfg->host, sizeof cfg->host, "%s:%ld", ip, port);
     const char *path = *p ? p : "/";
@@ -672,6 +697,123 @@ static void probe_once(const struct config *cfg, const char *req, size_t req_len
         conn_close(c);
 }
 
+/* ---- one UDP request -------------------------------------------------------------------- */
+
+/* A connected UDP socket: the source port is chosen here, and an ICMP error for our
+ * datagram (port unreachable) comes back as this socket's error. */
+static int open_udp_socket(const struct config *cfg, struct conn *c)
+{
+    c->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        return errno;
+    int one = 1;
+    (void)setsockopt(c->fd, IPPROTO_IP, IP_RECVTTL, &one, sizeof one);   /* ttl: best effort */
+    if (connect(c->fd, (const struct sockaddr *)&cfg->dst, sizeof cfg->dst) < 0) {
+        int err = errno;
+        conn_close(c);
+        return err;
+    }
+    note_local(c);
+    return 0;
+}
+
+/* Drop what a kept socket still holds: late answers to earlier requests, and a pending ICMP
+ * error (reading it clears it), so neither is taken for this request's answer. */
+static void udp_drain(int fd)
+{
+    char sink[64];
+    for (int i = 0; i < 4096; i++) {
+        ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n < 0 && errno != EINTR && errno != ECONNREFUSED && errno != EHOSTUNREACH &&
+            errno != ENETUNREACH)
+            return;             /* EAGAIN: empty */
+    }
+}
+
+/* The TTL the answer arrived with (IP_RECVTTL), -1 if not given. */
+static int udp_ttl(struct msghdr *msg)
+{
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TTL) {
+            int ttl;
+            memcpy(&ttl, CMSG_DATA(cm), sizeof ttl);
+            return ttl;
+        }
+    }
+    return -1;
+}
+
+/* One datagram out, the first datagram back. Timings first, as in probe_once. */
+static void probe_udp(const struct config *cfg, long long i, struct conn *c, int64_t origin,
+                      struct result *r)
+{
+    static char buf[BUF_CAP];
+    r->connect_ms = r->total_ms = -1;
+    r->client_port = -1;
+    r->ttl = -1;
+    if (c->fd < 0) {
+        int err = open_udp_socket(cfg, c);
+        if (err) {
+            r->t_start = (double)(now_ns() - origin) / 1e9;
+            set_errno_error(r, err);
+            return;
+        }
+    } else {
+        udp_drain(c->fd);
+    }
+    char payload[48];
+    int plen = snprintf(payload, sizeof payload, "httpprobe %lld\n", i);
+
+    int64_t t0 = now_ns();
+    r->t_start = (double)(t0 - origin) / 1e9;
+    ssize_t got = -1;
+    union {                     /* aligned for cmsghdr */
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = { .iov_base = buf, .iov_len = sizeof buf };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (send(c->fd, payload, (size_t)plen, MSG_NOSIGNAL) != plen) {
+        set_errno_error(r, errno);
+    } else {
+        int64_t deadline = t0 + (int64_t)cfg->timeout_ms * 1000000;
+        for (;;) {
+            if (!wait_fd(c->fd, POLLIN, deadline)) {
+                r->error = "timeout";
+                break;
+            }
+            msg.msg_control = ctl.buf;
+            msg.msg_controllen = sizeof ctl.buf;
+            got = recvmsg(c->fd, &msg, MSG_DONTWAIT);
+            char echo[FIELD_CAP];
+            if (got >= 0 && json_field(buf, (size_t)got, "echo", echo) &&
+                (strlen(echo) + 1 != (size_t)plen || memcmp(echo, payload, (size_t)plen - 1))) {
+                got = -1;       /* a late answer to an earlier request */
+                continue;
+            }
+            if (got >= 0) {
+                r->total_ms = ms_between(t0, now_ns());
+                break;
+            }
+            if (errno != EAGAIN && errno != EINTR) {
+                set_errno_error(r, errno);
+                break;
+            }
+        }
+    }
+
+    /* ---- timings are taken ---- */
+    if (c->have_local)
+        r->local_port = ntohs(c->local.sin_port);
+    if (got >= 0) {
+        struct response rs = { .status = 200, .body = buf, .body_len = (size_t)got };
+        take_fields(&rs, r);
+        r->ttl = udp_ttl(&msg);
+    }
+    if (!cfg->keepalive)
+        conn_close(c);
+}
+
 /* ---- output ----------------------------------------------------------------------------- */
 
 static void put_string(FILE *f, const char *key, const char *s)
@@ -750,7 +892,7 @@ int main(int argc, char **argv)
     int req_len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", cfg.path,
                            cfg.host, cfg.keepalive ? "" : "Connection: close\r\n");
 
-    int raw_fd = ttl_open(&cfg.dst);
+    int raw_fd = cfg.udp ? -1 : ttl_open(&cfg.dst);
     struct conn c = { .fd = -1, .ttl = -1 };
     long long done = 0, errors = 0, late = 0;
     int64_t origin = now_ns();
@@ -771,7 +913,10 @@ int main(int argc, char **argv)
         }
         struct result r;
         memset(&r, 0, sizeof r);
-        probe_once(&cfg, req, (size_t)req_len, &c, raw_fd, origin, &r);
+        if (cfg.udp)
+            probe_udp(&cfg, done, &c, origin, &r);
+        else
+            probe_once(&cfg, req, (size_t)req_len, &c, raw_fd, origin, &r);
         last = now_ns();
         print_result(out, done, &r);
         done++;

@@ -7,22 +7,42 @@
  * which pod a load balancer picked and whether the client's source IP survived the path
  * (container-native) or was SNATed to a node (classic NodePort, externalTrafficPolicy=Cluster).
  *
- *   podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--netns FILE] [--ready-fd N]
+ *   podserver --port PORT[/tcp|/udp] [--port ...] --pod NAME --node NODE [--bind ADDR]
+ *             [--netns FILE] [--ready-fd N]
  *   podserver --launch
  *
+ * --port: a port to serve, TCP unless it ends in /udp; repeat it for more ports (up to 32; a
+ * Service's targetPorts, each TCP or UDP, all served by this one process). Every port is
+ * bound to --bind (default 0.0.0.0).
  * --netns FILE: enter the network namespace FILE names (/proc/PID/ns/net, /run/netns/NAME)
  * before binding, so a pod's server needs no process already inside the pod to start it.
  *
- * Endpoints (method GET or HEAD; anything else gets 405):
+ * TCP ports speak HTTP. Endpoints (method GET or HEAD; anything else gets 405):
  *   /healthz   200 "ok\n"                      — the load balancer's / kubelet's health check
+ *              (liveness: readiness does not change it)
+ *   /readyz    200 "ready\n", or 503 "not ready\n" while the pod is not ready (SIGUSR1, or
+ *              terminating): the kubelet's readiness probe
  *   /fail      503 "failing\n", and from then on every request except /recover gets
  *              503 "failing\n" (health checks included): emulates a pod whose application
  *              has stopped working while its process and addresses stay up
  *   /recover   200 "recovered\n", back to normal
  *   any other  200 application/json, one line:
  *              {"pod":..,"node":..,"client":..,"client_port":..,"server":..,"server_port":..,
- *               "requests":N}  where N counts these JSON answers, this one included
+ *               "requests":N}  where N counts these JSON answers (TCP and UDP), this one
+ *              included
  * Every response carries "X-Pod: NAME".
+ *
+ * UDP ports answer every datagram (whatever it holds) with one datagram carrying the same
+ * JSON line, sent from the address the datagram was sent to (so conntrack's reverse tuple
+ * matches on a multi-address pod). client/client_port are the datagram's source as seen here
+ * (a SNATed client shows its node), server/server_port where it was sent to. One key more:
+ * "echo", the datagram's first line when it is 1-64 characters of [A-Za-z0-9 ._:-], so a
+ * client that reuses its socket can tell a late answer to an earlier datagram from the
+ * answer to its latest. A failing pod (/fail) answers no datagram: the client times out.
+ *
+ * Readiness: SIGUSR1 makes /readyz answer 503 (not ready), SIGUSR2 makes it 200 again, with no
+ * restart and no effect on anything else — the pod keeps serving whatever reaches it, as a
+ * real pod does while the endpoints controller takes it out of its Services.
  *
  * Why C, epoll, one thread: up to 1000 pods share a 2-core machine, so a pod must cost little
  * memory when idle (no interpreter) and never be the bottleneck of a latency measurement.
@@ -49,9 +69,14 @@
  * No Date header: it would cost a clock read and a format per response and nothing here uses it.
  *
  * Lifecycle: prints nothing on success; with --ready-fd N writes "ready\n" to fd N and closes
- * it once the socket listens. SIGTERM/SIGINT exit 0. Connections idle for 60 s are closed.
+ * it once every port is bound. SIGTERM is a graceful termination, as the kubelet asks for it:
+ * every listening socket (TCP and UDP) is closed at once, so new connections are refused;
+ * idle keep-alive connections are closed; a request already received (or partly received) is
+ * answered, with "Connection: close"; the process exits 0 when no connection is left (the
+ * kubelet's SIGKILL after the grace period ends a client that never finishes its request).
+ * SIGINT exits 0 at once. Connections idle for 60 s are closed.
  * Exit codes: 0 on signal, 1 on a startup error (bind, ...), 2 on a bad command line.
- */
+  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -78,8 +103,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define USAGE "podserver --port PORT --pod NAME --node NODE [--bind ADDR] [--netns FILE] " \
-              "[--ready-fd N] | podserver --launch"
+#define USAGE "podserver --port PORT[/udp] [--port ...] --pod NAME --node NODE [--bind ADDR] " \
+              "[--netns FILE] [--ready-fd N] | podserver --launch"
 #define PROG "podserver"
 #include "cliargs.h"
 
@@ -94,6 +119,9 @@ enum {
     MAX_EVENTS = 256,
     ACCEPT_BURST = 64,    /* accepts per wakeup, so a connect storm cannot starve reads */
     LINGER_READS = 8,
+    MAX_PORTS = 32,       /* --port flags; a Service rarely has more than a handful */
+    UDP_BURST = 64,       /* datagrams per wakeup, so a flood on one port cannot starve others */
+    ECHO_MAX = 64,        /* longest first line of a datagram echoed in its answer */
 };
 
 static const int64_t IDLE_MS = 60000;  /* keep-alive connections idle this long are closed */
@@ -101,8 +129,14 @@ static const int64_t LINGER_MS = 2000; /* after our FIN, how long we wait for th
 
 /* ---- configuration ---------------------------------------------------------------------- */
 
-struct config {
+struct port_spec {
     unsigned port;
+    bool udp;
+};
+
+struct config {
+    struct port_spec ports[MAX_PORTS];
+    size_t nports;
     const char *pod;
     const char *node;
     const char *bind;
@@ -128,10 +162,34 @@ static const char *parse_name(const char *flag, const char *text)
     return text;
 }
 
+/* "8080", "8080/tcp" or "5353/udp"; the same port and protocol twice is a mistake. */
+static void parse_port(struct config *cfg, const char *flag, const char *val)
+{
+    char num[8];
+    const char *slash = strchr(val, '/');
+    size_t nlen = slash ? (size_t)(slash - val) : strlen(val);
+    bool udp = false;
+    if (slash && !strcmp(slash + 1, "udp"))
+        udp = true;
+    else if (slash && strcmp(slash + 1, "tcp"))
+        usage_error("%s: '%s' must be PORT, PORT/tcp or PORT/udp", flag, val);
+    if (nlen >= sizeof num)
+        usage_error("%s: '%s' is not a whole number in 1-65535", flag, val);
+    memcpy(num, val, nlen);
+    num[nlen] = '\0';
+    unsigned port = (unsigned)parse_whole(flag, num, 1, 65535);
+    for (size_t i = 0; i < cfg->nports; i++)
+        if (cfg->ports[i].port == port && cfg->ports[i].udp == udp)
+            usage_error("%s: %u/%s is given twice", flag, port, udp ? "udp" : "tcp");
+    if (cfg->nports == MAX_PORTS)
+        usage_error("%s: at most %d ports", flag, MAX_PORTS);
+    cfg->ports[cfg->nports++] = (struct port_spec){ port, udp };
+}
+
 /* Accepts "--flag value" and "--flag=value". */
 static struct config parse_args(int argc, char **argv)
 {
-    struct config cfg = { .port = 0, .bind = "0.0.0.0", .ready_fd = -1 };
+    struct config cfg = { .nports = 0, .bind = "0.0.0.0", .ready_fd = -1 };
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
@@ -157,7 +215,7 @@ static struct config parse_args(int argc, char **argv)
             usage_error("%s needs a value", flag);
 
         if (!strcmp(flag, "--port"))
-            cfg.port = (unsigned)parse_whole(flag, val, 1, 65535);
+            parse_port(&cfg, flag, val);
         else if (!strcmp(flag, "--pod"))
             cfg.pod = parse_name(flag, val);
         else if (!strcmp(flag, "--node"))
@@ -172,7 +230,7 @@ static struct config parse_args(int argc, char **argv)
                 usage_error("--ready-fd: fd %d is not open", cfg.ready_fd);
         }
     }
-    if (!cfg.port)
+    if (!cfg.nports)
         usage_error("--port is required");
     if (!cfg.pod)
         usage_error("--pod is required");
@@ -184,8 +242,15 @@ static struct config parse_args(int argc, char **argv)
 /* ---- server and connection state -------------------------------------------------------- */
 
 /* epoll hands back data.ptr; the first member tells what it points at. */
-enum kind { K_LISTEN, K_SIGNAL, K_CONN };
+enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
 struct handle { enum kind kind; };
+
+/* One bound port: a TCP listening socket or a UDP socket. */
+struct listener {
+    struct handle h;            /* first: epoll's data.ptr points here */
+    int fd;                     /* -1 once closed (terminating) */
+    struct port_spec spec;
+};
 
 enum { T_IDLE, T_LINGER, T_COUNT };
 
@@ -216,13 +281,16 @@ struct timer_list {
 
 struct server {
     struct config cfg;
-    int epfd, lfd, sigfd;
+    int epfd, sigfd;
+    struct listener listeners[MAX_PORTS];   /* cfg.ports, in order */
     int spare_fd;               /* held open so EMFILE can be cleared by shedding a connection */
-    struct handle listen_h, signal_h;
+    struct handle signal_h;
     struct timer_list timers[T_COUNT];
     int64_t now;                /* monotonic ms, refreshed once per loop turn */
     unsigned long long requests;
     bool failing;               /* set by /fail, cleared by /recover */
+    bool not_ready;             /* set by SIGUSR1, cleared by SIGUSR2: /readyz answers 503 */
+    bool terminating;           /* SIGTERM: no listeners; answer what is in flight, then exit */
 };
 
 static int64_t now_ms(void)
@@ -561,6 +629,21 @@ static bool path_is(const struct request *rq, const char *p)
     return rq->path_len == strlen(p) && !memcmp(rq->path, p, rq->path_len);
 }
 
+/* The JSON answer (HTTP and UDP alike) into BODY (BODY_CAP bytes); returns its length.
+ * ECHO: NULL, or a string that needs no JSON escaping (UDP only). */
+static size_t who_answered(struct server *s, const char *peer, unsigned peer_port,
+                           const char *local, unsigned local_port, const char *echo,
+                           char *body)
+{
+    s->requests++;
+    int n = snprintf(body, BODY_CAP,
+                     "{\"pod\":\"%s\",\"node\":\"%s\",\"client\":\"%s\",\"client_port\":%u,"
+                     "\"server\":\"%s\",\"server_port\":%u,\"requests\":%llu%s%s%s}\n",
+                     s->cfg.pod, s->cfg.node, peer, peer_port, local, local_port, s->requests,
+                     echo ? ",\"echo\":\"" : "", echo ? echo : "", echo ? "\"" : "");
+    return n < 0 ? 0 : (size_t)n < BODY_CAP ? (size_t)n : BODY_CAP - 1;
+}
+
 /* Decide the answer to a GET/HEAD. BODY is scratch space for the JSON answer. */
 static struct response route(struct server *s, const struct conn *c, const struct request *rq,
                              char *body)
@@ -575,14 +658,10 @@ static struct response route(struct server *s, const struct conn *c, const struc
         return text(503, "failing\n");
     if (path_is(rq, "/healthz"))
         return text(200, "ok\n");
+    if (path_is(rq, "/readyz"))
+        return s->not_ready || s->terminating ? text(503, "not ready\n") : text(200, "ready\n");
 
-    s->requests++;
-    int n = snprintf(body, BODY_CAP,
-                     "{\"pod\":\"%s\",\"node\":\"%s\",\"client\":\"%s\",\"client_port\":%u,"
-                     "\"server\":\"%s\",\"server_port\":%u,\"requests\":%llu}\n",
-                     s->cfg.pod, s->cfg.node, c->peer, c->peer_port, c->local, c->local_port,
-                     s->requests);
-    size_t len = n < 0 ? 0 : (size_t)n < BODY_CAP ? (size_t)n : BODY_CAP - 1;
+    size_t len = who_answered(s, c->peer, c->peer_port, c->local, c->local_port, NULL, body);
     return (struct response){ 200, "application/json", body, len, "" };
 }
 
@@ -590,7 +669,7 @@ static void serve(struct server *s, struct conn *c, const struct request *rq)
 {
     char body[BODY_CAP];
     struct response r;
-    bool keep = rq->keep_alive;
+    bool keep = rq->keep_alive && !s->terminating;   /* terminating: this answer is the last */
     c->skip = rq->content_length;
     if (rq->chunked) {
         /* no pod here takes uploads; closing is simpler than decoding chunks to skip them */
@@ -738,6 +817,8 @@ static void pump(struct server *s, struct conn *c)
         conn_close(s, c);       /* client is gone and everything it asked for is answered */
     } else if (c->closing) {
         start_linger(s, c);
+    } else if (s->terminating && !c->in_len && !c->skip) {
+        conn_close(s, c);       /* answered everything it asked before SIGTERM: idle now */
     } else {
         set_interest(s, c, EPOLLIN);
     }
@@ -796,23 +877,23 @@ static void conn_open(struct server *s, int fd, const struct sockaddr_storage *p
 
 /* Out of descriptors: the pending connection would keep the (level-triggered) listening
  * socket readable forever. Free the spare descriptor, accept and drop one, take it back. */
-static void shed_one(struct server *s)
+static void shed_one(struct server *s, int lfd)
 {
     if (s->spare_fd < 0)
         return;
     close(s->spare_fd);
-    int fd = accept(s->lfd, NULL, NULL);
+    int fd = accept(lfd, NULL, NULL);
     if (fd >= 0)
         close(fd);
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-static void on_listen(struct server *s)
+static void on_listen(struct server *s, struct listener *l)
 {
     for (int i = 0; i < ACCEPT_BURST; i++) {
         struct sockaddr_storage peer;
         socklen_t len = sizeof peer;
-        int fd = accept4(s->lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
             conn_open(s, fd, &peer);
             continue;
@@ -820,8 +901,119 @@ static void on_listen(struct server *s)
         if (errno == EINTR || errno == ECONNABORTED)
             continue;
         if (errno == EMFILE || errno == ENFILE)
-            shed_one(s);
+            shed_one(s, l->fd);
         return;                 /* EAGAIN: drained; anything else: try again next wakeup */
+    }
+}
+
+/* ---- UDP -------------------------------------------------------------------------------- */
+
+/* Where a datagram was sent to, from its IP_PKTINFO / IPV6_PKTINFO; and the same control
+ * message made ready to send the answer from that address. */
+struct udp_dst {
+    struct sockaddr_storage addr;
+    union {                     /* aligned for cmsghdr */
+        char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
+        struct cmsghdr align;
+    } reply;
+    size_t reply_len;
+};
+
+static void udp_dst_from(struct msghdr *msg, unsigned port, struct udp_dst *d)
+{
+    memset(d, 0, sizeof *d);
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        struct cmsghdr *out = (struct cmsghdr *)d->reply.buf;
+        if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            struct sockaddr_in *a = (struct sockaddr_in *)&d->addr;
+            a->sin_family = AF_INET;
+            a->sin_addr = pi.ipi_addr;
+            a->sin_port = htons((uint16_t)port);
+            /* answer from the address asked; the route picks the interface */
+            struct in_pktinfo back = { .ipi_ifindex = 0, .ipi_spec_dst = pi.ipi_addr };
+            out->cmsg_level = IPPROTO_IP;
+            out->cmsg_type = IP_PKTINFO;
+            out->cmsg_len = CMSG_LEN(sizeof back);
+            memcpy(CMSG_DATA(out), &back, sizeof back);
+            d->reply_len = CMSG_SPACE(sizeof back);
+        } else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&d->addr;
+            a->sin6_family = AF_INET6;
+            a->sin6_addr = pi.ipi6_addr;
+            a->sin6_port = htons((uint16_t)port);
+            out->cmsg_level = IPPROTO_IPV6;
+            out->cmsg_type = IPV6_PKTINFO;
+            out->cmsg_len = CMSG_LEN(sizeof pi);
+            memcpy(CMSG_DATA(out), &pi, sizeof pi);   /* same address, same interface */
+            d->reply_len = CMSG_SPACE(sizeof pi);
+        }
+    }
+}
+
+/* The datagram's first line if it can go into JSON as it is (see the header), else NULL.
+ * OUT has room for ECHO_MAX + 1. */
+static const char *udp_echo(const char *in, size_t len, char *out)
+{
+    size_t n = 0;
+    while (n < len && in[n] != '\n' && in[n] != '\r')
+        n++;
+    if (n == 0 || n > ECHO_MAX)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        char ch = in[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == ' ' || ch == '.' || ch == '_' ||
+                  ch == ':' || ch == '-';
+        if (!ok)
+            return NULL;
+    }
+    memcpy(out, in, n);
+    out[n] = '\0';
+    return out;
+}
+
+/* Answer each queued datagram with the JSON line. A send that would block drops the answer:
+ * UDP promises nothing more, and a pod must not stall its other ports for one client. */
+static void on_udp(struct server *s, struct listener *l)
+{
+    for (int i = 0; i < UDP_BURST; i++) {
+        char in[512], body[BODY_CAP], echo[ECHO_MAX + 1];
+        char cbuf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))]
+            __attribute__((aligned(8)));
+        struct sockaddr_storage peer;
+        struct iovec iov = { .iov_base = in, .iov_len = sizeof in };
+        struct msghdr msg = { .msg_name = &peer, .msg_namelen = sizeof peer, .msg_iov = &iov,
+                              .msg_iovlen = 1, .msg_control = cbuf,
+                              .msg_controllen = sizeof cbuf };
+        ssize_t n = recvmsg(l->fd, &msg, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return;             /* EAGAIN: drained; anything else: try again next wakeup */
+        }
+        if (s->failing)
+            continue;           /* a broken application: the client times out */
+        struct udp_dst dst;
+        udp_dst_from(&msg, l->spec.port, &dst);
+        char peer_s[ADDR_LEN], local_s[ADDR_LEN];
+        unsigned peer_port, local_port;
+        format_addr(&peer, peer_s, &peer_port);
+        format_addr(&dst.addr, local_s, &local_port);
+        if (!dst.reply_len)
+            local_port = l->spec.port;
+        size_t len = who_answered(s, peer_s, peer_port, local_s, local_port,
+                                  udp_echo(in, (size_t)n, echo), body);
+        struct iovec out = { .iov_base = body, .iov_len = len };
+        struct msghdr reply = { .msg_name = &peer, .msg_namelen = msg.msg_namelen,
+                                .msg_iov = &out, .msg_iovlen = 1,
+                                .msg_control = dst.reply_len ? dst.reply.buf : NULL,
+                                .msg_controllen = dst.reply_len };
+        while (sendmsg(l->fd, &reply, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno == EINTR)
+            ;
     }
 }
 
@@ -861,18 +1053,19 @@ static void raise_fd_limit(void)
     }
 }
 
-/* SIGTERM/SIGINT arrive through the event loop (signalfd), so no handler runs in the middle
- * of a buffer update. The dispositions are reset first: a shell that starts a background job
- * sets SIGINT to "ignore", and an ignored signal never reaches a signalfd. */
+/* SIGTERM/SIGINT/SIGUSR1/SIGUSR2 arrive through the event loop (signalfd), so no handler runs
+ * in the middle of a buffer update. The dispositions are reset first: a shell that starts a
+ * background job sets SIGINT to "ignore", and an ignored signal never reaches a signalfd. */
 static int setup_signals(void)
 {
+    static const int handled[] = { SIGTERM, SIGINT, SIGUSR1, SIGUSR2 };
     signal(SIGPIPE, SIG_IGN);   /* a vanished client or launcher must not kill the pod */
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
     sigset_t set;
     sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
+    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++) {
+        signal(handled[i], SIG_DFL);
+        sigaddset(&set, handled[i]);
+    }
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
         die("sigprocmask");
     int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -881,7 +1074,7 @@ static int setup_signals(void)
     return fd;
 }
 
-static int open_listener(const struct config *cfg)
+static int open_listener(const struct config *cfg, struct port_spec spec)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -890,29 +1083,38 @@ static int open_listener(const struct config *cfg)
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, cfg->bind, &a4->sin_addr) == 1) {
         a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)cfg->port);
+        a4->sin_port = htons((uint16_t)spec.port);
         len = sizeof *a4;
     } else if (inet_pton(AF_INET6, cfg->bind, &a6->sin6_addr) == 1) {
         a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)cfg->port);
+        a6->sin6_port = htons((uint16_t)spec.port);
         len = sizeof *a6;
     } else {
         usage_error("--bind: '%s' is not an IPv4 or IPv6 address", cfg->bind);
     }
 
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(ss.ss_family, (spec.udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK |
+                    SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket");
     int one = 1;
     /* a restarted pod must not wait for the last run's TIME_WAIT connections to expire */
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+    if (!spec.udp && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
         die("SO_REUSEADDR");
+    /* a wildcard-bound UDP socket learns where each datagram was sent only from PKTINFO */
+    if (spec.udp && (ss.ss_family == AF_INET
+                     ? setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one)
+                     : setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one)) < 0)
+        die("PKTINFO");
+    if (spec.udp && ss.ss_family == AF_INET6)
+        (void)setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);   /* v4 on a "::" */
     if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
         char what[96];
-        snprintf(what, sizeof what, "bind %s port %u", cfg->bind, cfg->port);
+        snprintf(what, sizeof what, "bind %s port %u%s", cfg->bind, spec.port,
+                 spec.udp ? "/udp" : "");
         die(what);
     }
-    if (listen(fd, BACKLOG) < 0)
+    if (!spec.udp && listen(fd, BACKLOG) < 0)
         die("listen");
     return fd;
 }
@@ -954,7 +1156,6 @@ static void server_init(struct server *s, const struct config *cfg)
 {
     memset(s, 0, sizeof *s);
     s->cfg = *cfg;
-    s->listen_h.kind = K_LISTEN;
     s->signal_h.kind = K_SIGNAL;
     s->timers[T_IDLE].timeout_ms = IDLE_MS;
     s->timers[T_LINGER].timeout_ms = LINGER_MS;
@@ -962,32 +1163,92 @@ static void server_init(struct server *s, const struct config *cfg)
     s->sigfd = setup_signals();
     if (cfg->netns)
         enter_netns(cfg->netns);
-    s->lfd = open_listener(cfg);
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0)
         die("epoll_create1");
-    epoll_add(s, s->lfd, &s->listen_h);
+    for (size_t i = 0; i < cfg->nports; i++) {
+        struct listener *l = &s->listeners[i];
+        l->h.kind = cfg->ports[i].udp ? K_UDP : K_LISTEN;
+        l->spec = cfg->ports[i];
+        l->fd = open_listener(cfg, l->spec);
+        epoll_add(s, l->fd, &l->h);
+    }
     epoll_add(s, s->sigfd, &s->signal_h);
     s->now = now_ms();
 }
 
 /* ---- main loop -------------------------------------------------------------------------- */
 
+static bool no_connections(const struct server *s)
+{
+    for (int i = 0; i < T_COUNT; i++)
+        if (s->timers[i].head)
+            return false;
+    return true;
+}
+
+/* SIGTERM: what a server does when the kubelet stops its pod. Closing the listening sockets
+ * makes new connections fail at once (RST, or ICMP port unreachable for UDP) rather than
+ * wait. A connection with nothing of a request read is closed now; one with a request in
+ * it — already in the socket, partly read, or its body being skipped — gets its answer with
+ * "Connection: close" (serve() and pump() see s->terminating). Lingering ones end as usual. */
+static void terminate_gracefully(struct server *s)
+{
+    s->terminating = true;
+    for (size_t i = 0; i < s->cfg.nports; i++) {
+        if (s->listeners[i].fd >= 0)
+            close(s->listeners[i].fd);   /* also leaves the epoll set */
+        s->listeners[i].fd = -1;
+    }
+    struct conn *c = s->timers[T_IDLE].head, *next;
+    for (; c; c = next) {
+        next = c->next;         /* c may be closed (freed) below, or moved to T_LINGER */
+        if (!read_input(s, c))
+            conn_close(s, c);
+        else if (!c->in_len && !c->skip && !c->out_len)
+            conn_close(s, c);   /* idle keep-alive: nothing was asked */
+        else
+            pump(s, c);
+    }
+}
+
+/* Returns true when the server must exit now. */
+static bool on_server_signals(struct server *s)
+{
+    struct signalfd_siginfo si;
+    while (read(s->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGINT)
+            return true;        /* nothing to save, just go */
+        if (si.ssi_signo == SIGUSR1)
+            s->not_ready = true;
+        else if (si.ssi_signo == SIGUSR2)
+            s->not_ready = false;
+        else if (si.ssi_signo == SIGTERM && !s->terminating)
+            terminate_gracefully(s);
+    }
+    return false;
+}
+
 static void run(struct server *s)
 {
     struct epoll_event events[MAX_EVENTS];
-    for (;;) {
+    while (!(s->terminating && no_connections(s))) {
         int n = epoll_wait(s->epfd, events, MAX_EVENTS, next_timeout(s));
         if (n < 0 && errno != EINTR)
             die("epoll_wait");
         s->now = now_ms();
         for (int i = 0; i < n; i++) {
             struct handle *h = events[i].data.ptr;
-            if (h->kind == K_SIGNAL)
-                return;         /* SIGTERM or SIGINT: nothing to save, just go */
+            if (h->kind == K_SIGNAL) {
+                if (on_server_signals(s))
+                    return;
+                break;          /* the batch may name listeners or connections just closed */
+            }
             if (h->kind == K_LISTEN)
-                on_listen(s);
+                on_listen(s, (struct listener *)h);
+            else if (h->kind == K_UDP)
+                on_udp(s, (struct listener *)h);
             else
                 on_conn_event(s, (struct conn *)h, events[i].events);
         }
@@ -1009,7 +1270,7 @@ static int serve_pod(const struct config *cfg)
 
 enum {
     LINE_CAP = 4096,            /* one pod's flags; the testbed's lines are under 200 bytes */
-    MAX_WORDS = 32,
+    MAX_WORDS = 2 * MAX_PORTS + 16,
 };
 
 struct launcher {

@@ -7,7 +7,8 @@ has to be inside a pod before its server starts. The launcher stays the servers'
 reports on its stdout (workloads/podserver.c has the protocol): started PID, ready PID (the
 server listens), exit PID CODE.
 
-server_flags: the line one pod's server is started with.
+server_flags: the line one pod's server is started with: its container port and every
+  targetPort (TCP or UDP) of the Services that select its deployment, all in one process.
 Launcher: the launcher process, the thread that reads its reports, launch().
 PodServer: one pod's server, with the parts of subprocess.Popen the cluster uses (pid, poll,
   wait, kill, returncode), answered from the launcher's reports.
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from testbed.emulation.journal import alive, proc_start_time
 from testbed.errors import EnvironmentProblem
 from testbed.paths import PODSERVER
-from testbed.plan.addresses import PodPlan
+from testbed.plan.addresses import PodPlan, ServicePlan
 
 # A server that never forked (the launcher refused its line, or exited first) gets this exit
 # status: podserver's own for "could not start".
@@ -35,10 +36,32 @@ POLL_S = 0.05   # how often a server whose launcher is gone is looked up in /pro
 READ_SIZE = 65536   # the launcher's reports are read a pipeful at a time
 
 
-def server_flags(pod: PodPlan, netns: str) -> list[str]:
+def served_ports(pod: PodPlan, services: Sequence[ServicePlan] = ()) -> list[tuple[int, str]]:
+    """(port, protocol) pairs a pod's server listens on: its container port (TCP), then each
+    targetPort of the services whose selector is its deployment, in plan order, each once.
+    A Service's port reaches only the pods that listen on its targetPort, so a pod serves
+    them all, as a real pod's containers declare every port its Services use."""
+    ports = [(pod.port, "TCP")]
+    for svc in services:
+        if svc.selector != pod.deployment:
+            continue
+        for port in svc.all_ports:
+            if port.protocol not in ("TCP", "UDP"):
+                raise ValueError(f"service {svc.name}: protocol {port.protocol!r} — the pod "
+                                 "server speaks TCP and UDP")
+            if (port.target_port, port.protocol) not in ports:
+                ports.append((port.target_port, port.protocol))
+    return ports
+
+
+def server_flags(pod: PodPlan, netns: str, services: Sequence[ServicePlan] = ()) -> list[str]:
     """The flags of a pod's server, as a launcher line carries them.
-    pod: the pod's plan; netns: the file naming its network namespace"""
-    flags = ["--netns", netns, "--port", str(pod.port), "--pod", pod.name, "--node", pod.node]
+    pod: the pod's plan; netns: the file naming its network namespace
+    services: the plan's services (those selecting the pod's deployment add their targetPorts)"""
+    flags = ["--netns", netns]
+    for port, protocol in served_ports(pod, services):
+        flags += ["--port", str(port) if protocol == "TCP" else f"{port}/udp"]
+    flags += ["--pod", pod.name, "--node", pod.node]
     for flag in flags:
         if not flag or any(c.isspace() for c in flag):
             raise ValueError(f"pod {pod.name}: {flag!r} cannot go on a launcher line "
@@ -111,8 +134,14 @@ class PodServer:
         self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        """SIGTERM: it exits at once, with status 0."""
+        """SIGTERM, the kubelet's stop: it closes its listening sockets (new connections are
+        refused), answers the requests it has already received, then exits with status 0."""
         self.send_signal(signal.SIGTERM)
+
+    def set_ready(self, ready: bool) -> None:
+        """Make its readiness endpoint (GET /readyz) answer 200 (ready) or 503 (not ready):
+        SIGUSR2 / SIGUSR1. It keeps serving everything else either way."""
+        self.send_signal(signal.SIGUSR2 if ready else signal.SIGUSR1)
 
 
 class Launcher:

@@ -6,7 +6,8 @@ over 127.0.0.1 on free ports. Servers are started and stopped with test_podserve
 sockets in this process, closed by their fixtures. Every probe runs with a timeout.
 
 syn_ack_ttl needs CAP_NET_RAW (a raw socket): with it the loopback SYN-ACK has TTL 64 (no
-routed hop); without it the field is null.
+routed hop); without it the field is null. In udp:// mode it is the answer datagram's TTL,
+which needs no privilege (IP_RECVTTL).
 
 HTTPPROBE_BIN=/path/to/binary runs the same tests against another build (e.g. one made with
 -fsanitize=address,undefined); PODSERVER_BIN does the same for the server.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_podserver import BUILD_SH, HOST, Server, free_port
+from tests.unit.test_podserver import BUILD_SH, HOST, Server, free_port, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "build" / "httpprobe"
@@ -292,6 +293,125 @@ def test_full_accept_queue_is_a_connect_timeout(probe_bin):
     assert summary["errors"] == 1
 
 
+# ---- UDP -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def udp_server(binaries):
+    """A podserver with a UDP port too; (server, its UDP port)."""
+    udp = free_udp_port()
+    srv = Server(binaries[1], extra=["--port", f"{udp}/udp"])
+    yield srv, udp
+    srv.stop()
+
+
+def test_udp_one_datagram_per_request_from_a_new_source_port_each(probe_bin, udp_server):
+    _, udp = udp_server
+    lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{udp}", "--requests", "10")
+    assert len(lines) == 10 and summary["errors"] == 0
+    for i, rec in enumerate(lines):
+        assert rec["i"] == i and rec["status"] == 200 and rec["error"] is None
+        assert (rec["pod"], rec["node"], rec["client"], rec["server"]) == (
+            "web-0", "node1", HOST, HOST)
+        assert rec["connect_ms"] is None and rec["total_ms"] > 0
+        assert rec["client_port"] == rec["local_port"]
+        assert rec["syn_ack_ttl"] == 64   # the answer's TTL: loopback, no routed hop
+    assert len({rec["local_port"] for rec in lines}) == 10   # a conntrack flow each
+
+
+def test_udp_keepalive_keeps_one_socket_one_source_port(probe_bin, udp_server):
+    _, udp = udp_server
+    lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{udp}/", "--requests",
+                                  "10", "--keepalive", "--rate", "1000")
+    assert summary["errors"] == 0 and all(rec["pod"] == "web-0" for rec in lines)
+    assert len({rec["local_port"] for rec in lines}) == 1
+    assert len({rec["client_port"] for rec in lines}) == 1
+
+
+def test_udp_to_the_http_port_number_of_a_tcp_only_server_is_refused(probe_bin, server):
+    # the same number, but nothing bound for UDP: ICMP port unreachable
+    lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{server.port}",
+                                  "--requests", "2", "--keepalive")
+    assert [rec["error"] for rec in lines] == ["refused", "refused"]
+    assert all(rec["status"] == 0 and rec["total_ms"] is None for rec in lines)
+    assert summary["errors"] == 2
+
+
+class SilentUdp:
+    """A UDP socket on HOST that reads datagrams and, through ANSWER(data, addr, sock), may
+    answer some (in a thread); closed by close()."""
+
+    def __init__(self, answer):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        self.closing = False
+        self.thread = threading.Thread(target=self._serve, args=(answer,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, answer):
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            if self.closing:   # woken by close()'s shutdown
+                return
+            answer(data, addr, self.sock)
+
+    def close(self):
+        self.closing = True
+        try:
+            # wakes the thread's recvfrom; Linux does it even though an unconnected UDP
+            # socket answers ENOTCONN
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(TIMEOUT)
+        self.sock.close()
+
+
+def test_udp_lost_datagram_is_a_timeout(probe_bin):
+    srv = SilentUdp(lambda data, addr, sock: None)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{srv.port}",
+                                      "--requests", "2", "--timeout-ms", "100")
+    finally:
+        srv.close()
+    for rec in lines:
+        assert rec["status"] == 0 and rec["error"] == "timeout"
+        assert rec["total_ms"] is None and rec["connect_ms"] is None and rec["pod"] is None
+        assert rec["local_port"] is not None
+    assert summary["errors"] == 2
+
+
+def test_udp_late_answer_on_a_kept_socket_is_not_taken_for_the_next(probe_bin):
+    def late_first(data, addr, sock):
+        n = data.split()[1].decode()
+        if n == "0":
+            time.sleep(0.25)   # past the probe's timeout: request 1 is waiting by now
+        echo = data.decode().splitlines()[0]
+        sock.sendto(json.dumps({"pod": f"answer-{n}", "echo": echo}).encode(), addr)
+
+    srv = SilentUdp(late_first)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{srv.port}",
+                                      "--requests", "2", "--timeout-ms", "150", "--keepalive")
+    finally:
+        srv.close()
+    assert [(rec["error"], rec["pod"]) for rec in lines] == [("timeout", None),
+                                                             (None, "answer-1")]
+
+
+def test_udp_answer_that_is_not_json_still_counts_as_an_answer(probe_bin):
+    srv = SilentUdp(lambda data, addr, sock: sock.sendto(data, addr))   # an echo server
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{srv.port}",
+                                      "--requests", "1")
+    finally:
+        srv.close()
+    assert (lines[0]["status"], lines[0]["error"], lines[0]["pod"]) == (200, None, None)
+
+
 # ---- command line --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
@@ -309,6 +429,9 @@ def test_full_accept_queue_is_a_connect_timeout(probe_bin):
     ["--url", "http://127.0.0.1/", "--requests", "1", "--colour"],
     ["--url", "http://127.0.0.1/", "--requests"],               # flag without a value
     ["--url", "http://127.0.0.1/", "--requests", "1", "extra"],
+    ["--url", "udp://127.0.0.1", "--requests", "1"],              # udp needs a port
+    ["--url", "udp://127.0.0.1:53/path", "--requests", "1"],      # and has no path
+    ["--url", "tcp://127.0.0.1:53", "--requests", "1"],
 ])
 def test_bad_flags_exit_2_with_one_line(probe_bin, args):
     proc = subprocess.run([str(probe_bin), *args], capture_output=True, text=True,

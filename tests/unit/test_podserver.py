@@ -44,6 +44,31 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def udp_ask(port, payload=b"hello\n", timeout=TIMEOUT):
+    """One datagram to HOST:port from a fresh socket; (answer's JSON, our source port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((HOST, port))
+        s.send(payload)
+        return json.loads(s.recv(4096)), s.getsockname()[1]
+
+
+def wait_for(check, what):
+    """Poll check() until it is true (a signal is handled asynchronously)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"not within {TIMEOUT} s: {what}")
+
+
 def wait_ready(read_fd, proc):
     """Wait for "ready\\n" on the --ready-fd pipe; return False if the server exited first."""
     deadline = time.monotonic() + TIMEOUT
@@ -324,6 +349,184 @@ def test_fail_makes_everything_503_until_recover(server):
     other.close()
 
 
+# ---- UDP and several ports ------------------------------------------------------------------
+
+def test_udp_port_answers_a_datagram_with_the_json_line(podserver_bin):
+    udp = free_udp_port()
+    srv = Server(podserver_bin, extra=["--port", f"{udp}/udp"])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(TIMEOUT)
+            s.connect((HOST, udp))
+            s.send(b"httpprobe 7\n")
+            raw, sender = s.recvfrom(4096)
+            assert sender == (HOST, udp)   # from the address the datagram went to
+            assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+            assert json.loads(raw) == {
+                "pod": "web-0", "node": "node1", "client": HOST,
+                "client_port": s.getsockname()[1], "server": HOST, "server_port": udp,
+                "requests": 1, "echo": "httpprobe 7"}
+        # the counter is the pod's, over both protocols; HTTP's answer has no echo
+        doc = get_json(srv.connect())
+        assert doc["requests"] == 2 and "echo" not in doc
+    finally:
+        srv.stop()
+
+
+def test_udp_echo_only_for_a_short_plain_first_line(podserver_bin):
+    udp = free_udp_port()
+    srv = Server(podserver_bin, extra=["--port", f"{udp}/udp"])
+    try:
+        assert udp_ask(udp, b"x:1-2 a.b_c\r\nsecond line")[0]["echo"] == "x:1-2 a.b_c"
+        for payload in (b"", b"\n", b'a"b', b"a\\b", b"x" * 65, b"\xff\xfe"):
+            assert "echo" not in udp_ask(udp, payload)[0], payload
+        assert udp_ask(udp, b"x" * 64)[0]["echo"] == "x" * 64
+    finally:
+        srv.stop()
+
+
+def test_several_ports_tcp_and_udp_in_one_process(podserver_bin):
+    other, udp = free_port(), free_udp_port()
+    srv = Server(podserver_bin, extra=["--port", str(other), "--port", f"{udp}/udp",
+                                       "--port", f"{other}/udp"])
+    try:
+        by_http = get_json(Conn(socket.create_connection((HOST, other), timeout=TIMEOUT)))
+        assert (by_http["pod"], by_http["server_port"]) == ("web-0", other)
+        assert get_json(srv.connect())["server_port"] == srv.port
+        assert udp_ask(udp)[0]["server_port"] == udp
+        assert udp_ask(other)[0]["server_port"] == other   # the same number, TCP and UDP
+        assert udp_ask(other)[0]["requests"] == 5
+    finally:
+        srv.stop()
+
+
+def test_failing_pod_answers_no_datagram_until_recover(podserver_bin):
+    udp = free_udp_port()
+    srv = Server(podserver_bin, extra=["--port", f"{udp}/udp"])
+    try:
+        conn = srv.connect()
+        assert conn.get("/fail")[0] == 503
+        with pytest.raises(TimeoutError):
+            udp_ask(udp, timeout=0.3)
+        assert conn.get("/recover")[0] == 200
+        assert udp_ask(udp)[0]["pod"] == "web-0"
+        conn.close()
+    finally:
+        srv.stop()
+
+
+def test_udp_port_in_use_is_a_startup_error_naming_it(podserver_bin):
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind((HOST, 0))
+    port = busy.getsockname()[1]
+    try:
+        proc = subprocess.run([str(podserver_bin), "--port", str(free_port()), "--port",
+                               f"{port}/udp", "--pod", "p", "--node", "n", "--bind", HOST],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert f"bind {HOST} port {port}/udp: Address already in use" in proc.stderr
+
+
+# ---- readiness -------------------------------------------------------------------------------
+
+def test_readyz_follows_sigusr1_and_sigusr2_and_nothing_else_changes(server):
+    conn = server.connect()
+    assert conn.get("/readyz")[0::2] == (200, b"ready\n")
+
+    def readyz():
+        return conn.get("/readyz")[0]
+
+    server.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: readyz() == 503, "SIGUSR1 makes /readyz 503")
+    status, headers, body = conn.get("/readyz")
+    assert (status, body, headers["x-pod"]) == (503, b"not ready\n", "web-0")
+    assert conn.get("/healthz")[0::2] == (200, b"ok\n")   # alive, only not ready
+    assert get_json(conn)["requests"] == 1                   # still serves what reaches it
+    server.proc.send_signal(signal.SIGUSR1)                  # twice: still not ready
+    server.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: readyz() == 200, "SIGUSR2 makes /readyz 200 again")
+    assert server.proc.poll() is None                        # no restart
+    assert get_json(conn)["requests"] == 2
+    conn.close()
+
+
+def test_a_failing_pod_is_not_ready_either(server):
+    conn = server.connect()
+    conn.get("/fail")
+    assert conn.get("/readyz")[0] == 503
+    conn.get("/recover")
+    assert conn.get("/readyz")[0] == 200
+    conn.close()
+
+
+# ---- graceful termination ----------------------------------------------------------------------
+
+def test_sigterm_refuses_new_work_answers_the_request_in_flight_then_exits_0(podserver_bin):
+    udp = free_udp_port()
+    srv = Server(podserver_bin, extra=["--port", f"{udp}/udp"])
+    try:
+        idle = srv.connect()
+        get_json(idle)                         # a keep-alive connection, idle now
+        busy = srv.connect()
+        busy.send(b"GET /in-flight HT")        # half a request
+        time.sleep(0.05)                       # let it be read before the signal
+        srv.proc.send_signal(signal.SIGTERM)
+
+        def refused():
+            try:
+                socket.create_connection((HOST, srv.port), timeout=TIMEOUT).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+        wait_for(refused, "SIGTERM closes the listening socket")
+        assert idle.at_eof()                   # nothing asked on it: closed
+        with pytest.raises(ConnectionRefusedError):   # the UDP port is closed too
+            udp_ask(udp, timeout=1)
+        assert srv.proc.poll() is None         # still finishing the request in flight
+
+        busy.send(b"TP/1.1\r\nHost: pod\r\n\r\n")
+        status, headers, body = busy.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert json.loads(body)["requests"] == 2
+        assert busy.at_eof()
+        busy.close()
+        idle.close()
+        assert srv.proc.wait(TIMEOUT) == 0
+        assert srv.proc.stderr.read() == b""
+    finally:
+        srv.stop()
+
+
+def test_sigterm_finishes_a_request_body_still_arriving(server):
+    conn = server.connect()
+    conn.send(b"GET / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc")
+    time.sleep(0.05)                           # the head is answered, the body is not all in
+    status, headers, _ = conn.response()
+    assert status == 200 and "connection" not in headers
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    assert server.proc.poll() is None          # the rest of the body is still due
+    conn.send(b"def")
+    with pytest.raises(EOFError):              # no more answers: closed once the body is in
+        conn.response()
+    assert server.proc.wait(TIMEOUT) == 0
+    conn.close()
+
+
+def test_readyz_is_503_while_terminating(server):
+    conn = server.connect()
+    conn.send(b"GET /readyz HTTP/1.1\r\n")
+    time.sleep(0.05)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    conn.send(b"\r\n")
+    assert conn.response()[0::2] == (503, b"not ready\n")
+    assert server.proc.wait(TIMEOUT) == 0
+    conn.close()
+
+
 # ---- command line and lifecycle ------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
@@ -338,6 +541,13 @@ def test_fail_makes_everything_503_until_recover(server):
     ["--port", "8080", "--pod", "web-0", "--node", "node1", "--bind", "localhost"],
     ["--port", "8080", "--pod", "web-0", "--node", "node1", "--ready-fd", "987"],
     ["--port", "8080", "--pod", "web-0", "--node", "node1", "extra"],
+    ["--port", "53/sctp", "--pod", "web-0", "--node", "node1"],
+    ["--port", "/udp", "--pod", "web-0", "--node", "node1"],
+    ["--port", "8080/", "--pod", "web-0", "--node", "node1"],
+    ["--port", "0/udp", "--pod", "web-0", "--node", "node1"],
+    ["--port", "8080", "--port", "8080/tcp", "--pod", "web-0", "--node", "node1"],   # twice
+    ["--port", "53/udp", "--port=53/udp", "--pod", "web-0", "--node", "node1"],
+    [*[f"--port={p}" for p in range(1000, 1033)], "--pod", "web-0", "--node", "node1"],
 ])
 def test_bad_flags_exit_2_with_one_line(podserver_bin, args):
     proc = subprocess.run([str(podserver_bin), *args], capture_output=True, text=True,
@@ -460,6 +670,26 @@ def test_launcher_starts_one_server_per_line_and_reports_each(launcher):
         assert get_json(conn)["pod"] == f"web-{i}"
         conn.close()
     assert launcher.proc.poll() is None
+
+
+def test_launcher_lines_take_several_ports_and_sigterm_drains_before_the_exit_report(launcher):
+    tcp, udp = free_port(), free_udp_port()
+    launcher.send(f"{pod_line(tcp, 'web-0')} --port {udp}/udp --port={tcp}/udp")
+    launcher.until_ready(1)
+    (pid,) = launcher.pids("started")
+    assert udp_ask(udp)[0]["pod"] == "web-0" and udp_ask(tcp)[0]["server_port"] == tcp
+    conn = Conn(socket.create_connection((HOST, tcp), timeout=TIMEOUT))
+    conn.send(b"GET / HTTP/1.1\r\n")        # a request in flight
+    time.sleep(0.05)
+    os.kill(launcher.proc.pid, signal.SIGTERM)   # the launcher passes it on
+    time.sleep(0.1)
+    assert launcher.proc.poll() is None and _running(pid)
+    conn.send(b"\r\n")
+    assert get_json_from(conn)["requests"] == 3
+    conn.close()
+    assert launcher.proc.wait(TIMEOUT) == 0
+    launcher.read_until(lambda r: False)
+    assert [r for r in launcher.reports if r[0] == "exit"] == [("exit", pid, 0)]
 
 
 def test_launcher_reports_each_exit_with_its_status_and_keeps_the_others(launcher):

@@ -4,6 +4,7 @@ No root and no namespaces: the servers get --bind 127.0.0.1 instead of --netns (
 line is checked on its own). Every launcher is stopped by its pid in the fixture's finalizer.
 """
 
+import dataclasses
 import os
 import signal
 import socket
@@ -13,11 +14,19 @@ import time
 import pytest
 
 from testbed.emulation import journal, podservers
-from testbed.emulation.podservers import Launcher, server_flags
+from testbed.emulation.podservers import Launcher, served_ports, server_flags
 from testbed.paths import REPO
-from testbed.plan.addresses import build_plan
+from testbed.plan.addresses import PortPlan, build_plan
 from testbed.spec.topology import load_topology
-from tests.unit.test_podserver import TIMEOUT, Conn, free_port, get_json
+from tests.unit.test_podserver import (
+    TIMEOUT,
+    Conn,
+    free_port,
+    free_udp_port,
+    get_json,
+    udp_ask,
+    wait_for,
+)
 from tests.unit.test_podserver import podserver_bin as podserver_bin  # noqa: F401 (fixture)
 
 
@@ -119,3 +128,65 @@ def test_server_flags_carry_the_namespace_and_refuse_what_a_line_cannot_hold():
         "--node", "node1"]
     with pytest.raises(ValueError, match="cannot go on a launcher line"):
         server_flags(pod, "/run/netns/two words")
+
+
+def _talk_plan():
+    return build_plan(load_topology(os.path.join(REPO, "topologies", "talk.yaml")))
+
+
+def test_a_pod_serves_every_target_port_of_the_services_selecting_it():
+    plan = _talk_plan()
+    pod = plan.pods[0]
+    (svc,) = [s for s in plan.services if s.selector == pod.deployment][:1]
+    multi = dataclasses.replace(svc, ports=(
+        PortPlan("http", 80, pod.port, "TCP", 30080),        # the container port: once
+        PortPlan("dns", 53, 5353, "UDP", 30053),
+        PortPlan("dns-tcp", 53, 5353, "TCP", 30054)))
+    other = dataclasses.replace(svc, name="other", selector="not-" + pod.deployment,
+                                ports=(PortPlan("x", 81, 9999, "UDP"),))
+    again = dataclasses.replace(svc, name="again", ports=(PortPlan("d", 54, 5353, "UDP"),
+                                                          PortPlan("m", 82, 9090, "TCP")))
+    assert served_ports(pod, [multi, other, again]) == [
+        (pod.port, "TCP"), (5353, "UDP"), (5353, "TCP"), (9090, "TCP")]
+    assert server_flags(pod, "/run/netns/cnlb-web-0", [multi, other, again]) == [
+        "--netns", "/run/netns/cnlb-web-0", "--port", str(pod.port), "--port", "5353/udp",
+        "--port", "5353", "--port", "9090", "--pod", "web-0", "--node", "node1"]
+    # the single-port form (ports empty) counts too, with its protocol
+    single = dataclasses.replace(svc, ports=(), target_port=6000, protocol="UDP")
+    assert served_ports(pod, [single]) == [(pod.port, "TCP"), (6000, "UDP")]
+    assert served_ports(pod, plan.services) == [(pod.port, "TCP")]   # talk.yaml: one port
+    sctp = dataclasses.replace(svc, ports=(PortPlan("s", 7, 7, "SCTP"),))
+    with pytest.raises(ValueError, match="speaks TCP and UDP"):
+        served_ports(pod, [sctp])
+
+
+def test_a_launched_server_answers_on_every_port_server_flags_gives(launched):
+    plan = _talk_plan()
+    pod = dataclasses.replace(plan.pods[0], port=free_port())
+    udp = free_udp_port()
+    svc = dataclasses.replace(plan.services[0], selector=pod.deployment,
+                              ports=(PortPlan("dns", 53, udp, "UDP"),))
+    line = server_flags(pod, "unused", [svc])[2:] + ["--bind", "127.0.0.1"]   # no --netns
+    (server,) = launched.launch([(pod.name, line)])
+    assert server.wait_ready(TIMEOUT)
+    assert answer(pod.port)["pod"] == pod.name and udp_ask(udp)[0]["pod"] == pod.name
+
+
+def test_set_ready_toggles_readyz_and_terminate_drains(launched):
+    port = free_port()
+    (server,) = launched.launch([("web-0", flags(port, "web-0"))])
+    assert server.wait_ready(TIMEOUT)
+
+    def readyz():
+        conn = Conn(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+        try:
+            return conn.get("/readyz")[0]
+        finally:
+            conn.close()
+
+    server.set_ready(False)
+    wait_for(lambda: readyz() == 503, "set_ready(False)")
+    server.set_ready(True)
+    wait_for(lambda: readyz() == 200, "set_ready(True)")
+    server.terminate()
+    assert server.wait(TIMEOUT) == 0
