@@ -1,0 +1,119 @@
+"""What upstream's e2e service jig does (test/e2e/framework/service), on an emulated cluster: build
+a cluster from a small topology, ask a service from a pod, a node or a client, read which
+endpoints kube-proxy programmed, and upstream's affinity check (test/e2e/network/service.go).
+
+The upstream tests these helpers serve are listed, with how their thresholds were scaled, in
+docs/e2e.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from testbed.emulation.cluster import Cluster
+from testbed.spec.topology import load_topology
+
+# upstream's AffinityConfirmCount: this many answers in a row from one pod mean affinity holds
+AFFINITY_CONFIRM_COUNT = 15
+# curl exit statuses the tests tell apart: the answer, a refusal (REJECT: ICMP port unreachable
+# or a TCP reset), and no answer at all (DROP)
+CURL_OK, CURL_REFUSED, CURL_TIMEOUT = 0, 7, 28
+
+
+@contextlib.contextmanager
+def cluster_from(tmp: Path, name: str, text: str, mode: str = "nodeport") -> Iterator[Cluster]:
+    """Write a topology into tmp and run a cluster of it; on the way out, assert that nothing
+    the cluster made is left behind (the journal's processes, bridges, links, namespaces)."""
+    from tests.integration.leftovers import snapshot
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    before = snapshot()
+    with Cluster(load_topology(str(path), mode=mode)) as c:
+        yield c
+    left = snapshot().diff(before)
+    assert not left, f"left behind: {left}"
+
+
+def service(cluster: Cluster, name: str):
+    """The plan of a service (its cluster IP, ports, node port, VIP)."""
+    return next(s for s in cluster.plan.services if s.name == name)
+
+
+def node_ip(cluster: Cluster, node: str) -> str:
+    return cluster.plan.node(node).ip
+
+
+def pod_ip(cluster: Cluster, pod: str) -> str:
+    return cluster.plan.pod(pod).ip
+
+
+def answers(cluster: Cluster, host: str, url: str, n: int, timeout_s: float = 2.0) -> list[dict]:
+    """n requests from a host, a new connection each; the pod servers' JSON answers (a request
+    that got no answer is left out)."""
+    script = f"for i in $(seq {n}); do curl -s -m {timeout_s:g} {url}; echo; done"
+    out = cluster.sh(host, script, timeout=n * (timeout_s + 1) + 10).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def hostnames(cluster: Cluster, host: str, url: str, n: int) -> list[str]:
+    """The pod that answered each of n requests (upstream's /hostname)."""
+    return [a["pod"] for a in answers(cluster, host, url, n)]
+
+
+def curl_status(cluster: Cluster, host: str, url: str, timeout_s: float = 3.0) -> int:
+    """curl's exit status for one request: CURL_OK, CURL_REFUSED, CURL_TIMEOUT or another."""
+    cmd = f"curl -s -o /dev/null --connect-timeout {timeout_s:g} -m {timeout_s:g} {url}"
+    return cluster.sh(host, cmd, timeout=timeout_s + 10).returncode
+
+
+def wait_for(what: str, check, timeout_s: float, interval_s: float = 0.2):
+    """Poll check() until it returns something true; that value. AssertionError naming what
+    after timeout_s (upstream's wait.PollImmediate)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:g}s (last: {got!r})")
+        time.sleep(interval_s)
+
+
+SEP_RE = re.compile(r'^-A KUBE-SEP-\S+ .*--comment "?default/(?P<svc>[^ ":]+)'
+                    r'(?::(?P<port>[^ "]+))?"? .*-j DNAT --to-destination (?P<dest>\S+)$')
+
+
+def programmed_endpoints(cluster: Cluster, node: str, svc: str, port: str | None = None) -> set:
+    """The endpoints (ip:port) kube-proxy programmed on a node for a service (one named port of
+    it, if given): what upstream's validateEndpointsPortsOrFail reads from the API, read from
+    the node's nat table instead."""
+    save = cluster.sh(node, "iptables-save -t nat").stdout
+    got = set()
+    for line in save.splitlines():
+        m = SEP_RE.match(line)
+        if m and m["svc"] == svc and (port is None or m["port"] == port):
+            got.add(m["dest"])
+    return got
+
+
+def affinity_holds(trace: list[str], count: int = AFFINITY_CONFIRM_COUNT) -> bool:
+    """upstream's affinityTracker.checkHostTrace: the last `count` answers came from one pod."""
+    last = trace[-count:]
+    return len(trace) >= count and len(set(last)) == 1
+
+
+def check_affinity(cluster: Cluster, host: str, url: str, should_hold: bool,
+                   rounds: int = 4) -> list[str]:
+    """upstream's checkAffinity: ask AffinityConfirmCount+1 times a round until the trace says
+    what is expected, at most `rounds` rounds; the trace (the test asserts on it)."""
+    trace: list[str] = []
+    for _ in range(rounds):
+        trace += hostnames(cluster, host, url, AFFINITY_CONFIRM_COUNT + 1)
+        if len(trace) >= AFFINITY_CONFIRM_COUNT and affinity_holds(trace) == should_hold:
+            break
+    return trace
