@@ -31,7 +31,9 @@ from testbed.emulation.podservers import PodServer
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
+from testbed.kubernetes.dataplane.model import EndpointConditions
 from testbed.kubernetes.dataplane.registry import dataplane_for
+from testbed.kubernetes.lifecycle import Step
 from testbed.paths import PODSERVER
 from testbed.plan.addresses import LB_HOST, Plan, build_plan
 from testbed.spec.model import Topology
@@ -128,6 +130,7 @@ class Cluster:
             return {}
         self._stopped = True
         t0 = time.time()
+        self.control.stop_clock()   # no step may act on what teardown is removing
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}
@@ -250,6 +253,7 @@ class Cluster:
         checks began when the controller registered the targets: they run meanwhile)."""
         self.sync_kube_proxy()
         self.wait_lb_ready()
+        self.control.start_clock()   # the kubelets' probers, the control plane's scheduler
 
     def sync_kube_proxy(self) -> None:
         """Render and apply kube-proxy's rules on every node."""
@@ -262,17 +266,25 @@ class Cluster:
         """Schedule a new pod of a deployment; its name (see ControlPlane.add_pod)."""
         return self.control.add_pod(deployment, node)
 
-    def remove_pod(self, name: str, deregister: bool = True) -> None:
-        """Delete a pod, endpoints first (see ControlPlane.remove_pod)."""
-        self.control.remove_pod(name, deregister)
+    def remove_pod(self, name: str, deregister: bool = True,
+                   instant: bool | None = None) -> list[Step]:
+        """Delete a pod on the control plane's clock (instant: at once, endpoints first); the
+        steps (see ControlPlane.remove_pod)."""
+        return self.control.remove_pod(name, deregister, instant)
 
-    def fail_pod(self, name: str) -> None:
-        """Crash a pod's server (see ControlPlane.fail_pod)."""
-        self.control.fail_pod(name)
+    def fail_pod(self, name: str, instant: bool | None = None) -> list[Step]:
+        """Crash a pod's server; the steps that follow (see ControlPlane.fail_pod)."""
+        return self.control.fail_pod(name, instant)
 
-    def fail_node(self, name: str) -> list[str]:
-        """Fail a node; the pods rescheduled elsewhere (see ControlPlane.fail_node)."""
-        return self.control.fail_node(name)
+    def fail_node(self, name: str, instant: bool | None = None) -> list[str]:
+        """Fail a node; the pods rescheduled elsewhere at once (instant), or [] when they will
+        be after the not-ready toleration (see ControlPlane.fail_node)."""
+        return self.control.fail_node(name, instant)
+
+    def endpoint_conditions(self) -> dict[str, EndpointConditions]:
+        """The endpoints as published: pod -> ready, serving, terminating (kube-proxy reads
+        them; see ControlPlane.endpoint_conditions)."""
+        return self.control.endpoint_conditions()
 
     def live_pods(self) -> set[str]:
         """Pods neither failed nor removed."""

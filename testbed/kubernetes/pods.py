@@ -1,6 +1,8 @@
 """Pods as the Kubernetes control plane sees them (pure): which pods are alive, on which node
-a new pod goes, what a node's failure takes with it, and which targets a healthy cloud load
-balancer serves from. Making it so (namespaces, servers, routes) is the emulation's part.
+a new pod goes, what a node's failure takes with it, which targets a healthy cloud load
+balancer serves from, and the endpoint conditions the EndpointSlice controller publishes
+(ready, serving, terminating). Making it so (namespaces, servers, routes) is the emulation's
+part; when each change happens is testbed.kubernetes.lifecycle's.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Set
 from dataclasses import dataclass, field
 
+from testbed.kubernetes.dataplane.model import EndpointConditions
 from testbed.plan.addresses import Plan, PodPlan
 
 
@@ -15,19 +18,51 @@ from testbed.plan.addresses import Plan, PodPlan
 class PodStates:
     """What happened to the plan's pods and nodes since the cluster was built.
 
-    failed_pods: pods whose server crashed (still endpoints until they are removed)
+    failed_pods: pods whose server crashed (still endpoints until they are removed, or until
+        the kubelet reports them not ready)
     removed_pods: pods deleted (no endpoints any more, their namespace gone)
-    failed_nodes: nodes that died (their pods were rescheduled on the others)
+    failed_nodes: nodes that died (their pods are rescheduled on the others)
+    terminating_pods: pods deleted but not gone yet (their grace period: preStop, SIGTERM)
+    not_ready_pods: pods whose Ready condition is false (readiness probe, crashed container,
+        a NotReady node)
+    not_ready_nodes: failed nodes the node lifecycle controller has marked NotReady
     """
 
     failed_pods: set[str] = field(default_factory=set)
     removed_pods: set[str] = field(default_factory=set)
     failed_nodes: set[str] = field(default_factory=set)
+    terminating_pods: set[str] = field(default_factory=set)
+    not_ready_pods: set[str] = field(default_factory=set)
+    not_ready_nodes: set[str] = field(default_factory=set)
 
 
 def live_pods(plan: Plan, states: PodStates) -> set[str]:
-    """Pods neither failed nor removed."""
-    return {p.name for p in plan.pods} - states.failed_pods - states.removed_pods
+    """Pods neither failed nor removed nor terminating: running, and not being deleted."""
+    return ({p.name for p in plan.pods} - states.failed_pods - states.removed_pods
+            - states.terminating_pods)
+
+
+def endpoint_conditions(plan: Plan, states: PodStates, instant: bool
+                        ) -> dict[str, EndpointConditions]:
+    """The conditions of every pod that has an endpoint, as the EndpointSlice controller
+    publishes them (upstream: ready = pod Ready and not terminating; serving = pod Ready;
+    terminating = deletionTimestamp set).
+
+    instant: the testbed's picture without a clock: a failed or deleted pod has no endpoint at
+        all. Otherwise a crashed pod keeps its endpoint (ready until the kubelet says otherwise)
+        and a terminating one stays, serving while its readiness holds."""
+    out = {}
+    for p in plan.pods:
+        if p.name in states.removed_pods:
+            continue
+        if instant:
+            if p.name not in states.failed_pods and p.name not in states.terminating_pods:
+                out[p.name] = EndpointConditions(True, True, False)
+            continue
+        ready = p.name not in states.not_ready_pods
+        terminating = p.name in states.terminating_pods
+        out[p.name] = EndpointConditions(ready and not terminating, ready, terminating)
+    return out
 
 
 def find_pod(plan: Plan, states: PodStates, name: str) -> PodPlan:
@@ -85,8 +120,9 @@ def expected_in_service(plan: Plan, states: PodStates, service: str) -> set[str]
     """Backends a healthy LB serves from: every pod (ip targets), every node (instance
     targets, Cluster), or only nodes with a local endpoint (instance targets, Local)."""
     svc = next(s for s in plan.services if s.name == service)
-    live = [p for p in plan.pods if p.name in svc.endpoints
-            and p.name not in states.failed_pods | states.removed_pods]
+    gone = (states.failed_pods | states.removed_pods | states.terminating_pods
+            | states.not_ready_pods)
+    live = [p for p in plan.pods if p.name in svc.endpoints and p.name not in gone]
     if plan.mode == "container-native":
         return {p.name for p in live}
     if svc.external_traffic_policy == "Local":

@@ -210,3 +210,82 @@ def test_status_shows_an_unreadable_lb_as_an_error(parts):
         raise subprocess.TimeoutExpired("GET", 3)
     parts.controller.api = broken
     assert "error" in status_of(parts)["load_balancers"][0]["backends"]
+
+
+# -- the control plane's clock over a recording fake cluster -------------------------------------
+
+class Recorder:
+    """Every effect the control plane has on a cluster, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, *args))
+
+
+@pytest.fixture
+def recorded(tmp_path, monkeypatch):
+    """A container-native Cluster whose hosts, controller, LB and kube-proxy record calls."""
+    from dataclasses import replace
+
+    from testbed.emulation.cluster import Cluster
+    from testbed.spec.model import Timing
+    monkeypatch.setattr(journal, "STATE_ROOT", str(tmp_path))
+
+    def make(timing):
+        topo = replace(load_topology(TALK, mode="container-native"), kubernetes=timing)
+        c = Cluster(topo)
+        rec = Recorder()
+        c.hosts = c.controller = c.lb = c.kube_proxy = rec
+        c.state.path = str(tmp_path)
+        os.makedirs(c.state.path, exist_ok=True)
+        c.control.pod_servers.update({p.name: FakeServer(rec, p.name) for p in c.plan.pods})
+        return c, rec
+    make.Timing = Timing
+    return make
+
+
+class FakeServer(FakeProc):
+    def __init__(self, rec, name):
+        super().__init__()
+        self.rec, self.name = rec, name
+
+    def kill(self):
+        self.rec.calls.append(("kill", self.name))
+        self.code = -9
+
+    def terminate(self):
+        self.rec.calls.append(("terminate", self.name))
+        self.code = 0
+
+    def wait(self, timeout=None):
+        return self.code
+
+
+def test_instant_removal_is_todays_order(recorded):
+    from testbed.spec.model import Timing
+    c, rec = recorded(Timing(mode="instant"))
+    c.remove_pod("web-0")
+    names = [call[0] for call in rec.calls]
+    assert names == ["deregister", "remove_pod_route", "sync_all", "kill", "run_script",
+                     "remove_host"]
+    assert "web-0" in c.removed_pods and "web-0" not in c.endpoint_conditions()
+    rows = c.control.timeline()
+    assert rows[0]["event"] == "remove-pod" and rows[0]["timing"] == "instant"
+    assert [r["action"] for r in rows[1:]] == ["lb-deregister", "pod-deleted"]
+
+
+def test_realistic_removal_waits_for_the_clock_and_instant_overrides_it(recorded):
+    from testbed.spec.model import Timing
+    c, rec = recorded(Timing(termination_grace_period_s=30, pre_stop_s=10))
+    c.control.published = {}   # what start_clock does: the EndpointSlices as published
+    steps = c.remove_pod("web-0")
+    assert {s.action for s in steps if s.at_s == 0} == {"pod-terminating", "pre-stop",
+                                                         "endpoints", "lb-deregister"}
+    assert c.control.clock.wait_idle(0) is False    # SIGTERM at 10 s, the rest at 30 s
+    assert c.control.clock.stop() >= 4
+    assert ("remove_host", "web-0") not in rec.calls and ("kill", "web-0") not in rec.calls
+    assert "web-0" in c.control.states.terminating_pods or not rec.calls
+    c.remove_pod("web-1", instant=True)           # --instant on a realistic cluster
+    assert ("remove_host", "web-1") in rec.calls and "web-1" not in c.endpoint_conditions()

@@ -10,7 +10,7 @@ and how the testbed's plan becomes this model.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple, TypedDict
@@ -326,13 +326,34 @@ def health_check_state(services: Iterable[ServicePort], node_name: str) -> Healt
 # --- the testbed's plan as this model -------------------------------------------------------------
 
 
-def service_ports(plan: Plan, live_pods: Collection[str] | None = None) -> list[ServicePort]:
-    """The plan's services as kube-proxy's model: one ServicePort each, with the endpoints of
-    the pods that are alive (live_pods: names; None = every pod of the plan)."""
+class EndpointConditions(NamedTuple):
+    """A pod's endpoint conditions as the EndpointSlice controller publishes them (upstream's
+    discovery.EndpointConditions)."""
+
+    ready: bool
+    serving: bool
+    terminating: bool
+
+
+def service_ports(plan: Plan, live_pods: Collection[str] | None = None,
+                  conditions: Mapping[str, EndpointConditions] | None = None
+                  ) -> list[ServicePort]:
+    """The plan's services as kube-proxy's model: one ServicePort per port of each service
+    (port_name: the port's name), with the endpoints of the pods that are alive (live_pods:
+    names; None = every pod of the plan) at that port's targetPort.
+    conditions: pod -> its endpoint's conditions; when given, the pods it names are the
+        endpoints (live_pods is not read) and carry them — a service with
+        publishNotReadyAddresses lists them all as ready (published_conditions)
+    A LoadBalancer reported by hostname (loadBalancer.address: hostname, as AWS's) gives no
+    load_balancer_ips: kube-proxy then writes no rules for the VIP, and traffic from the
+    cluster to it goes out through the LB."""
     out = []
+    if conditions is not None:
+        live_pods = conditions
+    by_hostname = {lb.service for lb in plan.load_balancers if lb.address == "hostname"}
     for svc in plan.services:
-        eps = tuple(Endpoint(p.ip, svc.target_port, p.node) for p in plan.pods
-                    if p.name in svc.endpoints and (live_pods is None or p.name in live_pods))
+        pods = [p for p in plan.pods
+                if p.name in svc.endpoints and (live_pods is None or p.name in live_pods)]
         affinity = svc.session_affinity_timeout if svc.session_affinity == "ClientIP" else None
         out.append(ServicePort(
             namespace=NAMESPACE, name=svc.name, port_name="", protocol=svc.protocol,
@@ -342,6 +363,15 @@ def service_ports(plan: Plan, live_pods: Collection[str] | None = None) -> list[
             session_affinity_seconds=affinity,
             health_check_node_port=svc.health_check_node_port, endpoints=eps))
     return out
+
+
+def _endpoint(ip: str, port: int, node: str, pod: str,
+              conditions: Mapping[str, EndpointConditions] | None,
+              publish_not_ready_addresses: bool = False) -> Endpoint:
+    if conditions is None:
+        return Endpoint(ip, port, node)
+    c = published_conditions(conditions[pod], publish_not_ready_addresses)
+    return Endpoint(ip, port, node, ready=c.ready, serving=c.serving, terminating=c.terminating)
 
 
 def node_context(plan: Plan, node: str) -> NodeContext:

@@ -68,7 +68,11 @@ class KubeProxy(ServiceDataPlane):
         apply(self._runner(node), text, backend=self.backend, ensure_jumps=False)
 
     def sync_all(self) -> None:
-        services = service_ports(self.cluster.plan, self.cluster.live_pods())
+        # the EndpointSlices as the control plane published them, conditions included (a
+        # cluster view without them: every live pod, ready)
+        published = getattr(self.cluster, "endpoint_conditions", None)
+        services = service_ports(self.cluster.plan, self.cluster.live_pods(),
+                                 published() if published else None)
         self.sync_nodes([n.name for n in self.cluster.plan.nodes
                          if n.name not in self.cluster.failed_nodes], services)
         self._sync_health(services)
