@@ -11,7 +11,8 @@ server_flags: the line one pod's server is started with: its container port and 
   targetPort (TCP or UDP) of the Services that select its deployment, all in one process.
 Launcher: the launcher process, the thread that reads its reports, launch().
 PodServer: one pod's server, with the parts of subprocess.Popen the cluster uses (pid, poll,
-  wait, kill, returncode), answered from the launcher's reports.
+  wait, kill, terminate — graceful —, returncode), answered from the launcher's reports, and
+  set_ready (its /readyz) for the kubelet's readiness probe.
 """
 
 from __future__ import annotations
