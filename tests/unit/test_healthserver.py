@@ -20,11 +20,17 @@ from pathlib import Path
 import pytest
 
 from testbed.kubernetes.dataplane.healthserver import (
+    HealthServer,
+    ProxierHealth,
     ServiceHealth,
+    State,
     StateError,
+    go_time,
     parse_state,
+    proxy_healthz_response,
     service_response,
 )
+from testbed.kubernetes.dataplane.metrics import ProxyMetrics, go_float, render_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -70,10 +76,11 @@ def get(port: int, path: str = "/healthz"):
 
 
 class Server:
-    def __init__(self, state: Path, healthz_port: int):
+    def __init__(self, state: Path, healthz_port: int, metrics_port: int = 0):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver",
-             "--state", str(state), "--bind", HOST, "--healthz-port", str(healthz_port)],
+             "--state", str(state), "--bind", HOST, "--healthz-port", str(healthz_port),
+             "--metrics-bind", HOST, "--metrics-port", str(metrics_port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -177,8 +184,97 @@ def test_proxy_unhealthy_makes_every_service_503(server, ports):
 def test_kube_proxy_healthz(server, ports):
     status, headers, body = get(ports[3])
     assert status == 200
-    assert set(json.loads(body)) == {"lastUpdated", "currentTime"}
+    got = json.loads(body)
+    assert set(got) == {"lastUpdated", "currentTime", "nodeEligible"} and got["nodeEligible"]
+    assert got["lastUpdated"] == got["currentTime"]   # healthy: upstream reports "now"
     assert headers["Content-Type"] == "application/json"
+    status, _, body = get(ports[3], "/livez")
+    assert status == 200 and set(json.loads(body)) == {"lastUpdated", "currentTime"}
+    status, _, body = get(ports[3], "/")
+    assert (status, body) == (404, "404 page not found\n")
+    assert get(ports[3], "/healthz/x")[0] == 404
+
+
+def test_metrics_server_answers_metrics_proxy_mode_and_healthz(tmp_path):
+    web, healthz, metrics = free_ports(3)
+    state = tmp_path / "state.json"
+    m = ProxyMetrics()
+    m.observe_sync(0.003, True, 1714567890.5)
+    state.write_text(json.dumps({"services": [], "metrics": m.to_json()}))
+    srv = Server(state, healthz, metrics)
+    try:
+        srv.wait_listening()
+        assert get(metrics, "/proxyMode")[::2] == (200, "iptables")
+        assert get(metrics, "/healthz")[::2] == (200, "ok")
+        assert get(metrics, "/nope")[0] == 404
+        assert get(healthz, "/healthz")[0] == 200
+        status, headers, body = get(metrics, "/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert 'kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="0.004"} 1' in body
+        assert "kubeproxy_sync_proxy_rules_last_timestamp_seconds 1.7145678905e+09" in body
+        assert 'kubeproxy_proxy_healthz_total{code="200"} 1' in body   # the probe above
+    finally:
+        srv.stop()
+
+
+def test_healthz_503_when_a_queued_sync_is_late_and_when_the_node_is_not_eligible():
+    """upstream proxier_health.go: healthy unless a queued update waited past healthTimeout;
+    /healthz also needs nodeEligible, /livez does not."""
+    late = State({}, proxier=ProxierHealth(last_updated=1000.0, oldest_pending_queued=1001.0,
+                                           health_timeout=60.0))
+    status, _, body = proxy_healthz_response(late, 1061.0)
+    assert status == 503
+    assert body == ('{"lastUpdated": "1970-01-01 00:16:40 +0000 UTC",'
+                    '"currentTime": "1970-01-01 00:17:41 +0000 UTC", "nodeEligible": true}')
+    assert proxy_healthz_response(late, 1060.9)[0] == 200     # queued, not late yet
+    leaving = State({}, proxier=ProxierHealth(node_eligible=False))
+    assert proxy_healthz_response(leaving, 5.0)[0] == 503
+    assert proxy_healthz_response(leaving, 5.0, livez=True)[0] == 200
+    svc = ServiceHealth("default", "web", 32000, 2)
+    server = HealthServer("unused", healthz_port=10256)
+    server.state = State({32000: svc}, proxier=late.proxier)
+    assert server.respond(32000, b"GET / HTTP/1.1\r\n\r\n", now=1061.0).startswith(
+        b"HTTP/1.1 503")   # the service checks report kube-proxy's health too
+
+
+def test_go_time_is_gos_time_string():
+    assert go_time(None) == "0001-01-01 00:00:00 +0000 UTC"
+    assert go_time(1714567890.125) == "2024-05-01 12:51:30.125 +0000 UTC"
+    assert go_time(1714567890.5, started=1714567888.25) == \
+        "2024-05-01 12:51:30.5 +0000 UTC m=+2.250000000"
+
+
+def test_render_metrics_is_prometheus_text_with_upstream_names_and_buckets():
+    m = ProxyMetrics()
+    m.observe_sync(0.0015, True, 1714567890.0)
+    m.observe_sync(20.0, False, 1714567899.0)
+    m.sync_proxy_rules_iptables_last = {"filter": 4, "nat": 12}
+    text = render_metrics(m, {"200": 3})
+    lines = text.splitlines()
+    name = "kubeproxy_sync_proxy_rules_duration_seconds"
+    assert lines[lines.index(f"# TYPE {name} histogram") - 1] == \
+        f"# HELP {name} [ALPHA] SyncProxyRules latency in seconds"
+    buckets = [line for line in lines if line.startswith(f"{name}_bucket")]
+    assert [b.split('"')[1] for b in buckets] == [
+        "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
+        "0.512", "1.024", "2.048", "4.096", "8.192", "16.384", "+Inf"]
+    assert buckets[0].endswith(" 0") and buckets[1].endswith(" 1") and buckets[-2].endswith(" 1")
+    assert buckets[-1].endswith(" 2") and f"{name}_count 2" in lines
+    assert f"{name}_sum 20.0015" in lines
+    assert 'kubeproxy_sync_proxy_rules_iptables_last{table="nat"} 12' in lines
+    assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1" in lines
+    assert "kubeproxy_sync_proxy_rules_last_timestamp_seconds 1.714567899e+09" in lines
+    assert 'kubeproxy_proxy_healthz_total{code="200"} 3' in lines
+    families = [line.split()[2] for line in lines if line.startswith("# TYPE")]
+    assert families == sorted(families) and "kubeproxy_proxy_livez_total" not in families
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.001, "0.001"), (16.384, "16.384"), (3, "3"), (1e6, "1e+06"), (123456.0, "123456"),
+    (1e-05, "1e-05"), (0.0001, "0.0001"), (1714567890.123, "1.714567890123e+09"),
+])
+def test_go_float_formats_as_strconv_g(value, text):
+    assert go_float(value) == text
 
 
 def test_bad_state_file_keeps_the_previous_state(server, ports):
@@ -217,6 +313,11 @@ def test_service_response_matches_upstream_text():
     ('{"services": [{"namespace": "d", "name": "a", "port": 80},'
      ' {"namespace": "d", "name": "b", "port": 80}]}', "two services"),
     ('{"services": [], "proxyHealthy": "yes"}', "proxyHealthy"),
+    ('{"services": [], "proxier": {"lastUpdated": "now"}}', "proxier.lastUpdated"),
+    ('{"services": [], "proxier": {"healthTimeout": 0}}', "proxier.healthTimeout"),
+    ('{"services": [], "proxier": {"nodeEligible": 1}}', "proxier.nodeEligible"),
+    ('{"services": [], "metrics": {"sync_proxy_rules_duration_seconds": {"counts": [1]}}}',
+     "metrics"),
 ])
 def test_parse_state_names_the_bad_field(text, message):
     with pytest.raises(StateError, match=message.replace("[", r"\[").replace("]", r"\]")):

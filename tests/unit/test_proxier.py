@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from testbed.errors import EnvironmentProblem
+from testbed.kubernetes.dataplane import conntrack
+from testbed.kubernetes.dataplane.healthserver import parse_state
 from testbed.kubernetes.dataplane.iptables import restore, rules
 from testbed.kubernetes.dataplane.iptables.proxier import KubeProxy, render_node_rules
 from testbed.kubernetes.dataplane.model import (
@@ -96,7 +99,8 @@ class FakeCluster:
         return self.hosts[name]
 
     def sh(self, host: str, command: str, timeout: float = 60.0):
-        ports = sorted({s.health_check_node_port for s in self.plan.services})
+        ports = sorted({s.health_check_node_port for s in self.plan.services
+                        if s.health_check_node_port} | {10249, 10256})
         listening = "".join(f"LISTEN 0 128 0.0.0.0:{p} 0.0.0.0:*\n" for p in ports)
         return subprocess.CompletedProcess(command, 0, listening, "")
 
@@ -200,12 +204,15 @@ def test_health_state_file_is_health_check_state(plan, tmp_path):
     live = service_ports(plan, cluster.live_pods())
     for node in ("node1", "node2"):
         written = json.loads((tmp_path / f"health-{node}.json").read_text())
-        assert written == health_check_state(live, node)
+        assert written["services"] == health_check_state(live, node)["services"]
+        assert parse_state(json.dumps(written)).proxier.last_updated == kp.last_updated[node]
     assert json.loads((tmp_path / "health-node2.json").read_text())["services"][0] == {
         "namespace": "default", "name": "web", "port": 31000, "local_endpoints": 0}
     servers = [p.argv for p in cluster.log if "healthserver" in " ".join(p.argv)]
     assert len(servers) == 2 and sorted(kp.health_servers) == ["node1", "node2"]
     assert servers[0][1:3] == ["-m", "testbed.kubernetes.dataplane.healthserver"]
+    assert servers[0][5:] == ["--healthz-port", "10256", "--metrics-port", "10249",
+                              "--proxy-mode", "iptables"]
 
 
 def test_runner_methods_render_and_apply_on_the_named_node(plan, tmp_path):
@@ -236,3 +243,83 @@ def test_cnlb_render_prints_the_first_sync_with_jumps(plan):
                                                         node_context(plan, "node1")))
     assert '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' \
         in text
+
+
+def test_servers_run_on_every_node_without_any_local_service(cluster_policy_plan, tmp_path):
+    """Upstream's /healthz (10256) and /metrics (10249) are always on, health checks or not."""
+    cluster = FakeCluster(cluster_policy_plan, tmp_path)
+    kp = KubeProxy(cluster)
+    kp.sync_all()
+    assert sorted(kp.health_servers) == ["node1", "node2"]
+    state = parse_state((tmp_path / "health-node1.json").read_text())
+    assert state.services == {} and state.proxier.last_updated == kp.last_updated["node1"]
+    m = state.metrics
+    assert m.sync_full_proxy_rules_duration_seconds.count == 1
+    assert m.sync_partial_proxy_rules_duration_seconds.count == 0
+    assert m.sync_proxy_rules_iptables_last["nat"] > 0
+    assert m.sync_proxy_rules_last_timestamp_seconds == kp.last_updated["node1"]
+    waits = [p for p in cluster.log if p.argv[:1] == ["ss"]]
+    kp.sync_all()   # servers already listen on every port: no new process, no new wait
+    assert len(kp.health_servers) == 2 and [p for p in cluster.log if p.argv[:1] == ["ss"]] \
+        == waits
+    assert parse_state((tmp_path / "health-node1.json").read_text()) \
+        .metrics.sync_proxy_rules_duration_seconds.count == 2
+
+
+def test_a_refused_restore_is_counted_and_the_sync_time_kept(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path, fail_restore=True)
+    kp = KubeProxy(cluster)
+    with pytest.raises(EnvironmentProblem):
+        kp.sync_all()
+    assert kp.metrics["node1"].sync_proxy_rules_iptables_restore_failures_total == 1
+    assert "node1" not in kp.last_updated
+    assert parse_state((tmp_path / "health-node1.json").read_text()).proxier.last_updated is None
+
+
+def test_request_sync_coalesces_and_marks_the_request_queued(plan, tmp_path):
+    cluster = FakeCluster(plan, tmp_path)
+    kp = KubeProxy(cluster, min_sync_period_s=3600)
+    synced = threading.Event()
+    real = kp.sync_all
+
+    def sync_all(services=None):
+        real(services)
+        synced.set()
+    kp.sync_all = sync_all   # type: ignore[method-assign]
+    try:
+        kp.request_sync()
+        assert synced.wait(10)
+        assert kp.oldest_pending_queued == {} and sorted(kp.last_updated) == ["node1", "node2"]
+        synced.clear()
+        kp.request_sync()          # the burst's second run
+        assert synced.wait(10)
+        synced.clear()
+        kp.request_sync()          # the third must wait for the period: queued meanwhile
+        kp.request_sync()
+        assert not synced.wait(0.3)
+        queued = parse_state((tmp_path / "health-node1.json").read_text()).proxier
+        assert queued.oldest_pending_queued == kp.oldest_pending_queued["node1"]
+        assert len(kp.sync_times) == 4   # two syncs x two nodes
+    finally:
+        kp.stop_sync_runner()
+
+
+def test_udp_endpoint_gone_clears_its_conntrack_entries_on_every_node(tmp_path):
+    path = tmp_path / "udp.yaml"
+    path.write_text(TOPOLOGY.replace("port: 80, targetPort: 8080", "port: 53, targetPort: 8080,"
+                                     " protocol: UDP"))
+    plan = build_plan(load_topology(str(path), mode="nodeport"))
+    cluster = FakeCluster(plan, tmp_path)
+    kp = KubeProxy(cluster)
+    kp.sync_all()
+    assert not [p for p in cluster.log if p.argv[:1] == ["sh"]]
+    cluster.dead.add("web-2")
+    kp.sync_all()
+    shells = sorted((p for p in cluster.log if p.argv[:1] == ["sh"]), key=lambda p: p.node)
+    gone = plan.pod("web-2").ip
+    svc = plan.services[0]
+    assert [p.node for p in shells] == ["node1", "node2"]
+    assert shells[0].argv == ["sh", "-s"] and shells[0].fed.decode() == conntrack.script([
+        conntrack.clear_entries_for_port_nat(gone, svc.node_port),
+        conntrack.clear_entries_for_nat(svc.cluster_ip, gone),
+        conntrack.clear_entries_for_nat(svc.vip, gone)])

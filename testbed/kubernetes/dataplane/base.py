@@ -2,28 +2,36 @@
 
 A mode renders a node's state from the services and their endpoints (pure: text in, text out),
 applies that text on a node, whole or as a change, keeps every node in step with the cluster,
-and runs kube-proxy's health-check node port servers. iptables is the one mode today; a second
-one (nftables, IPVS, eBPF) is one module subclassing ServiceDataPlane and one entry in
-testbed.kubernetes.dataplane.registry. What a mode needs of the running cluster is ClusterView.
+and runs kube-proxy's servers on every node (health-check node ports, /healthz on 10256,
+/metrics on 10249). Syncs come at once (sync_all) or paced as upstream paces them
+(request_sync: at most one per min sync period, runner.BoundedFrequencyRunner). iptables is the
+one mode today; a second one (nftables, IPVS, eBPF) is one module subclassing ServiceDataPlane
+and one entry in testbed.kubernetes.dataplane.registry. What a mode needs of the running
+cluster is ClusterView.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
+from testbed.kubernetes.dataplane.healthserver import DEFAULT_HEALTH_TIMEOUT_S
+from testbed.kubernetes.dataplane.metrics import ProxyMetrics
 from testbed.kubernetes.dataplane.model import (
     HealthState,
     NodeContext,
     ServicePort,
     health_check_state,
     node_context,
+    service_ports,
 )
+from testbed.kubernetes.dataplane.runner import BoundedFrequencyRunner
 from testbed.plan.addresses import Plan
 
 # run(argv, stdin_bytes) -> (returncode, stderr): the caller decides where commands run
@@ -82,15 +90,33 @@ class ServiceDataPlane(ABC):
 
     cluster: the running cluster (ClusterView)
     backend: the mode's userspace flavour where it has one (iptables: auto, legacy or nft)
+    min_sync_period_s: request_sync's pacing (upstream --iptables-min-sync-period, 1 s); by
+        default the topology's `kubernetes: minSyncPeriod` when the cluster has one
     """
 
     mode: ClassVar[str]  # the registry's name for it, e.g. "iptables"
 
-    def __init__(self, cluster: ClusterView, backend: str = "auto"):
+    def __init__(self, cluster: ClusterView, backend: str = "auto",
+                 min_sync_period_s: float | None = None):
         self.cluster = cluster
         self.backend = backend
         self.health_servers: dict[str, subprocess.Popen[bytes]] = {}  # node -> its server
         self.sync_times: list[tuple[str, float, str]] = []  # (node, seconds, kind) per sync
+        if min_sync_period_s is None:
+            timing = getattr(getattr(cluster, "topo", None), "kubernetes", None)
+            min_sync_period_s = float(getattr(timing, "min_sync_period_s", 1.0))
+        self.min_sync_period_s = min_sync_period_s
+        self.health_timeout_s = DEFAULT_HEALTH_TIMEOUT_S  # upstream: 2 x --sync-period
+        self.metrics: dict[str, ProxyMetrics] = {}   # node -> its kube-proxy's metrics
+        self.last_updated: dict[str, float] = {}     # node -> last successful sync (epoch s)
+        self.oldest_pending_queued: dict[str, float] = {}   # node -> oldest unsynced request
+        self.node_eligible: dict[str, bool] = {}     # node -> False while being deleted
+        # What a sync brings the nodes to; the control plane may replace it (endpoints with
+        # ready / serving / terminating conditions).
+        self.services_source: Callable[[], list[ServicePort]] = lambda: service_ports(
+            self.cluster.plan, self.cluster.live_pods())
+        self.sync_lock = threading.RLock()   # one sync at a time (upstream's proxier.mu)
+        self.runner: BoundedFrequencyRunner | None = None
 
     # --- pure: a node's state as text, from services and endpoints ------------------------------
 
@@ -131,9 +157,60 @@ class ServiceDataPlane(ABC):
             return dict(zip(texts, pool.map(load, texts), strict=True))
 
     @abstractmethod
-    def sync_all(self) -> None:
-        """Bring every live node to the cluster's services and live endpoints (whole on a node
-        that has nothing yet, partially after), and start or update the health servers."""
+    def sync_all(self, services: Sequence[ServicePort] | None = None) -> None:
+        """Bring every live node to `services` (default: services_source(), the cluster's
+        services and live endpoints) at once: whole on a node that has nothing yet, partially
+        after; start or update kube-proxy's servers. Raises EnvironmentProblem when a node
+        refused its load (the others are synced all the same)."""
+
+    def live_nodes(self) -> list[str]:
+        """The plan's nodes that are not down, in plan order."""
+        return [n.name for n in self.cluster.plan.nodes if n.name not in self.cluster.failed_nodes]
+
+    # --- paced syncs (upstream's Sync() and its BoundedFrequencyRunner) ------------------------
+
+    def request_sync(self) -> None:
+        """Ask for a sync as soon as min_sync_period_s allows (upstream's Proxier.Sync()):
+        requests coalesce, two may run back to back (burst), then one per period. Returns at
+        once; the sync runs in a background thread. Until it has run, each node's /healthz
+        counts the request as queued (503 once it waited past the health timeout)."""
+        now = time.time()
+        queued = [n for n in self.live_nodes() if n not in self.oldest_pending_queued]
+        for node in self.live_nodes():
+            self.metrics.setdefault(node, ProxyMetrics()) \
+                .sync_proxy_rules_last_queued_timestamp_seconds = now
+        for node in queued:   # QueuedUpdate: only the oldest request counts
+            self.oldest_pending_queued[node] = now
+        self.write_states(queued)
+        if self.runner is None:
+            self.runner = BoundedFrequencyRunner("sync-runner", self._paced_sync,
+                                                 self.min_sync_period_s)
+            self.runner.start()
+        self.runner.run()
+
+    def _paced_sync(self) -> None:
+        try:
+            self.sync_all()
+        except Exception:
+            if self.runner is not None:   # upstream: RetryAfter(syncPeriod) on failure
+                self.runner.retry_after(30.0)
+            raise
+
+    def stop_sync_runner(self) -> None:
+        """Stop the paced syncs' thread (after the sync in progress); request_sync restarts it."""
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+
+    def set_node_eligible(self, node: str, eligible: bool) -> None:
+        """Upstream SyncNode: a node being deleted (or tainted ToBeDeletedByClusterAutoscaler)
+        answers 503 on /healthz, so LBs drain it before it goes."""
+        self.node_eligible[node] = eligible
+        self.write_states([node])
+
+    @abstractmethod
+    def write_states(self, nodes: Sequence[str]) -> None:
+        """Rewrite the state files the servers of `nodes` answer from."""
 
     # --- by node name, for callers that hold the cluster ---------------------------------------
 

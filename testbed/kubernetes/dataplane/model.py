@@ -355,14 +355,35 @@ def service_ports(plan: Plan, live_pods: Collection[str] | None = None,
         pods = [p for p in plan.pods
                 if p.name in svc.endpoints and (live_pods is None or p.name in live_pods)]
         affinity = svc.session_affinity_timeout if svc.session_affinity == "ClientIP" else None
-        out.append(ServicePort(
-            namespace=NAMESPACE, name=svc.name, port_name="", protocol=svc.protocol,
-            cluster_ip=svc.cluster_ip, port=svc.port, target_port=svc.target_port,
-            node_port=svc.node_port, load_balancer_ips=(svc.vip,) if svc.vip else (),
-            external_traffic_policy=svc.external_traffic_policy,
-            session_affinity_seconds=affinity,
-            health_check_node_port=svc.health_check_node_port, endpoints=eps))
+        lb_ips = (svc.vip,) if svc.vip and svc.name not in by_hostname else ()
+        for port in svc.all_ports:
+            eps = tuple(_endpoint(p.ip, port.target_port, p.node, p.name, conditions,
+                                  svc.publish_not_ready_addresses) for p in pods)
+            out.append(ServicePort(
+                namespace=NAMESPACE, name=svc.name, port_name=port.name, protocol=port.protocol,
+                cluster_ip=svc.cluster_ip, port=port.port, target_port=port.target_port,
+                node_port=port.node_port, load_balancer_ips=lb_ips,
+                external_traffic_policy=svc.external_traffic_policy,
+                session_affinity_seconds=affinity,
+                health_check_node_port=svc.health_check_node_port, endpoints=eps,
+                internal_traffic_policy=svc.internal_traffic_policy))
     return out
+
+
+def endpoint_conditions(pod_ready: bool, terminating: bool,
+                        publish_not_ready_addresses: bool = False) -> EndpointConditions:
+    """A pod's endpoint conditions as the EndpointSlice controller writes them (upstream's
+    podToEndpoint): serving is the pod's readiness, terminating its deletion; ready is
+    serving and not terminating — or always, for a service with publishNotReadyAddresses."""
+    ready = publish_not_ready_addresses or (pod_ready and not terminating)
+    return EndpointConditions(ready=ready, serving=pod_ready, terminating=terminating)
+
+
+def published_conditions(c: EndpointConditions,
+                         publish_not_ready_addresses: bool) -> EndpointConditions:
+    """A pod's conditions as published for one service: with publishNotReadyAddresses, ready
+    whatever the pod's state (serving and terminating stay as they are)."""
+    return c._replace(ready=True) if publish_not_ready_addresses else c
 
 
 def _endpoint(ip: str, port: int, node: str, pod: str,

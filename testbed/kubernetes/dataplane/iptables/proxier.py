@@ -1,9 +1,12 @@
 """kube-proxy's iptables mode on the emulated nodes: the ServiceDataPlane called "iptables".
 
 Renders with rules.py and loads with restore.py, in each node's namespace: the whole state with
-the jumps from the built-in chains at the first sync, upstream's partial sync after; runs the
-health-check node port server (testbed.kubernetes.dataplane.healthserver) on every node when a
-Service has externalTrafficPolicy=Local. docs/kube-proxy.md tells the whole story.
+the jumps from the built-in chains at the first sync, upstream's partial sync after; then, per
+node, what upstream does after a successful restore: the health state and metrics (written to
+the node's state file), and the stale UDP conntrack entries removed (conntrack.py). Runs
+kube-proxy's servers on every node (testbed.kubernetes.dataplane.healthserver: health-check node
+ports, /healthz and /livez on 10256, /metrics on 127.0.0.1:10249). docs/kube-proxy.md tells the
+whole story.
 """
 
 from __future__ import annotations
@@ -14,20 +17,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from testbed.errors import EnvironmentProblem
+from testbed.kubernetes.dataplane import conntrack
 from testbed.kubernetes.dataplane.base import (
     ApplyError,
     ClusterView,
     CommandRunner,
     ServiceDataPlane,
 )
+from testbed.kubernetes.dataplane.healthserver import METRICS_PORT, PROXY_HEALTHZ_PORT
 from testbed.kubernetes.dataplane.iptables import rules
 from testbed.kubernetes.dataplane.iptables.restore import apply, with_jump_rules
+from testbed.kubernetes.dataplane.metrics import ProxyMetrics, rule_counts
 from testbed.kubernetes.dataplane.model import (
     NodeContext,
     ServicePort,
+    categorize_endpoints,
     node_context,
     service_ports,
 )
@@ -50,9 +57,12 @@ class KubeProxy(ServiceDataPlane):
 
     mode: ClassVar[str] = "iptables"
 
-    def __init__(self, cluster: ClusterView, backend: str = "auto"):
-        super().__init__(cluster, backend)
+    def __init__(self, cluster: ClusterView, backend: str = "auto",
+                 min_sync_period_s: float | None = None):
+        super().__init__(cluster, backend, min_sync_period_s)
         self.applied: dict[str, list[ServicePort]] = {}  # node -> the service ports applied there
+        self.services: list[ServicePort] = []   # what the last sync brought the nodes to
+        self.listening: dict[str, frozenset[int]] = {}   # node -> ports its server opened
 
     @staticmethod
     def render(services: Sequence[ServicePort], node: NodeContext) -> str:
@@ -67,15 +77,14 @@ class KubeProxy(ServiceDataPlane):
         """iptables-restore --noflush of `text` on `node`; raises RestoreError."""
         apply(self._runner(node), text, backend=self.backend, ensure_jumps=False)
 
-    def sync_all(self) -> None:
-        # the EndpointSlices as the control plane published them, conditions included (a
-        # cluster view without them: every live pod, ready)
-        published = getattr(self.cluster, "endpoint_conditions", None)
-        services = service_ports(self.cluster.plan, self.cluster.live_pods(),
-                                 published() if published else None)
-        self.sync_nodes([n.name for n in self.cluster.plan.nodes
-                         if n.name not in self.cluster.failed_nodes], services)
-        self._sync_health(services)
+    def sync_all(self, services: Sequence[ServicePort] | None = None) -> None:
+        with self.sync_lock:
+            services = list(self.services_source() if services is None else services)
+            try:
+                self.sync_nodes(self.live_nodes(), services)
+            finally:
+                self.services = services
+                self._sync_servers(services)
 
     def sync_node(self, node: str, services: list[ServicePort]) -> None:
         """Bring one node to `services` (whole at its first sync, partially after)."""
@@ -83,35 +92,80 @@ class KubeProxy(ServiceDataPlane):
 
     def sync_nodes(self, nodes: Sequence[str], services: list[ServicePort]) -> None:
         """Bring these nodes to `services`, all loads at once; a text several nodes share
-        (rules.render_key) is rendered once. Raises EnvironmentProblem naming the first node
-        (in `nodes` order) whose load failed; the others are loaded all the same."""
-        texts, kinds = self._texts(nodes, services)
+        (rules.render_key) is rendered once. Then, on each node that took its load: metrics,
+        the health state's sync time, stale UDP conntrack entries. Raises EnvironmentProblem
+        naming the first node (in `nodes` order) whose load failed; the others are loaded all
+        the same."""
+        texts, kinds, render_s = self._texts(nodes, services)
         results = self.apply_many(texts)
-        failed = None
+        failed, cleanups = None, {}
         for node in nodes:
-            result = results[node]
+            result, full = results[node], kinds[node] == "full"
+            metrics = self.metrics.setdefault(node, ProxyMetrics())
             if isinstance(result, ApplyError):
                 failed = failed or f"kube-proxy on {node}: {result}"
+                metrics.observe_failure(full)
                 continue
+            now = time.time()
             self.sync_times.append((node, round(result, 4), kinds[node]))
+            metrics.observe_sync(result + render_s[node], full, now)
+            self._count_rules(metrics, texts[node], full)
+            metrics.sync_proxy_rules_no_local_endpoints_total = no_local_endpoints(
+                services, node)
+            old = self.applied.get(node)
             self.applied[node] = services
+            self.last_updated[node] = now            # upstream healthzServer.Updated()
+            self.oldest_pending_queued.pop(node, None)
+            if old is not None:
+                cleanups[node] = conntrack.stale_entries_commands(old, services)
+        self._clean_conntrack(cleanups)
         if failed:
             raise EnvironmentProblem(failed)
 
+    @staticmethod
+    def _count_rules(metrics: ProxyMetrics, text: str, full: bool) -> None:
+        """sync_proxy_rules_iptables_last (rules this sync wrote) and _total (rules kube-proxy
+        owns). A partial sync leaves unchanged chains out of its text, so it updates the
+        total of the filter table (always written whole) and not the nat table's (upstream
+        renders the skipped chains to count them; that would cost a partial sync a full one's
+        rendering here)."""
+        counts = rule_counts(text)
+        metrics.sync_proxy_rules_iptables_last = counts
+        if full:
+            metrics.sync_proxy_rules_iptables_total = dict(counts)
+        else:
+            metrics.sync_proxy_rules_iptables_total["filter"] = counts.get("filter", 0)
+
+    def _clean_conntrack(self, commands: dict[str, list[list[str]]]) -> None:
+        """Run each node's conntrack deletions (one shell per node, all nodes at once)."""
+        procs = []
+        for node, argvs in commands.items():
+            if argvs:   # the script on stdin: `conntrack -D ...` lines (conntrack.script)
+                proc = self.cluster.host(node).popen(
+                    ["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+                procs.append((proc, conntrack.script(argvs).encode()))
+        for proc, script in procs:
+            proc.communicate(script, timeout=120)
+
     def _texts(self, nodes: Sequence[str], services: list[ServicePort]
-               ) -> tuple[dict[str, str], dict[str, str]]:
-        """node -> what it loads now, node -> "full" or "partial"."""
-        texts, kinds = {}, {}
-        rendered: dict[tuple[int, tuple[str | None, bool, str]], str] = {}
+               ) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
+        """node -> what it loads now, node -> "full" or "partial", node -> seconds its text
+        took to render (shared texts count whole for each node, as each kube-proxy renders)."""
+        texts, kinds, seconds = {}, {}, {}
+        rendered: dict[tuple[int, tuple[str | None, bool, str]], tuple[str, float]] = {}
         for node in nodes:
             old, ctx = self.applied.get(node), self.context(node)
             # nodes synced together hold the same `old` list (or None): its id() groups them
             key = (id(old), rules.render_key([*(old or ()), *services], ctx))
             if key not in rendered:
-                rendered[key] = (with_jump_rules(self.render(services, ctx)) if old is None
-                                 else self.render_partial(old, services, ctx))
-            texts[node], kinds[node] = rendered[key], "full" if old is None else "partial"
-        return texts, kinds
+                t0 = time.time()
+                text = (with_jump_rules(self.render(services, ctx)) if old is None
+                        else self.render_partial(old, services, ctx))
+                rendered[key] = text, time.time() - t0
+            texts[node], seconds[node] = rendered[key]
+            kinds[node] = "full" if old is None else "partial"
+        return texts, kinds, seconds
 
     def _runner(self, node: str) -> CommandRunner:
         host = self.cluster.host(node)
@@ -124,35 +178,69 @@ class KubeProxy(ServiceDataPlane):
             return proc.returncode, err.decode(errors="replace")
         return run
 
-    def _sync_health(self, services: list[ServicePort]) -> None:
-        if not any(s.health_check_node_port for s in services):
-            return
-        for node in self.cluster.plan.nodes:
-            if node.name in self.cluster.failed_nodes:
-                continue
-            path = self.cluster.state.file(f"health-{node.name}.json")
+    def state_of(self, node: str) -> dict[str, Any]:
+        """What `node`'s servers answer from (healthserver.parse_state reads it)."""
+        state: dict[str, Any] = dict(self.health_state(self.services, node))
+        state["proxier"] = {
+            "lastUpdated": self.last_updated.get(node),
+            "oldestPendingQueued": self.oldest_pending_queued.get(node),
+            "healthTimeout": self.health_timeout_s,
+            "nodeEligible": self.node_eligible.get(node, True),
+        }
+        state["metrics"] = self.metrics.setdefault(node, ProxyMetrics()).to_json()
+        return state
+
+    def write_states(self, nodes: Sequence[str]) -> None:
+        for node in nodes:
+            path = self.cluster.state.file(f"health-{node}.json")
             tmp = path + ".tmp"
             with open(tmp, "w") as fh:
-                json.dump(self.health_state(services, node.name), fh)
+                json.dump(self.state_of(node), fh)
             os.replace(tmp, path)   # the server re-reads on change; never sees half a file
-            if node.name not in self.health_servers:
-                self.health_servers[node.name] = self.cluster.host(node.name).popen(
+
+    def _sync_servers(self, services: list[ServicePort]) -> None:
+        """Every live node runs kube-proxy's servers, whether or not a Service has a health
+        check (upstream's /healthz and /metrics are always on): write each state, start the
+        servers that are not running, wait until new ports listen."""
+        nodes = self.live_nodes()
+        self.write_states(nodes)
+        for node in nodes:
+            if node not in self.health_servers:
+                path = self.cluster.state.file(f"health-{node}.json")
+                self.health_servers[node] = self.cluster.host(node).popen(
                     [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver",
-                     "--state", path],
+                     "--state", path, "--healthz-port", str(PROXY_HEALTHZ_PORT),
+                     "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, cwd=REPO)
-        self._wait_health_listening(services)
+        hc_ports = {s.health_check_node_port for s in services if s.health_check_node_port}
+        wanted = frozenset({*hc_ports, PROXY_HEALTHZ_PORT, METRICS_PORT})
+        self._wait_listening([n for n in nodes if self.listening.get(n) != wanted], wanted)
 
-    def _wait_health_listening(self, services: list[ServicePort],
-                               timeout: float = 10.0) -> None:
-        ports = sorted({s.health_check_node_port for s in services if s.health_check_node_port})
-        for node in self.health_servers:
+    def _wait_listening(self, nodes: Sequence[str], ports: frozenset[int],
+                        timeout: float = 10.0) -> None:
+        for node in nodes:
             deadline = time.time() + timeout
             while True:
                 out = self.cluster.sh(node, "ss -Hltn").stdout
                 if all(f":{p} " in out for p in ports):
+                    self.listening[node] = ports
                     break
                 if time.time() > deadline:
                     raise EnvironmentProblem(
-                        f"kube-proxy health server on {node} not listening on {ports}")
+                        f"kube-proxy's servers on {node} not listening on {sorted(ports)}")
                 time.sleep(0.1)
+
+
+def no_local_endpoints(services: Sequence[ServicePort], node: str) -> dict[str, int]:
+    """kubeproxy_sync_proxy_rules_no_local_endpoints_total on `node`: service ports with a
+    Local policy whose traffic has endpoints somewhere but none here, by traffic_policy."""
+    internal = external = 0
+    for svc in services:
+        if not (svc.proxied and svc.uses_local_endpoints):
+            continue
+        on_node = categorize_endpoints(svc, node)
+        if on_node.has_any_endpoints:
+            internal += not on_node.has_internal_endpoints
+            external += not on_node.has_external_endpoints
+    return {"internal": internal, "external": external}
