@@ -59,7 +59,8 @@ def with_iperf_service(topo: Topology, measured: str) -> Topology:
     base = next(s for s in topo.services if s.name == measured)
     iperf = replace(base, name=IPERF_SERVICE, port=IPERF_PORT, target_port=IPERF_PORT,
                     node_port=None, health_check_node_port=None, load_balancer_ip=None,
-                    session_affinity="None", health_via=base.name)
+                    session_affinity="None", health_via=base.name,
+                    protocol="TCP", ports=())   # one TCP port, whatever the measured one has
     return replace(topo, services=topo.services + (iperf,))
 
 

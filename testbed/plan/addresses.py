@@ -26,15 +26,20 @@ from testbed.spec.model import (
     NODE_HOST_OFFSET,
     POD_HOST_OFFSET,
     Topology,
-    node_ports,
+    allocate_node_ports,
     placement,
     service_vips,
 )
 
 LB_HOST_IP = LB_CIDR.network_address + 2
+L7_HOST = "lb7"        # the L7 LB's host (HAProxy), with loadBalancer.kind l7
+L7_HOST_IP = LB_CIDR.network_address + 3
 CLIENT_HOST_OFFSET = 10
 SERVICE_IP_OFFSET = 10
 VETH_GATEWAY = ipaddress.IPv4Address("169.254.1.1")   # aws-vpc-cni's pod default gateway
+# kube-proxy's own /healthz on every node (--healthz-bind-address): where a cloud LB checks the
+# nodes of a Cluster-policy service that has no TCP port to check (KEP-3836 recommends it)
+PROXY_HEALTHZ_PORT = 10256
 T = TypeVar("T")
 
 
@@ -136,7 +141,11 @@ class ServicePlan:
     """A Service as kube-proxy and the cloud LB see it.
 
     port, target_port, node_port, protocol: its first port
-    ports: every port (the first included); () means the single port above
+    ports: every port (the first included), node ports allocated; build_plan fills it for every
+        service (a single unnamed port for the shorthand); () in a plan made by hand means the
+        single port above — read all_ports
+    internal_traffic_policy: Cluster or Local (traffic from pods and nodes to the ClusterIP)
+    publish_not_ready_addresses: endpoints of pods that are not ready are listed as ready
     """
     name: str
     type: str
@@ -175,14 +184,37 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Listener:
+    """One listener of a cloud LB (an NLB listener and its target group): the VIP's port and
+    protocol, and the port it sends to on every backend.
+
+    name: the Service port's name ("" for a single unnamed port)
+    backend_port: the port's nodePort (instance targets) or targetPort (ip targets)
+    """
+    name: str
+    port: int
+    protocol: str
+    backend_port: int
+
+
+@dataclass(frozen=True)
 class LbPlan:
-    """The cloud LB's view of one LoadBalancer service."""
+    """The cloud LB's view of one LoadBalancer service.
+
+    port: the first listener's port (the single-port form; existing readers use it)
+    backends: the targets, each with the first listener's backend port and the health port
+    listeners: one per Service port, in order (the first is port's): a backend b receives
+        listener l's traffic at (b.ip, l.backend_port)
+    address: how the cloud reports the LB: "ip" (GCP) or "hostname" (AWS NLB/ALB)
+    """
     service: str
     vip: str
     port: int
     target_mode: str
     preserve_client_ip: bool
     backends: tuple[Backend, ...]
+    listeners: tuple[Listener, ...] = ()
+    address: str = "ip"
 
 
 @dataclass
@@ -237,6 +269,8 @@ def build_plan(topo: Topology) -> Plan:
         ports.attach(client.name, "client", ip, INTERNET_CIDR, "internet", CORE_SWITCH,
                      mac(0x03, idx))
     ports.attach(LB_HOST, "lb", LB_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 1))
+    if topo.load_balancer.kind == "l7":
+        ports.attach(L7_HOST, "lb", L7_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 2))
     _pods(plan, topo)
     _services(plan, topo)
     return plan
@@ -335,34 +369,61 @@ def _pods(plan: Plan, topo: Topology) -> None:
 
 def _services(plan: Plan, topo: Topology) -> None:
     """ClusterIPs from the service CIDR; VIPs and LB backends for LoadBalancer services."""
-    ports = node_ports(topo)
+    allocated = allocate_node_ports(topo)
     vips = iter(service_vips(topo))
     for i, svc in enumerate(topo.services):
         cluster_ip = topo.cni.service_cidr.network_address + SERVICE_IP_OFFSET + i
-        node_port, hc_port = ports[svc.name]
+        node_ports = allocated[svc.name]
+        ports = tuple(PortPlan(p.name, p.port, p.target_port, p.protocol, np_)
+                      for p, np_ in zip(svc.all_ports, node_ports.ports, strict=True))
         vip = str(next(vips)) if svc.type == "LoadBalancer" else None
         endpoints = tuple(p.name for p in plan.pods if p.deployment == svc.selector)
-        sp = ServicePlan(svc.name, svc.type, str(cluster_ip), svc.port, svc.target_port,
-                         node_port, hc_port, svc.external_traffic_policy, svc.session_affinity,
-                         svc.session_affinity_timeout, vip, svc.selector, endpoints, svc.protocol,
-                         svc.health_via)
+        first = ports[0]
+        sp = ServicePlan(svc.name, svc.type, str(cluster_ip), first.port, first.target_port,
+                         first.node_port, node_ports.health_check, svc.external_traffic_policy,
+                         svc.session_affinity, svc.session_affinity_timeout, vip, svc.selector,
+                         endpoints, first.protocol, svc.health_via, ports=ports,
+                         internal_traffic_policy=svc.internal_traffic_policy,
+                         publish_not_ready_addresses=svc.publish_not_ready_addresses)
         plan.services.append(sp)
         if vip:
             plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, plan.mode,
                                               topo.load_balancer.preserve_client_ip,
-                                              tuple(lb_backends(plan, sp))))
+                                              tuple(lb_backends(plan, sp)),
+                                              listeners(plan.mode, sp),
+                                              topo.load_balancer.address))
+
+
+def listeners(mode: str, svc: ServicePlan) -> tuple[Listener, ...]:
+    """The cloud LB's listeners for a service: one per port, sending to its nodePort (instance
+    targets) or its targetPort (ip targets)."""
+    out = []
+    for p in svc.all_ports:
+        backend_port = p.target_port if mode == "container-native" else p.node_port
+        assert backend_port is not None   # a LoadBalancer service's ports have node ports
+        out.append(Listener(p.name, p.port, p.protocol, backend_port))
+    return tuple(out)
 
 
 def lb_backends(plan: Plan, svc: ServicePlan) -> list[Backend]:
     """The cloud LB's targets for a service: every node's NodePort (instance targets) or every
-    pod's targetPort (ip targets). With externalTrafficPolicy Local, instance targets are
-    health-checked on kube-proxy's healthCheckNodePort, which fails on nodes without a pod."""
+    pod's targetPort (ip targets), each with the first port. With externalTrafficPolicy Local,
+    instance targets are health-checked on kube-proxy's healthCheckNodePort, which fails on
+    nodes without a pod.
+
+    The health check is HTTP: it goes to the first TCP port of the service (or of the one it is
+    checked through); a service with UDP ports only is checked on the pod's own port (ip
+    targets) or on kube-proxy's /healthz (instance targets), as cloud LBs check UDP targets
+    over TCP."""
     checked = next((s for s in plan.services if s.name == svc.health_via), svc)
+    tcp = next((p for p in checked.all_ports if p.protocol == "TCP"), None)
     if plan.mode == "container-native":
-        return [Backend(p.name, p.ip, svc.target_port, checked.target_port, "/healthz")
+        return [Backend(p.name, p.ip, svc.target_port, tcp.target_port if tcp else p.port,
+                        "/healthz")
                 for p in plan.pods if p.name in svc.endpoints]
     node_port = svc.node_port
-    hc_port = svc.health_check_node_port or checked.health_check_node_port or checked.node_port
+    hc_port = svc.health_check_node_port or checked.health_check_node_port or \
+        (tcp.node_port if tcp else PROXY_HEALTHZ_PORT)
     # a LoadBalancer service has a nodePort, and so has the one it is checked through
     assert node_port is not None and hc_port is not None
     return [Backend(n.name, n.ip, node_port, hc_port, "/healthz") for n in plan.nodes]

@@ -265,3 +265,38 @@ def name(max_len: int) -> Converter[str]:
             raise ValueError(f"'{raw}' is longer than {max_len} characters")
         return raw
     return convert
+
+
+_GO_DURATION_RE = re.compile(r"(?:[0-9]*\.?[0-9]+(?:ns|us|µs|ms|s|m|h))+")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(high_s: float) -> Converter[float]:
+    """A duration as Kubernetes' components write theirs (Go's time.ParseDuration: '1s',
+    '500ms', '5m', '1m30s'; 0 alone needs no unit), in seconds, at most high_s."""
+    def convert(raw: Any) -> float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == 0:
+            return 0.0
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            raise ValueError(f"{raw!r} has no unit")
+        if not isinstance(raw, str) or not _GO_DURATION_RE.fullmatch(raw.strip()):
+            raise ValueError(f"expected a duration like 1s or 500ms, got {kind_of(raw)} {raw!r}")
+        value = sum(float(n) * _GO_UNITS[u]
+                    for n, u in re.findall(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)", raw))
+        if not math.isfinite(value) or value > high_s:
+            raise ValueError(f"{raw} is longer than {format_seconds(high_s)}")
+        return value
+    return convert
+
+
+def format_seconds(value: float) -> str:
+    """Seconds as the file writes them back: 300ms, 1s, 1m30s, 1h."""
+    if value == 0:
+        return "0s"
+    if value < 1:
+        return f"{value * 1000:g}ms"
+    if value < 60 or value % 60:
+        return f"{value:g}s" if value < 60 else f"{int(value // 60)}m{value % 60:g}s"
+    if value % 3600:
+        return f"{int(value // 60)}m"
+    return f"{int(value // 3600)}h"

@@ -14,6 +14,12 @@ from testbed.spec.yamldoc import Document
 
 MODES = ("nodeport", "container-native")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+PROTOCOLS = ("TCP", "UDP")       # what the testbed's pods and LB speak (upstream also has SCTP)
+TRAFFIC_POLICIES = ("Cluster", "Local")
+LB_ADDRESS_KINDS = ("ip", "hostname")
+LB_KINDS = ("l4", "l7")        # loadBalancer.kind: the cloud LB implementation
+TIMING_MODES = ("realistic", "instant")
+MAX_SERVICE_PORTS = 100          # per service: each is a socket on every pod and rules on nodes
 NODEPORT_RANGE = (30000, 32767)
 INTERNET_CIDR = ipaddress.IPv4Network("203.0.113.0/24")   # documentation range: "the internet"
 LB_CIDR = ipaddress.IPv4Network("198.51.100.0/24")        # documentation range: the LB's VIPs
@@ -159,6 +165,12 @@ class Service:
     # target group's "health check port" override); set by experiments, not by topology files
     health_via: str | None = None
 
+    @property
+    def all_ports(self) -> tuple[ServicePortSpec, ...]:
+        """Every port, the single-port shorthand included (as ServicePlan.all_ports)."""
+        return self.ports or (ServicePortSpec("", self.port, self.target_port, self.protocol,
+                                              self.node_port),)
+
 
 @dataclass(frozen=True)
 class HealthCheck:
@@ -185,6 +197,9 @@ class LoadBalancer:
     # how the cloud reports the LB in status.loadBalancer.ingress: "ip" (GCP: nodes short-circuit
     # the VIP) or "hostname" (AWS NLB/ALB: traffic to the VIP goes out through the LB)
     address: str = "ip"
+    # which cloud LB implements it: l4 (the VPC's OpenFlow NLB-like balancer) or l7 (HAProxy
+    # as an HTTP proxy LB, ALB / GCLB-like) -- a key of testbed.cloud.lb.LOAD_BALANCERS
+    kind: str = "l4"
 
 
 @dataclass(frozen=True)
@@ -215,7 +230,7 @@ class Timing:
     pre_stop_s: float = 0.0
     min_sync_period_s: float = 1.0
     endpoint_updates_batch_period_s: float = 0.0
-    node_monitor_grace_period_s: float = 40.0
+    node_monitor_grace_period_s: float = 50.0   # 40s before Kubernetes 1.32
     not_ready_toleration_s: float = 300.0
     lb_registration_delay_s: float = 0.0
     lb_deregistration_lag_s: float = 0.0
@@ -299,20 +314,55 @@ def service_vips(topo: Topology) -> list[ipaddress.IPv4Address]:
     return out
 
 
-def node_ports(topo: Topology) -> dict[str, tuple[int | None, int | None]]:
-    """service name -> (nodePort, healthCheckNodePort), filling the unset ones deterministically
-    from the bottom of the range (upstream picks at random; a testbed wants repeatable runs)."""
-    taken = {p for s in topo.services for p in (s.node_port, s.health_check_node_port) if p}
+@dataclass(frozen=True)
+class ServiceNodePorts:
+    """A service's node ports once allocated.
+
+    ports: the nodePort of each of its ports, in Service.all_ports order (None: ClusterIP)
+    health_check: the healthCheckNodePort (LoadBalancer services with Local policy)
+    """
+    ports: tuple[int | None, ...]
+    health_check: int | None
+
+
+def allocate_node_ports(topo: Topology) -> dict[str, ServiceNodePorts]:
+    """service name -> its node ports, filling the unset ones deterministically from the bottom
+    of the range (upstream picks at random; a testbed wants repeatable runs).
+
+    As upstream's allocator (initNodePorts): ports of one service with the same port number
+    (TCP and UDP 53, say) share one node port — the one written on either, else one allocated;
+    the healthCheckNodePort comes after the service's node ports."""
+    taken = {p for s in topo.services for p in _written_node_ports(s) if p}
     free = (p for p in range(NODEPORT_RANGE[0], NODEPORT_RANGE[1] + 1) if p not in taken)
     out = {}
     for svc in topo.services:
-        np_, hc = svc.node_port, svc.health_check_node_port
+        ports: list[int | None] = []
+        by_port: dict[int, int] = {}
         try:
-            if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
-                np_ = next(free)
+            for i, sp in enumerate(svc.all_ports):
+                np_ = sp.node_port
+                if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
+                    written = next((q.node_port for q in svc.all_ports[i + 1:]
+                                    if q.port == sp.port and q.node_port), None)
+                    np_ = by_port.get(sp.port) or written or next(free)
+                if np_ is not None:
+                    by_port.setdefault(sp.port, np_)
+                ports.append(np_)
+            hc = svc.health_check_node_port
             if svc.external_traffic_policy == "Local" and svc.type == "LoadBalancer" and hc is None:
                 hc = next(free)
         except StopIteration:
             raise ValueError("the NodePort range 30000-32767 is exhausted") from None
-        out[svc.name] = (np_, hc)
+        out[svc.name] = ServiceNodePorts(tuple(ports), hc)
     return out
+
+
+def _written_node_ports(svc: Service) -> list[int | None]:
+    return [p.node_port for p in svc.all_ports] + [svc.health_check_node_port]
+
+
+def node_ports(topo: Topology) -> dict[str, tuple[int | None, int | None]]:
+    """service name -> (its first port's nodePort, healthCheckNodePort); see
+    allocate_node_ports for every port's."""
+    return {name: (np_.ports[0], np_.health_check)
+            for name, np_ in allocate_node_ports(topo).items()}

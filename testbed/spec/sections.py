@@ -1,13 +1,12 @@
-"""Reading each section of a topology file (vpc, cni, nodes, deployments, services,
-loadBalancer, clients, links) into the model, one problem per line with its field.
+"""Reading each section of a topology file (vpc, cni, nodes, deployments, loadBalancer, clients,
+links) into the model, one problem per line with its field (services: testbed.spec.services;
+kubernetes: testbed.spec.timing).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from typing import Any
+from collections.abc import Sequence
 
 from testbed.spec.fields import (
     NAME_RE,
@@ -31,8 +30,10 @@ from testbed.spec.model import (
     DEFAULT_VPC,
     GATEWAY_SUBNETS,
     INTERNET_CIDR,
+    LB_ADDRESS_KINDS,
     LB_CIDR,
     LB_HOST,
+    LB_KINDS,
     MAX_CLIENTS,
     MAX_NODES,
     MAX_PODS,
@@ -42,9 +43,7 @@ from testbed.spec.model import (
     MIN_TIMEOUT_MS,
     MODE_HINT,
     MODES,
-    NODEPORT_RANGE,
     PRIVATE_RANGES,
-    SERVICE_TYPES,
     SHARED_RANGE,
     SPECIAL_RANGES,
     SWITCH_NAME_RE,
@@ -56,7 +55,6 @@ from testbed.spec.model import (
     Links,
     LoadBalancer,
     Node,
-    Service,
     Subnet,
     Vpc,
 )
@@ -298,127 +296,7 @@ def _placement(r: Reader, path: Path, replicas: int | None,
     return tuple(placement)
 
 
-def read_services(r: Reader, deployments: Sequence[Deployment],
-                  deploy_names: Sequence[str]) -> tuple[Service, ...]:
-    raw = r.mapping(("services",), None, what="service name: {port: ...}")
-    out = []
-    used_node_ports: dict[int, str] = {}
-    nodeport_fix = f"pick a free port in {NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]} or leave it out"
-
-    def claim(path: Path, port: int | None, owner: str) -> None:
-        if port is None:
-            return
-        if port in used_node_ports:
-            r.problem(path, f"{port} is already used by service '{used_node_ports[port]}'",
-                      nodeport_fix)
-        used_node_ports[port] = owner
-
-    for sname in raw:
-        path = ("services", sname)
-        try:
-            name(20)(sname)
-        except ValueError as exc:
-            r.problem(path, str(exc), "name services like web (at most 20 characters)")
-            continue
-        r.mapping(path, {"type", "selector", "port", "targetPort", "nodePort",
-                         "externalTrafficPolicy", "sessionAffinity", "sessionAffinityTimeout",
-                         "healthCheckNodePort", "loadBalancerIP", "protocol"},
-                  what="type, port, ...")
-        body = r.value(path)
-        if body is None:
-            body = {}   # 'web:' alone: a service with every default, as 'web: {}'
-        if not isinstance(body, dict):
-            continue
-        stype = r.get(path, "type", choice(*SERVICE_TYPES), default="LoadBalancer")
-        selector = r.get(path, "selector", text, default=sname)
-        if selector is not None and unknown_ref(selector, deploy_names, 20):
-            r.problem(path + (("selector",) if "selector" in body else ()),
-                      f"selects deployment '{selector}', which does not exist",
-                      did_you_mean(selector, deploy_names,
-                                   "add 'selector:' naming one of " + ", ".join(deploy_names)
-                                   if deploy_names else "add a deployment under 'deployments:'"))
-        port = r.get(path, "port", integer(1, 65535), default=80, fix="use a port in 1-65535")
-        deploy = next((d for d in deployments if d.name == selector), None)
-        target = r.get(path, "targetPort", integer(1, 65535),
-                       default=deploy.container_port if deploy else 8080,
-                       fix="use a port in 1-65535")
-        if deploy and target is not None and target != deploy.container_port:
-            r.problem(path + ("targetPort",), f"{target} is not the port deployment "
-                      f"'{deploy.name}' listens on ({deploy.container_port})",
-                      f"set targetPort: {deploy.container_port} or change "
-                      f"deployments.{deploy.name}.port")
-        node_port, etp, hc_port = _external(r, path, body, stype, partial(claim, owner=sname),
-                                            nodeport_fix)
-        affinity = r.get(path, "sessionAffinity", choice("None", "ClientIP"), default="None")
-        timeout = r.get(path, "sessionAffinityTimeout", integer(1, 86400), default=10800,
-                        fix="seconds between 1 and 86400")
-        lb_ip = _load_balancer_ip(r, path, stype)
-        proto = r.get(path, "protocol", choice("TCP"), default="TCP")
-        if etp is not None and None not in (stype, selector, port, target, affinity, timeout,
-                                            proto):
-            out.append(Service(sname, stype, selector, port, target, node_port, etp, affinity,
-                               timeout, hc_port, lb_ip, proto))
-    return tuple(out)
-
-
-def _external(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
-              claim: Callable[[Path, int | None], None],
-              nodeport_fix: str) -> tuple[int | None, str | None, int | None]:
-    """A service's outside-facing fields, as its type allows them: (nodePort,
-    externalTrafficPolicy, healthCheckNodePort). claim(path, port) marks a node port taken."""
-    # what is allowed depends on the type: with a wrong type, say nothing more about it
-    external = stype in ("NodePort", "LoadBalancer")
-    node_port = None
-    if external:
-        node_port = r.get(path, "nodePort", integer(*NODEPORT_RANGE), default=None,
-                          fix=nodeport_fix)
-        claim(path + ("nodePort",), node_port)
-    elif stype is not None and "nodePort" in body:
-        r.problem(path + ("nodePort",), "a ClusterIP service has no nodePort",
-                  "remove nodePort or set type: NodePort")
-    etp = r.get(path, "externalTrafficPolicy", choice("Cluster", "Local"), default="Cluster")
-    etp_ok = etp is not None and stype is not None
-    if etp_ok and not external and "externalTrafficPolicy" in body:
-        # as Kubernetes: "may only be set for externally-accessible services"
-        r.problem(path + ("externalTrafficPolicy",), "a ClusterIP service has no "
-                  "externalTrafficPolicy (it is about traffic from outside the cluster)",
-                  "remove externalTrafficPolicy or set type: LoadBalancer")
-        etp_ok = False
-    elif etp_ok and etp == "Local" and stype != "LoadBalancer":
-        r.problem(path + ("externalTrafficPolicy",),
-                  "Local applies to LoadBalancer services here",
-                  "set type: LoadBalancer or use Cluster")
-        etp_ok = False
-    hc_port = None
-    if "healthCheckNodePort" in body:
-        hc_port = r.get(path, "healthCheckNodePort", integer(*NODEPORT_RANGE),
-                        fix=nodeport_fix)
-        if hc_port is not None and etp_ok and not (stype == "LoadBalancer" and etp == "Local"):
-            # as Kubernetes' API validation: the port exists only for the LB's checks of
-            # Local services (Cluster services are checked on their nodePort)
-            r.problem(path + ("healthCheckNodePort",), "may only be set when type is "
-                      "LoadBalancer and externalTrafficPolicy is Local",
-                      "remove healthCheckNodePort or set externalTrafficPolicy: Local")
-            hc_port = None
-        claim(path + ("healthCheckNodePort",), hc_port)
-    return node_port, etp, hc_port
-
-
-def _load_balancer_ip(r: Reader, path: Path, stype: str | None) -> ipaddress.IPv4Address | None:
-    ip = r.get(path, "loadBalancerIP", address, default=None,
-               fix="write an address in 198.51.100.10-198.51.100.250")
-    if ip is None:
-        return None
-    fpath = path + ("loadBalancerIP",)
-    if stype in ("ClusterIP", "NodePort"):
-        r.problem(fpath, f"a {stype} service has no loadBalancerIP",
-                  "remove loadBalancerIP or set type: LoadBalancer")
-    elif not VIP_RANGE[0] <= ip <= VIP_RANGE[1]:
-        r.problem(fpath, _vip_problem(ip), "pick an address in 198.51.100.10-198.51.100.250")
-    return ip
-
-
-def _vip_problem(ip: ipaddress.IPv4Address) -> str:
+def vip_problem(ip: ipaddress.IPv4Address) -> str:
     if ip == LB_CIDR.network_address + 1:
         return f"{ip} is the gateway of the load balancer range"
     if ip == LB_CIDR.network_address + 2:
@@ -434,16 +312,22 @@ def _vip_problem(ip: ipaddress.IPv4Address) -> str:
 
 def read_load_balancer(r: Reader) -> LoadBalancer:
     path = ("loadBalancer",)
-    r.mapping(path, {"vip", "targets", "preserveClientIP", "healthCheck"},
+    r.mapping(path, {"vip", "targets", "preserveClientIP", "healthCheck", "address", "kind"},
               hints={"mode": MODE_HINT})
     vip = r.get(path, "vip", address, default=VIP_RANGE[0],
                 fix="write an address in 198.51.100.0/24")
     if vip is not None and not VIP_RANGE[0] <= vip <= VIP_RANGE[1]:
-        r.problem(path + ("vip",), _vip_problem(vip), "pick an address such as 198.51.100.10")
+        r.problem(path + ("vip",), vip_problem(vip), "pick an address such as 198.51.100.10")
     targets = r.get(path, "targets", choice(*MODES), default="nodeport")
     preserve = r.get(path, "preserveClientIP", boolean, default=True)
+    # how the cloud reports the LB in status.loadBalancer.ingress: GCP an IP, AWS a hostname
+    kind = r.get(path, "address", choice(*LB_ADDRESS_KINDS), default="ip",
+                 fix="write address: ip (GCP-like) or address: hostname (AWS NLB/ALB-like)")
+    lb_kind = r.get(path, "kind", choice(*LB_KINDS), default="l4",
+                    fix="write kind: l4 (NLB-like) or kind: l7 (HTTP proxy, ALB/GCLB-like)")
     return LoadBalancer(vip or VIP_RANGE[0], targets or "nodeport",
-                        preserve if preserve is not None else True, _health_check(r))
+                        preserve if preserve is not None else True, _health_check(r),
+                        kind or "ip", lb_kind or "l4")
 
 
 def _health_check(r: Reader) -> HealthCheck:

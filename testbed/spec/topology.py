@@ -24,13 +24,14 @@ from testbed.spec.sections import (
     read_links,
     read_load_balancer,
     read_nodes,
-    read_services,
     read_vpc,
 )
+from testbed.spec.services import read_services
+from testbed.spec.timing import read_kubernetes
 from testbed.spec.yamldoc import Document, read_document
 
 TOP_KEYS = {"name", "vpc", "cni", "nodes", "deployments", "services", "loadBalancer", "clients",
-            "links"}
+            "links", "kubernetes"}
 
 
 def load_topology(file: str, mode: str | None = None, netem: bool | None = None) -> Topology:
@@ -60,9 +61,10 @@ def parse_topology(doc: Document, mode: str | None = None,
     lb = read_load_balancer(r)
     clients = read_clients(r)
     links = read_links(r, netem)
+    timing = read_kubernetes(r)
     r.raise_if_any()
     topo = Topology(topo_name, doc.file, mode or lb.targets, vpc, cni, nodes, deployments,
-                    services, lb, clients, links, doc)
+                    services, lb, clients, links, doc, kubernetes=timing)
     cross_checks(r, topo)
     r.raise_if_any()
     return topo

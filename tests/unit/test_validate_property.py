@@ -103,7 +103,23 @@ POOLS = {
     "externalTrafficPolicy": ["Cluster", "Local", "local"],
     "sessionAffinity": ["None", "ClientIP", "clientip"],
     "sessionAffinityTimeout": [0, 1, 86400, 86401],
-    "loadBalancerIP": ADDRESSES, "vip": ADDRESSES, "protocol": ["TCP", "UDP", "tcp"],
+    "loadBalancerIP": ADDRESSES, "vip": ADDRESSES, "protocol": ["TCP", "UDP", "tcp", "SCTP"],
+    "ports": [[{"name": "a", "port": 80}, {"name": "b", "port": 80, "protocol": "UDP"}],
+              [{"port": 53, "protocol": "UDP"}], [{"port": 80}, {"port": 81}], [], "80",
+              [{"name": "a", "port": 80, "nodePort": 30080},
+               {"name": "b", "port": 80, "protocol": "UDP", "nodePort": 30080}],
+              [{"name": "a", "port": 80}, {"name": "a", "port": 80}], [80], [None]],
+    "internalTrafficPolicy": ["Cluster", "Local", "local"],
+    "publishNotReadyAddresses": [True, False, "yes"], "address": ["ip", "hostname", "dns"],
+    "kubernetes": [{}, None, {"timing": "instant"}, [], "instant"],
+    "timing": ["realistic", "instant", "fast"],
+    "periodSeconds": [0, 0.1, 1, 10, 3600, 3601], "initialDelaySeconds": [0, 5, -1],
+    "failureThreshold": [0, 1, 3, 101], "successThreshold": [0, 1, 100],
+    "terminationGracePeriodSeconds": [0, 30, 3601], "preStopSeconds": [0, 10, 31, 3600],
+    "minSyncPeriod": ["0", "0s", "1s", "10m", "11m", 1], "endpointUpdatesBatchPeriod": DURATIONS,
+    "nodeMonitorGracePeriod": ["40s", "50s", "1h", "61m", "5"],
+    "notReadyTolerationSeconds": [0, 300, 86401], "registrationDelay": ["0s", "10s", "2h"],
+    "deregistrationLag": ["0s", "5s"], "deregistrationDelay": ["0s", "300s", "3600s", "3601s"],
     "services": [{}, {"type": "ClusterIP"}, {"type": "LoadBalancer", "selector": "web"},
                  {"type": "NodePort", "selector": "web", "nodePort": 30080}, None],
     "targets": ["nodeport", "container-native", "container", "ip"],
@@ -129,6 +145,16 @@ VALID = {
     "type": ["ClusterIP", "NodePort", "LoadBalancer"], "externalTrafficPolicy": ["Cluster", "Local"],
     "healthCheckNodePort": [30090, 32767], "sessionAffinity": ["None", "ClientIP"],
     "sessionAffinityTimeout": [1, 86400],
+    "protocol": ["TCP", "UDP"], "internalTrafficPolicy": ["Cluster", "Local"],
+    "publishNotReadyAddresses": [True, False], "address": ["ip", "hostname"],
+    "ports": [[{"name": "a", "port": 80}, {"name": "b", "port": 80, "protocol": "UDP"}],
+              [{"port": 53, "protocol": "UDP"}],
+              [{"name": "t", "port": 53, "protocol": "TCP", "targetPort": 5353},
+               {"name": "u", "port": 53, "protocol": "UDP", "targetPort": 5353}]],
+    "timing": ["realistic", "instant"], "periodSeconds": [0.1, 10],
+    "failureThreshold": [1, 3], "terminationGracePeriodSeconds": [0, 30],
+    "minSyncPeriod": ["0s", "1s"], "nodeMonitorGracePeriod": ["40s", "50s"],
+    "deregistrationDelay": ["0s", "300s"],
     "loadBalancerIP": ["198.51.100.10", "198.51.100.20", "198.51.100.250"],
     "services": [{"selector": "web", "type": "NodePort"}, {"selector": "web", "type": "ClusterIP"},
                  {"selector": "web"}],
@@ -153,9 +179,20 @@ FIELDS = [("name",), ("mode",), ("vpc", "cidr"), ("vpc", "maxPodsPerNode"), ("vp
           *[("services", "*", k) for k in ("type", "selector", "port", "targetPort", "nodePort",
                                            "externalTrafficPolicy", "sessionAffinity",
                                            "sessionAffinityTimeout", "healthCheckNodePort",
-                                           "loadBalancerIP", "protocol")],
+                                           "loadBalancerIP", "protocol", "ports",
+                                           "internalTrafficPolicy", "publishNotReadyAddresses")],
           ("services", "+"),
-          *[("loadBalancer", k) for k in ("vip", "targets", "preserveClientIP", "mode")],
+          *[("loadBalancer", k) for k in ("vip", "targets", "preserveClientIP", "mode",
+                                          "address")],
+          ("kubernetes",), ("kubernetes", "timing"),
+          *[("kubernetes", k) for k in ("terminationGracePeriodSeconds", "preStopSeconds",
+                                        "endpointUpdatesBatchPeriod", "nodeMonitorGracePeriod",
+                                        "notReadyTolerationSeconds")],
+          *[("kubernetes", "readinessProbe", k) for k in ("periodSeconds", "initialDelaySeconds",
+                                                          "failureThreshold", "successThreshold")],
+          ("kubernetes", "kubeProxy", "minSyncPeriod"),
+          *[("kubernetes", "loadBalancer", k) for k in ("registrationDelay", "deregistrationLag",
+                                                        "deregistrationDelay")],
           *[("loadBalancer", "healthCheck", k) for k in ("interval", "timeout",
                                                          "healthyThreshold", "unhealthyThreshold")],
           ("clients", "+"), ("clients", "*"), *[("links", k) for k in ("bw", "delay", "loss")]]
@@ -385,11 +422,30 @@ def check_buildable(topo: Topology) -> None:
             used_vips.add(svc.vip)
         if svc.health_check_node_port:
             assert svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local"
-    ports = [p for s in plan.services for p in (s.node_port, s.health_check_node_port) if p]
-    assert len(ports) == len(set(ports)) and all(30000 <= p <= 32767 for p in ports)
+    check_service_ports(plan)
     links = topo.links
     for value in (links.bw or 1.0, links.delay_ms, links.loss_pct):
         assert math.isfinite(value)
+
+
+def check_service_ports(plan) -> None:
+    """Node ports: each belongs to one service; within it, one per protocol (TCP and UDP of one
+    service may share one, as upstream's allocator lets them); health check ports alone. Port
+    names unique; the LB has one listener per port."""
+    owner: dict[int, str] = {}
+    for svc in plan.services:
+        pairs = [(p.node_port, p.protocol) for p in svc.all_ports if p.node_port]
+        assert len(pairs) == len(set(pairs)), svc
+        for port in {p for p, _ in pairs} | {svc.health_check_node_port or 0} - {0}:
+            assert 30000 <= port <= 32767 and owner.setdefault(port, svc.name) == svc.name
+        assert svc.health_check_node_port not in {p for p, _ in pairs}
+        assert svc.all_ports[0].port == svc.port and svc.all_ports[0].protocol == svc.protocol
+        names = [p.name for p in svc.all_ports]
+        assert len(names) == len(set(names)) and (len(names) == 1 or all(names))
+    for lb in plan.load_balancers:
+        svc = next(s for s in plan.services if s.name == lb.service)
+        assert len(lb.listeners) == len(svc.all_ports) and lb.port == lb.listeners[0].port
+        assert all(1 <= listener.backend_port <= 65535 for listener in lb.listeners)
 
 
 def outcome(text: str, tmpdir: str) -> str:

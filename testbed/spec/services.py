@@ -1,0 +1,306 @@
+"""Reading a topology's `services:` section (one Service at a time, in Kubernetes' field names)
+into the model, with the API server's rules: ports, protocols, node ports, traffic policies.
+
+read_service() reads one service wherever it is written (the topology's services section, or a
+file given to `cnlb service apply`); NodePortClaims keeps node ports unique across a cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from testbed.spec.fields import (
+    Reader,
+    address,
+    boolean,
+    choice,
+    did_you_mean,
+    integer,
+    kind_of,
+    name,
+    text,
+)
+from testbed.spec.model import (
+    MAX_SERVICE_PORTS,
+    NODEPORT_RANGE,
+    PROTOCOLS,
+    SERVICE_TYPES,
+    TRAFFIC_POLICIES,
+    VIP_RANGE,
+    Deployment,
+    Service,
+    ServicePortSpec,
+)
+from testbed.spec.sections import unknown_ref, vip_problem
+from testbed.spec.yamldoc import Path
+
+SERVICE_KEYS = {"type", "selector", "port", "targetPort", "nodePort", "protocol", "ports",
+                "externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity",
+                "sessionAffinityTimeout", "healthCheckNodePort", "loadBalancerIP",
+                "publishNotReadyAddresses"}
+PORT_KEYS = {"name", "port", "targetPort", "protocol", "nodePort"}
+SINGLE_PORT_KEYS = ("port", "targetPort", "nodePort", "protocol")
+# a port's name: a DNS label (IsDNS1123Label: may start with a digit, at most 63 characters)
+PORT_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+NODEPORT_FIX = f"pick a free port in {NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]} or leave it out"
+
+
+def protocol(raw: Any) -> str:
+    """TCP or UDP; SCTP is Kubernetes' third, which the testbed cannot carry."""
+    if isinstance(raw, str) and raw.upper() == "SCTP":
+        raise ValueError("SCTP is not supported: the testbed's pods, probes and load balancer "
+                         "speak TCP and UDP only")
+    return choice(*PROTOCOLS)(raw)
+
+
+def port_name(raw: Any) -> str:
+    if not isinstance(raw, str) or not PORT_NAME_RE.fullmatch(raw):
+        raise ValueError(f"{raw!r} is not a valid port name (a DNS label: lower-case letters, "
+                         "digits, '-')")
+    if len(raw) > 63:
+        raise ValueError(f"'{raw}' is longer than 63 characters")
+    return raw
+
+
+class NodePortClaims:
+    """Node ports taken in a cluster: each belongs to one service; within a service, one node
+    port may serve a TCP and a UDP port (as upstream's allocator lets it), a health check port
+    serves nothing else."""
+
+    def __init__(self, r: Reader, taken: Mapping[int, str] | None = None):
+        self.r = r
+        # port -> (service, protocols using it; "" for a healthCheckNodePort)
+        self.used: dict[int, tuple[str, set[str]]] = {
+            p: (owner, {""}) for p, owner in (taken or {}).items()}
+
+    def claim(self, path: Path, port: int | None, owner: str, proto: str = "") -> None:
+        """Take a node port for owner's port of protocol proto ("": a health check port)."""
+        if port is None:
+            return
+        if port not in self.used:
+            self.used[port] = (owner, {proto})
+            return
+        holder, protos = self.used[port]
+        if holder != owner:
+            self.r.problem(path, f"{port} is already used by service '{holder}'", NODEPORT_FIX)
+        elif proto and "" not in protos and proto not in protos:
+            protos.add(proto)   # the same node port for TCP and UDP of one service
+        else:
+            what = "healthCheckNodePort" if "" in protos or not proto else f"{proto} nodePort"
+            self.r.problem(path, f"{port} is already this service's {what}", NODEPORT_FIX)
+
+
+def read_services(r: Reader, deployments: Sequence[Deployment],
+                  deploy_names: Sequence[str]) -> tuple[Service, ...]:
+    raw = r.mapping(("services",), None, what="service name: {port: ...}")
+    claims = NodePortClaims(r)
+    out = []
+    for sname in raw:
+        svc = read_service(r, ("services", sname), sname, deployments, deploy_names, claims)
+        if svc is not None:
+            out.append(svc)
+    return tuple(out)
+
+
+def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deployment],
+                 deploy_names: Sequence[str], claims: NodePortClaims) -> Service | None:
+    """One service written at path (a mapping of Kubernetes' spec fields); None if wrong (the
+    problems are in r)."""
+    try:
+        name(20)(sname)
+    except ValueError as exc:
+        r.problem(path, str(exc), "name services like web (at most 20 characters)")
+        return None
+    r.mapping(path, SERVICE_KEYS, what="type, port, ...")
+    body = r.value(path)
+    if body is None or not r.has(path):
+        body = {}   # 'web:' alone: a service with every default, as 'web: {}'
+    if not isinstance(body, dict):
+        return None
+    stype = r.get(path, "type", choice(*SERVICE_TYPES), default="LoadBalancer")
+    selector = r.get(path, "selector", text, default=sname)
+    if selector is not None and unknown_ref(selector, deploy_names, 20):
+        r.problem(path + (("selector",) if "selector" in body else ()),
+                  f"selects deployment '{selector}', which does not exist",
+                  did_you_mean(selector, deploy_names,
+                               "add 'selector:' naming one of " + ", ".join(deploy_names)
+                               if deploy_names else "add a deployment under 'deployments:'"))
+    deploy = next((d for d in deployments if d.name == selector), None)
+    default_target = deploy.container_port if deploy else 8080
+
+    def claim(p: Path, port: int | None, proto: str = "") -> None:
+        claims.claim(p, port, sname, proto)
+
+    if "ports" in body:
+        ports = _ports(r, path, body, stype, default_target, claim)
+    else:
+        ports = _single_port(r, path, body, stype, deploy, claim)
+    etp, hc_port = _external(r, path, body, stype, claim)
+    itp = r.get(path, "internalTrafficPolicy", choice(*TRAFFIC_POLICIES), default="Cluster")
+    affinity = r.get(path, "sessionAffinity", choice("None", "ClientIP"), default="None")
+    timeout = r.get(path, "sessionAffinityTimeout", integer(1, 86400), default=10800,
+                    fix="seconds between 1 and 86400")
+    lb_ip = _load_balancer_ip(r, path, stype)
+    publish = r.get(path, "publishNotReadyAddresses", boolean, default=False)
+    if ports is None or etp is None or None in (stype, selector, itp, affinity, timeout,
+                                                 publish):
+        return None
+    first = ports[0]
+    return Service(sname, stype, selector, first.port, first.target_port, first.node_port, etp,
+                   affinity, timeout, hc_port, lb_ip, first.protocol,
+                   ports=ports if "ports" in body else (),
+                   internal_traffic_policy=itp, publish_not_ready_addresses=publish)
+
+
+def _single_port(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
+                 deploy: Deployment | None,
+                 claim: Callable[..., None]) -> tuple[ServicePortSpec, ...] | None:
+    """The shorthand: port, targetPort, nodePort, protocol on the service itself."""
+    port = r.get(path, "port", integer(1, 65535), default=80, fix="use a port in 1-65535")
+    target = r.get(path, "targetPort", integer(1, 65535),
+                   default=deploy.container_port if deploy else 8080,
+                   fix="use a port in 1-65535")
+    if deploy and target is not None and target != deploy.container_port:
+        r.problem(path + ("targetPort",), f"{target} is not the port deployment "
+                  f"'{deploy.name}' listens on ({deploy.container_port})",
+                  f"set targetPort: {deploy.container_port} or change "
+                  f"deployments.{deploy.name}.port")
+    proto = r.get(path, "protocol", protocol, default="TCP",
+                  fix="write protocol: TCP or protocol: UDP")
+    node_port = _node_port(r, path, body, stype, claim, proto)
+    if None in (port, target, proto):
+        return None
+    return (ServicePortSpec("", port, target, proto, node_port),)
+
+
+def _node_port(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
+               claim: Callable[..., None], proto: str | None) -> int | None:
+    """A port's nodePort as the service's type allows it (claimed)."""
+    if stype in ("NodePort", "LoadBalancer"):
+        node_port = r.get(path, "nodePort", integer(*NODEPORT_RANGE), default=None,
+                          fix=NODEPORT_FIX)
+        claim(path + ("nodePort",), node_port, proto or "TCP")
+        return node_port
+    if stype is not None and "nodePort" in body:
+        r.problem(path + ("nodePort",), "a ClusterIP service has no nodePort",
+                  "remove nodePort or set type: NodePort")
+    return None
+
+
+def _ports(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
+           default_target: int, claim: Callable[..., None]) -> tuple[ServicePortSpec, ...] | None:
+    """The `ports:` list, with the API server's rules: names (DNS labels) required and unique
+    when there are several; (port, protocol) unique; the same number may serve TCP and UDP."""
+    ppath = path + ("ports",)
+    ok = True
+    for key in SINGLE_PORT_KEYS:
+        if key in body:
+            r.problem(path + (key,), f"'{key}' is given beside 'ports'",
+                      f"move {key} into the ports entries, or remove 'ports' and keep the "
+                      "single-port form")
+            ok = False
+    raw = body["ports"]
+    example = "write ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]"
+    if not isinstance(raw, list):
+        r.problem(ppath, f"expected a list of ports, got {kind_of(raw)}", example)
+        return None
+    if not raw:
+        r.problem(ppath, "no ports", "list at least one port, or remove 'ports' (port 80)")
+        return None
+    if len(raw) > MAX_SERVICE_PORTS:
+        r.problem(ppath, f"{len(raw)} ports is more than the {MAX_SERVICE_PORTS} supported",
+                  f"use at most {MAX_SERVICE_PORTS} ports per service")
+        return None
+    out: list[ServicePortSpec] = []
+    names: dict[str, int] = {}
+    numbers: dict[tuple[int, str], int] = {}
+    for i, item in enumerate(raw):
+        ipath = ppath + (i,)
+        if not isinstance(item, dict):
+            r.problem(ipath, f"expected a mapping (name, port, ...), got {kind_of(item)}",
+                      example)
+            ok = False
+            continue
+        r.mapping(ipath, PORT_KEYS, what="name, port, targetPort, protocol, nodePort")
+        pname = r.get(ipath, "name", port_name, default="",
+                      fix="name ports like http or dns-udp")
+        if pname == "" and len(raw) > 1 and "name" not in item:
+            r.problem(ipath, "a port of a service with several ports needs a name",
+                      "add 'name:' (e.g. http)")
+            ok = False
+        elif pname and pname in names:
+            r.problem(ipath + ("name",), f"'{pname}' is also the name of ports[{names[pname]}]",
+                      "give each port its own name")
+            ok = False
+        elif pname:
+            names[pname] = i
+        port = r.get(ipath, "port", integer(1, 65535), fix="use a port in 1-65535")
+        target = r.get(ipath, "targetPort", integer(1, 65535), default=default_target,
+                       fix="use a port in 1-65535")
+        proto = r.get(ipath, "protocol", protocol, default="TCP",
+                      fix="write protocol: TCP or protocol: UDP")
+        if port is not None and proto is not None:
+            if (port, proto) in numbers:
+                other = "TCP" if proto == "UDP" else "UDP"
+                r.problem(written_in(r, ipath, "port"), f"{port}/{proto} is also "
+                          f"ports[{numbers[port, proto]}]", f"give each port its own number "
+                          f"(the same number may serve {proto} once and {other} once)")
+                ok = False
+            numbers.setdefault((port, proto), i)
+        node_port = _node_port(r, ipath, item, stype, claim, proto)
+        if None in (pname, port, target, proto):
+            ok = False
+            continue
+        out.append(ServicePortSpec(pname, port, target, proto, node_port))
+    return tuple(out) if ok else None
+
+
+def written_in(r: Reader, path: Path, key: str) -> Path:
+    return path + (key,) if r.has(path + (key,)) else path
+
+
+def _external(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
+              claim: Callable[..., None]) -> tuple[str | None, int | None]:
+    """A service's outside-facing policy fields, as its type allows them:
+    (externalTrafficPolicy, healthCheckNodePort)."""
+    # what is allowed depends on the type: with a wrong type, say nothing more about it
+    external = stype in ("NodePort", "LoadBalancer")
+    etp = r.get(path, "externalTrafficPolicy", choice(*TRAFFIC_POLICIES), default="Cluster")
+    etp_ok = etp is not None and stype is not None
+    if etp_ok and not external and "externalTrafficPolicy" in body:
+        # as Kubernetes: "may only be set for externally-accessible services"
+        r.problem(path + ("externalTrafficPolicy",), "a ClusterIP service has no "
+                  "externalTrafficPolicy (it is about traffic from outside the cluster)",
+                  "remove externalTrafficPolicy or set type: NodePort or LoadBalancer")
+        etp_ok = False
+    hc_port = None
+    if "healthCheckNodePort" in body:
+        hc_port = r.get(path, "healthCheckNodePort", integer(*NODEPORT_RANGE),
+                        fix=NODEPORT_FIX)
+        if hc_port is not None and etp_ok and not (stype == "LoadBalancer" and etp == "Local"):
+            # as Kubernetes' API validation: the port exists only for the LB's checks of
+            # Local services (Cluster services are checked on their nodePort)
+            r.problem(path + ("healthCheckNodePort",), "may only be set when type is "
+                      "LoadBalancer and externalTrafficPolicy is Local",
+                      "remove healthCheckNodePort or set externalTrafficPolicy: Local")
+            hc_port = None
+        claim(path + ("healthCheckNodePort",), hc_port)
+    return etp, hc_port
+
+
+def _load_balancer_ip(r: Reader, path: Path, stype: str | None) -> ipaddress.IPv4Address | None:
+    ip = r.get(path, "loadBalancerIP", address, default=None,
+               fix="write an address in 198.51.100.10-198.51.100.250")
+    if ip is None:
+        return None
+    fpath = path + ("loadBalancerIP",)
+    if stype in ("ClusterIP", "NodePort"):
+        r.problem(fpath, f"a {stype} service has no loadBalancerIP",
+                  "remove loadBalancerIP or set type: LoadBalancer")
+    elif not VIP_RANGE[0] <= ip <= VIP_RANGE[1]:
+        r.problem(fpath, vip_problem(ip), "pick an address in 198.51.100.10-198.51.100.250")
+    return ip
+
