@@ -251,6 +251,7 @@ class RunWriter:
             "service": service,
             "topology": plain(topology),
             "topology_source": _source(topology),
+            "timing": _timing(topology, variants),
             "plans": _plans(variants),
             "environment": plain(environment or {}),
             "git": git if git is not None else git_revision(REPO),
@@ -389,6 +390,17 @@ def _source(topology) -> dict | None:
             return {"file": file, "text": fh.read()}
     except OSError as exc:
         return {"file": file, "error": str(exc)}
+
+
+def _timing(topology, variants: dict | None) -> dict:
+    """The control plane's clock the run ran with (the topology's `kubernetes:` section as
+    Timing; a variant may change it): {"topology": ..., "variants": {name: ...}}."""
+    def one(topo) -> dict | None:
+        found = topo.get("kubernetes") if isinstance(topo, dict) else \
+            getattr(topo, "kubernetes", None)
+        return plain(found) if found is not None else None
+    return {"topology": one(topology),
+            "variants": {name: one(topo) for name, topo in (variants or {}).items()}}
 
 
 def _plans(variants: dict | None) -> dict:
