@@ -1,5 +1,7 @@
 """kube-proxy's rules on a real classic-mode cluster: packets take the turns upstream's would."""
 
+import dataclasses
+import json
 import os
 from collections import Counter
 
@@ -77,6 +79,64 @@ def test_session_affinity_sticks_one_client_to_one_pod(cluster):
         assert len(got) == 15 and len({a["pod"] for a in got}) == 1, got
 
 
+def test_kube_proxy_healthz_and_livez_answer_on_every_node(cluster):
+    # upstream e2e (test/e2e/network/kube_proxy.go / service.go) reads :10256/healthz on nodes
+    for node in cluster.plan.nodes:
+        out = cluster.sh(node.name, "curl -s -w ' %{http_code}' http://127.0.0.1:10256/healthz")
+        body, code = out.stdout.rsplit(" ", 1)
+        assert code == "200", out
+        assert set(json.loads(body)) == {"lastUpdated", "currentTime", "nodeEligible"}
+    out = cluster.sh("node1", "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10256/x")
+    assert out.stdout == "404"
+    out = cluster.sh("node1", "curl -s -w ' %{http_code}' http://127.0.0.1:10256/livez").stdout
+    assert out.endswith(" 200") and '"nodeEligible"' not in out
+
+
+def test_kube_proxy_metrics_and_proxy_mode_inside_the_node(cluster):
+    node1 = cluster.plan.node("node1")
+    assert cluster.sh("node1", "curl -s http://127.0.0.1:10249/proxyMode").stdout == "iptables"
+    text = cluster.sh("node1", "curl -s http://127.0.0.1:10249/metrics").stdout
+    assert 'kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="+Inf"}' in text
+    assert "kubeproxy_sync_proxy_rules_last_timestamp_seconds " in text
+    assert 'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}' in text
+    # bound to the node's loopback, as upstream's 127.0.0.1:10249: not on its VPC address
+    out = cluster.sh("lb0", f"curl -s -m 2 -o /dev/null -w '%{{http_code}}' "
+                            f"http://{node1.ip}:10249/metrics")
+    assert out.stdout == "000"
+
+
+def _terminating_on(services, service, node):
+    """`services` with `service`'s endpoints on `node` terminating but still serving."""
+    def change(svc):
+        if svc.name != service:
+            return svc
+        eps = tuple(dataclasses.replace(ep, ready=False, serving=True, terminating=True)
+                    if ep.node == node else ep for ep in svc.endpoints)
+        return dataclasses.replace(svc, endpoints=eps)
+    return [change(s) for s in services]
+
+
+def test_should_fail_health_check_node_port_if_there_are_only_terminating_endpoints(cluster):
+    # upstream e2e test/e2e/network/service.go: "should fail health check node port if there
+    # are only terminating endpoints" -- and the NodePort keeps serving them (the fallback).
+    kp = cluster.kube_proxy
+    s = svc(cluster, "web-local")
+    node2 = cluster.plan.node("node2")
+    kp.sync_all(_terminating_on(kp.services_source(), "web-local", "node2"))
+    try:
+        out = cluster.sh("lb0", f"curl -s -w ' %{{http_code}}' "
+                                f"http://{node2.ip}:{s.health_check_node_port}/").stdout
+        assert out.endswith(" 503") and '"localEndpoints": 0' in out, out
+        got = answers(cluster, "client1", f"http://{node2.ip}:{s.node_port}/", 20)
+        assert len(got) == 20 and {a["pod"] for a in got} == {"web-2", "web-3"}
+        assert {a["client"] for a in got} == {"203.0.113.10"}
+    finally:
+        kp.sync_all()
+    out = cluster.sh("lb0", f"curl -s -w ' %{{http_code}}' "
+                            f"http://{node2.ip}:{s.health_check_node_port}/").stdout
+    assert out.endswith(" 200"), out
+
+
 def test_removed_pod_gets_no_more_requests(cluster):
     cluster.remove_pod("web-1")
     s = svc(cluster, "web-internal")
@@ -87,3 +147,4 @@ def test_removed_pod_gets_no_more_requests(cluster):
     save = cluster.sh("node2", "iptables-save -t nat").stdout
     web1 = cluster.plan.pod("web-1")
     assert f"{web1.ip}:8080" not in save
+
