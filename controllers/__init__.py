@@ -3,10 +3,12 @@ Modules, lower layers first (a module imports only modules above it in this list
     config: fabric.json -> validated dataclasses (standard library only); health: backend
     health states and the checker (parent and child sides); openflow: tables, priorities,
     cookies, the flow, group and conntrack builders; topology: which port leads where;
-    icmp: the ICMP time-exceeded answer; routing: ARP, /32 routes, L2, pod routes; lb: the load
-    balancer's state and flows; vpc: the pure core, fabric config in, OpenFlow 1.3 messages out;
-    service: switch states + core + checker, one method per event (no os-ken loop); rest: the
-    REST API over the service; app: the os-ken app; run: the launcher. See docs/controller.md.
+    icmp: the ICMP time-exceeded answer; routing: ARP, /32 routes, L2, pod routes; selection:
+    how an LB picks a backend (select group, hash slots, client-IP slots); lb: the load
+    balancer's state and flows (draining, in-VPC clients); vpc: the pure core, fabric config
+    in, OpenFlow 1.3 messages out; service: switch states + core + checker, one method per
+    event and the timed actions (no os-ken loop); rest: the REST API over the service; app:
+    the os-ken app; run: the launcher. See docs/controller.md.
 """
 
 __version__ = "0.1.0"

@@ -25,6 +25,9 @@ from os_ken.ofproto import ofproto_v1_3
 from controllers.rest import RestApi
 from controllers.service import VpcService
 
+# How often due timers (delayed registrations and deregistrations, draining ends) are run.
+TICK_S = 0.1
+
 CONF = cfg.CONF
 CONF.register_opts([
     cfg.StrOpt("vpc-config", default="fabric.json", help="the fabric config (fabric.json)"),
@@ -52,6 +55,7 @@ class VpcController(app_manager.OSKenApp):
     def start(self):
         thread = super().start()
         self.threads.append(hub.spawn(self._serve_rest))
+        self.threads.append(hub.spawn(self._tick))
         self.service.start_checker()
         return thread
 
@@ -96,6 +100,14 @@ class VpcController(app_manager.OSKenApp):
     def state_change_handler(self, ev):
         if ev.state == DEAD_DISPATCHER:
             self.service.on_disconnect(ev.datapath)
+
+    def _tick(self):
+        while True:
+            hub.sleep(TICK_S)
+            try:
+                self.service.on_tick()
+            except Exception:                 # a bug: log it, keep the timers running
+                LOG.exception("timers failed")
 
     def _serve_rest(self):
         host, port = CONF.vpc_rest_host, CONF.vpc_rest_port

@@ -4,7 +4,8 @@ ConfigError: fabric.json (or a REST body) does not describe a VPC the controller
 Switch, Link, Subnet, Host, PodRoute, Backend, HealthCheck, LoadBalancer, Fabric: the validated
     config, frozen dataclasses
 parse_fabric: JSON-decoded fabric.json in, Fabric out (one small parser per section)
-parse_backend, parse_pod_route, check_pod: the pieces the REST API validates on its own
+parse_backend, parse_pod_route, check_pod, parse_seconds: the pieces the REST API validates on
+    its own
 
 Standard library only: the health-checker child imports this module too.
 """
@@ -20,6 +21,14 @@ from typing import Any
 MODES = ("nodeport", "container-native")
 TARGET_MODES = ("nodeport", "container-native")
 PROTOCOLS = ("tcp", "udp")
+# How the LB picks a backend for a new connection: by the connection's hash, or sticky to the
+# client's address (GCP's sessionAffinity CLIENT_IP, an NLB target group's source_ip stickiness).
+AFFINITIES = ("none", "client_ip")
+# How the cloud reports the LB's address: "ip" (GCP: kube-proxy short-circuits the VIP on the
+# nodes) or "hostname" (AWS: in-cluster clients reach the VIP through the VPC and the LB).
+ADDRESS_KINDS = ("ip", "hostname")
+# AWS's default deregistration delay (target group attribute deregistration_delay.timeout_seconds).
+DEREGISTRATION_DELAY_S = 300.0
 
 # The most backends one LB may have: a big LB picks one by a hash slot number written by
 # multipath, whose n_links is 1-65536 (controllers/lb.py). GCP's zonal NEG holds 10,000.
@@ -152,6 +161,12 @@ class LoadBalancer:
 
     index: 1-based position in fabric.json; it is the group id and the reg0 tag
     snat_ip: source address used when preserve_client_ip is false (default: the checker host's)
+    session_affinity: "none" or "client_ip" (a client's address always picks the same backend
+        while that backend is in service)
+    address: "ip" or "hostname": with hostname, clients inside the VPC (nodes, pods) call the VIP
+        through the LB, so replies of its backends are sent to the core to be un-NATed
+    deregistration_delay_s: how long a deregistered backend keeps its established connections
+        (connection draining) before they are cut
     """
     name: str
     index: int
@@ -163,6 +178,13 @@ class LoadBalancer:
     backends: tuple[Backend, ...]
     health_check: HealthCheck | None
     snat_ip: str | None
+    session_affinity: str = "none"
+    address: str = "ip"
+    deregistration_delay_s: float = DEREGISTRATION_DELAY_S
+
+    @property
+    def sticky(self) -> bool:
+        return self.session_affinity == "client_ip"
 
     @property
     def group_id(self) -> int:
@@ -227,6 +249,7 @@ def parse_fabric(d: Mapping, source: str = "fabric.json") -> Fabric:
     checker_ip = next((h.ip for h in hosts if h.name == checker_host), None)
     lbs = [_parse_load_balancer(lb, f"{source}.load_balancers[{i}]", i + 1, mode, checker_ip)
            for i, lb in enumerate(d.get("load_balancers") or [])]
+    _check_listeners(lbs, source)
     fabric = Fabric(cluster=str(d.get("cluster", "")), mode=mode, switches=tuple(switches),
                     links=tuple(links), subnets=tuple(subnets), hosts=tuple(hosts),
                     pod_routes=tuple(pod_routes), load_balancers=tuple(lbs),
@@ -234,6 +257,22 @@ def parse_fabric(d: Mapping, source: str = "fabric.json") -> Fabric:
     for i, p in enumerate(fabric.pod_routes):
         check_pod(fabric, p, f"{source}.pod_routes[{i}]")
     return fabric
+
+
+def _check_listeners(lbs: list[LoadBalancer], source: str) -> None:
+    """Several LBs may share a VIP (one per listener: a multi-port Service), never a listener."""
+    seen: dict[tuple[str, str, int], str] = {}
+    for lb in lbs:
+        key = (lb.vip, lb.protocol, lb.port)
+        if key in seen:
+            raise ConfigError(f"{source}.load_balancers[{lb.index - 1}]: {lb.protocol} "
+                              f"{lb.vip}:{lb.port} is already lb {seen[key]}'s listener -- "
+                              "give it another port or VIP")
+        seen[key] = lb.name
+    names = [lb.name for lb in lbs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{source}.load_balancers: duplicate names {sorted(dup)}")
 
 
 def _parse_switches(d: Mapping, source: str) -> list[Switch]:
@@ -381,7 +420,27 @@ def _parse_load_balancer(lb: Mapping, w: str, index: int, mode: str,
     return LoadBalancer(
         name=str(_req(lb, "name", w)), index=index, vip=_ip(_req(lb, "vip", w), f"{w}.vip"),
         port=_port(_req(lb, "port", w), f"{w}.port"), protocol=proto, target_mode=target_mode,
-        preserve_client_ip=preserve, backends=backends, health_check=health, snat_ip=snat_ip)
+        preserve_client_ip=preserve, backends=backends, health_check=health, snat_ip=snat_ip,
+        session_affinity=_choice(lb, "session_affinity", AFFINITIES, w),
+        address=_choice(lb, "address", ADDRESS_KINDS, w),
+        deregistration_delay_s=parse_seconds(lb.get("deregistration_delay_s",
+                                                    DEREGISTRATION_DELAY_S),
+                                             f"{w}.deregistration_delay_s"))
+
+
+def _choice(d: Mapping, key: str, choices: tuple[str, ...], where: str) -> str:
+    """d[key], one of choices; absent: the first."""
+    value = d.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_seconds(value: Any, where: str) -> float:
+    """A duration in seconds, >= 0 (a REST body's delay, an LB's deregistration delay)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e7:
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds >= 0")
+    return float(value)
 
 
 def parse_backend(d: Mapping, where: str) -> Backend:

@@ -26,6 +26,8 @@ from controllers.config import HealthCheck
 LOG = logging.getLogger("cnlb.vpc")
 
 INITIAL, HEALTHY, UNHEALTHY, UNCHECKED = "initial", "healthy", "unhealthy", "unchecked"
+# A deregistered backend whose established connections still work (no Health: not checked).
+DRAINING = "draining"
 
 
 @dataclass

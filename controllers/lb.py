@@ -1,11 +1,11 @@
 """The cloud load balancer on the core switch: its backends, their health, and its flows.
 
 Balancer: per LB the registered backends and their Health; VIP capture, select group (or hash
-    slots, for an LB too big for one group), SNAT and reply un-NAT flows; register / deregister /
-    observe_results return the messages to send; checker_targets, backends_view and lbs_view
-    are what the checker and the REST API see
-SlotTable: a big LB's slots (slot -> backend, backend -> slot), updated moving as few as it can
-GROUP_MAX_BACKENDS: the most backends an LB can have and keep one select group
+    slots, for an LB too big for one group or with client-IP affinity), SNAT and reply un-NAT
+    flows; register / deregister (then draining, then cut) / observe_results return the
+    messages to send; checker_targets, backends_view and lbs_view are what the checker and the
+    REST API see
+How an LB picks a backend (its group, hash slots, client-IP slots) is controllers/selection.py.
 """
 
 from __future__ import annotations
@@ -14,65 +14,58 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from os_ken.ofproto import ether
-from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
 from controllers.config import MAX_LB_BACKENDS, Backend, ConfigError, Fabric, LoadBalancer
-from controllers.health import INITIAL, UNCHECKED, CheckResult, Health, backend_id, observe
+from controllers.health import (
+    DRAINING,
+    INITIAL,
+    UNCHECKED,
+    CheckResult,
+    Health,
+    backend_id,
+    observe,
+)
 from controllers.openflow import (
     COOKIE_BACKEND,
+    COOKIE_BASE,
     COOKIE_LB,
     CT_INV,
-    CT_NEW,
     CT_TRK,
     CT_ZONE_DNAT,
     CT_ZONE_SNAT,
     LB_PROTOCOLS,
     P_DEFAULT,
+    P_FROM_CORE,
+    P_LB_CUT,
     P_LB_REPLY,
     P_LB_VIP,
+    T_DISPATCH,
     T_INGRESS,
-    T_LB_PICK,
     T_LB_SELECT,
     T_LB_SNAT,
     T_LB_UNNAT,
     T_NEXTHOP,
     T_ROUTE,
-    Bucket,
     Messages,
     Ports,
     arp_flow,
     cookie,
     ct,
     delete_flow_strict,
-    delete_flows,
-    delete_group,
     flow,
-    hash_slot,
     hex_cookie,
-    nat_dst,
     nat_reverse,
     nat_src,
-    select_group,
+)
+from controllers.selection import (
+    BackendKey,
+    Selection,
+    vip_match,
 )
 from controllers.topology import Topology
 
-# An LB keeps one select group while every registered backend's bucket fits one group-mod:
-# (65535 - 16 bytes of group-mod header) // 64 bytes a bucket (ct(commit, nat(dst=ip:port))).
-# Counted over registered backends, not in-service ones, so health changes never move an LB
-# between a group and hash slots; only registering the 1024th backend (or deregistering it) does.
-#
-# A bigger LB picks by hash slots: its new-connection flow sets reg1 := hash(addresses,
-# protocol, ports) mod S (multipath), S = its in-service backends, and table lb_pick has one
-# flow per slot, reg1 = i -> the ct(commit, nat(dst)) a bucket would have. Every backend is
-# equally likely, however many there are, and a health change rewrites one or two slot flows and
-# the select flow (SlotTable), never a whole table. Not a select group of select groups: OVS 3.1
-# does not choose a group's buckets in proportion to their weights (the hash method ranks
-# hash x weight; dp_hash rounds weights onto 16-256 hash values), and a nested group hashes the
-# same fields again, so its choice depends on its parent's.
-GROUP_MAX_BACKENDS = 1023
-
-BackendKey = tuple[str, int]            # (ip, port)
+LbBackendKey = tuple[str, str, int]     # (LB name, ip, port)
 
 
 class Balancer:
@@ -83,7 +76,13 @@ class Balancer:
     reply_keys: every (proto, ip, port) ever registered as a backend -- their reply flows stay
                 after deregistration so in-flight connections drain (a no-op for other traffic)
     checks_enabled: False when no checker runs; backends are then "unchecked" and in service
-    slots: per big LB (more than GROUP_MAX_BACKENDS registered), its hash slots (see above)
+    selection: how each LB picks a backend (its group or slots; controllers/selection.py)
+    draining: deregistered backends whose established connections still work
+    cut: deregistered backends whose draining ended: their connections through the LB are
+        dropped (until registered again)
+    redirect_keys: the (proto, ip, port) of backends of LBs with address "hostname" (and the
+        client's address kept): on subnet switches their replies go to the core, un-NATed there
+        even when the client is on the same switch (a pod or node calling the VIP)
     """
 
     def __init__(self, fabric: Fabric, topology: Topology, checks_enabled: bool = True):
@@ -93,16 +92,17 @@ class Balancer:
         self.backends: dict[str, dict[tuple[str, int], Backend]] = {}
         self.health: dict[tuple[str, str, int], Health] = {}
         self.reply_keys: set[tuple[str, str, int]] = set()
-        self._buckets: dict[tuple[str, str, int], Bucket] = {}   # (LB name, ip, port)
         self._reply_msgs: dict[tuple[tuple[str, str, int], bool], list] = {}  # (key, snat)
-        self.slots: dict[str, SlotTable] = {}
+        self.selection = Selection(self.backends, self.health)
+        self.draining: dict[LbBackendKey, Backend] = {}
+        self.cut: set[LbBackendKey] = set()
+        self.redirect_keys: set[tuple[str, str, int]] = set()
+        self._redirect_msgs: dict[tuple[tuple[str, str, int], int], ofpp.OFPFlowMod] = {}
         for lb in fabric.load_balancers:
             self.backends[lb.name] = {}
             for b in lb.backends:
                 self._register(lb, b)
-            if not self.uses_group(lb):
-                self.slots[lb.name] = SlotTable()
-                self.slots[lb.name].update([], [b.key for b in self.in_service(lb)])
+            self.selection.start(lb)
 
     def flows(self, switch: str, ports: Ports) -> list:
         """The LB part of a full program: groups and flows on the core, VIP uplinks elsewhere."""
@@ -111,28 +111,25 @@ class Balancer:
             for lb in self.fabric.load_balancers:
                 # The group (or slots) first: OVS refuses a flow that names a missing group
                 # (BAD_OUT_GROUP), and a slot must be there before a hash can pick it.
-                if lb.name in self.slots:
-                    msgs += [_slot_flow(lb, i, key)
-                             for i, key in enumerate(self.slots[lb.name].keys)]
-                else:
-                    msgs.append(self.group(lb, ofp.OFPGC_ADD))
-                msgs += self._core_flows(lb)
+                msgs += self.selection.program(lb) + self._core_flows(lb)
+            msgs += [_cut_flow(self._lb(name), ip, port) for name, ip, port in sorted(self.cut)]
             msgs += self.reply_flows()
         else:
             for lb in self.fabric.load_balancers:
                 msgs += self._edge_flows(switch, ports, lb)
+            msgs += self._redirect_flows(switch, ports, sorted(self.redirect_keys), base=True)
         return msgs
 
     def _core_flows(self, lb: LoadBalancer) -> list:
         c = cookie(COOKIE_LB, lb.name)
-        vip = _vip_match(lb)
+        vip = vip_match(lb)
         after_dnat = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
         msgs = [
             # Tag the packet with the LB (reg0 survives recirculation and shows up in an
             # invalid-TTL packet-in), then look it up with the existing NAT applied.
             flow(T_INGRESS, P_LB_VIP, c, vip, [ofpp.OFPActionSetField(reg0=lb.tag),
                                                 ct(CT_ZONE_DNAT, T_LB_SELECT, nat=nat_reverse())]),
-            self._select_flow(lb),
+            self.selection.select_flow(lb),
             # Anything else tracked (established, or a retransmitted SYN already DNATed): go on.
             flow(T_LB_SELECT, P_DEFAULT, c, {"reg0": lb.tag, "ct_state": (CT_TRK, CT_TRK | CT_INV)},
                  goto=after_dnat),
@@ -157,73 +154,33 @@ class Balancer:
                      {"eth_type": ether.ETH_TYPE_IP, "ipv4_dst": lb.vip},
                      [ofpp.OFPActionOutput(out)])]
 
-    def _select_flow(self, lb: LoadBalancer) -> ofpp.OFPFlowMod:
-        """Still addressed to the VIP and new: pick a backend, by the group or by a hash slot."""
-        c = cookie(COOKIE_LB, lb.name)
-        new = dict(_vip_match(lb), reg0=lb.tag, ct_state=(CT_NEW | CT_TRK, CT_NEW | CT_TRK))
-        table = self.slots.get(lb.name)
-        if table is None:
-            return flow(T_LB_SELECT, P_LB_VIP, c, new, [ofpp.OFPActionGroup(lb.group_id)])
-        if not table.keys:             # none in service: dropped, as by an empty group
-            return flow(T_LB_SELECT, P_LB_VIP, c, new)
-        return flow(T_LB_SELECT, P_LB_VIP, c, new, [hash_slot(len(table.keys))],
-                    goto=T_LB_PICK)
-
-    def _bucket(self, lb: LoadBalancer, b: Backend) -> Bucket:
-        """The backend's bucket: DNAT to it, committed; built once per registration."""
-        key = (lb.name, *b.key)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = Bucket(_dnat(lb, b.ip, b.port))
-        return bucket
-
-    def in_service(self, lb: LoadBalancer) -> list[Backend]:
-        """The LB's backends that get new connections, in a stable order."""
-        return [b for key, b in sorted(self.backends[lb.name].items())
-                if self.health[(lb.name, *key)].in_service]
-
-    def group(self, lb: LoadBalancer, command: int) -> ofpp.OFPGroupMod:
-        """The LB's select group: one bucket per in-service backend."""
-        return select_group(command, lb.group_id,
-                            [self._bucket(lb, b) for b in self.in_service(lb)])
-
-    def uses_group(self, lb: LoadBalancer) -> bool:
-        """Whether the LB picks with one select group (else by hash slots)."""
-        return len(self.backends[lb.name]) <= GROUP_MAX_BACKENDS
-
-    def _changes(self, lb: LoadBalancer, touched: Iterable[BackendKey]) -> list:
-        """Bring the LB's selection up to date after the backends `touched` were registered,
-        deregistered or changed service; returns the messages that do the same on the core (the
-        state changes whether the core is there). A big LB's cost is that of the change, not of
-        its size: 1000 checks a second on 5000 backends must not sort 5000 a batch."""
-        table = self.slots.get(lb.name)
-        if self.uses_group(lb):
-            if table is None:
-                return [self.group(lb, ofp.OFPGC_MODIFY)]
-            # Back to one group: the group, then the select flow naming it, then no slots.
-            del self.slots[lb.name]
-            return [self.group(lb, ofp.OFPGC_ADD), self._select_flow(lb),
-                    delete_flows(T_LB_PICK, {"reg0": lb.tag})]
-        if table is None:                        # out of one group
-            table = self.slots[lb.name] = SlotTable()
-            table.update([], [b.key for b in self.in_service(lb)])
-            return ([_slot_flow(lb, i, key) for i, key in enumerate(table.keys)]
-                    + [self._select_flow(lb), delete_group(lb.group_id)])
-        serving = {key: self._serving(lb, key) for key in touched}
-        before = len(table.keys)
-        moved = table.update([k for k, on in serving.items() if not on and k in table.index],
-                             sorted(k for k, on in serving.items() if on and k not in table.index))
-        # New and moved slots before the select flow that can pick them; dropped ones after it.
-        msgs: list = [_slot_flow(lb, i, table.keys[i]) for i in sorted(moved)]
-        if len(table.keys) != before:
-            msgs.append(self._select_flow(lb))
-        return msgs + [delete_flow_strict(T_LB_PICK, P_DEFAULT, _slot_match(lb, i))
-                       for i in range(len(table.keys), before)]
-
-    def _serving(self, lb: LoadBalancer, key: BackendKey) -> bool:
-        """Whether backend key of lb is registered and in service."""
-        h = self.health.get((lb.name, *key))
-        return h is not None and h.in_service
+    def _redirect_flows(self, switch: str, ports: Ports, keys: Iterable[tuple[str, str, int]],
+                        base: bool = False) -> list:
+        """On a subnet switch: replies of these backends go up to the core unrouted (to be
+        un-NATed there; a client on the same switch would otherwise get them straight from the
+        backend's address). base: also the flow that sends what comes down from the core on,
+        never back up -- the core sends the un-NATed reply down the same link."""
+        if not any(lb.address == "hostname" and lb.preserve_client_ip
+                   for lb in self.fabric.load_balancers):
+            return []
+        uplink = self.topology.port_toward(switch, self.fabric.core.name) or ""
+        out = ports.get(uplink)
+        if out is None:
+            return []
+        msgs = []
+        if base:
+            msgs.append(flow(T_INGRESS, P_FROM_CORE, cookie(COOKIE_BASE, "from-core"),
+                             {"in_port": out}, goto=T_DISPATCH))
+        for key in keys:
+            m = self._redirect_msgs.get((key, out))
+            if m is None:                       # the same on every switch with this uplink
+                proto, l4_src, _ = LB_PROTOCOLS[key[0]]
+                m = self._redirect_msgs[(key, out)] = flow(
+                    T_INGRESS, P_LB_REPLY, _reply_cookie(key),
+                    {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "ipv4_src": key[1],
+                     l4_src: key[2]}, [ofpp.OFPActionOutput(out)])
+            msgs.append(m)
+        return msgs
 
     def _reply_flows(self, key: tuple[str, str, int]) -> list:
         """Traffic from backend (proto, ip, port): un-SNAT (if any LB SNATs) then un-DNAT."""
@@ -250,6 +207,8 @@ class Balancer:
         checked = self.checks_enabled and lb.health_check is not None
         self.health.setdefault((lb.name, *b.key), Health(INITIAL if checked else UNCHECKED))
         self.reply_keys.add((lb.protocol, b.ip, b.port))
+        if lb.address == "hostname" and lb.preserve_client_ip:
+            self.redirect_keys.add((lb.protocol, b.ip, b.port))
 
     # ---- run-time changes (each returns the messages for the switches in ports_by_switch)
 
@@ -257,8 +216,9 @@ class Balancer:
                     ports_by_switch: Mapping[str, Ports]) -> Messages:
         """Register a backend (the NEG idea); it takes traffic once healthy (or unchecked).
 
-        Registering a backend that is already there only updates its name. ConfigError when the
-        LB already has MAX_LB_BACKENDS.
+        Registering a backend that is already there only updates its name; one that is draining
+        (or was cut) is registered anew: it gets new connections once healthy, and its old ones
+        are no longer dropped. ConfigError when the LB already has MAX_LB_BACKENDS.
         """
         lb = self._lb(lb_name)
         if b.key in self.backends[lb.name]:           # idempotent: keep its health
@@ -267,19 +227,46 @@ class Balancer:
         if len(self.backends[lb.name]) >= MAX_LB_BACKENDS:
             raise ConfigError(f"lb {lb.name} has {MAX_LB_BACKENDS} backends, the most an LB can "
                               "have -- deregister one first")
-        new_key = (lb.protocol, b.ip, b.port) not in self.reply_keys
+        reply_key = (lb.protocol, b.ip, b.port)
+        new_key = reply_key not in self.reply_keys
+        new_redirect = reply_key not in self.redirect_keys
+        self.draining.pop((lb.name, *b.key), None)
+        uncut = []
+        if (lb.name, *b.key) in self.cut:
+            self.cut.discard((lb.name, *b.key))
+            uncut = [delete_flow_strict(T_LB_SELECT, P_LB_CUT, _cut_match(lb, *b.key))]
         self._register(lb, b)
-        return self._core_update(lb, [b.key], ports_by_switch,
-                                 self._reply_flows((lb.protocol, b.ip, b.port)) if new_key else [])
+        msgs = self._core_update(lb, [b.key], ports_by_switch,
+                                 uncut + (self._reply_flows(reply_key) if new_key else []))
+        if new_redirect and reply_key in self.redirect_keys:
+            for sw, ports in ports_by_switch.items():
+                if sw != self.fabric.core.name:
+                    msgs[sw] = self._redirect_flows(sw, ports, [reply_key])
+        return msgs
 
     def remove_backend(self, lb_name: str, ip: str, port: int,
                        ports_by_switch: Mapping[str, Ports]) -> Messages:
-        """Deregister a backend (KeyError if unknown); its reply flow stays for draining."""
+        """Deregister a backend (KeyError if unknown): no new connections go to it from now on;
+        its established ones keep working (it is draining, its reply flow stays) until
+        cut_backend."""
         lb = self._lb(lb_name)
-        del self.backends[lb.name][(ip, port)]
+        b = self.backends[lb.name].pop((ip, port))
         del self.health[(lb.name, ip, port)]
-        self._buckets.pop((lb.name, ip, port), None)
+        self.selection.forget(lb, (ip, port))
+        self.draining[(lb.name, ip, port)] = b
         return self._core_update(lb, [(ip, port)], ports_by_switch)
+
+    def cut_backend(self, lb_name: str, ip: str, port: int,
+                    ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """The draining of a deregistered backend ended: drop what is left of its connections
+        through the LB, as an NLB does with connection termination on. Nothing if it is not
+        draining (registered again meanwhile, or already cut)."""
+        lb = self._lb(lb_name)
+        if self.draining.pop((lb.name, ip, port), None) is None:
+            return {}
+        self.cut.add((lb.name, ip, port))
+        core = self.fabric.core.name
+        return {core: [_cut_flow(lb, ip, port)]} if core in ports_by_switch else {}
 
     def observe_results(self, results: Iterable[CheckResult],
                         ports_by_switch: Mapping[str, Ports]) -> Messages:
@@ -300,7 +287,8 @@ class Balancer:
             observe(h, r.ok, lb.health_check)
             if h.in_service != before:
                 changed.setdefault(lb.name, []).append((r.ip, r.port))
-        msgs = [m for name, keys in changed.items() for m in self._changes(self._lb(name), keys)]
+        msgs = [m for name, keys in changed.items()
+                for m in self.selection.changes(self._lb(name), keys)]
         core = self.fabric.core.name
         if core not in ports_by_switch or not msgs:
             return {}
@@ -315,7 +303,7 @@ class Balancer:
 
     def _core_update(self, lb: LoadBalancer, touched: list[BackendKey],
                      ports_by_switch: Mapping[str, Ports], extra: Iterable = ()) -> Messages:
-        msgs = self._changes(lb, touched)
+        msgs = self.selection.changes(lb, touched)
         core = self.fabric.core.name
         if core not in ports_by_switch:
             return {}
@@ -347,6 +335,10 @@ class Balancer:
                          "fail_streak": h.fail_streak, "checks": h.checks, "last": h.last,
                          "health_check_port": (lb.health_check.port or port)
                          if lb.health_check else None})
+        for (name, ip, port), b in sorted(self.draining.items()):
+            if name == lb.name:
+                rows.append({"name": b.name, "ip": ip, "port": port, "state": DRAINING,
+                             "in_service": False})
         return rows
 
     def lbs_view(self) -> list[dict]:
@@ -355,76 +347,37 @@ class Balancer:
         rows = []
         for lb in self.fabric.load_balancers:
             hc = lb.health_check
-            slots = self.slots.get(lb.name)
             rows.append({"name": lb.name, "vip": lb.vip, "port": lb.port,
                          "protocol": lb.protocol, "target_mode": lb.target_mode,
                          "preserve_client_ip": lb.preserve_client_ip,
                          "snat_ip": None if lb.preserve_client_ip else lb.snat_ip,
-                         "selection": "select_group" if slots is None else "hash_slots",
-                         "group_id": lb.group_id if slots is None else None,
-                         "slots": None if slots is None else len(slots.keys),
+                         "session_affinity": lb.session_affinity, "address": lb.address,
+                         "deregistration_delay_s": lb.deregistration_delay_s,
+                         "selection": self.selection.kind(lb),
+                         "group_id": lb.group_id if self.selection.uses_group(lb) else None,
+                         "slots": self.selection.slot_count(lb),
                          "reg0_tag": lb.tag,
                          "ct_zone_dnat": CT_ZONE_DNAT,
                          "ct_zone_snat": None if lb.preserve_client_ip else CT_ZONE_SNAT,
                          "backends": len(self.backends[lb.name]),
-                         "in_service": len(self.in_service(lb)),
+                         "in_service": len(self.selection.in_service(lb)),
+                         "draining": sum(k[0] == lb.name for k in self.draining),
                          "health_check": dataclasses.asdict(hc) if hc else None,
                          "cookie": hex_cookie(cookie(COOKIE_LB, lb.name))})
         return rows
 
 
-class SlotTable:
-    """A big LB's hash slots: keys[i] is slot i's backend, index[key] its slot.
-
-    A backend that stays keeps its slot. A backend that leaves hands its slot to the last slot's
-    backend (the table shrinks by one); one that joins takes a new slot at the end. So a change
-    rewrites at most one slot flow, and the slots are always exactly the in-service backends.
-    """
-
-    def __init__(self) -> None:
-        self.keys: list[BackendKey] = []
-        self.index: dict[BackendKey, int] = {}
-
-    def update(self, leaving: Iterable[BackendKey], joining: Iterable[BackendKey]) -> set[int]:
-        """Take leaving out (each must have a slot) and joining in (none may have one); returns
-        the slots, still in the table, whose backend changed or that are new."""
-        changed = set()
-        for key in leaving:
-            i = self.index.pop(key)
-            last = self.keys.pop()
-            if i < len(self.keys):             # not the last slot itself: move the last one in
-                self.keys[i] = last
-                self.index[last] = i
-                changed.add(i)
-        for key in joining:
-            self.index[key] = len(self.keys)
-            changed.add(len(self.keys))
-            self.keys.append(key)
-        return {i for i in changed if i < len(self.keys)}
-
-
-def _vip_match(lb: LoadBalancer) -> dict:
+def _cut_match(lb: LoadBalancer, ip: str, port: int) -> dict:
+    """The LB's tracked traffic already DNATed to backend ip:port (after ct(nat), in lb_select,
+    an established packet carries the backend's address; a new one still the VIP's)."""
     proto, _, l4_dst = LB_PROTOCOLS[lb.protocol]
-    return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "ipv4_dst": lb.vip,
-            l4_dst: lb.port}
+    return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "reg0": lb.tag,
+            "ct_state": (CT_TRK, CT_TRK), "ipv4_dst": ip, l4_dst: port}
 
 
-def _slot_flow(lb: LoadBalancer, slot: int, key: BackendKey) -> ofpp.OFPFlowMod:
-    """A big LB's slot: reg1 = slot -> DNAT to the backend, committed (like its bucket)."""
-    return flow(T_LB_PICK, P_DEFAULT, cookie(COOKIE_LB, lb.name), _slot_match(lb, slot),
-                _dnat(lb, *key))
-
-
-def _slot_match(lb: LoadBalancer, slot: int) -> dict:
-    # eth_type and ip_proto: OVS refuses nat() with ports in a flow that does not match on them.
-    return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": LB_PROTOCOLS[lb.protocol][0],
-            "reg0": lb.tag, "reg1": slot}
-
-
-def _dnat(lb: LoadBalancer, ip: str, port: int) -> list:
-    """DNAT to backend ip:port, committed, then on to routing (or the LB's SNAT)."""
-    after = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
-    return [ct(CT_ZONE_DNAT, after, commit=True, nat=nat_dst(ip, port))]
+def _cut_flow(lb: LoadBalancer, ip: str, port: int) -> ofpp.OFPFlowMod:
+    """Drop what is left of a cut backend's connections through the LB."""
+    return flow(T_LB_SELECT, P_LB_CUT, cookie(COOKIE_LB, lb.name), _cut_match(lb, ip, port))
 
 
 def _reply_cookie(key: tuple[str, str, int]) -> int:

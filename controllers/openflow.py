@@ -66,7 +66,9 @@ TABLE_NAMES = {T_INGRESS: "ingress", T_ARP: "arp", T_LB_SELECT: "lb_select", T_L
 # Priorities (higher wins inside one table).
 P_MISS = 0          # table-miss: drop, or the default next table
 P_DEFAULT = 100     # the ordinary entry of a table
-P_LB_REPLY = 150    # ingress: traffic from a backend (ip, port) -> un-NAT
+P_LB_REPLY = 150    # ingress: traffic from a backend (ip, port) -> un-NAT (subnet switch: to core)
+P_LB_CUT = 150      # lb_select: an established connection to a backend whose draining ended: drop
+P_FROM_CORE = 160   # ingress (subnet switch): from the core -> dispatch, never back up
 P_LB_VIP = 200      # ingress: traffic to a VIP; lb_select: a new connection -> group
 P_L2_HAIRPIN = 200  # l2: out the port it came in on (needs OFPP_IN_PORT)
 P_ARP = 300         # ingress: ARP goes to the responder table
@@ -105,6 +107,8 @@ NX_NAT_F_DST = 1 << 1
 # only the first two): IP addresses, protocol and TCP *or UDP* ports -- symmetric_l4 would leave
 # UDP ports out and send every UDP flow between two hosts to one backend.
 NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
+# ... and the source address alone: the hash of client-IP affinity.
+NX_HASH_FIELDS_NW_SRC = 4
 
 # The most an OpenFlow message can be: its header's length field is 16 bits.
 OFP_MAX_LEN = 0xffff
@@ -272,14 +276,16 @@ def delete_group(group_id: int) -> ofpp.OFPGroupMod:
                             group_id=group_id)
 
 
-def hash_slot(slots: int, basis: int = 0) -> ofpp.NXActionMultipath:
-    """reg1 := a hash of the connection (addresses, protocol, ports) modulo slots (1-65536).
+def hash_slot(slots: int, basis: int = 0,
+              fields: int = NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP) -> ofpp.NXActionMultipath:
+    """reg1 := a hash of the connection (addresses, protocol, ports; or with fields
+    NX_HASH_FIELDS_NW_SRC the source address alone) modulo slots (1-65536).
 
     Every slot is equally likely: a plain modulo of a 32-bit hash, unlike a select group, whose
     weights OVS does not honour in proportion (docs/controller.md, "Big load balancers").
     """
     return ofpp.NXActionMultipath(
-        fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, basis=basis,
+        fields=fields, basis=basis,
         algorithm=nicira_ext.NX_MP_ALG_MODULO_N, max_link=slots - 1, arg=0,
         ofs_nbits=nicira_ext.ofs_nbits(0, 31), dst="reg1")
 

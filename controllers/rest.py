@@ -15,7 +15,7 @@ from typing import Any
 import routes
 import webob
 
-from controllers.config import ConfigError, parse_backend, parse_pod_route
+from controllers.config import ConfigError, parse_backend, parse_pod_route, parse_seconds
 from controllers.service import VpcService
 
 LOG = logging.getLogger("cnlb.vpc")
@@ -87,24 +87,36 @@ class RestApi:
     def get_backends(self, req: webob.Request, lb: str) -> Reply:
         if self.service.vpc.fabric.lb(lb) is None:
             return 404, {"error": f"no load balancer {lb!r}"}
-        return 200, self.service.vpc.backends_view(lb)
+        return 200, self.service.backends_view(lb)
 
     def post_backend(self, req: webob.Request, lb: str) -> Reply:
+        """Register {name, ip, port[, after_s]}: now (201; 200 if known), or after_s seconds
+        from now (202, the row is pending)."""
         vpc = self.service.vpc
         if vpc.fabric.lb(lb) is None:
             return 404, {"error": f"no load balancer {lb!r}"}
-        backend = parse_backend(self._json(req), "backend")
+        body = self._json(req)
+        backend = parse_backend(body, "backend")
+        after_s = parse_seconds(body.get("after_s", 0), "backend.after_s")
         known = backend.key in vpc.balancer.backends[lb]
-        self.service.add_backend(lb, backend)
-        row = next(b for b in vpc.backends_view(lb) if (b["ip"], b["port"]) == backend.key)
-        return (200 if known else 201), row
+        self.service.add_backend(lb, backend, after_s)
+        row = next(b for b in self.service.backends_view(lb)
+                   if (b["ip"], b["port"]) == backend.key)
+        return (202 if after_s > 0 else 200 if known else 201), row
 
     def delete_backend(self, req: webob.Request, lb: str, ip: str, port: str) -> Reply:
+        """Deregister, now or ?after_s=S from now; it then drains ?drain_s=S (default: the
+        LB's deregistration delay; 0 cuts its connections at once)."""
+        after_s = parse_seconds(_number(req.GET.get("after_s", "0")), "after_s")
+        drain = req.GET.get("drain_s")
+        drain_s = None if drain is None else parse_seconds(_number(drain), "drain_s")
         try:
-            self.service.remove_backend(lb, ip, int(port))
+            self.service.remove_backend(lb, ip, int(port), after_s, drain_s)
         except (KeyError, ValueError):
             return 404, {"error": f"no backend {ip}:{port} in load balancer {lb!r}"}
-        return 200, {"deleted": {"lb": lb, "ip": ip, "port": int(port)}}
+        return (202 if after_s > 0 else 200), {"deleted": {"lb": lb, "ip": ip, "port": int(port),
+                                                           "after_s": after_s,
+                                                           "drain_s": drain_s}}
 
     def get_pods(self, req: webob.Request) -> Reply:
         return 200, [r for r in self.service.vpc.routes_view() if r["kind"] == "pod"]
@@ -124,3 +136,11 @@ class RestApi:
         except KeyError:
             return 404, {"error": f"no pod route {pod!r}"}
         return 200, {"deleted": pod}
+
+
+def _number(text: str) -> float | str:
+    """A query parameter as a number (left as text when it is not one, for the error)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text

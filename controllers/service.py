@@ -1,10 +1,12 @@
 """The controller as a service: switch states, the Vpc core and the checker, without os-ken's loop.
 
 SwitchState: what the controller knows of one fabric switch (connected, programmed, errors)
+Timer: a backend's next timed action (a delayed registration or deregistration, the end of its
+    draining)
 VpcService: one method per event the app receives and per action the REST API asks for; it
     updates the state, asks the core for messages and sends them through the datapath objects
     it is handed (anything with `id`, `xid`, `ofproto` and os-ken's `send(bytes)`), so tests
-    build it with fake datapaths.
+    build it with fake datapaths and their own clock.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,23 @@ LOG = logging.getLogger("cnlb.vpc")
 
 # How many sent messages are kept to explain an OpenFlow error (by datapath id and xid).
 SENT_KEPT = 50000
+
+REGISTER, DEREGISTER, CUT = "register", "deregister", "cut"
+
+
+@dataclass(frozen=True)
+class Timer:
+    """What happens to one backend of one LB at `due` (the service's clock).
+
+    action: register (a delayed registration: the cloud LB controller's lag), deregister (a
+        delayed deregistration), cut (its draining ends)
+    backend: the backend
+    drain_s: for deregister, how long it drains (None: the LB's deregistration delay)
+    """
+    due: float
+    action: str
+    backend: Backend
+    drain_s: float | None = None
 
 
 @dataclass
@@ -66,10 +86,15 @@ class VpcService:
     vpc: the core (fabric config + run-time state)
     switches: SwitchState by switch name
     checker: the health-checker child's parent side (started by start_checker)
+    timers: per (LB, ip, port), the backend's next timed action; a new action on the backend
+        replaces it (the last word wins, as the cloud LB controller's reconciling does)
+    clock: seconds, monotonic (tests pass their own)
     """
 
-    def __init__(self, vpc: Vpc):
+    def __init__(self, vpc: Vpc, clock: Callable[[], float] = time.monotonic):
         self.vpc = vpc
+        self.clock = clock
+        self.timers: dict[tuple[str, str, int], Timer] = {}
         self.started = time.time()
         self.switches = {s.name: SwitchState(s.name) for s in vpc.fabric.switches}
         self.checker = HealthChecker(vpc.fabric.checker_netns, self.on_health_results)
@@ -186,15 +211,78 @@ class VpcService:
                          h.last.get("status") or h.last.get("error"))
         self.send_by_switch(msgs)
 
+    def on_tick(self) -> None:
+        """Run the timed actions that are due, in the order they fell due."""
+        now = self.clock()
+        for key, t in sorted(self.timers.items(), key=lambda kv: kv[1].due):
+            if t.due > now:
+                break
+            del self.timers[key]
+            if t.action == REGISTER:
+                self._register(key[0], t.backend)
+            elif t.action == DEREGISTER:
+                self._deregister(key[0], t.backend.ip, t.backend.port, t.drain_s)
+            else:
+                self.send_by_switch(self.vpc.cut_backend(*key, self.ports_by_switch()))
+
     # ---- REST actions -------------------------------------------------------------------
 
-    def add_backend(self, lb: str, backend: Backend) -> None:
+    def add_backend(self, lb: str, backend: Backend, after_s: float = 0.0) -> None:
+        """Register backend in LB lb now, or after_s seconds from now (the cloud LB
+        controller's registration delay); KeyError if there is no such LB."""
+        self._known_lb(lb)
+        key = (lb, *backend.key)
+        self.timers.pop(key, None)
+        if after_s > 0:
+            self.timers[key] = Timer(self.clock() + after_s, REGISTER, backend)
+        else:
+            self._register(lb, backend)
+
+    def remove_backend(self, lb: str, ip: str, port: int, after_s: float = 0.0,
+                       drain_s: float | None = None) -> None:
+        """Deregister backend ip:port of LB lb now or after_s seconds from now (the cloud LB
+        controller's deregistration lag); it then drains for drain_s seconds (None: the LB's
+        deregistration delay; 0: its connections are cut at once). KeyError if it is neither
+        registered nor about to be."""
+        key = (lb, ip, port)
+        pending = self.timers.get(key)
+        backend = self.vpc.balancer.backends[self._known_lb(lb)].get((ip, port))
+        if backend is None and (pending is None or pending.action != REGISTER):
+            raise KeyError(key)
+        if backend is None:                    # registration still pending: it never happens
+            del self.timers[key]
+            return
+        self.timers.pop(key, None)
+        if after_s > 0:
+            self.timers[key] = Timer(self.clock() + after_s, DEREGISTER, backend, drain_s)
+        else:
+            self._deregister(lb, ip, port, drain_s)
+
+    def _known_lb(self, lb: str) -> str:
+        if self.vpc.fabric.lb(lb) is None:
+            raise KeyError(lb)
+        return lb
+
+    def _register(self, lb: str, backend: Backend) -> None:
         self.send_by_switch(self.vpc.add_backend(lb, backend, self.ports_by_switch()))
         self.checker.update(self.vpc.checker_targets())
 
-    def remove_backend(self, lb: str, ip: str, port: int) -> None:
+    def _deregister(self, lb: str, ip: str, port: int, drain_s: float | None) -> None:
+        backend = self.vpc.balancer.backends[lb].get((ip, port))
+        if backend is None:
+            return
         self.send_by_switch(self.vpc.remove_backend(lb, ip, port, self.ports_by_switch()))
         self.checker.update(self.vpc.checker_targets())
+        drain = self.vpc.lb_config(lb).deregistration_delay_s if drain_s is None else drain_s
+        if drain > 0:
+            self.timers[(lb, ip, port)] = Timer(self.clock() + drain, CUT, backend)
+        else:
+            self.send_by_switch(self.vpc.cut_backend(lb, ip, port, self.ports_by_switch()))
+
+    def backends_view(self, lb: str) -> list[dict]:
+        """GET /v1/lbs/<lb>/backends: the core's rows, each with its pending action, then the
+        registrations still pending (state pending)."""
+        return with_timers(self.vpc.backends_view(lb), lb, self.timers, self.clock())
 
     def add_pod(self, pod: PodRoute) -> None:
         self.send_by_switch(self.vpc.add_pod(pod, self.ports_by_switch()))
@@ -291,6 +379,24 @@ class VpcService:
 
     def state_of(self, dp: Any) -> SwitchState | None:
         return next((st for st in self.switches.values() if st.dp is dp), None)
+
+
+def with_timers(rows: list[dict], lb: str, timers: dict[tuple[str, str, int], Timer],
+                now: float) -> list[dict]:
+    """An LB's backend rows with each one's pending action (what, in how many seconds), and a
+    row of state pending per registration not yet made."""
+    known = set()
+    for row in rows:
+        known.add((row["ip"], row["port"]))
+        t = timers.get((lb, row["ip"], row["port"]))
+        row["pending"] = None if t is None else {"action": t.action,
+                                                 "in_s": round(t.due - now, 3)}
+    for (name, ip, port), t in sorted(timers.items()):
+        if name == lb and t.action == REGISTER and (ip, port) not in known:
+            rows.append({"name": t.backend.name, "ip": ip, "port": port, "state": "pending",
+                         "in_service": False,
+                         "pending": {"action": REGISTER, "in_s": round(t.due - now, 3)}})
+    return rows
 
 
 def _next_xid(dp: Any) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from controllers import icmp
-from controllers.config import Backend, Fabric, PodRoute
+from controllers.config import Backend, Fabric, LoadBalancer, PodRoute
 from controllers.health import CheckResult
 from controllers.lb import Balancer
 from controllers.openflow import Messages, Ports, clear_switch, switch_config
@@ -71,6 +71,18 @@ class Vpc:
                        ports_by_switch: Mapping[str, Ports]) -> Messages:
         """Deregister a backend (KeyError if unknown); its reply flow stays for draining."""
         return self.balancer.remove_backend(lb_name, ip, port, ports_by_switch)
+
+    def cut_backend(self, lb_name: str, ip: str, port: int,
+                    ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """A deregistered backend's draining ended: its connections through the LB are cut."""
+        return self.balancer.cut_backend(lb_name, ip, port, ports_by_switch)
+
+    def lb_config(self, name: str) -> LoadBalancer:
+        """The LB called name, as fabric.json has it (KeyError if there is none)."""
+        lb = self.fabric.lb(name)
+        if lb is None:
+            raise KeyError(name)
+        return lb
 
     def observe_health(self, lb_name: str, ip: str, port: int, ok: bool, result: dict,
                        ports_by_switch: Mapping[str, Ports]) -> Messages:

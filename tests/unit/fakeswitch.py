@@ -1,6 +1,7 @@
 """Shared test fakes for the VPC controller: a small OpenFlow 1.3 switch, a fabric, a datapath.
 
-FakeSwitch: tables, priorities, masked matches, apply-actions/goto, select groups, multipath, and
+FakeSwitch: tables, priorities, masked matches, apply-actions/goto, select groups, multipath
+    (over the 5-tuple or the source address), and
     just enough conntrack for ct(commit, nat(dst|src)) and the reverse `nat`; process() says where
     a packet goes
 FakeFabric: every switch programmed from a Vpc, walk() follows a packet across the links
@@ -24,6 +25,7 @@ from controllers.openflow import (
     CT_RPL,
     CT_TRK,
     DP,
+    NX_HASH_FIELDS_NW_SRC,
     NX_NAT_F_DST,
     NX_NAT_F_SRC,
 )
@@ -136,13 +138,16 @@ class FakeSwitch:
             elif isinstance(a, ofpp.OFPActionGroup):
                 buckets = self.groups[a.group_id]
                 if buckets:
-                    h = hash((pkt["ipv4_src"], pkt.get("tcp_src"))) % len(buckets)
+                    sport = pkt.get("tcp_src", pkt.get("udp_src"))
+                    h = hash((pkt["ipv4_src"], sport)) % len(buckets)
                     done, res = self._actions(buckets[h].actions, dict(pkt), depth)
                     out += res
             elif isinstance(a, ofpp.NXActionMultipath):       # a stable stand-in for its hash
                 five = f"{pkt['ipv4_src']} {pkt['ipv4_dst']} {pkt['ip_proto']} " \
                        f"{pkt.get('tcp_src', pkt.get('udp_src'))} " \
                        f"{pkt.get('tcp_dst', pkt.get('udp_dst'))}"
+                if a.fields == NX_HASH_FIELDS_NW_SRC:           # the source address alone
+                    five = pkt["ipv4_src"]
                 h = int.from_bytes(hashlib.blake2b(five.encode(), digest_size=4).digest(), "big")
                 pkt[a.dst] = h % (a.max_link + 1)
             elif isinstance(a, ofpp.NXActionCT):

@@ -16,7 +16,7 @@ import controllers.config
 from controllers import openflow as of
 from controllers.config import Backend, ConfigError, parse_fabric
 from controllers.health import CheckResult
-from controllers.lb import GROUP_MAX_BACKENDS, SlotTable
+from controllers.selection import GROUP_MAX_BACKENDS, SlotTable
 from controllers.service import VpcService
 from controllers.vpc import Vpc
 
@@ -77,7 +77,7 @@ def test_up_to_1023_backends_an_lb_keeps_one_select_group(n):
     assert len(sw.groups[1]) == n and slot_table(sw) == {}
     [inst] = select_flow(sw)[3]
     assert [type(a) for a in inst.actions] == [ofpp.OFPActionGroup]
-    group_mod = vpc.balancer.group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
+    group_mod = vpc.balancer.selection.group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
     assert len(of.encode(group_mod, 1)) <= of.OFP_MAX_LEN
     [row] = vpc.lbs_view()
     assert (row["selection"], row["group_id"], row["slots"]) == ("select_group", 1, None)

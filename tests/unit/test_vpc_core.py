@@ -396,7 +396,7 @@ def test_unpadded_os_ken_actions_are_short_which_is_what_ovs_rejects():
 
 def test_core_buckets_use_the_padded_classes():
     vpc, _ = make()
-    gm = vpc.balancer.group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
+    gm = vpc.balancer.selection.group(vpc.fabric.lb("web"), ofp.OFPGC_ADD)
     gm.serialize()
     assert struct.unpack_from("!H", gm.buf, 2)[0] == len(gm.buf)
 
