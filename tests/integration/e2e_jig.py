@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from testbed.emulation.cluster import Cluster
+from testbed.paths import HTTPPROBE
 from testbed.spec.topology import load_topology
 
 # upstream's AffinityConfirmCount: this many answers in a row from one pod mean affinity holds
@@ -117,3 +118,20 @@ def check_affinity(cluster: Cluster, host: str, url: str, should_hold: bool,
         if len(trace) >= AFFINITY_CONFIRM_COUNT and affinity_holds(trace) == should_hold:
             break
     return trace
+
+
+def udp_answers(cluster: Cluster, host: str, ip: str, port: int, n: int,
+                payload: str | None = None) -> list[dict]:
+    """n datagrams from a host, a new source port each (upstream's `nc -u` dials); the pod
+    servers' JSON answers (a datagram nobody answered within a second is left out). With a
+    payload, socat sends it; else httpprobe sends its own."""
+    if payload is None:
+        out = cluster.exec(host, [HTTPPROBE, "--url", f"udp://{ip}:{port}", "--requests", str(n),
+                                  "--timeout-ms", "1000"], timeout=n * 2 + 10).stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return [r for r in rows if not r.get("summary") and r.get("pod")]
+    # -T: socat cannot know the answer is the last datagram; it waits this long for more
+    script = (f"for i in $(seq {n}); do printf '%s\\n' '{payload}' | "
+              f"socat -T 0.5 - UDP4:{ip}:{port}; echo; done")
+    out = cluster.sh(host, script, timeout=n * 2 + 10).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
