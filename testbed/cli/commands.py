@@ -223,14 +223,14 @@ def cmd_pod(args) -> int:
     else:
         if args.node:
             raise UsageError(f"cnlb pod {args.action}: --node only goes with add")
-        result = request(f"{args.action}-pod", pod=args.name)
+        result = request(f"{args.action}-pod", pod=args.name, instant=args.instant)
     print(json.dumps(result))
     return 0
 
 
 def cmd_node(args) -> int:
     from testbed.emulation.session import request
-    print(json.dumps(request("fail-node", node=args.name)))
+    print(json.dumps(request("fail-node", node=args.name, instant=args.instant)))
     return 0
 
 

@@ -85,12 +85,20 @@ def _lifecycle(sub) -> None:
     pod.add_argument("action", choices=("add", "remove", "fail"))
     pod.add_argument("name", metavar="NAME", help="a pod (remove, fail) or a deployment (add)")
     pod.add_argument("--node", help="add: the node to place the pod on")
+    _instant_option(pod)
     pod.set_defaults(func=c.cmd_pod)
 
     node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
     node.add_argument("action", choices=("fail",))
     node.add_argument("name", metavar="NAME")
+    _instant_option(node)
     node.set_defaults(func=c.cmd_node)
+
+
+def _instant_option(parser) -> None:
+    parser.add_argument("--instant", action="store_true",
+                        help="remove, fail: every step at once, endpoints first, whatever the "
+                             "topology's kubernetes timing says (the picture without a clock)")
 
 
 def _runs(sub) -> None:

@@ -31,7 +31,7 @@ from testbed.emulation.podservers import PodServer
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
-from testbed.kubernetes.dataplane.model import EndpointConditions
+from testbed.kubernetes.dataplane.model import EndpointConditions, service_ports
 from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.kubernetes.lifecycle import Step
 from testbed.paths import PODSERVER
@@ -259,6 +259,9 @@ class Cluster:
         """Render and apply kube-proxy's rules on every node."""
         if self.kube_proxy is None:
             self.kube_proxy = dataplane_for(self.proxy_mode)(self, backend=self.iptables)
+            # kube-proxy reads the EndpointSlices as the control plane published them
+            self.kube_proxy.services_source = lambda: service_ports(
+                self.plan, None, self.endpoint_conditions())
         self.kube_proxy.sync_all()
 
     # -- the control plane, as notebooks, tests and the detached session call it --------------

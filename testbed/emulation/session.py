@@ -68,6 +68,16 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     owner: Owner          # set by Owner.serve before the first request
 
 
+def _clock(cluster, steps, request: dict) -> dict:
+    """What a lifecycle answer says of the control plane's clock: the timing that applied and
+    the steps planned (their times count from the request; timeline.jsonl has them as done)."""
+    instant = request.get("instant") or cluster.topo.kubernetes.instant
+    out: dict = {"timing": "instant" if instant else "realistic"}
+    if steps and not instant:
+        out["steps"] = [s.to_dict() for s in steps]
+    return out
+
+
 class Owner:
     """Holds a running Cluster and serves lifecycle requests, one at a time."""
 
@@ -87,15 +97,16 @@ class Owner:
                 c.wait_lb_ready()
                 result = {"added": name}
             elif op == "remove-pod":
-                c.remove_pod(request["pod"])
-                result = {"removed": request["pod"]}
+                steps = c.remove_pod(request["pod"], instant=request.get("instant"))
+                result = {"removed": request["pod"], **_clock(c, steps, request)}
             elif op == "fail-pod":
-                c.fail_pod(request["pod"])
-                result = {"failed": request["pod"]}
+                steps = c.fail_pod(request["pod"], instant=request.get("instant"))
+                result = {"failed": request["pod"], **_clock(c, steps, request)}
             elif op == "fail-node":
-                moved = c.fail_node(request["node"])
+                moved = c.fail_node(request["node"], instant=request.get("instant"))
                 c.wait_lb_ready()
-                result = {"failed": request["node"], "rescheduled": moved}
+                result = {"failed": request["node"], "rescheduled": moved,
+                          **_clock(c, [], request)}
             else:
                 raise ValueError(f"unknown operation {op!r}")
             write_status(c)
@@ -111,6 +122,17 @@ class Owner:
         if self.server:
             self.server.shutdown()
             self.server.server_close()
+
+
+def _refresh_status(owner: Owner, seen: int) -> int:
+    """Rewrite status.json when the control plane's clock applied steps since `seen` (pods
+    terminate and are replaced after the request that started it returned); the count now."""
+    clock = owner.cluster.control.clock
+    ran = len(clock.ran) if clock is not None else 0
+    if ran != seen:
+        with owner.lock:
+            write_status(owner.cluster)
+    return ran
 
 
 def run_owner(cluster, ready_fd: int) -> int:
@@ -130,8 +152,10 @@ def run_owner(cluster, ready_fd: int) -> int:
         write_status(cluster)
         pipe.write("ready\n")
         pipe.close()
+        steps_seen = 0
         while True:
             time.sleep(1)
+            steps_seen = _refresh_status(owner, steps_seen)
             if not cluster.controller.alive():
                 print("owner: the VPC controller died; tearing the cluster down", flush=True)
                 return 1
@@ -152,7 +176,7 @@ def run_owner(cluster, ready_fd: int) -> int:
 # -- the other side: commands against a detached cluster -------------------------------------
 
 def start_detached(file: str, mode: str, say, iptables: str = "auto",
-                   datapath: str = "auto") -> dict:
+                   datapath: str = "auto", lb: str | None = None) -> dict:
     """Start the owner process and wait until the cluster is ready; return its status."""
     from testbed.emulation.journal import Lock
     Lock().refuse_if_held()
@@ -161,6 +185,7 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto",
     r, w = os.pipe()
     argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, OWNER_FLAG,
             "--iptables", iptables, "--datapath", datapath, "--ready-fd", str(w)]
+    argv += ["--lb", lb] if lb else []
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,
                             cwd=REPO)

@@ -1,6 +1,12 @@
 """The failover experiment: a steady request rate through the VIP while pods are removed or
 nodes fail at set times; every request is a sample, and each event gets its errors and its
 recovery time (until the last failed request in its window). A fresh cluster per repetition.
+
+Events follow the control plane's clock (the topology's `kubernetes:` timing, or a variant's
+`timing:`): with realistic timing a removed pod terminates through its grace period and a dead
+node's pods stay endpoints until it is NotReady; with instant timing every change is at once.
+Each step the clock applied is kept as samples of the pseudo-workload "timeline" (t from the
+start of the load), so the plots can mark when each happened.
 """
 
 from __future__ import annotations
@@ -28,15 +34,17 @@ def run_failover(run: RunContext, variant: Variant, topo: Topology) -> None:
     for rep in range(run.exp.repetitions):
         run.progress(variant.name, rep, "building")
         with Cluster(topo, iptables=run.iptables, datapath=run.datapath) as cluster:
-            rows, events = _steady_load_with_events(run, cluster, variant, rep)
+            rows, events, steps = _steady_load_with_events(run, cluster, variant, rep)
         run.w.samples(variant.name, rep, "failover", rows)
         run.w.samples(variant.name, rep, "events", events)
+        run.w.samples(variant.name, rep, "timeline", steps)
         _record(run, variant, rep, rows, events)
         run.unit_done()
 
 
 def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant, rep: int
-                             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                        list[dict[str, Any]]]:
     exp = run.exp
     warmup(cluster, run.res.service, exp.warmup_s)
     run.progress(variant.name, rep, f"steady load {exp.rate:g}/s for {exp.duration_s:g}s")
@@ -45,6 +53,7 @@ def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant
     proc = cluster.host(CLIENT).popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL)
     start = time.time()
+    timing = cluster.topo.kubernetes.mode
     events = []
     for ev in exp.events:
         delay = ev.at_s - (time.time() - start)
@@ -54,13 +63,28 @@ def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant
         run.progress(variant.name, rep, f"{ev.action} {ev.target} at {t:.1f}s")
         if ev.action == "remove-pod":
             cluster.control.remove_pod(ev.target)
+            # the ReplicaSet replaces a deleted pod at once, while the old one terminates
             cluster.control.add_pod(cluster.plan.pod(ev.target).deployment)
         elif ev.action == "fail-node":
             cluster.control.fail_node(ev.target)
         events.append({"t": t, "action": ev.action, "target": ev.target,
-                       "done_t": time.time() - start})
+                       "done_t": time.time() - start, "timing": timing})
     out, _ = proc.communicate(timeout=exp.duration_s + 60)
-    return sample_rows(cluster, variant, parse_probe(out.decode())), events
+    steps = timeline_rows(cluster.control.timeline(), start)
+    return sample_rows(cluster, variant, parse_probe(out.decode())), events, steps
+
+
+def timeline_rows(timeline: Sequence[dict[str, Any]], start: float) -> list[dict[str, Any]]:
+    """The clock's steps as samples: t in seconds from `start` (epoch seconds), the event's
+    plan left out (its steps are rows of their own). Steps before the load (none) are kept
+    with a negative t."""
+    rows = []
+    for row in timeline:
+        if "plan" in row:
+            continue
+        rows.append({"t": round(row["time"] - start, 4),
+                     **{k: v for k, v in row.items() if k not in ("time", "traceback")}})
+    return rows
 
 
 def _record(run: RunContext, variant: Variant, rep: int, rows: Sequence[dict[str, Any]],

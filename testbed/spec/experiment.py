@@ -61,11 +61,14 @@ class Variant:
     external_traffic_policy: set on every LoadBalancer service (Cluster | Local)
     to: where the clients send: vip (through the cloud LB) or pods (each pod's own address in
         turn, no LB: the fabric's cost alone; compare only, container-native addressing)
+    timing: the control plane's clock, realistic or instant (None: the topology's
+        `kubernetes: {timing: ...}`)
     """
     name: str
     mode: str
     external_traffic_policy: str = "Cluster"
     to: str = "vip"
+    timing: str | None = None
 
     def apply(self, topology: Topology) -> Topology:
         """The topology in this variant's mode, every LoadBalancer service's policy overridden.
@@ -81,8 +84,11 @@ class Variant:
                 svc = replace(svc, external_traffic_policy=self.external_traffic_policy,
                               health_check_node_port=svc.health_check_node_port if keep else None)
             services.append(svc)
+        kubernetes = (replace(topology.kubernetes, mode=self.timing) if self.timing
+                      else topology.kubernetes)
         return replace(topology, mode=self.mode, services=tuple(services),
-                       load_balancer=replace(topology.load_balancer, targets=self.mode))
+                       load_balancer=replace(topology.load_balancer, targets=self.mode),
+                       kubernetes=kubernetes)
 
 
 @dataclass(frozen=True)
@@ -376,7 +382,7 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
             r.problem(vpath, "missing required field 'mode'",
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
-        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to"}, required=("mode",),
+        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing"}, required=("mode",),
                   what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
             continue
@@ -384,6 +390,8 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
         policy = r.get(vpath, "externalTrafficPolicy", choice(*POLICIES), default="Cluster",
                        fix="use Cluster or Local")
         to = r.get(vpath, "to", choice(*TARGETS), default="vip", fix="use vip or pods")
+        timing = r.get(vpath, "timing", choice("realistic", "instant"), default=None,
+                       fix="use realistic (the topology's kubernetes delays) or instant")
         if to == "pods" and kind != "compare":
             r.problem(vpath + ("to",), f"only a compare experiment sends to the pods directly "
                       f"(this is kind {kind})", "remove 'to: pods'")
@@ -394,10 +402,10 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "from the client", "use 'mode: container-native' with 'to: pods'")
             continue
         if mode and policy and to:
-            out.append(Variant(vname, mode, policy, to))
-    seen: dict[tuple[str, str, str], str] = {}
+            out.append(Variant(vname, mode, policy, to, timing))
+    seen: dict[tuple[str, str, str, str | None], str] = {}
     for v in out:
-        key = (v.mode, v.external_traffic_policy, v.to)
+        key = (v.mode, v.external_traffic_policy, v.to, v.timing)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
                       f"externalTrafficPolicy {v.external_traffic_policy}, to {v.to})",

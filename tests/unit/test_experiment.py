@@ -106,7 +106,7 @@ def test_quick_compare_is_quick():
 
 def test_failover_and_scaling_fields():
     fo = load_experiment(os.path.join(REPO, "experiments", "failover.yaml"))
-    assert (fo.duration_s, fo.rate, fo.timeout_s, fo.workloads) == (30.0, 200.0, 1.0, ())
+    assert (fo.duration_s, fo.rate, fo.timeout_s, fo.workloads) == (45.0, 200.0, 1.0, ())
     assert [(e.at_s, e.action, e.target) for e in fo.events] == [
         (5.0, "remove-pod", "web-0"), (15.0, "fail-node", "node2")]
     sc = load_experiment(os.path.join(REPO, "experiments", "scaling.yaml"))

@@ -242,3 +242,20 @@ def test_the_scheduler_thread_runs_a_due_step(tmp_path):
     assert sched.wait_idle(10)
     sched.stop()
     assert not sched._thread.is_alive()
+
+
+# -- the failover experiment's variants choose the timing -----------------------------------------
+
+def test_failover_variants_run_each_mode_on_the_clock_and_instant():
+    from testbed.spec.experiment import load_resolved
+    res = load_resolved(os.path.join(REPO, "experiments", "failover.yaml"))
+    timing = {name: (topo.mode, topo.kubernetes.mode) for name, topo in res.variants.items()}
+    assert timing == {"nodeport-cluster": ("nodeport", "realistic"),
+                      "nodeport-instant": ("nodeport", "instant"),
+                      "container-native": ("container-native", "realistic"),
+                      "container-native-instant": ("container-native", "instant")}
+    clock = res.variants["container-native"].kubernetes
+    # the run must see the node's NotReady and its pods' eviction
+    events = {e.action: e.at_s for e in res.experiment.events}
+    assert events["fail-node"] + clock.node_monitor_grace_period_s \
+        + clock.not_ready_toleration_s < res.experiment.duration_s
