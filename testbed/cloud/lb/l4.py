@@ -1,18 +1,30 @@
 """The L4 cloud load balancer: the VPC controller's OpenFlow balancer (an NLB-like VIP on the
 core switch, health-checked from the LB host), driven through the controller's REST API
-(`/v1/lbs/<service>/backends`, see docs/controller.md).
+(`/v1/lbs/<service>/backends`, see docs/controller.md). A service with several ports has one
+controller LB per listener (testbed.cloud.fabric.listener_name); a target goes to all of them.
+The lags and the draining are the controller's timers (after_s, drain_s).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Set
+from dataclasses import dataclass
 
 from testbed.cloud.lb.base import CloudLoadBalancer, Target, TargetHealth, TargetKind
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.errors import EnvironmentProblem
 
 POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ListenerRef:
+    """One listener of a service's LB, as the controller knows it: its LB's name, and the port
+    every target gets its traffic on (None: the target's own port, the first listener's)."""
+    lb: str
+    backend_port: int | None
 
 
 class L4LoadBalancer(CloudLoadBalancer):
@@ -25,16 +37,49 @@ class L4LoadBalancer(CloudLoadBalancer):
     def __init__(self, controller: ControllerProcess, target_kind: TargetKind):
         self.controller = controller
         self.target_kind = target_kind
+        self._listeners: dict[str, list[ListenerRef]] | None = None
+
+    def listeners(self, service: str) -> list[ListenerRef]:
+        """The service's listeners, from the controller's fabric.json (read once): the first is
+        the LB named after the service."""
+        if self._listeners is None:
+            try:
+                with open(getattr(self.controller, "config", "")) as fh:
+                    lbs = json.load(fh).get("load_balancers") or []
+            except (OSError, ValueError):
+                lbs = []
+            self._listeners = {}
+            for lb in lbs:
+                mine = self._listeners.setdefault(lb.get("service", lb["name"]), [])
+                mine.append(ListenerRef(lb["name"], lb.get("backend_port") if mine else None))
+        return self._listeners.get(service) or [ListenerRef(service, None)]
 
     def register(self, service: str, target: Target) -> None:
-        self.controller.api("POST", f"/v1/lbs/{service}/backends",
-                            {"name": target.name, "ip": target.ip, "port": target.port})
+        self.register_after(service, target, 0.0)
 
     def deregister(self, service: str, target: Target) -> None:
-        try:
-            self.controller.api("DELETE", f"/v1/lbs/{service}/backends/{target.ip}/{target.port}")
-        except Exception:   # already gone (404) is fine: the goal is "not there"
-            pass
+        self.deregister_after(service, target, 0.0)
+
+    def register_after(self, service: str, target: Target, after_s: float) -> None:
+        for listener in self.listeners(service):
+            body: dict[str, object] = {"name": target.name, "ip": target.ip,
+                                       "port": listener.backend_port or target.port}
+            if after_s > 0:
+                body["after_s"] = after_s
+            self.controller.api("POST", f"/v1/lbs/{listener.lb}/backends", body)
+
+    def deregister_after(self, service: str, target: Target, after_s: float,
+                         drain_s: float | None = None) -> None:
+        args = ([f"after_s={after_s}"] if after_s > 0 else []) + \
+            ([] if drain_s is None else [f"drain_s={drain_s}"])
+        query = "?" + "&".join(args) if args else ""
+        for listener in self.listeners(service):
+            port = listener.backend_port or target.port
+            try:
+                self.controller.api("DELETE",
+                                    f"/v1/lbs/{listener.lb}/backends/{target.ip}/{port}{query}")
+            except Exception:   # already gone (404) is fine: the goal is "not there"
+                pass
 
     def targets(self, service: str) -> list[TargetHealth]:
         rows = self.controller.api("GET", f"/v1/lbs/{service}/backends")
