@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from testbed.errors import InputError, Problem
 from testbed.spec.fields import (
     Reader,
     address,
@@ -35,7 +36,7 @@ from testbed.spec.model import (
     ServicePortSpec,
 )
 from testbed.spec.sections import unknown_ref, vip_problem
-from testbed.spec.yamldoc import Path
+from testbed.spec.yamldoc import Document, Path, parse_document
 
 SERVICE_KEYS = {"type", "selector", "port", "targetPort", "nodePort", "protocol", "ports",
                 "externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity",
@@ -304,3 +305,102 @@ def _load_balancer_ip(r: Reader, path: Path, stype: str | None) -> ipaddress.IPv
         r.problem(fpath, vip_problem(ip), "pick an address in 198.51.100.10-198.51.100.250")
     return ip
 
+
+
+# -- one service on its own: `cnlb service apply FILE` and `cnlb service set NAME field=value` ----
+
+def read_one_service(doc: Document, deployments: Sequence[Deployment],
+                     taken: Mapping[int, str]) -> Service:
+    """The one service a document holds (`web: {type: ..., ports: ...}`, as under `services:`),
+    checked as in a topology; taken: node ports other services hold (port -> service).
+    Raises InputError with every problem."""
+    r = Reader(doc)
+    names = r.mapping((), None, what="service name: {type: ...}")
+    if len(names) != 1:
+        r.problem((), f"expected one service, got {len(names)}",
+                  "write one service as 'web: {type: LoadBalancer, port: 80}'")
+        r.raise_if_any()
+    (sname,) = names
+    svc = read_service(r, (sname,), sname, deployments, [d.name for d in deployments],
+                       NodePortClaims(r, taken))
+    r.raise_if_any()
+    assert svc is not None   # no problem reported: the service was read
+    return svc
+
+
+def service_body(svc: Service) -> dict[str, Any]:
+    """A Service as the fields a file writes (read_service's inverse)."""
+    body: dict[str, Any] = {"type": svc.type, "selector": svc.selector}
+    if svc.ports:
+        body["ports"] = [_port_body(p, svc.type) for p in svc.ports]
+    else:
+        body.update(_port_body(svc.all_ports[0], svc.type))
+        del body["name"]
+    if svc.type != "ClusterIP":
+        body["externalTrafficPolicy"] = svc.external_traffic_policy
+    if svc.health_check_node_port is not None:
+        body["healthCheckNodePort"] = svc.health_check_node_port
+    if svc.load_balancer_ip is not None:
+        body["loadBalancerIP"] = str(svc.load_balancer_ip)
+    body.update(internalTrafficPolicy=svc.internal_traffic_policy,
+                sessionAffinity=svc.session_affinity,
+                sessionAffinityTimeout=svc.session_affinity_timeout,
+                publishNotReadyAddresses=svc.publish_not_ready_addresses)
+    return body
+
+
+def _port_body(p: ServicePortSpec, stype: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": p.name, "port": p.port, "targetPort": p.target_port,
+                           "protocol": p.protocol}
+    if p.node_port is not None and stype != "ClusterIP":
+        out["nodePort"] = p.node_port
+    return out
+
+
+def drop_type_dependent_fields(body: Mapping[str, Any], changed: Collection[str]
+                               ) -> dict[str, Any]:
+    """The fields a service's new type or policy no longer allows, dropped when the change did
+    not write them (upstream's dropTypeDependentFields: `kubectl patch` to type ClusterIP
+    releases the node ports instead of failing); changed: the fields the change wrote."""
+    out = dict(body)
+    stype = out.get("type", "LoadBalancer")
+    if stype == "ClusterIP" and "nodePort" not in changed:
+        out.pop("nodePort", None)
+        if isinstance(out.get("ports"), list) and "ports" not in changed:
+            out["ports"] = [{k: v for k, v in p.items() if k != "nodePort"}
+                            if isinstance(p, dict) else p for p in out["ports"]]
+    if stype == "ClusterIP" and "externalTrafficPolicy" not in changed:
+        out.pop("externalTrafficPolicy", None)
+    local_lb = stype == "LoadBalancer" and out.get("externalTrafficPolicy") == "Local"
+    if not local_lb and "healthCheckNodePort" not in changed:
+        out.pop("healthCheckNodePort", None)
+    if stype != "LoadBalancer" and "loadBalancerIP" not in changed:
+        out.pop("loadBalancerIP", None)
+    return out
+
+
+def set_fields_document(svc: Service, args: Sequence[str], source: str = "cnlb service set"
+                        ) -> Document:
+    """`field=value` arguments applied to a service, as a Document whose line N is argument N
+    (values are YAML: `ports=[{name: http, port: 80}]`)."""
+    changes: dict[str, Any] = {}
+    lines: dict[Path, int] = {}
+    problems = []
+    for i, arg in enumerate(args, start=1):
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            problems.append(Problem(source, i, svc.name, f"'{arg}' is not field=value",
+                                    "write it like type=NodePort"))
+            continue
+        doc = parse_document(source, f"{key}: {raw}\n" if raw else f"{key}: null\n")
+        changes[key] = doc.data[key]
+        lines[(svc.name, key)] = i
+        lines.update({(svc.name, key) + p[1:]: i for p in doc.lines if p[:1] == (key,)})
+    if problems:
+        raise InputError(problems)
+    old = service_body(svc)
+    if "ports" in changes:   # the list replaces the single-port form
+        old = {k: v for k, v in old.items() if k not in SINGLE_PORT_KEYS}
+    body = drop_type_dependent_fields({**old, **changes}, changes.keys())
+    lines.setdefault((svc.name,), 1)
+    return Document(source, {svc.name: body}, lines)
