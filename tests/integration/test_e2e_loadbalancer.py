@@ -19,7 +19,9 @@ import pytest
 
 from testbed.paths import HTTPPROBE
 from tests.integration.e2e_jig import (
+    affinity_holds,
     answers,
+    check_affinity,
     cluster_from,
     hostnames,
     node_ip,
@@ -48,6 +50,7 @@ deployments:
   web: {replicas: 2, placement: {node1: 2}}
   exec: {replicas: 1, placement: {node2: 1}}
   ds: {replicas: 2, placement: {node1: 1, node2: 1}}
+  aff: {replicas: 3, placement: {node1: 2, node2: 1}}
 services:
   external-local-lb: {type: LoadBalancer, selector: web, port: 80, targetPort: 8080,
                       externalTrafficPolicy: Local}
@@ -57,6 +60,10 @@ services:
                     externalTrafficPolicy: Cluster}
   rolling-local: {type: LoadBalancer, selector: ds, port: 80, targetPort: 8080,
                   externalTrafficPolicy: Local}
+  affinity-lb-esipp: {type: LoadBalancer, selector: aff, port: 80, targetPort: 8080,
+                      externalTrafficPolicy: Local, sessionAffinity: ClientIP}
+  affinity-lb: {type: LoadBalancer, selector: aff, port: 80, targetPort: 8080,
+                externalTrafficPolicy: Cluster, sessionAffinity: ClientIP}
 loadBalancer: {vip: 198.51.100.10, targets: nodeport,
                healthCheck: {interval: 500ms, timeout: 300ms, healthyThreshold: 2,
                              unhealthyThreshold: 2}}
@@ -144,6 +151,23 @@ def test_esipp_should_only_target_nodes_with_endpoints(cluster):
         # the LB follows the health checks: every answer comes from the node with endpoints
         wait_for("the LB sending to the endpoint node only",
                  lambda w=want: set(hostnames(cluster, CLIENT, url, 10)) == w, LAG_S)
+
+
+# [LoadBalancers] "should have session affinity work for LoadBalancer service with ESIPP on"
+# [Slow] [LinuxOnly]
+def test_should_have_session_affinity_work_for_loadbalancer_service_with_esipp_on(cluster):
+    # upstream's checkAffinity from the test itself (outside the cluster): the client
+    trace = check_affinity(cluster, CLIENT, vip_url(cluster, "affinity-lb-esipp"), True)
+    assert affinity_holds(trace), trace
+
+
+# [LoadBalancers] "should have session affinity work for LoadBalancer service with ESIPP off"
+# [Slow] [LinuxOnly]
+def test_should_have_session_affinity_work_for_loadbalancer_service_with_esipp_off(cluster):
+    trace = check_affinity(cluster, CLIENT, vip_url(cluster, "affinity-lb"), True)
+    assert affinity_holds(trace), trace
+    # and without affinity the same client reaches more than one pod (the check can fail)
+    assert len(set(hostnames(cluster, CLIENT, vip_url(cluster, "rolling-cluster"), 20))) > 1
 
 
 def _probe_during(cluster, url: str, seconds: float, action) -> list[dict]:
