@@ -60,6 +60,9 @@ from controllers.openflow import (
 # same fields again, so its choice depends on its parent's.
 GROUP_MAX_BACKENDS = 1023
 
+# A UDP LB picks by hash slots too, whatever its size: multipath hashes symmetric_l3l4+udp,
+# a select group OVS's default fields, which leave UDP ports out (see Selection.uses_group).
+#
 # Client-IP affinity (GCP's CLIENT_IP, an NLB's source_ip stickiness) hashes the source address
 # alone. OpenFlow 1.3 cannot set a select group's hash fields (OVS's selection_method is an
 # OpenFlow 1.5 group property), so an affinity LB of any size picks by hash slots: multipath
@@ -161,8 +164,12 @@ class Selection:
                             [self._bucket(lb, b) for b in self.in_service(lb)])
 
     def uses_group(self, lb: LoadBalancer) -> bool:
-        """Whether the LB picks with one select group (else by hash slots)."""
-        return not lb.sticky and len(self.backends[lb.name]) <= GROUP_MAX_BACKENDS
+        """Whether the LB picks with one select group (else by hash slots): a TCP LB without
+        affinity and with at most GROUP_MAX_BACKENDS registered. Not UDP: an OpenFlow 1.3
+        select group hashes OVS's default fields, symmetric_l4, which has TCP ports but no UDP
+        ports -- every datagram from one client went to one backend (measured on OVS 3.1)."""
+        return (not lb.sticky and lb.protocol == "tcp"
+                and len(self.backends[lb.name]) <= GROUP_MAX_BACKENDS)
 
     def changes(self, lb: LoadBalancer, touched: Iterable[BackendKey]) -> list:
         """Bring the LB's selection up to date after the backends `touched` were registered,

@@ -333,7 +333,8 @@ def test_a_udp_lb_balances_and_un_nats_udp():
     fab = FakeFabric(vpc, PORTS)
     healthy(vpc, fab)
     picks = {backend_of(fab, "203.0.113.20", s, dport=53, proto=17) for s in range(41000, 41040)}
-    assert picks == {WEB0, WEB1}
+    assert picks == {WEB0, WEB1}                     # one client's datagrams spread by port
+    assert vpc.lbs_view()[0]["selection"] == "hash_slots"      # a group would not hash them
     assert backend_of(fab, "203.0.113.20", 41000, dport=80) is None      # TCP 80: not a listener
     _, _, p = from_client(fab, "203.0.113.10", 45000, dport=53, proto=17)   # client1's own
     node = NODE1 if p["ipv4_dst"] == WEB0[0] else "02:cb:01:00:00:02"
