@@ -29,7 +29,10 @@
  *   any other  200 application/json, one line:
  *              {"pod":..,"node":..,"client":..,"client_port":..,"server":..,"server_port":..,
  *               "requests":N}  where N counts these JSON answers (TCP and UDP), this one
- *              included
+ *              included; with "forwarded_for":"..." added when the request carried
+ *              X-Forwarded-For (an L7 load balancer's: the client's address; several header
+ *              lines joined by ", "; left out when longer than 128 characters or not made
+ *              of address characters)
  * Every response carries "X-Pod: NAME".
  *
  * UDP ports answer every datagram (whatever it holds) with one datagram carrying the same
@@ -78,6 +81,7 @@
  * Exit codes: 0 on signal, 1 on a startup error (bind, ...), 2 on a bad command line.
   */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -113,6 +117,7 @@ enum {
     OUT_CAP = 8192,       /* queued responses per connection before we stop parsing */
     MAX_RESPONSE = 2048,  /* room one response needs: headers + JSON with 253-char names */
     BODY_CAP = 1024,
+    FORWARDED_MAX = 128,  /* X-Forwarded-For kept for the JSON: a few proxies' addresses */
     NAME_MAX_LEN = 253,   /* a Kubernetes object name is a DNS subdomain: <= 253 chars */
     ADDR_LEN = INET6_ADDRSTRLEN,
     BACKLOG = 4096,       /* the kernel caps this at net.core.somaxconn */
@@ -400,6 +405,9 @@ struct request {
     unsigned long long content_length;
     const char *path;
     size_t path_len;
+    char forwarded[FORWARDED_MAX + 1];  /* X-Forwarded-For, several header lines joined */
+    size_t forwarded_len;
+    bool forwarded_bad;         /* too long or a character JSON would need escaped: left out */
 };
 
 /* Offset just past the blank line ending the head, 0 if it has not arrived yet.
@@ -513,6 +521,29 @@ static enum parse_result parse_request_line(const char *line, size_t len, struct
     return P_OK;
 }
 
+/* Append one X-Forwarded-For header's value: lines join with ", " (RFC 9110 5.3). Only
+ * address characters are kept verbatim in the JSON; anything else drops the field. */
+static void add_forwarded(struct request *rq, const char *v, size_t vlen)
+{
+    size_t sep = rq->forwarded_len ? 2 : 0;
+    if (rq->forwarded_len + sep + vlen > FORWARDED_MAX) {
+        rq->forwarded_bad = true;
+        return;
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        char ch = v[i];
+        if (!isalnum((unsigned char)ch) && !strchr(".:,[]_- ", ch)) {
+            rq->forwarded_bad = true;
+            return;
+        }
+    }
+    if (sep)
+        memcpy(rq->forwarded + rq->forwarded_len, ", ", 2);
+    memcpy(rq->forwarded + rq->forwarded_len + sep, v, vlen);
+    rq->forwarded_len += sep + vlen;
+    rq->forwarded[rq->forwarded_len] = '\0';
+}
+
 static enum parse_result parse_header(const char *line, size_t len, struct request *rq,
                                       bool *conn_close, bool *conn_keep)
 {
@@ -535,6 +566,8 @@ static enum parse_result parse_header(const char *line, size_t len, struct reque
             return P_BAD;
     } else if (ieq(line, nlen, "transfer-encoding")) {
         rq->chunked = true;
+    } else if (ieq(line, nlen, "x-forwarded-for")) {
+        add_forwarded(rq, v, vlen);
     }
     return P_OK;
 }
@@ -630,17 +663,21 @@ static bool path_is(const struct request *rq, const char *p)
 }
 
 /* The JSON answer (HTTP and UDP alike) into BODY (BODY_CAP bytes); returns its length.
- * ECHO: NULL, or a string that needs no JSON escaping (UDP only). */
+ * ECHO: NULL, or a string that needs no JSON escaping (UDP only).
+ * FORWARDED: NULL, or the request's X-Forwarded-For (checked to need no escaping): the
+ * client's address as a proxy in front (an L7 load balancer) passed it on. */
 static size_t who_answered(struct server *s, const char *peer, unsigned peer_port,
                            const char *local, unsigned local_port, const char *echo,
-                           char *body)
+                           const char *forwarded, char *body)
 {
     s->requests++;
     int n = snprintf(body, BODY_CAP,
                      "{\"pod\":\"%s\",\"node\":\"%s\",\"client\":\"%s\",\"client_port\":%u,"
-                     "\"server\":\"%s\",\"server_port\":%u,\"requests\":%llu%s%s%s}\n",
+                     "\"server\":\"%s\",\"server_port\":%u,\"requests\":%llu%s%s%s%s%s%s}\n",
                      s->cfg.pod, s->cfg.node, peer, peer_port, local, local_port, s->requests,
-                     echo ? ",\"echo\":\"" : "", echo ? echo : "", echo ? "\"" : "");
+                     echo ? ",\"echo\":\"" : "", echo ? echo : "", echo ? "\"" : "",
+                     forwarded ? ",\"forwarded_for\":\"" : "", forwarded ? forwarded : "",
+                     forwarded ? "\"" : "");
     return n < 0 ? 0 : (size_t)n < BODY_CAP ? (size_t)n : BODY_CAP - 1;
 }
 
@@ -661,7 +698,9 @@ static struct response route(struct server *s, const struct conn *c, const struc
     if (path_is(rq, "/readyz"))
         return s->not_ready || s->terminating ? text(503, "not ready\n") : text(200, "ready\n");
 
-    size_t len = who_answered(s, c->peer, c->peer_port, c->local, c->local_port, NULL, body);
+    const char *fwd = rq->forwarded_len && !rq->forwarded_bad ? rq->forwarded : NULL;
+    size_t len = who_answered(s, c->peer, c->peer_port, c->local, c->local_port, NULL, fwd,
+                              body);
     return (struct response){ 200, "application/json", body, len, "" };
 }
 
@@ -1006,7 +1045,7 @@ static void on_udp(struct server *s, struct listener *l)
         if (!dst.reply_len)
             local_port = l->spec.port;
         size_t len = who_answered(s, peer_s, peer_port, local_s, local_port,
-                                  udp_echo(in, (size_t)n, echo), body);
+                                  udp_echo(in, (size_t)n, echo), NULL, body);
         struct iovec out = { .iov_base = body, .iov_len = len };
         struct msghdr reply = { .msg_name = &peer, .msg_namelen = msg.msg_namelen,
                                 .msg_iov = &out, .msg_iovlen = 1,

@@ -114,17 +114,18 @@ def cmd_up(args) -> int:
         from testbed.emulation.session import run_owner
         if args.ready_fd is None:
             raise UsageError("cnlb up --owner is internal: it needs --ready-fd")
-        return run_owner(Cluster(topo, iptables=args.iptables, datapath=args.datapath),
-                         args.ready_fd)
+        return run_owner(Cluster(topo, iptables=args.iptables, datapath=args.datapath,
+                                 load_balancer=args.lb), args.ready_fd)
     if args.detach:
         if args.check or args.cli:
             raise UsageError("cnlb up: --detach does not go with --check or --cli — "
                              "use `cnlb exec` and `cnlb status` on the detached cluster")
         from testbed.emulation.session import start_detached
         _print_next_steps(start_detached(topo.file, topo.mode, say, args.iptables,
-                                         args.datapath))
+                                         args.datapath, args.lb))
         return 0
-    cluster = Cluster(topo, progress=say, iptables=args.iptables, datapath=args.datapath)
+    cluster = Cluster(topo, progress=say, iptables=args.iptables, datapath=args.datapath,
+                      load_balancer=args.lb)
     status = 0
     with cluster:
         say(f"ready in {cluster.timings['total_s']:.1f}s")
@@ -132,6 +133,11 @@ def cmd_up(args) -> int:
             rows = reachability(cluster)
             print(format_table(rows))
             status = 0 if all(r.ok for r in rows) else EXIT_FAILED
+            if cluster.lb_kind == "l7":   # through HAProxy: who served, what the pod saw
+                from testbed.emulation.l7check import check_l7, format_l7
+                l7_rows = check_l7(cluster)
+                print(format_l7(l7_rows))
+                status = status if all(r.ok for r in l7_rows) else EXIT_FAILED
             print("reachability: " + ("all as expected" if status == 0 else "FAILED"))
         if args.cli:
             _mininet_cli(cluster)

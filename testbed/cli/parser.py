@@ -7,6 +7,7 @@ import argparse
 from testbed.cli import commands as c
 from testbed.emulation.machine import FABRIC_DATAPATHS
 from testbed.errors import UsageError
+from testbed.spec.model import LB_KINDS
 
 MODES = ("nodeport", "container-native")
 
@@ -56,6 +57,7 @@ def _cluster(sub) -> None:
     u.add_argument("--cli", action="store_true", help="open Mininet's CLI on the cluster")
     _iptables_option(u)
     _datapath_option(u, default="auto")
+    _lb_option(u)
     u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
                    "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")
@@ -110,6 +112,7 @@ def _runs(sub) -> None:
     rn.add_argument("--quiet", action="store_true", help="no progress lines")
     _iptables_option(rn)
     _datapath_option(rn, default=None)
+    _lb_option(rn)
     rn.set_defaults(func=c.cmd_run)
 
     pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
@@ -142,6 +145,13 @@ def _datapath_option(parser, default: str | None) -> None:
                              "module, else userspace) or afxdp (userspace with AF_XDP ports "
                              "polled by a PMD thread: cheaper hops, one CPU kept busy)"
                              + ("" if default else "; default: the experiment's datapath:"))
+
+
+def _lb_option(parser) -> None:
+    parser.add_argument("--lb", choices=LB_KINDS, default=None,
+                        help="the cloud load balancer: l4 (the VPC's OpenFlow NLB-like "
+                             "balancer) or l7 (HAProxy as an HTTP proxy LB, ALB/GCLB-like); "
+                             "default: the topology's loadBalancer.kind")
 
 
 def _iptables_option(parser) -> None:

@@ -16,12 +16,14 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from mininet.net import Mininet
 from mininet.node import Node
 
 from testbed.cloud.fabric import render_fabric
-from testbed.cloud.lb import DEFAULT, CloudLoadBalancer, load_balancer_kind, target_kind
+from testbed.cloud.lb import CloudLoadBalancer, L7LoadBalancer, load_balancer_kind, target_kind
+from testbed.cloud.lb.haproxy import l7_fabric
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation import machine, wiring
 from testbed.emulation.control_plane import ControlPlane
@@ -35,7 +37,7 @@ from testbed.kubernetes.dataplane.model import EndpointConditions, service_ports
 from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.kubernetes.lifecycle import Step
 from testbed.paths import PODSERVER
-from testbed.plan.addresses import LB_HOST, Plan, build_plan
+from testbed.plan.addresses import L7_HOST, LB_HOST, Plan, build_plan
 from testbed.spec.model import Topology
 
 
@@ -45,14 +47,19 @@ class Cluster:
     topo: the validated topology (its mode decides classic vs container-native)
     progress: called with one line per stage (None: quiet)
     iptables: kube-proxy's backend: auto (the machine's), nft or legacy
-    load_balancer: the cloud load balancer's kind (a key of testbed.cloud.lb.LOAD_BALANCERS)
+    load_balancer: the cloud load balancer's kind (a key of testbed.cloud.lb.LOAD_BALANCERS;
+        None: the topology's loadBalancer.kind)
     proxy_mode: kube-proxy's mode (a key of testbed.kubernetes.dataplane.registry.DATAPLANES)
     datapath: what the fabric asks OVS for: auto or afxdp (machine.FABRIC_DATAPATHS)
     """
 
     def __init__(self, topo: Topology, progress: Callable[[str], None] | None = None,
-                 iptables: str = "auto", load_balancer: str = DEFAULT,
+                 iptables: str = "auto", load_balancer: str | None = None,
                  proxy_mode: str = "iptables", datapath: str = "auto"):
+        self.lb_kind = load_balancer or topo.load_balancer.kind
+        self._make_lb = load_balancer_kind(self.lb_kind)   # an unknown kind fails here
+        if self.lb_kind != topo.load_balancer.kind:   # the plan has an L7 host with l7
+            topo = replace(topo, load_balancer=replace(topo.load_balancer, kind=self.lb_kind))
         self.topo = topo
         self.iptables = iptables
         if datapath not in machine.FABRIC_DATAPATHS:
@@ -68,7 +75,6 @@ class Cluster:
         self.hosts: Hosts | None = None
         self.controller: ControllerProcess | None = None
         self.lb: CloudLoadBalancer | None = None
-        self._make_lb = load_balancer_kind(load_balancer)
         self.journal: Journal | None = None
         self.lock = Lock()
         self.control = ControlPlane(self)
@@ -116,6 +122,8 @@ class Cluster:
             self._stage("pods", lambda: self.control.start_pod_servers(self.plan.pods))
             self._stage("controller", self._start_controller)
             self._stage("switches", self._start_switches)
+            if isinstance(self.lb, L7LoadBalancer):
+                self._stage("l7 load balancer", self._start_l7)
             self._stage("workloads", self._start_workloads)
             self.timings["total_s"] = round(time.time() - t0, 3)
             write_status(self)
@@ -134,6 +142,8 @@ class Cluster:
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}
+        if isinstance(self.lb, L7LoadBalancer):
+            self.lb.reap()
         self._reap()
         if self.journal:
             self.journal.close()
@@ -225,13 +235,18 @@ class Cluster:
         lb_netns = self.hosts.netns_file(LB_HOST)
         fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_netns,
                                gone=frozenset(self.removed_pods))
+        if self.lb_kind == "l7":   # the VPC routes the VIPs to HAProxy's host instead
+            fabric = l7_fabric(fabric, self.plan)
         path = self.state.file("fabric.json")
         with open(path, "w") as fh:
             json.dump(fabric, fh, indent=1)
         self.controller = ControllerProcess(path, self.state.file("controller.log"), ofp_port,
                                             rest_port)
         self.controller.start(on_pid=lambda pid: self.journal.process(pid, "vpc controller"))
-        self.lb = self._make_lb(self.controller, target_kind(self.plan.mode))
+        if isinstance(self.lb, L7LoadBalancer):   # HAProxy outlives a controller restart
+            self.lb.controller = self.controller
+        else:
+            self.lb = self._make_lb(self.controller, target_kind(self.plan.mode))
 
     def restart_controller(self, kill: bool = True) -> None:
         """Replace the VPC controller by a fresh process on the same ports (after it died, or
@@ -247,6 +262,14 @@ class Cluster:
     def _start_switches(self) -> None:
         self.hosts.start_switches(self.controller.ofp_port)
         self.controller.wait_programmed([s.name for s in self.plan.switches])
+
+    def _start_l7(self) -> None:
+        """HAProxy in the L7 host, its VIPs, and every target registered (checks begin)."""
+        assert isinstance(self.lb, L7LoadBalancer)
+        self.lb.start(self.host(L7_HOST), self.state, self.plan,
+                      self.topo.load_balancer.health_check,
+                      lambda cmds: self.hosts.run_script(L7_HOST, cmds),
+                      gone=frozenset(self.removed_pods))
 
     def _start_workloads(self) -> None:
         """kube-proxy's first sync on every node, then the LB serving from every target (its

@@ -26,6 +26,7 @@ PROGRAMS = {
     "curl": "curl",
     "ethtool": "ethtool",
     "git": "git",                # the runner records the revision beside every result
+    "haproxy": "haproxy",        # the L7 cloud load balancer (testbed.cloud.lb.l7)
     "iperf": "iperf", "iperf3": "iperf3",
     "iptables": "iptables", "iptables-save": "iptables", "iptables-restore": "iptables",
     "iptables-legacy": "iptables", "iptables-legacy-save": "iptables",

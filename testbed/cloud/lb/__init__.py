@@ -1,5 +1,5 @@
-"""Cloud load balancers: the interface (base.py) and one module per kind; l4 (the VPC
-controller's OpenFlow balancer) is the one today.
+"""Cloud load balancers: the interface (base.py) and one module per kind: l4 (the VPC
+controller's OpenFlow balancer), l7 (HAProxy, an HTTP proxy LB).
 
     CloudLoadBalancer.register(service, target) / deregister(service, target)
     CloudLoadBalancer.targets(service) -> list[TargetHealth]
@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from testbed.cloud.lb.base import CloudLoadBalancer, Target, TargetHealth, TargetKind, target_kind
 from testbed.cloud.lb.l4 import L4LoadBalancer
+from testbed.cloud.lb.l7 import L7LoadBalancer
 from testbed.cloud.vpc_controller import ControllerProcess
 
 # kind -> how to make one for a running cluster: (its VPC controller, its target kind)
@@ -19,6 +20,7 @@ LoadBalancerFactory = Callable[[ControllerProcess, TargetKind], CloudLoadBalance
 
 LOAD_BALANCERS: dict[str, LoadBalancerFactory] = {
     "l4": L4LoadBalancer,
+    "l7": L7LoadBalancer,     # HAProxy in its own host: an HTTP proxy LB (ALB, GCLB)
 }
 DEFAULT = "l4"
 
@@ -33,5 +35,5 @@ def load_balancer_kind(kind: str) -> LoadBalancerFactory:
 
 
 __all__ = ["CloudLoadBalancer", "DEFAULT", "LOAD_BALANCERS", "L4LoadBalancer",
-           "LoadBalancerFactory", "Target", "TargetHealth", "TargetKind", "load_balancer_kind",
-           "target_kind"]
+           "L7LoadBalancer", "LoadBalancerFactory", "Target", "TargetHealth", "TargetKind",
+           "load_balancer_kind", "target_kind"]
