@@ -463,3 +463,20 @@ def check_pod(fabric: Fabric, pod: PodRoute, where: str) -> None:
         raise ConfigError(f"{where}.node: {pod.node!r} is not a host of kind node")
     if any(h.ip == pod.ip for h in fabric.hosts):
         raise ConfigError(f"{where}.ip: {pod.ip} is a host's address")
+
+
+def parse_new_load_balancer(fabric: Fabric, d: Mapping, where: str = "lb") -> LoadBalancer:
+    """One LB added at run time (POST /v1/lbs, a Service turned LoadBalancer): checked as a
+    load_balancers[] entry of fabric.json, with the next index after the highest in use (its
+    group id and reg0 tag); its name and its listener (VIP, protocol, port) must be new."""
+    index = max((lb.index for lb in fabric.load_balancers), default=0) + 1
+    checker = fabric.host(fabric.checker_host) if fabric.checker_host else None
+    lb = _parse_load_balancer(d, where, index, fabric.mode, checker.ip if checker else None)
+    if fabric.lb(lb.name) is not None:
+        raise ConfigError(f"{where}.name: lb {lb.name!r} exists -- DELETE /v1/lbs/{lb.name} "
+                          "first, or register backends on it")
+    for other in fabric.load_balancers:
+        if (other.vip, other.protocol, other.port) == (lb.vip, lb.protocol, lb.port):
+            raise ConfigError(f"{where}: {lb.protocol} {lb.vip}:{lb.port} is already lb "
+                              f"{other.name}'s listener -- give it another port or VIP")
+    return lb

@@ -52,7 +52,9 @@ from controllers.openflow import (
     arp_flow,
     cookie,
     ct,
+    delete_by_cookie,
     delete_flow_strict,
+    delete_group,
     flow,
     hex_cookie,
     nat_reverse,
@@ -267,6 +269,59 @@ class Balancer:
         self.cut.add((lb.name, ip, port))
         core = self.fabric.core.name
         return {core: [_cut_flow(lb, ip, port)]} if core in ports_by_switch else {}
+
+    def add_lb(self, lb: LoadBalancer, ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """An LB added at run time (self.fabric has it already): its backends registered (each
+        checked anew), its selection, its core flows and its VIP uplinks on the subnet
+        switches."""
+        self.backends[lb.name] = {}
+        for b in lb.backends:
+            self._register(lb, b)
+        self.selection.start(lb)
+        replies = [m for b in lb.backends for m in self._reply_flows((lb.protocol, *b.key))]
+        redirects = sorted({(lb.protocol, *b.key) for b in lb.backends} & self.redirect_keys)
+        out: Messages = {}
+        for sw, ports in ports_by_switch.items():
+            if sw == self.fabric.core.name:
+                out[sw] = self.selection.program(lb) + self._core_flows(lb) + replies
+            else:
+                out[sw] = self._edge_flows(sw, ports, lb) + \
+                    self._redirect_flows(sw, ports, redirects, base=True)
+        return out
+
+    def remove_lb(self, name: str, ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """Forget an LB (KeyError if unknown; self.fabric still has it): every flow with its
+        cookie on every switch, its group, its backends' health and draining. Its backends'
+        reply flows stay (in-flight connections, as after a deregistration). The flows it
+        shared with the other listeners of its VIP (ARP, the subnet switches' uplink, one
+        match each) are written again for them."""
+        lb = self._lb(name)
+        has_group = lb.name not in self.selection.sticky and lb.name not in self.selection.slots
+        for key in self.backends.pop(lb.name):
+            self.health.pop((lb.name, *key), None)
+            self.selection.forget(lb, key)
+        self.selection.slots.pop(lb.name, None)
+        self.selection.sticky.pop(lb.name, None)
+        self.draining = {k: b for k, b in self.draining.items() if k[0] != lb.name}
+        self.cut = {k for k in self.cut if k[0] != lb.name}
+        siblings = [x for x in self.fabric.load_balancers if x.vip == lb.vip and x is not lb]
+        out: Messages = {}
+        for sw, ports in ports_by_switch.items():
+            msgs = [delete_by_cookie(cookie(COOKIE_LB, lb.name))]
+            if sw == self.fabric.core.name:
+                msgs += [delete_group(lb.group_id)] if has_group else []
+                msgs += [m for x in siblings[:1] for m in self._vip_arp(x)]
+            else:
+                msgs += [m for x in siblings for m in self._edge_flows(sw, ports, x)]
+            out[sw] = msgs
+        return out
+
+    def _vip_arp(self, lb: LoadBalancer) -> list:
+        """The core's answer to ARP for the LB's VIP from its subnet (as _core_flows has it)."""
+        subnet = self.fabric.subnet_of_ip(lb.vip)
+        if subnet is None:
+            return []
+        return [arp_flow(cookie(COOKIE_LB, lb.name), lb.vip, subnet.gateway_mac, subnet.cidr)]
 
     def observe_results(self, results: Iterable[CheckResult],
                         ports_by_switch: Mapping[str, Ports]) -> Messages:

@@ -15,7 +15,13 @@ from typing import Any
 import routes
 import webob
 
-from controllers.config import ConfigError, parse_backend, parse_pod_route, parse_seconds
+from controllers.config import (
+    ConfigError,
+    parse_backend,
+    parse_new_load_balancer,
+    parse_pod_route,
+    parse_seconds,
+)
 from controllers.service import VpcService
 
 LOG = logging.getLogger("cnlb.vpc")
@@ -36,6 +42,8 @@ class RestApi:
         m.connect("/v1/health", action="get_health", conditions={"method": ["GET"]})
         m.connect("/v1/routes", action="get_routes", conditions={"method": ["GET"]})
         m.connect("/v1/lbs", action="get_lbs", conditions={"method": ["GET"]})
+        m.connect("/v1/lbs", action="post_lb", conditions={"method": ["POST"]})
+        m.connect("/v1/lbs/{lb}", action="delete_lb", conditions={"method": ["DELETE"]})
         m.connect("/v1/lbs/{lb}/backends", action="get_backends", conditions={"method": ["GET"]})
         m.connect("/v1/lbs/{lb}/backends", action="post_backend", conditions={"method": ["POST"]})
         m.connect("/v1/lbs/{lb}/backends/{ip}/{port}", action="delete_backend",
@@ -83,6 +91,21 @@ class RestApi:
 
     def get_lbs(self, req: webob.Request) -> Reply:
         return 200, self.service.vpc.lbs_view()
+
+    def post_lb(self, req: webob.Request) -> Reply:
+        """Create an LB from a load_balancers[] entry of fabric.json (201, its GET /v1/lbs
+        row): a Service that turned LoadBalancer, or a new listener of one."""
+        lb = parse_new_load_balancer(self.service.vpc.fabric, self._json(req))
+        self.service.add_lb(lb)
+        return 201, next(r for r in self.service.vpc.lbs_view() if r["name"] == lb.name)
+
+    def delete_lb(self, req: webob.Request, lb: str) -> Reply:
+        """Remove an LB: its VIP:port answers nothing any more (404 if there is none)."""
+        try:
+            self.service.remove_lb(lb)
+        except KeyError:
+            return 404, {"error": f"no load balancer {lb!r}"}
+        return 200, {"deleted": lb}
 
     def get_backends(self, req: webob.Request, lb: str) -> Reply:
         if self.service.vpc.fabric.lb(lb) is None:

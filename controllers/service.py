@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import controllers
-from controllers.config import Backend, PodRoute, parse_fabric
+from controllers.config import Backend, LoadBalancer, PodRoute, parse_fabric
 from controllers.health import HealthChecker, parse_result
 from controllers.openflow import (
     DP,
@@ -257,6 +257,19 @@ class VpcService:
             self.timers[key] = Timer(self.clock() + after_s, DEREGISTER, backend, drain_s)
         else:
             self._deregister(lb, ip, port, drain_s)
+
+    def add_lb(self, lb: LoadBalancer) -> None:
+        """A new LB (a Service turned LoadBalancer): flows on the switches, its backends
+        checked from now on (each starts initial)."""
+        self.send_by_switch(self.vpc.add_lb(lb, self.ports_by_switch()))
+        self.checker.update(self.vpc.checker_targets())
+
+    def remove_lb(self, name: str) -> None:
+        """Remove an LB and its pending timers (KeyError if unknown): its VIP is released."""
+        self._known_lb(name)
+        self.timers = {k: t for k, t in self.timers.items() if k[0] != name}
+        self.send_by_switch(self.vpc.remove_lb(name, self.ports_by_switch()))
+        self.checker.update(self.vpc.checker_targets())
 
     def _known_lb(self, lb: str) -> str:
         if self.vpc.fabric.lb(lb) is None:

@@ -7,6 +7,7 @@ Vpc: composes the Topology, the Router and the Balancer; program_switch is a swi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from controllers import icmp
@@ -76,6 +77,26 @@ class Vpc:
                     ports_by_switch: Mapping[str, Ports]) -> Messages:
         """A deregistered backend's draining ended: its connections through the LB are cut."""
         return self.balancer.cut_backend(lb_name, ip, port, ports_by_switch)
+
+    def add_lb(self, lb: LoadBalancer, ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """Add an LB (config.parse_new_load_balancer checked it against this fabric): the
+        fabric has it from now on, and so would a switch's full program."""
+        self._set_fabric(dataclasses.replace(
+            self.fabric, load_balancers=(*self.fabric.load_balancers, lb)))
+        return self.balancer.add_lb(lb, ports_by_switch)
+
+    def remove_lb(self, name: str, ports_by_switch: Mapping[str, Ports]) -> Messages:
+        """Remove LB `name` (KeyError if unknown): its VIP:port answers nothing any more."""
+        msgs = self.balancer.remove_lb(name, ports_by_switch)
+        self._set_fabric(dataclasses.replace(self.fabric, load_balancers=tuple(
+            lb for lb in self.fabric.load_balancers if lb.name != name)))
+        return msgs
+
+    def _set_fabric(self, fabric: Fabric) -> None:
+        """The config changed at run time (LBs added or removed): every part reads the new one."""
+        self.fabric = fabric
+        for part in (self.topology, self.router, self.balancer):
+            part.fabric = fabric
 
     def lb_config(self, name: str) -> LoadBalancer:
         """The LB called name, as fabric.json has it (KeyError if there is none)."""
