@@ -243,7 +243,7 @@ def cmd_node(args) -> int:
 def cmd_run(args) -> int:
     from testbed.experiments.run import run_experiment
     result = run_experiment(args.experiment, args.topology, out=args.out, iptables=args.iptables,
-                            datapath=args.datapath, progress=_progress(args.quiet))
+                            datapath=args.datapath, progress=_progress(args.quiet), lb=args.lb)
     print(f"{len(result.figures)} figures in {os.path.join(result.out, 'figures')}")
     print(f"report: {result.report}")
     return 0

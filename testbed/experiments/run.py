@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from testbed.analysis.plots import plot_run, written
 from testbed.analysis.records import RunWriter, new_run_dir
@@ -18,7 +18,8 @@ from testbed.emulation.journal import Lock
 from testbed.errors import UsageError
 from testbed.experiments.runner import Runner, environment
 from testbed.paths import RESULTS
-from testbed.spec.experiment import load_resolved
+from testbed.spec.experiment import Resolved, load_resolved
+from testbed.spec.model import Topology
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,21 @@ class RunResult:
 
 def run_experiment(experiment: str, topology: str | None = None, out: str | None = None,
                    iptables: str = "auto", datapath: str | None = None,
-                   progress: Callable[[str], None] = lambda msg: None) -> RunResult:
+                   progress: Callable[[str], None] = lambda msg: None,
+                   lb: str | None = None) -> RunResult:
     """Check the files, measure every variant into a new run directory, then plot and report.
 
     experiment: the experiment file; topology: overrides the file's `topology:`
     out: the run directory (None: a new results/<run-id>); iptables: kube-proxy's backend
     datapath: the fabric's datapath (None: the experiment's `datapath:`)
     progress: called with one line per step
+    lb: the cloud load balancer's kind for every variant (None: the topology's
+        loadBalancer.kind)
     Raises InputError (bad files), UsageError (out already holds a run), EnvironmentProblem.
     """
     resolved = load_resolved(experiment, topology, netem=machine.netem_available())
+    if lb:
+        resolved = with_lb_kind(resolved, lb)
     Lock().refuse_if_held()   # before a results directory is made
     if out:
         if os.path.exists(os.path.join(out, "meta.json")):
@@ -58,3 +64,12 @@ def run_experiment(experiment: str, topology: str | None = None, out: str | None
     progress("drawing figures ...")
     figures = written(plot_run(out))
     return RunResult(out, figures, write_report(out))
+
+
+def with_lb_kind(resolved: Resolved, kind: str) -> Resolved:
+    """Every variant's topology (and the file's) with loadBalancer.kind set (cnlb run --lb):
+    the clusters are built with it and meta.json records it."""
+    def one(topo: Topology) -> Topology:
+        return replace(topo, load_balancer=replace(topo.load_balancer, kind=kind))
+    return replace(resolved, topology=one(resolved.topology),
+                   variants={name: one(t) for name, t in resolved.variants.items()})

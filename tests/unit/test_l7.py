@@ -321,3 +321,30 @@ def test_deregistering_removes_the_server_and_registering_again_starts_it_initia
     l7.register("web", a)
     assert states(l7)["web-0"] == "initial"
     l7.wait_ready({"web": {"web-0", "web-1"}}, timeout=5)
+
+
+@needs_haproxy
+def test_a_service_that_is_no_http_is_proxied_per_connection(tmp_path):
+    from testbed.experiments.compare import IPERF_SERVICE, with_iperf_service
+    plan = build_plan(with_iperf_service(topo_for_mode("container-native"), "web"))
+    assert hx.tcp_services(plan.services) == {IPERF_SERVICE}
+    text = hx.render_config(plan.load_balancers, FAST, str(tmp_path / "s"),
+                            tcp=hx.tcp_services(plan.services))
+    web, iperf = text.split(f"frontend {IPERF_SERVICE}\n")
+    assert "mode http" in web and "option forwardfor" in web
+    assert "mode tcp" in iperf and "forwardfor" not in iperf and "http-reuse" not in iperf
+    assert "option httpchk GET /healthz" in iperf and "port 8080" in iperf   # via web's port
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    proc = subprocess.run([hx.HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "WARNING" not in proc.stdout + proc.stderr, \
+        proc.stdout + proc.stderr
+
+
+def test_run_with_lb_sets_every_variants_kind():
+    from testbed.experiments.run import with_lb_kind
+    from testbed.spec.experiment import load_resolved
+    resolved = with_lb_kind(load_resolved("experiments/compare-quick.yaml", None, netem=False),
+                            "l7")
+    assert resolved.topology.load_balancer.kind == "l7"
+    assert {t.load_balancer.kind for t in resolved.variants.values()} == {"l7"}

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 
-from testbed.plan.addresses import L7_HOST, LbPlan, Listener, Plan, mac
+from testbed.plan.addresses import L7_HOST, LbPlan, Listener, Plan, ServicePlan, mac
 from testbed.spec.model import HealthCheck
 
 HAPROXY = "haproxy"
@@ -116,40 +116,49 @@ def slot_count(targets: int) -> int:
 
 
 def render_config(lbs: Sequence[LbPlan], health: HealthCheck, socket: str,
-                  slots: int = 64) -> str:
-    """haproxy.cfg: the admin socket, HTTP defaults, a frontend per listener and a backend of
-    free server slots. Targets come and go through the runtime API (see add_server), as NEG
+                  slots: int = 64, tcp: Set[str] = frozenset()) -> str:
+    """haproxy.cfg: the admin socket, defaults, a frontend per listener and a backend of free
+    server slots. Targets come and go through the runtime API (see add_server), as NEG
     endpoints are attached and detached; none are in the file.
 
     socket: the runtime API's Unix socket (in the cluster's state directory)
-    slots: server slots per backend (see slot_count)"""
+    slots: server slots per backend (see slot_count)
+    tcp: services that do not speak HTTP (see tcp_services): proxied per connection, as
+        GCP's TCP proxy LB does, with no X-Forwarded-For"""
     lines = [
         "# rendered by the testbed: the cloud's L7 load balancer (targets via the runtime API)",
         "global",
         f"    stats socket {socket} mode 600 level admin",
         "    maxconn 4096",   # needs twice as many descriptors: within a 20000 limit
         "defaults",
-        "    mode http",
         "    timeout connect 2s",
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-keep-alive 60s",
-        # every request is balanced on its own (no prefer-last-server), over server-side
-        # connections kept alive and shared between clients' requests, as ALB and GFE do
-        "    option http-keep-alive",
-        "    http-reuse always",
-        # the client's address for the pod: the proxy's own is the connection's source
-        "    option forwardfor",
     ]
     for lb in lbs:
         check = server_check(lb, health)
+        http = lb.service not in tcp
         for p in proxies(lb):
             lines += [
                 f"frontend {p.backend}",
+                f"    mode {'http' if http else 'tcp'}",
                 f"    bind {p.vip}:{p.port}",
                 f"    default_backend {p.backend}",
                 f"backend {p.backend}",
+                f"    mode {'http' if http else 'tcp'}",
                 "    balance roundrobin",
+            ]
+            if http:
+                lines += [
+                    # every request is balanced on its own (no prefer-last-server), over
+                    # server connections kept alive and shared by clients' requests (ALB, GFE)
+                    "    option http-keep-alive",
+                    "    http-reuse always",
+                    # the client's address for the pod: the proxy's is the connection's source
+                    "    option forwardfor",
+                ]
+            lines += [
                 f"    option httpchk GET {check.path}",
                 "    http-check expect status 200-399",   # what the L4 LB's checker accepts
                 f"    timeout check {check.timeout_ms}ms",
@@ -159,6 +168,12 @@ def render_config(lbs: Sequence[LbPlan], health: HealthCheck, socket: str,
                 + (f" port {check.port}" if check.port else ""),
             ]
     return "\n".join(lines) + "\n"
+
+
+def tcp_services(services: Iterable[ServicePlan]) -> set[str]:
+    """The services an HTTP proxy cannot carry: those health-checked through another service's
+    port because their own does not answer HTTP (the compare experiment's iperf)."""
+    return {s.name for s in services if s.health_via}
 
 
 def add_server(proxy: Proxy, slot: str, ip: str, port: int) -> str:

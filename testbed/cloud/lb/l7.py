@@ -86,7 +86,8 @@ class L7LoadBalancer(CloudLoadBalancer):
         self.socket, self.log = state.file(SOCKET), state.file(LOG)
         config = state.file(CONFIG)
         with open(config, "w") as fh:
-            fh.write(hx.render_config(plan.load_balancers, health, self.socket, slots))
+            fh.write(hx.render_config(plan.load_balancers, health, self.socket, slots,
+                                      hx.tcp_services(plan.services)))
         with open(self.log, "ab") as log:
             self.proc = host.popen([hx.HAPROXY, "-db", "-f", config], stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT)
