@@ -13,18 +13,25 @@
  *   --requests N    stop after N requests
  *   --duration S    stop starting requests S seconds after the first one (float); with both,
  *                   whichever comes first
- *   --rate R        open loop: request i is due at i/R seconds. Requests run one at a time;
- *                   one that is due while its predecessor still runs starts at once and is
- *                   counted "late" (its lateness is t_start - i/R). Without --rate requests
- *                   run back to back (closed loop).
+ *   --rate R        open loop: request i starts when it is due, at i/R seconds, whatever
+ *                   became of the earlier ones. Requests run side by side (up to R times two
+ *                   timeouts plus a second of them, at most 16384 and the open files allowed),
+ *                   so one that hangs until its timeout holds up no other: a dead backend
+ *                   costs one failed request per request sent to it, not a stalled schedule
+ *                   (no coordinated omission). A request that starts more than 1 ms after it
+ *                   was due (every slot taken, or the probe could not keep up) is counted
+ *                   "late"; its lateness is t_start - i/R. Without --rate requests run one at
+ *                   a time, back to back (closed loop).
  *   --timeout-ms T  limit for the connect and, separately, for the response (from sending the
  *                   request to its last byte); default 2000, which lets one lost SYN be
  *                   retransmitted (Linux retries after 1 s) before a connect counts as failed
- *   --keepalive     one connection reused for all requests; a new one is opened when the
- *                   server closed it (checked before the request, outside the timings) or
- *                   after an error. udp: one socket for the whole run, whatever happens — one
- *                   source port, so one conntrack flow (without it every request has a new
- *                   socket and source port: a new flow each, as TCP has a new connection)
+ *   --keepalive     one connection reused for all requests (open loop: a request takes an
+ *                   idle kept connection, or opens one when all are busy); a new one is opened
+ *                   when the server closed it (checked before the request, outside the
+ *                   timings) or after an error. udp: one socket for the whole run, whatever
+ *                   happens — one source port, so one conntrack flow (without it every
+ *                   request has a new socket and source port: a new flow each, as TCP has a
+ *                   new connection)
  *   --out FILE      write the lines there instead of stdout
  *
  * udp://IP:PORT: each request is one datagram ("httpprobe N\n", N the request's number) to a
@@ -36,11 +43,13 @@
  * TTL of the answer datagram (IP_RECVTTL; no privilege needed). Errors: "timeout" (no answer:
  * the datagram or its answer was lost, or nobody answered), "refused" (ICMP port unreachable:
  * no socket on the port, or kube-proxy's REJECT for a Service without endpoints),
- * "unreachable". On a kept socket an answer to an earlier request can come late: one whose
- * "echo" (podserver repeats the datagram's first line) is not this request's is skipped.
+ * "unreachable". On a kept socket an answer goes to the request its "echo" names (podserver
+ * repeats the datagram's first line); one to a request that is over is skipped, and one
+ * without an echo (or an ICMP error) goes to the oldest request waiting.
  *
- * Output: one JSON line per request, flushed as it is written (so `tail -f` and a killed run
- * keep every finished request), then a summary line:
+ * Output: one JSON line per request, in request order (written once it and every earlier one
+ * has finished), flushed as it is written (so `tail -f` and a killed run keep every finished
+ * request), then a summary line. A reader must keep up: a full pipe stops the probe's loop.
  *   {"i":0,"t_start":0.000012,"connect_ms":0.0412,"total_ms":0.1180,"status":200,"pod":"web-0",
  *    "node":"node1","client":"127.0.0.1","client_port":40312,"server":"127.0.0.1",
  *    "local_port":40312,"syn_ack_ttl":64,"error":null}
@@ -62,8 +71,9 @@
  * filter that keeps only SYN-ACKs from the server's IP:port. The kernel gives raw sockets their
  * copy of a packet before TCP processes it (ip_protocol_deliver_rcu: raw_local_deliver, then
  * tcp_v4_rcv), so when connect() has completed, its SYN-ACK is already queued: reading the raw
- * socket needs no waiting. It is read without blocking after the request's timings are taken,
- * and matched by our local IP and port. Without CAP_NET_RAW syn_ack_ttl is null throughout.
+ * socket needs no waiting. It is read without blocking when a connect completes, each SYN-ACK
+ * given to the connection whose local IP and port it was sent to. Without CAP_NET_RAW
+ * syn_ack_ttl is null throughout.
  *
  * Limits: IPv4 literals only (no DNS: the testbed addresses everything by IP); plain http;
  * Content-Length or close-delimited bodies; bodies beyond 16 KiB are read and discarded
@@ -71,7 +81,8 @@
  *
  * Exit codes: 0 when it ran (even if every request failed), 1 when it could not start (e.g.
  * --out not writable), 2 with a one-line usage error on a bad command line. SIGINT/SIGTERM
- * stop it after the current request; the summary is still written and the exit code is 0.
+ * stop the starting of requests; those in flight finish (within their timeouts), the summary
+ * is still written and the exit code is 0.
  * C11 + libc only.
  */
 #include <arpa/inet.h>
@@ -92,6 +103,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -267,33 +279,6 @@ static void on_stop_signal(int sig)
     stop_requested = 1;
 }
 
-/* Sleep until monotonic time T; false if a stop signal interrupted it. */
-static bool sleep_until(int64_t t)
-{
-    struct timespec ts = { .tv_sec = t / 1000000000, .tv_nsec = t % 1000000000 };
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        if (stop_requested)
-            return false;
-    return true;
-}
-
-/* poll() one fd until DEADLINE (monotonic ns); signals do not cut the wait short.
- * Returns revents, 0 on timeout. */
-static short wait_fd(int fd, short events, int64_t deadline)
-{
-    struct pollfd pfd = { .fd = fd, .events = events };
-    for (;;) {
-        int64_t left = deadline - now_ns();
-        if (left <= 0)
-            return 0;
-        int n = poll(&pfd, 1, (int)((left + 999999) / 1000000));
-        if (n > 0)
-            return pfd.revents;
-        if (n < 0 && errno != EINTR)
-            return POLLERR;
-    }
-}
-
 /* ---- SYN-ACK TTL ------------------------------------------------------------------------ */
 
 /* A raw socket that receives only SYN-ACKs from DST, or -1 without CAP_NET_RAW. */
@@ -322,33 +307,32 @@ static int ttl_open(const struct sockaddr_in *dst)
     return fd;
 }
 
-/* Read everything queued; return the TTL of the SYN-ACK from DST to LOCAL, -1 if none. */
-static int ttl_drain(int fd, const struct sockaddr_in *dst, const struct sockaddr_in *local)
+/* The next SYN-ACK from DST queued on the raw socket FD: true with the address and port it
+ * was sent to (network order: our side of that connection) and its TTL; false when the queue
+ * is empty. */
+static bool ttl_next(int fd, const struct sockaddr_in *dst, struct sockaddr_in *to, int *ttl)
 {
-    int ttl = -1;
     unsigned char pkt[RAW_SNAP];
-    if (fd < 0)
-        return -1;
     for (;;) {
         ssize_t n = recv(fd, pkt, sizeof pkt, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return ttl;         /* EAGAIN: queue empty */
+            return false;       /* EAGAIN: queue empty */
         }
-        if (!local || ttl >= 0 || n < 20 || (pkt[0] >> 4) != 4)
+        if (n < 20 || (pkt[0] >> 4) != 4)
             continue;
         size_t ihl = (size_t)(pkt[0] & 0x0f) * 4;
         if (ihl < 20 || (size_t)n < ihl + 14 || pkt[9] != IPPROTO_TCP)
             continue;
         const unsigned char *tcp = pkt + ihl;
-        bool match = !memcmp(pkt + 12, &dst->sin_addr, 4) &&
-                     !memcmp(pkt + 16, &local->sin_addr, 4) &&
-                     !memcmp(tcp, &dst->sin_port, 2) &&
-                     !memcmp(tcp + 2, &local->sin_port, 2) &&
-                     (tcp[13] & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK);
-        if (match)
-            ttl = pkt[8];       /* the first SYN-ACK; a retransmitted one has the same TTL */
+        if (memcmp(pkt + 12, &dst->sin_addr, 4) || memcmp(tcp, &dst->sin_port, 2) ||
+            (tcp[13] & (TCP_SYN | TCP_ACK)) != (TCP_SYN | TCP_ACK))
+            continue;
+        memcpy(&to->sin_addr, pkt + 16, 4);
+        memcpy(&to->sin_port, tcp + 2, 2);
+        *ttl = pkt[8];          /* the first SYN-ACK; a retransmitted one has the same TTL */
+        return true;
     }
 }
 
@@ -408,33 +392,6 @@ static void note_local(struct conn *c)
     socklen_t len = sizeof c->local;
     c->have_local = getsockname(c->fd, (struct sockaddr *)&c->local, &len) == 0 &&
                     c->local.sin_port != 0;
-}
-
-/* Non-blocking connect with a deadline. On failure sets r->error and returns false. The local
- * address is noted right after connect() hands back (the port is chosen by then, and a
- * refused socket no longer has one). */
-static bool do_connect(const struct config *cfg, struct conn *c, struct result *r, int64_t t0)
-{
-    int err = 0;
-    if (connect(c->fd, (const struct sockaddr *)&cfg->dst, sizeof cfg->dst) < 0) {
-        err = errno;
-        note_local(c);
-        if (err == EINPROGRESS) {
-            short ev = wait_fd(c->fd, POLLOUT, t0 + (int64_t)cfg->timeout_ms * 1000000);
-            if (!ev) {
-                r->error = "connect timeout";
-                return false;
-            }
-            socklen_t len = sizeof err;
-            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-                err = errno;
-        }
-    }
-    if (err) {
-        set_errno_error(r, err);
-        return false;
-    }
-    return true;
 }
 
 struct response {
@@ -512,62 +469,64 @@ static bool parse_head(const char *buf, size_t head_len, struct response *rs, lo
     return true;
 }
 
-/* Read one whole response before DEADLINE. BUF holds the head and up to BUF_CAP of it. */
-static bool read_response(int fd, char *buf, struct response *rs, struct result *r,
-                          int64_t deadline)
+/* A response as it comes in: the head and up to BUF_CAP of it in buf. */
+struct reading {
+    char *buf;                   /* BUF_CAP bytes, from the probe's pool */
+    size_t len, head_len;        /* head_len 0: the head is not complete yet */
+    long long clen, body_seen;   /* content length (-1: to EOF), body bytes seen */
+};
+
+/* Read what FD holds now. 1: the whole response is in (RS filled); 0: more is to come;
+ * -1: failed (r->error set). */
+static int read_some(int fd, struct reading *rd, struct response *rs, struct result *r)
 {
-    size_t len = 0, head_len = 0;
-    long long clen = -1, body_seen = 0;
-    char sink[BUF_CAP];
+    static char sink[BUF_CAP];
     for (;;) {
-        if (head_len && clen >= 0 && body_seen >= clen)
+        if (rd->head_len && rd->clen >= 0 && rd->body_seen >= rd->clen)
             break;
-        short ev = wait_fd(fd, POLLIN, deadline);
-        if (!ev) {
-            r->error = "read timeout";
-            return false;
-        }
-        char *dst = len < BUF_CAP ? buf + len : sink;
-        size_t room = len < BUF_CAP ? BUF_CAP - len : sizeof sink;
+        char *dst = rd->len < BUF_CAP ? rd->buf + rd->len : sink;
+        size_t room = rd->len < BUF_CAP ? BUF_CAP - rd->len : sizeof sink;
         ssize_t n = recv(fd, dst, room, MSG_DONTWAIT);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
+            if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN)
+                return 0;
             set_errno_error(r, errno);
-            return false;
+            return -1;
         }
         if (n == 0) {
-            if (head_len && clen < 0)
+            if (rd->head_len && rd->clen < 0)
                 break;          /* close-delimited body: EOF is its end */
             r->error = "closed";
-            return false;
+            return -1;
         }
-        if (dst == buf + len)
-            len += (size_t)n;
-        if (!head_len) {
-            const char *e = memmem(buf, len, "\r\n\r\n", 4);
+        if (dst != sink)
+            rd->len += (size_t)n;
+        if (!rd->head_len) {
+            const char *e = memmem(rd->buf, rd->len, "\r\n\r\n", 4);
             if (!e) {
-                if (len >= BUF_CAP) {
+                if (rd->len >= BUF_CAP) {
                     r->error = "bad response";
-                    return false;
+                    return -1;
                 }
                 continue;
             }
-            head_len = (size_t)(e - buf) + 4;
-            if (!parse_head(buf, head_len, rs, &clen)) {
+            rd->head_len = (size_t)(e - rd->buf) + 4;
+            if (!parse_head(rd->buf, rd->head_len, rs, &rd->clen)) {
                 r->error = "bad response";
-                return false;
+                return -1;
             }
-            body_seen = (long long)(len - head_len);
+            rd->body_seen = (long long)(rd->len - rd->head_len);
         } else {
-            body_seen += n;
+            rd->body_seen += n;
         }
     }
-    rs->body = buf + head_len;
-    rs->body_len = len - head_len;
-    if (clen >= 0 && (long long)rs->body_len > clen)
-        rs->body_len = (size_t)clen;
-    return true;
+    rs->body = rd->buf + rd->head_len;
+    rs->body_len = rd->len - rd->head_len;
+    if (rd->clen >= 0 && (long long)rs->body_len > rd->clen)
+        rs->body_len = (size_t)rd->clen;
+    return 1;
 }
 
 /* The value of "KEY" in a flat one-line JSON object: a string (minimal unescaping) or a bare
@@ -634,69 +593,6 @@ static int open_socket(struct conn *c)
     return 0;
 }
 
-/* One request. Timings first; everything else (local port, TTL, output) after them. */
-static void probe_once(const struct config *cfg, const char *req, size_t req_len,
-                       struct conn *c, int raw_fd, int64_t origin, struct result *r)
-{
-    static char buf[BUF_CAP];
-    struct response rs = { .status = 0 };
-    bool fresh = false;
-
-    r->connect_ms = r->total_ms = -1;
-    r->client_port = -1;
-    r->ttl = -1;
-
-    if (c->fd >= 0 && !conn_usable(c))
-        conn_close(c);
-    if (c->fd < 0) {
-        int err = open_socket(c);
-        if (err) {
-            r->t_start = (double)(now_ns() - origin) / 1e9;
-            set_errno_error(r, err);
-            return;
-        }
-        ttl_drain(raw_fd, &cfg->dst, NULL);     /* nothing stale may match this connection */
-        fresh = true;
-    }
-
-    int64_t t0 = now_ns();
-    r->t_start = (double)(t0 - origin) / 1e9;
-    bool ok = true;
-    if (fresh) {
-        ok = do_connect(cfg, c, r, t0);
-        if (ok)
-            r->connect_ms = ms_between(t0, now_ns());
-    }
-    if (ok) {
-        ssize_t n = send(c->fd, req, req_len, MSG_NOSIGNAL);
-        if (n < 0)
-            set_errno_error(r, errno);
-        else if ((size_t)n < req_len)   /* a fresh socket buffer takes a few hundred bytes */
-            r->error = "short send";
-        ok = n >= 0 && (size_t)n == req_len;
-    }
-    if (ok) {
-        ok = read_response(c->fd, buf, &rs, r,
-                           now_ns() + (int64_t)cfg->timeout_ms * 1000000);
-        if (ok)
-            r->total_ms = ms_between(t0, now_ns());
-    }
-
-    /* ---- timings are taken; the rest costs nothing measured ---- */
-    if (fresh) {
-        if (!c->have_local)
-            note_local(c);
-        c->ttl = ttl_drain(raw_fd, &cfg->dst, c->have_local ? &c->local : NULL);
-    }
-    if (c->have_local)
-        r->local_port = ntohs(c->local.sin_port);
-    r->ttl = c->ttl;
-    if (ok)
-        take_fields(&rs, r);
-    if (!ok || !cfg->keepalive || rs.close)
-        conn_close(c);
-}
-
 /* ---- one UDP request -------------------------------------------------------------------- */
 
 /* A connected UDP socket: the source port is chosen here, and an ICMP error for our
@@ -717,19 +613,6 @@ static int open_udp_socket(const struct config *cfg, struct conn *c)
     return 0;
 }
 
-/* Drop what a kept socket still holds: late answers to earlier requests, and a pending ICMP
- * error (reading it clears it), so neither is taken for this request's answer. */
-static void udp_drain(int fd)
-{
-    char sink[64];
-    for (int i = 0; i < 4096; i++) {
-        ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
-        if (n < 0 && errno != EINTR && errno != ECONNREFUSED && errno != EHOSTUNREACH &&
-            errno != ENETUNREACH)
-            return;             /* EAGAIN: empty */
-    }
-}
-
 /* The TTL the answer arrived with (IP_RECVTTL), -1 if not given. */
 static int udp_ttl(struct msghdr *msg)
 {
@@ -741,77 +624,6 @@ static int udp_ttl(struct msghdr *msg)
         }
     }
     return -1;
-}
-
-/* One datagram out, the first datagram back. Timings first, as in probe_once. */
-static void probe_udp(const struct config *cfg, long long i, struct conn *c, int64_t origin,
-                      struct result *r)
-{
-    static char buf[BUF_CAP];
-    r->connect_ms = r->total_ms = -1;
-    r->client_port = -1;
-    r->ttl = -1;
-    if (c->fd < 0) {
-        int err = open_udp_socket(cfg, c);
-        if (err) {
-            r->t_start = (double)(now_ns() - origin) / 1e9;
-            set_errno_error(r, err);
-            return;
-        }
-    } else {
-        udp_drain(c->fd);
-    }
-    char payload[48];
-    int plen = snprintf(payload, sizeof payload, "httpprobe %lld\n", i);
-
-    int64_t t0 = now_ns();
-    r->t_start = (double)(t0 - origin) / 1e9;
-    ssize_t got = -1;
-    union {                     /* aligned for cmsghdr */
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } ctl;
-    struct iovec iov = { .iov_base = buf, .iov_len = sizeof buf };
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (send(c->fd, payload, (size_t)plen, MSG_NOSIGNAL) != plen) {
-        set_errno_error(r, errno);
-    } else {
-        int64_t deadline = t0 + (int64_t)cfg->timeout_ms * 1000000;
-        for (;;) {
-            if (!wait_fd(c->fd, POLLIN, deadline)) {
-                r->error = "timeout";
-                break;
-            }
-            msg.msg_control = ctl.buf;
-            msg.msg_controllen = sizeof ctl.buf;
-            got = recvmsg(c->fd, &msg, MSG_DONTWAIT);
-            char echo[FIELD_CAP];
-            if (got >= 0 && json_field(buf, (size_t)got, "echo", echo) &&
-                (strlen(echo) + 1 != (size_t)plen || memcmp(echo, payload, (size_t)plen - 1))) {
-                got = -1;       /* a late answer to an earlier request */
-                continue;
-            }
-            if (got >= 0) {
-                r->total_ms = ms_between(t0, now_ns());
-                break;
-            }
-            if (errno != EAGAIN && errno != EINTR) {
-                set_errno_error(r, errno);
-                break;
-            }
-        }
-    }
-
-    /* ---- timings are taken ---- */
-    if (c->have_local)
-        r->local_port = ntohs(c->local.sin_port);
-    if (got >= 0) {
-        struct response rs = { .status = 200, .body = buf, .body_len = (size_t)got };
-        take_fields(&rs, r);
-        r->ttl = udp_ttl(&msg);
-    }
-    if (!cfg->keepalive)
-        conn_close(c);
 }
 
 /* ---- output ----------------------------------------------------------------------------- */
@@ -870,7 +682,509 @@ static void print_result(FILE *f, long long i, const struct result *r)
     fputs("}\n", f);
 }
 
-/* ---- main loop -------------------------------------------------------------------------- */
+/* ---- requests in flight ----------------------------------------------------------------- */
+
+/* Open loop: request i starts when it is due (i/R), whatever became of the earlier ones, so a
+ * request that hangs until its timeout holds up nothing but itself — the probe does not slow
+ * down with the system it measures (no coordinated omission). Each request has a slot in a
+ * ring indexed by its number from its start until its line is written; lines are written in
+ * request order, so a slot stays taken until every earlier request has finished too. The
+ * ring's size bounds the requests in flight. Closed loop: a ring of one. */
+
+enum {
+    MAX_WINDOW = 16384,          /* slots at most (each holds a result: ~1.4 KiB) */
+    LATE_NS = 1000000,           /* a start this much after its due time is "late" */
+};
+
+enum state { FREE, CONNECTING, READING, UDP_WAITING, DONE };
+
+struct slot {
+    enum state state;
+    long long i;                 /* the request's number */
+    struct conn c;               /* its connection or socket (not the kept UDP socket) */
+    bool fresh;                  /* its connection was opened for it */
+    int64_t t0;                  /* when it started (monotonic ns) */
+    int64_t deadline;            /* of the connect, then of the response */
+    struct reading rd;
+    struct response rs;
+    struct result r;
+};
+
+struct probe {
+    const struct config *cfg;
+    const char *req;             /* the HTTP request, the same for every request */
+    size_t req_len;
+    int raw_fd;                  /* SYN-ACK TTLs; -1 without CAP_NET_RAW */
+    int64_t origin;
+    struct slot *ring;
+    long long cap;               /* slots in the ring */
+    long long next, first;       /* the next request to start, the first not yet written */
+    long long inflight;
+    struct conn *idle;           /* --keepalive TCP: open connections between requests */
+    long long nidle;
+    struct conn udp;             /* --keepalive udp: the run's one socket */
+    char **bufs;                 /* response buffers not in use */
+    long long nbufs;
+    FILE *out;
+    long long errors, late;
+    int64_t last;                /* when the last request finished */
+};
+
+static struct slot *slot_of(struct probe *p, long long i)
+{
+    return &p->ring[i % p->cap];
+}
+
+/* Slots: closed loop one; open loop what the rate brings in two timeouts (the connect's and
+ * the response's) and a second more, within the files the process may open (its soft limit
+ * raised to the hard one). */
+static long long window_size(const struct config *cfg)
+{
+    if (cfg->rate <= 0)
+        return 1;
+    long long files = 1024;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            (void)setrlimit(RLIMIT_NOFILE, &rl);
+            (void)getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        files = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > MAX_WINDOW ? MAX_WINDOW + 64
+                                                                         : (long long)rl.rlim_cur;
+    }
+    double want = cfg->rate * (2.0 * cfg->timeout_ms / 1000.0 + 1.0) + 16;
+    long long n = want > MAX_WINDOW ? MAX_WINDOW : (long long)want;
+    if (n > files - 32)          /* stdio, the raw socket, the kept UDP socket */
+        n = files - 32;
+    return n < 1 ? 1 : n;
+}
+
+static char *buf_get(struct probe *p)
+{
+    return p->nbufs ? p->bufs[--p->nbufs] : malloc(BUF_CAP);
+}
+
+static void buf_put(struct probe *p, char *buf)
+{
+    if (buf && p->nbufs < p->cap)
+        p->bufs[p->nbufs++] = buf;
+    else
+        free(buf);
+}
+
+/* Give each SYN-ACK queued on the raw socket to the connection it answers. The kernel queues a
+ * raw socket's copy before TCP sees the packet, so when a connect has completed its SYN-ACK
+ * is here already. */
+static void ttl_collect(struct probe *p)
+{
+    struct sockaddr_in to;
+    int ttl;
+    if (p->raw_fd < 0)
+        return;
+    while (ttl_next(p->raw_fd, &p->cfg->dst, &to, &ttl)) {
+        for (long long i = p->first; i < p->next; i++) {
+            struct slot *s = slot_of(p, i);
+            if ((s->state == CONNECTING || s->state == READING) && s->fresh &&
+                s->c.have_local && s->c.ttl < 0 && s->c.local.sin_port == to.sin_port &&
+                s->c.local.sin_addr.s_addr == to.sin_addr.s_addr) {
+                s->c.ttl = ttl;
+                break;
+            }
+        }
+    }
+}
+
+static void done(struct probe *p, struct slot *s)
+{
+    s->state = DONE;
+    p->inflight--;
+    p->last = now_ns();
+    if (s->r.error)
+        p->errors++;
+}
+
+/* The request is over and its timings are taken; the rest costs nothing measured. */
+static void finish_tcp(struct probe *p, struct slot *s, bool ok)
+{
+    if (s->fresh) {
+        if (!s->c.have_local)
+            note_local(&s->c);
+        if (s->c.ttl < 0)
+            ttl_collect(p);
+    }
+    if (s->c.have_local)
+        s->r.local_port = ntohs(s->c.local.sin_port);
+    s->r.ttl = s->c.ttl;
+    if (ok)
+        take_fields(&s->rs, &s->r);
+    buf_put(p, s->rd.buf);
+    s->rd.buf = NULL;
+    if (ok && p->cfg->keepalive && !s->rs.close && p->nidle < p->cap) {
+        p->idle[p->nidle++] = s->c;
+        s->c.fd = -1;
+    } else {
+        conn_close(&s->c);
+    }
+    done(p, s);
+}
+
+static void send_request(struct probe *p, struct slot *s)
+{
+    ssize_t n = send(s->c.fd, p->req, p->req_len, MSG_NOSIGNAL);
+    if (n < 0 || (size_t)n < p->req_len) {
+        if (n < 0)
+            set_errno_error(&s->r, errno);
+        else
+            s->r.error = "short send";  /* a fresh socket buffer takes a few hundred bytes */
+        finish_tcp(p, s, false);
+        return;
+    }
+    s->rd = (struct reading){ .buf = buf_get(p), .clen = -1 };
+    if (!s->rd.buf) {
+        s->r.error = "out of memory";
+        finish_tcp(p, s, false);
+        return;
+    }
+    s->state = READING;
+    s->deadline = now_ns() + (int64_t)p->cfg->timeout_ms * 1000000;
+}
+
+/* A kept-alive connection if one is idle and still open, else a new one (connect started). */
+static void start_tcp(struct probe *p, struct slot *s)
+{
+    while (p->nidle && s->c.fd < 0) {     /* the most recently used first */
+        struct conn c = p->idle[--p->nidle];
+        if (conn_usable(&c))
+            s->c = c;
+        else
+            conn_close(&c);
+    }
+    if (s->c.fd < 0) {
+        int err = open_socket(&s->c);
+        if (err) {
+            s->r.t_start = (double)(now_ns() - p->origin) / 1e9;
+            set_errno_error(&s->r, err);
+            finish_tcp(p, s, false);
+            return;
+        }
+        s->fresh = true;
+    }
+    s->t0 = now_ns();
+    s->r.t_start = (double)(s->t0 - p->origin) / 1e9;
+    if (!s->fresh) {
+        send_request(p, s);
+        return;
+    }
+    int err = connect(s->c.fd, (const struct sockaddr *)&p->cfg->dst, sizeof p->cfg->dst) < 0
+              ? errno : 0;
+    /* the local port is chosen by now, and a refused socket no longer has one afterwards */
+    note_local(&s->c);
+    if (err == EINPROGRESS) {
+        s->state = CONNECTING;
+        s->deadline = s->t0 + (int64_t)p->cfg->timeout_ms * 1000000;
+        return;
+    }
+    if (err) {
+        set_errno_error(&s->r, err);
+        finish_tcp(p, s, false);
+        return;
+    }
+    s->r.connect_ms = ms_between(s->t0, now_ns());
+    send_request(p, s);
+}
+
+static void connected(struct probe *p, struct slot *s)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(s->c.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        set_errno_error(&s->r, err);
+        finish_tcp(p, s, false);
+        return;
+    }
+    s->r.connect_ms = ms_between(s->t0, now_ns());
+    send_request(p, s);
+}
+
+static void readable(struct probe *p, struct slot *s)
+{
+    int rc = read_some(s->c.fd, &s->rd, &s->rs, &s->r);
+    if (rc == 0)
+        return;
+    if (rc > 0)
+        s->r.total_ms = ms_between(s->t0, now_ns());
+    finish_tcp(p, s, rc > 0);
+}
+
+/* ---- UDP requests ----------------------------------------------------------------------- */
+
+static void finish_udp(struct probe *p, struct slot *s, const char *answer, size_t len,
+                       int ttl)
+{
+    const struct conn *c = p->cfg->keepalive ? &p->udp : &s->c;
+    if (c->have_local)
+        s->r.local_port = ntohs(c->local.sin_port);
+    if (answer) {
+        struct response rs = { .status = 200, .body = answer, .body_len = len };
+        take_fields(&rs, &s->r);
+        s->r.ttl = ttl;
+    }
+    if (!p->cfg->keepalive)
+        conn_close(&s->c);
+    done(p, s);
+}
+
+static struct slot *oldest_waiting(struct probe *p)
+{
+    for (long long i = p->first; i < p->next; i++)
+        if (slot_of(p, i)->state == UDP_WAITING)
+            return slot_of(p, i);
+    return NULL;
+}
+
+/* The waiting request an echo ("httpprobe N") names; NULL if none (over, or not OWN). */
+static struct slot *echoed(struct probe *p, const char *echo, const struct slot *own)
+{
+    char *end;
+    if (strncmp(echo, "httpprobe ", 10))
+        return NULL;
+    long long n = strtoll(echo + 10, &end, 10);
+    if (*end || n < p->first || n >= p->next)
+        return NULL;
+    struct slot *s = slot_of(p, n);
+    return s->state == UDP_WAITING && s->i == n && (!own || s == own) ? s : NULL;
+}
+
+/* Take what FD holds. An answer goes to the request its echo names (podserver repeats the
+ * datagram's first line): an answer to a request that is over is skipped. An answer without
+ * one, or an error (ICMP port unreachable...), goes to OWN or, on the kept socket, to the
+ * oldest request waiting; with none waiting it is dropped (reading an error clears it). */
+static void udp_receive(struct probe *p, int fd, struct slot *own)
+{
+    static char buf[BUF_CAP];
+    for (;;) {
+        union {                 /* aligned for cmsghdr */
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec iov = { .iov_base = buf, .iov_len = sizeof buf };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                              .msg_controllen = sizeof ctl.buf };
+        ssize_t got = recvmsg(fd, &msg, MSG_DONTWAIT);
+        int64_t t = now_ns();
+        if (got < 0) {
+            int err = errno;
+            if (err == EINTR)
+                continue;
+            if (err == EAGAIN || err == EWOULDBLOCK)
+                return;
+            struct slot *s = own ? own : oldest_waiting(p);
+            if (s) {
+                set_errno_error(&s->r, err);
+                finish_udp(p, s, NULL, 0, -1);
+            }
+            if (own || (err != ECONNREFUSED && err != EHOSTUNREACH && err != ENETUNREACH))
+                return;
+            continue;
+        }
+        struct slot *s = own ? own : oldest_waiting(p);
+        char echo[FIELD_CAP];
+        if (json_field(buf, (size_t)got, "echo", echo))
+            s = echoed(p, echo, own);
+        if (!s)
+            continue;
+        s->r.total_ms = ms_between(s->t0, t);
+        finish_udp(p, s, buf, (size_t)got, udp_ttl(&msg));
+        if (own)
+            return;
+    }
+}
+
+/* One datagram out ("httpprobe N\n"); its answer is the first datagram back that is its. */
+static void start_udp(struct probe *p, struct slot *s)
+{
+    struct conn *c = p->cfg->keepalive ? &p->udp : &s->c;
+    if (c->fd < 0) {
+        int err = open_udp_socket(p->cfg, c);
+        if (err) {
+            s->r.t_start = (double)(now_ns() - p->origin) / 1e9;
+            set_errno_error(&s->r, err);
+            finish_udp(p, s, NULL, 0, -1);
+            return;
+        }
+    } else {
+        udp_receive(p, c->fd, NULL);    /* nothing pending may be taken for this request's */
+    }
+    char payload[48];
+    int len = snprintf(payload, sizeof payload, "httpprobe %lld\n", s->i);
+    s->t0 = now_ns();
+    s->r.t_start = (double)(s->t0 - p->origin) / 1e9;
+    if (send(c->fd, payload, (size_t)len, MSG_NOSIGNAL) != len) {
+        set_errno_error(&s->r, errno);
+        finish_udp(p, s, NULL, 0, -1);
+        return;
+    }
+    s->state = UDP_WAITING;
+    s->deadline = s->t0 + (int64_t)p->cfg->timeout_ms * 1000000;
+}
+
+/* ---- the schedule ----------------------------------------------------------------------- */
+
+static void start_request(struct probe *p, int64_t due)
+{
+    struct slot *s = slot_of(p, p->next);
+    memset(&s->r, 0, sizeof s->r);
+    s->r.connect_ms = s->r.total_ms = -1;
+    s->r.client_port = -1;
+    s->r.ttl = -1;
+    s->i = p->next++;
+    s->c = (struct conn){ .fd = -1, .ttl = -1 };
+    s->rd = (struct reading){ .buf = NULL, .clen = -1 };
+    s->rs = (struct response){ .status = 0 };
+    s->fresh = false;
+    s->state = CONNECTING;       /* taken; its start sets what it waits for */
+    s->deadline = INT64_MAX;
+    p->inflight++;
+    if (now_ns() - due > LATE_NS)
+        p->late++;
+    if (p->cfg->udp)
+        start_udp(p, s);
+    else
+        start_tcp(p, s);
+}
+
+/* Lines of the finished requests, in request order. */
+static void write_done(struct probe *p)
+{
+    while (p->first < p->next && slot_of(p, p->first)->state == DONE) {
+        struct slot *s = slot_of(p, p->first);
+        print_result(p->out, s->i, &s->r);
+        s->state = FREE;
+        p->first++;
+    }
+}
+
+static void expire(struct probe *p, int64_t now)
+{
+    for (long long i = p->first; i < p->next; i++) {
+        struct slot *s = slot_of(p, i);
+        if (s->state == DONE || now < s->deadline)
+            continue;
+        if (s->state == CONNECTING) {
+            s->r.error = "connect timeout";
+            finish_tcp(p, s, false);
+        } else if (s->state == READING) {
+            s->r.error = "read timeout";
+            finish_tcp(p, s, false);
+        } else if (s->state == UDP_WAITING) {
+            s->r.error = "timeout";
+            finish_udp(p, s, NULL, 0, -1);
+        }
+    }
+}
+
+/* Start what is due; false once no more requests will start. *WAKE: the next due time, if
+ * one will start later (-1: none yet). */
+static bool start_due(struct probe *p, int64_t *wake)
+{
+    const struct config *cfg = p->cfg;
+    int64_t dur_ns = (int64_t)(cfg->duration * 1e9);
+    for (;;) {
+        if (stop_requested || (cfg->requests && p->next >= cfg->requests))
+            return false;
+        int64_t now = now_ns(), due = now;
+        if (cfg->rate > 0) {
+            due = p->origin + (int64_t)((double)p->next * 1e9 / cfg->rate);
+            if (cfg->duration && due - p->origin >= dur_ns)
+                return false;
+            if (due > now) {
+                *wake = due;
+                return true;
+            }
+        } else if (cfg->duration && now - p->origin >= dur_ns) {
+            return false;
+        }
+        if (p->next - p->first >= p->cap)
+            return true;        /* every slot taken: this one will start late */
+        start_request(p, due);
+        write_done(p);
+    }
+}
+
+/* Wait for the sockets in flight until WAKE (or a deadline, or a signal), then act on them. */
+static void wait_and_handle(struct probe *p, int64_t wake, struct pollfd *fds,
+                            struct slot **who)
+{
+    nfds_t n = 0;
+    bool kept_udp = false;
+    for (long long i = p->first; i < p->next; i++) {
+        struct slot *s = slot_of(p, i);
+        if (s->state == DONE)
+            continue;
+        if (wake < 0 || s->deadline < wake)
+            wake = s->deadline;
+        if (s->state == UDP_WAITING && p->cfg->keepalive) {
+            kept_udp = true;
+            continue;
+        }
+        fds[n] = (struct pollfd){ .fd = s->c.fd,
+                                  .events = s->state == CONNECTING ? POLLOUT : POLLIN };
+        who[n++] = s;
+    }
+    if (kept_udp) {
+        fds[n] = (struct pollfd){ .fd = p->udp.fd, .events = POLLIN };
+        who[n++] = NULL;
+    }
+    int64_t left = wake < 0 ? 0 : wake - now_ns();
+    if (left < 0)
+        left = 0;
+    struct timespec ts = { .tv_sec = left / 1000000000, .tv_nsec = left % 1000000000 };
+    int ready = ppoll(fds, n, wake < 0 ? NULL : &ts, NULL);
+    for (nfds_t k = 0; ready > 0 && k < n; k++) {
+        struct slot *s = who[k];
+        if (!fds[k].revents)
+            continue;
+        if (!s)
+            udp_receive(p, p->udp.fd, NULL);
+        else if (s->state == CONNECTING)
+            connected(p, s);
+        else if (s->state == READING)
+            readable(p, s);
+        else if (s->state == UDP_WAITING)
+            udp_receive(p, s->c.fd, s);
+    }
+    expire(p, now_ns());
+}
+
+static bool run(struct probe *p)
+{
+    struct pollfd *fds = calloc((size_t)p->cap + 1, sizeof *fds);
+    struct slot **who = calloc((size_t)p->cap + 1, sizeof *who);
+    if (!fds || !who) {
+        free(fds);
+        free(who);
+        return false;
+    }
+    bool starting = true;
+    for (;;) {
+        int64_t wake = -1;
+        if (starting)
+            starting = start_due(p, &wake);
+        write_done(p);
+        if (!starting && p->first == p->next)
+            break;
+        wait_and_handle(p, wake, fds, who);
+        write_done(p);
+    }
+    free(fds);
+    free(who);
+    return true;
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
@@ -892,42 +1206,33 @@ int main(int argc, char **argv)
     int req_len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", cfg.path,
                            cfg.host, cfg.keepalive ? "" : "Connection: close\r\n");
 
-    int raw_fd = cfg.udp ? -1 : ttl_open(&cfg.dst);
-    struct conn c = { .fd = -1, .ttl = -1 };
-    long long done = 0, errors = 0, late = 0;
-    int64_t origin = now_ns();
-    int64_t last = origin;
-    int64_t dur_ns = (int64_t)(cfg.duration * 1e9);
+    struct probe p = { .cfg = &cfg, .req = req, .req_len = (size_t)req_len, .out = out,
+                       .udp = { .fd = -1, .ttl = -1 } };
+    p.cap = window_size(&cfg);
+    p.ring = calloc((size_t)p.cap, sizeof *p.ring);
+    p.idle = calloc((size_t)p.cap, sizeof *p.idle);
+    p.bufs = calloc((size_t)p.cap, sizeof *p.bufs);
+    p.raw_fd = cfg.udp ? -1 : ttl_open(&cfg.dst);
+    p.origin = p.last = now_ns();
+    bool ran = p.ring && p.idle && p.bufs && run(&p);
 
-    while (!stop_requested && (!cfg.requests || done < cfg.requests)) {
-        if (cfg.rate > 0) {
-            int64_t due = origin + (int64_t)((double)done * 1e9 / cfg.rate);
-            if (cfg.duration && due - origin >= dur_ns)
-                break;
-            if (last > due)     /* the previous request ran into this one's slot */
-                late++;
-            else if (!sleep_until(due))
-                break;
-        } else if (cfg.duration && now_ns() - origin >= dur_ns) {
-            break;
-        }
-        struct result r;
-        memset(&r, 0, sizeof r);
-        if (cfg.udp)
-            probe_udp(&cfg, done, &c, origin, &r);
-        else
-            probe_once(&cfg, req, (size_t)req_len, &c, raw_fd, origin, &r);
-        last = now_ns();
-        print_result(out, done, &r);
-        done++;
-        if (r.error)
-            errors++;
+    while (p.nidle)
+        conn_close(&p.idle[--p.nidle]);
+    conn_close(&p.udp);
+    while (p.nbufs)
+        free(p.bufs[--p.nbufs]);
+    free(p.ring);
+    free(p.idle);
+    free(p.bufs);
+    if (p.raw_fd >= 0)
+        close(p.raw_fd);
+    if (!ran) {
+        fprintf(stderr, "httpprobe: out of memory\n");
+        return 1;
     }
-    conn_close(&c);
-    if (raw_fd >= 0)
-        close(raw_fd);
     fprintf(out, "{\"summary\":true,\"requests\":%lld,\"errors\":%lld,\"late\":%lld,"
-                 "\"elapsed_s\":%.6f}\n", done, errors, late, (double)(last - origin) / 1e9);
+                 "\"elapsed_s\":%.6f}\n", p.next, p.errors, p.late,
+            (double)(p.last - p.origin) / 1e9);
     if (fclose(out) != 0) {
         fprintf(stderr, "httpprobe: writing output: %s\n", strerror(errno));
         return 1;

@@ -441,3 +441,147 @@ def test_bad_flags_exit_2_with_one_line(probe_bin, args):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("httpprobe: ")
     assert "usage: httpprobe --url" in lines[0]
+
+
+# ---- open loop against a dead backend ------------------------------------------------------
+# A request to a black-holed backend is one failed request (a timeout) per request sent there;
+# it must not hold up the requests scheduled after it (an open-loop load generator keeps
+# several in flight: no coordinated omission). The lateness bound is half the timeout: a probe
+# that waited behind a hanging request would be a whole timeout late.
+
+RATE = 100
+BLACKHOLE_TIMEOUT_MS = 300
+
+
+def lateness(lines, rate):
+    return max(rec["t_start"] - rec["i"] / rate for rec in lines)
+
+
+def run_open_loop(probe_bin, port, seconds):
+    lines, summary, _ = run_probe(probe_bin, "--url", url(port), "--rate", str(RATE),
+                                  "--duration", str(seconds), "--timeout-ms",
+                                  str(BLACKHOLE_TIMEOUT_MS))
+    assert [rec["i"] for rec in lines] == list(range(len(lines)))   # in request order
+    assert len(lines) == summary["requests"] == round(RATE * seconds)
+    return lines, summary
+
+
+def test_open_loop_counts_every_request_to_a_silent_server_as_one_timeout(probe_bin):
+    srv = Misbehaving(lambda conn: None)  # accepts, never answers: every request hangs
+    try:
+        lines, summary = run_open_loop(probe_bin, srv.port, 1.0)
+    finally:
+        srv.close()
+    assert summary["errors"] == len(lines) == RATE
+    assert all(rec["error"] == "read timeout" for rec in lines)
+    assert lateness(lines, RATE) < BLACKHOLE_TIMEOUT_MS / 2000
+    # several were in flight at once: each has its own connection, the ports all different
+    assert len({rec["local_port"] for rec in lines}) == RATE
+
+
+def test_open_loop_counts_a_full_accept_queue_as_connect_timeouts(probe_bin):
+    srv = Misbehaving(None, backlog=0, accept=False)   # SYNs dropped: connects never complete
+    filler = socket.create_connection((HOST, srv.port), timeout=TIMEOUT)
+    try:
+        lines, summary = run_open_loop(probe_bin, srv.port, 0.5)
+    finally:
+        filler.close()
+        srv.close()
+    assert summary["errors"] == len(lines) == RATE // 2
+    assert all(rec["error"] == "connect timeout" for rec in lines)
+    assert lateness(lines, RATE) < BLACKHOLE_TIMEOUT_MS / 2000
+
+
+def test_open_loop_errors_are_exactly_the_requests_a_black_hole_took(probe_bin):
+    """Every third connection is black-holed (accepted, never answered), the others answered:
+    the probe's errors are the black hole's connections, one each, and the answered ones keep
+    to the schedule."""
+    body = b'{"pod":"web-1","node":"node1","client":"127.0.0.1","server":"127.0.0.1"}\n'
+    taken = []
+
+    def every_third_silent(conn):
+        taken.append(len(taken) % 3 == 0)
+        if taken[-1]:
+            return
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (len(body), body))
+        conn.shutdown(socket.SHUT_WR)
+
+    srv = Misbehaving(every_third_silent, backlog=256)
+    try:
+        lines, summary = run_open_loop(probe_bin, srv.port, 1.5)
+    finally:
+        srv.close()
+    black_holed = sum(taken)
+    assert len(taken) == len(lines)                     # every request reached the server
+    assert summary["errors"] == black_holed == sum(rec["error"] == "read timeout"
+                                                   for rec in lines)
+    assert sum(rec["status"] == 200 and rec["pod"] == "web-1" for rec in lines) == (
+        len(lines) - black_holed)
+    assert lateness(lines, RATE) < BLACKHOLE_TIMEOUT_MS / 2000
+
+
+def test_open_loop_keepalive_opens_a_connection_per_request_in_flight(probe_bin):
+    """With --keepalive a hanging request keeps its connection; the next ones do not wait for it
+    but open their own (and reuse them once idle)."""
+    body = b'{"pod":"web-2"}\n'
+    first = []
+
+    def first_silent(conn):
+        first.append(conn)
+        if len(first) == 1:
+            return          # the first connection never answers
+        while True:
+            try:
+                read_request(conn)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+            except OSError:
+                return
+
+    def serve(conn):
+        threading.Thread(target=first_silent, args=(conn,), daemon=True).start()
+
+    srv = Misbehaving(serve)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", url(srv.port), "--rate", "50",
+                                      "--duration", "0.5", "--timeout-ms", "300",
+                                      "--keepalive")
+    finally:
+        srv.close()
+    assert [rec["error"] for rec in lines] == ["read timeout"] + [None] * 24
+    assert summary["errors"] == 1
+    assert lateness(lines, 50) < 0.15
+    # the answered ones shared one kept connection, not the hanging one's
+    assert len({rec["local_port"] for rec in lines[1:]}) == 1
+    assert lines[1]["local_port"] != lines[0]["local_port"]
+
+
+def test_udp_open_loop_on_a_kept_socket_tells_answers_apart_by_their_echo(probe_bin):
+    """One socket, several datagrams in flight: the even ones are answered late (after the next
+    request was sent) and the odd ones never; each answer reaches its own request."""
+    pending = []
+
+    def answer_evens_late(data, addr, sock):
+        n = int(data.split()[1])
+        if n % 2:
+            return
+        pending.append((n, data, addr))
+        if len(pending) >= 2 or n >= 8:
+            for k, d, a in pending:
+                echo = d.decode().splitlines()[0]
+                sock.sendto(json.dumps({"pod": f"answer-{k}", "echo": echo}).encode(), a)
+            pending.clear()
+
+    srv = SilentUdp(answer_evens_late)
+    try:
+        lines, summary, _ = run_probe(probe_bin, "--url", f"udp://{HOST}:{srv.port}",
+                                      "--requests", "10", "--rate", "100", "--timeout-ms",
+                                      "300", "--keepalive")
+    finally:
+        srv.close()
+    got = [(rec["error"], rec["pod"]) for rec in lines]
+    assert got == [(None, f"answer-{i}") if i % 2 == 0 else ("timeout", None)
+                   for i in range(10)]
+    assert len({rec["local_port"] for rec in lines}) == 1 and summary["errors"] == 5
