@@ -37,7 +37,7 @@ from testbed.kubernetes.dataplane.model import EndpointConditions, service_ports
 from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.kubernetes.lifecycle import Step
 from testbed.paths import PODSERVER
-from testbed.plan.addresses import L7_HOST, LB_HOST, Plan, build_plan
+from testbed.plan.addresses import LB_HOST, Plan, build_plan
 from testbed.spec.model import Topology
 
 
@@ -122,8 +122,8 @@ class Cluster:
             self._stage("pods", lambda: self.control.start_pod_servers(self.plan.pods))
             self._stage("controller", self._start_controller)
             self._stage("switches", self._start_switches)
-            if isinstance(self.lb, L7LoadBalancer):
-                self._stage("l7 load balancer", self._start_l7)
+            if isinstance(self.lb, L7LoadBalancer):   # HAProxy in lb7, its targets registered
+                self._stage("l7 load balancer", lambda: self.lb.start_in(self))
             self._stage("workloads", self._start_workloads)
             self.timings["total_s"] = round(time.time() - t0, 3)
             write_status(self)
@@ -262,14 +262,6 @@ class Cluster:
     def _start_switches(self) -> None:
         self.hosts.start_switches(self.controller.ofp_port)
         self.controller.wait_programmed([s.name for s in self.plan.switches])
-
-    def _start_l7(self) -> None:
-        """HAProxy in the L7 host, its VIPs, and every target registered (checks begin)."""
-        assert isinstance(self.lb, L7LoadBalancer)
-        self.lb.start(self.host(L7_HOST), self.state, self.plan,
-                      self.topo.load_balancer.health_check,
-                      lambda cmds: self.hosts.run_script(L7_HOST, cmds),
-                      gone=frozenset(self.removed_pods))
 
     def _start_workloads(self) -> None:
         """kube-proxy's first sync on every node, then the LB serving from every target (its

@@ -396,7 +396,7 @@ def format_status(status: dict) -> list[str]:
                      f"externalTrafficPolicy={s['external_traffic_policy']}")
     for lb in status["load_balancers"]:
         lines.append(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} "
-                     f"({lb['targets']} targets):")
+                     f"({lb['targets']} targets, {status.get('load_balancer_kind', 'l4')}):")
         backends = lb["backends"] if isinstance(lb["backends"], list) else []
         if isinstance(lb["backends"], dict) and "error" in lb["backends"]:
             lines.append(f"  backends unknown: {lb['backends']['error']}")

@@ -15,6 +15,7 @@ import pytest
 
 from testbed.emulation.cluster import Cluster
 from testbed.emulation.journal import STATE_ROOT, StateDir, alive, read_journal
+from testbed.emulation.session import format_status
 from testbed.emulation.status import status_of
 from testbed.paths import REPO
 from testbed.plan.addresses import L7_HOST_IP
@@ -85,13 +86,19 @@ def test_one_kept_alive_client_connection_is_balanced_per_request(l7):
 
 
 def test_status_lists_the_l7_targets_and_their_states(l7):
-    (lb,) = status_of(l7)["load_balancers"]
+    status = status_of(l7)
+    (lb,) = status["load_balancers"]
+    lines = format_status(status)
+    assert any(line.startswith(f"load balancer {VIP}:80 -> web") and line.endswith(", l7):")
+               for line in lines), lines
     backends = lb["backends"]
     want = {n.name for n in l7.plan.nodes} if l7.plan.mode == "nodeport" else \
         {p.name for p in l7.plan.pods}
     assert {b["name"] for b in backends} == want
     assert all(b["lb"] == "l7" and b["in_service"] and b["state"] == "healthy" and
                b["check"] == "L7OK" for b in backends), backends
+    for name in want:
+        assert any(line.split()[:1] == [name] and line.endswith("in service") for line in lines)
 
 
 def test_a_failed_target_leaves_service_after_the_unhealthy_threshold(l7):

@@ -8,6 +8,7 @@ to the targets that HAProxy keeps alive; the pod sees lb7's address as the peer 
 in X-Forwarded-For. Instance targets are every node's IP:NodePort, ip targets each pod's IP:port.
 
     L7LoadBalancer.start(host, state, plan, health, run_script, gone)   HAProxy up, targets in
+    L7LoadBalancer.start_in(cluster)   the same for a built cluster
     .register / .deregister / .drain / .enable / .targets / .wait_ready
     .reap()   collect HAProxy's exit status once the journal's clean has stopped it
 """
@@ -26,7 +27,7 @@ from testbed.cloud.lb import haproxy as hx
 from testbed.cloud.lb.base import CloudLoadBalancer, Target, TargetHealth, TargetKind
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.errors import EnvironmentProblem
-from testbed.plan.addresses import Plan, lb_backends
+from testbed.plan.addresses import L7_HOST, Plan, lb_backends
 from testbed.spec.model import HealthCheck
 
 POLL_S = 0.1
@@ -68,6 +69,14 @@ class L7LoadBalancer(CloudLoadBalancer):
         self.lock = threading.Lock()
 
     # -- life ----------------------------------------------------------------------------------
+    def start_in(self, cluster: Any) -> None:
+        """start() for a built cluster (testbed.emulation.cluster.Cluster, its switches
+        programmed): its L7 host, state directory, plan and health check."""
+        self.start(cluster.host(L7_HOST), cluster.state, cluster.plan,
+                   cluster.topo.load_balancer.health_check,
+                   lambda cmds: cluster.hosts.run_script(L7_HOST, cmds),
+                   gone=frozenset(cluster.removed_pods))
+
     def start(self, host: Any, state: Any, plan: Plan, health: HealthCheck,
               run_script: Callable[[Sequence[str]], object],
               gone: Collection[str] = frozenset()) -> None:
