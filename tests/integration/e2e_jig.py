@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,14 +125,27 @@ def udp_answers(cluster: Cluster, host: str, ip: str, port: int, n: int,
                 payload: str | None = None) -> list[dict]:
     """n datagrams from a host, a new source port each (upstream's `nc -u` dials); the pod
     servers' JSON answers (a datagram nobody answered within a second is left out). With a
-    payload, socat sends it; else httpprobe sends its own."""
+    payload, a few lines of Python send it; else httpprobe sends its own."""
     if payload is None:
         out = cluster.exec(host, [HTTPPROBE, "--url", f"udp://{ip}:{port}", "--requests", str(n),
                                   "--timeout-ms", "1000"], timeout=n * 2 + 10).stdout
         rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         return [r for r in rows if not r.get("summary") and r.get("pod")]
-    # -T: socat cannot know the answer is the last datagram; it waits this long for more
-    script = (f"for i in $(seq {n}); do printf '%s\\n' '{payload}' | "
-              f"socat -T 0.5 - UDP4:{ip}:{port}; echo; done")
-    out = cluster.sh(host, script, timeout=n * 2 + 10).stdout
+    out = cluster.exec(host, [sys.executable, "-c", UDP_DIAL, ip, str(port), str(n), payload],
+                       timeout=n * 2 + 10).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# one datagram per socket (a new source port each), its answer on a line; silence after 1 s
+UDP_DIAL = """
+import socket, sys
+ip, port, n, payload = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for _ in range(n):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1.0)
+        s.sendto((payload + "\\n").encode(), (ip, port))
+        try:
+            print(s.recv(65535).decode(errors="replace").strip(), flush=True)
+        except OSError:
+            print(flush=True)
+"""
