@@ -22,7 +22,7 @@ from testbed.cloud.lb import L7LoadBalancer, Target, load_balancer_kind
 from testbed.cloud.lb import haproxy as hx
 from testbed.emulation.journal import StateDir
 from testbed.emulation.l7check import L7Row, judge, parse_answers
-from testbed.errors import InputError
+from testbed.errors import EnvironmentProblem, InputError
 from testbed.plan.addresses import L7_HOST, LbPlan, build_plan
 from testbed.spec.model import HealthCheck
 from testbed.spec.topology import load_topology
@@ -207,15 +207,21 @@ def pods(podserver_bin):   # noqa: F811
 def l7(tmp_path, pods):
     if not HAVE_HAPROXY:
         pytest.skip("haproxy is not installed (make setup installs it)")
-    port = free_port()
-    plan = build_plan(topo_for_mode("container-native"))
-    lb = replace(plan.load_balancers[0], vip="127.0.0.1", port=port, listeners=(),
-                 backends=())
-    plan.load_balancers = [lb]
-    plan.services = [replace(plan.services[0], endpoints=())]   # no targets at start
     host = LocalHost()
-    balancer = L7LoadBalancer(None, "ip")   # type: ignore[arg-type]  (no VPC controller)
-    balancer.start(host, StateDir(str(tmp_path)), plan, FAST, lambda cmds: None)
+    for attempt in range(3):   # the free port can be taken before HAProxy binds it
+        port = free_port()
+        plan = build_plan(topo_for_mode("container-native"))
+        lb = replace(plan.load_balancers[0], vip="127.0.0.1", port=port, listeners=(),
+                     backends=())
+        plan.load_balancers = [lb]
+        plan.services = [replace(plan.services[0], endpoints=())]   # no targets at start
+        balancer = L7LoadBalancer(None, "ip")   # type: ignore[arg-type]  (no VPC controller)
+        try:
+            balancer.start(host, StateDir(str(tmp_path)), plan, FAST, lambda cmds: None)
+            break
+        except EnvironmentProblem:
+            if attempt == 2:
+                raise
     balancer.port = port   # type: ignore[attr-defined]
     yield balancer
     for proc in host.procs:   # by pid: the one we started
@@ -348,3 +354,18 @@ def test_run_with_lb_sets_every_variants_kind():
                             "l7")
     assert resolved.topology.load_balancer.kind == "l7"
     assert {t.load_balancer.kind for t in resolved.variants.values()} == {"l7"}
+
+
+def test_deregistration_after_a_lag_then_sessions_cut_after_the_delay(l7, pods):
+    a, b = targets_of(pods)
+    for t in (a, b):
+        l7.register("web", t)
+    l7.wait_ready({"web": {"web-0", "web-1"}}, timeout=5)
+    l7.deregister_after("web", a, 0.5, drain_s=0.2)
+    assert "web-0" in {t.target.name for t in l7.targets("web") if t.in_service}   # the lag
+    deadline = time.time() + 5
+    while "web-0" in states(l7):          # deregistered, cut, its slot freed
+        assert time.time() < deadline, states(l7)
+        time.sleep(0.05)
+    (proxy,) = l7.proxies["web"]
+    assert hx.cut_sessions(proxy, "target1") == "shutdown sessions server web/target1"

@@ -170,6 +170,11 @@ def render_config(lbs: Sequence[LbPlan], health: HealthCheck, socket: str,
     return "\n".join(lines) + "\n"
 
 
+def cut_sessions(proxy: Proxy, slot: str) -> str:
+    """End a deregistered target's sessions still open (its deregistration delay is over)."""
+    return f"shutdown sessions server {proxy.backend}/{slot}"
+
+
 def tcp_services(services: Iterable[ServicePlan]) -> set[str]:
     """The services an HTTP proxy cannot carry: those health-checked through another service's
     port because their own does not answer HTTP (the compare experiment's iperf)."""

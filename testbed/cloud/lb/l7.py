@@ -184,6 +184,17 @@ class L7LoadBalancer(CloudLoadBalancer):
                 self.command(hx.remove_server(proxy, hx.slot_name(k + 1)))
                 use.deregistered = True
 
+    def deregister_after(self, service: str, target: Target, after_s: float,
+                         drain_s: float | None = None) -> None:
+        """Deregister after_s seconds from now (returns at once); then the requests in flight
+        finish, and after drain_s seconds the sessions still open are cut (the target group's
+        deregistration delay). drain_s None: never cut, the slot frees when they end."""
+        def deregister() -> None:
+            self.deregister(service, target)
+            if drain_s is not None:
+                _later(drain_s, lambda: self._cut(service, target))
+        _later(after_s, deregister)
+
     def drain(self, service: str, target: Target) -> None:
         """Stop sending new requests to a registered target; those in flight finish."""
         self._admin(service, target, hx.drain_server)
@@ -250,6 +261,16 @@ class L7LoadBalancer(CloudLoadBalancer):
                 if k is not None and not slots[k].deregistered:   # type: ignore[union-attr]
                     self.command(line(proxy, hx.slot_name(k + 1)))
 
+    def _cut(self, service: str, target: Target) -> None:
+        """Cut the sessions a deregistered target still has (its slot frees at the next look)."""
+        with self.lock:
+            for proxy in self._proxies(service):
+                slots = self.slots[proxy.backend]
+                k = self._slot_of(slots, target)
+                use = slots[k] if k is not None else None
+                if k is not None and use is not None and use.deregistered:
+                    self.command(hx.cut_sessions(proxy, hx.slot_name(k + 1)))
+
     def _free_drained(self, stats: Mapping[tuple[str, str], hx.ServerStat]) -> None:
         """Free the slots of deregistered targets whose last session has ended (lock held)."""
         for backend, slots in self.slots.items():
@@ -258,3 +279,13 @@ class L7LoadBalancer(CloudLoadBalancer):
                 if use is not None and use.deregistered and stat is not None \
                         and stat.current == 0:
                     slots[k] = None
+
+
+def _later(after_s: float, action: Callable[[], None]) -> None:
+    """action() now, or after_s seconds from now in a daemon timer thread."""
+    if after_s <= 0:
+        action()
+        return
+    timer = threading.Timer(after_s, action)
+    timer.daemon = True
+    timer.start()
