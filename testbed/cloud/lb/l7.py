@@ -269,7 +269,10 @@ class L7LoadBalancer(CloudLoadBalancer):
                 k = self._slot_of(slots, target)
                 use = slots[k] if k is not None else None
                 if k is not None and use is not None and use.deregistered:
-                    self.command(hx.cut_sessions(proxy, hx.slot_name(k + 1)))
+                    try:
+                        self.command(hx.cut_sessions(proxy, hx.slot_name(k + 1)))
+                    except OSError:   # HAProxy is gone (the cluster was torn down meanwhile)
+                        return
 
     def _free_drained(self, stats: Mapping[tuple[str, str], hx.ServerStat]) -> None:
         """Free the slots of deregistered targets whose last session has ended (lock held)."""
