@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from testbed.analysis import failover  # noqa: E402
 from testbed.analysis.rundata import (  # noqa: E402
     NON_LATENCY_SAMPLES,
     PALETTE,
@@ -484,6 +485,19 @@ def fig_failover(data: RunData, out: str) -> list[str]:
     return _save(fig, out, "failover")
 
 
+def fig_failover_timeline(data: RunData, out: str) -> list[str]:
+    """failover-timeline: successful requests/s and errors/s, one panel per variant, the
+    control plane's steps marked (testbed.analysis.failover)."""
+    panels = failover.timeline_panels(data)
+    if not panels:
+        raise Skip("no samples of workload 'failover' (not a failover run)")
+    fig, axes = _figure(height=0.4 + 1.25 * len(panels), nrows=len(panels), sharex=True,
+                        squeeze=False)
+    failover.draw_panels(axes[:, 0], panels, data.colour)
+    data.captions["failover-timeline"] = failover.panels_caption(panels)
+    return _save(fig, out, "failover-timeline")
+
+
 def _mark_events(ax: plt.Axes, events: Iterable[Mapping[str, Any]]) -> None:
     for ev in events:
         ax.axvline(ev["t"], color="#555555", linewidth=0.7, linestyle=(0, (2, 2)), zorder=1)
@@ -503,6 +517,8 @@ FIGURES = (
     ("source-ip", "Client address seen by the pod", fig_source_ip),
     ("scaling", "Scaling with the number of services and pods", fig_scaling),
     ("failover", "Errors during failover", fig_failover),
+    ("failover-timeline", "Failover over time, the control plane's steps marked",
+     fig_failover_timeline),
 )
 
 

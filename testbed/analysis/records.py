@@ -74,6 +74,11 @@ METRICS = {
     "nodes": Metric("count", "nodes in the cluster"),
     # failover (extra "event": index in the experiment's events)
     "recovery_time_s": Metric("s", "time until traffic is whole again", "lower"),
+    # (testbed.analysis.failover; whole run, or with "event": that event's window)
+    "outage_s": Metric("s", "longest time with fewer than half the requests succeeding",
+                       "lower"),
+    "degraded_s": Metric("s", "longest time with some requests failing", "lower"),
+    "successes_per_s": Metric("req/s", "successful requests per second", "higher"),
 }
 
 # Fields of a record that name *what* was measured besides variant and metric; a summary is kept

@@ -1,6 +1,9 @@
 """The failover experiment: a steady request rate through the VIP while pods are removed or
-nodes fail at set times; every request is a sample, and each event gets its errors and its
-recovery time (until the last failed request in its window). A fresh cluster per repetition.
+fail, or nodes fail, at set times; every request is a sample, and each event gets its errors,
+its recovery time (until the last failed request in its window), its outage and degraded
+times and its successful requests per second (testbed.analysis.failover), as does the whole
+run. A fresh cluster per repetition. The probe's output is read while the events fire: a
+probe blocked on a full pipe would stop sending and hide the outage it is there to measure.
 
 Events follow the control plane's clock (the topology's `kubernetes:` timing, or a variant's
 `timing:`): with realistic timing a removed pod terminates through its grace period and a dead
@@ -12,10 +15,12 @@ start of the load), so the plots can mark when each happened.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from testbed.analysis.failover import window_metrics
 from testbed.emulation.cluster import Cluster
 from testbed.experiments.client import CLIENT, PROBE, parse_probe, sample_rows, url, warmup
 from testbed.experiments.kind import RunContext
@@ -53,6 +58,11 @@ def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant
     proc = cluster.host(CLIENT).popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL)
     start = time.time()
+    output: list[bytes] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: output.append(stdout.read()), daemon=True)
+    reader.start()
     timing = cluster.topo.kubernetes.mode
     events = []
     for ev in exp.events:
@@ -65,13 +75,17 @@ def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant
             cluster.control.remove_pod(ev.target)
             # the ReplicaSet replaces a deleted pod at once, while the old one terminates
             cluster.control.add_pod(cluster.plan.pod(ev.target).deployment)
+        elif ev.action == "fail-pod":
+            cluster.control.fail_pod(ev.target)     # as `cnlb pod fail`: not restarted
         elif ev.action == "fail-node":
             cluster.control.fail_node(ev.target)
         events.append({"t": t, "action": ev.action, "target": ev.target,
                        "done_t": time.time() - start, "timing": timing})
-    out, _ = proc.communicate(timeout=exp.duration_s + 60)
+    proc.wait(timeout=exp.duration_s + 60)
+    reader.join(timeout=30)
     steps = timeline_rows(cluster.control.timeline(), start)
-    return sample_rows(cluster, variant, parse_probe(out.decode())), events, steps
+    out = b"".join(output).decode(errors="replace")
+    return sample_rows(cluster, variant, parse_probe(out)), events, steps
 
 
 def timeline_rows(timeline: Sequence[dict[str, Any]], start: float) -> list[dict[str, Any]]:
@@ -97,3 +111,5 @@ def _record(run: RunContext, variant: Variant, rep: int, rows: Sequence[dict[str
                 event=i, action=ev["action"])
         run.rec(variant, rep, "recovery_time_s", recovery_time(window, ev["t"]), "failover",
                 event=i, action=ev["action"])
+    for metric, value, extra in window_metrics(rows, events, run.exp.duration_s, run.exp.rate):
+        run.rec(variant, rep, metric, value, "failover", **extra)

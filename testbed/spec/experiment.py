@@ -26,7 +26,7 @@ from testbed.spec.yamldoc import Document, Path, nearest, read_document
 KINDS = ("compare", "scaling", "failover")
 POLICIES = ("Cluster", "Local")
 TARGETS = ("vip", "pods")        # where a variant's clients send: the LB's VIP, or the pods
-ACTIONS = ("remove-pod", "fail-node")
+ACTIONS = ("remove-pod", "fail-pod", "fail-node")
 MAX_VARIANTS = 8                 # one colour each in the plots' palette
 
 # workload name -> (tool that drives it, allowed keys with their defaults)
@@ -112,9 +112,10 @@ class Event:
     """Something done to the cluster during a failover run.
 
     at_s: seconds after the steady load started
-    action: remove-pod (delete one pod; the deployment replaces it) | fail-node (the node goes
-        down; its pods move to the other nodes)
-    target: the pod (remove-pod) or node (fail-node)
+    action: remove-pod (delete one pod; the deployment replaces it) | fail-pod (its server
+        crashes, as `cnlb pod fail`; not restarted) | fail-node (the node goes down; its pods
+        move to the other nodes)
+    target: the pod (remove-pod, fail-pod) or node (fail-node)
     index: the event's position in the file's list (for messages)
     """
     at_s: float
@@ -501,8 +502,9 @@ def _failover(r: Reader) -> dict[str, Any]:
                 r.problem(epath, "expected a mapping {at: ..., action: ...}",
                           "write e.g. '{at: 5s, action: fail-node, node: node2}'")
                 continue
-            action = r.get(epath, "action", choice(*ACTIONS), fix="use remove-pod or fail-node")
-            needs = {"remove-pod": "pod", "fail-node": "node"}.get(action)
+            action = r.get(epath, "action", choice(*ACTIONS),
+                           fix="use remove-pod, fail-pod or fail-node")
+            needs = {"remove-pod": "pod", "fail-pod": "pod", "fail-node": "node"}.get(action)
             r.mapping(epath, {"at", "action", needs} if needs else {"at", "action", "pod", "node"})
             at = r.get(epath, "at", seconds(0, 3600), fix="write a time like 5s")
             if at is not None and duration is not None and at >= duration:
@@ -547,7 +549,7 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
     nodes = [n.name for n in topology.nodes]
     done: dict[str, dict[str, int]] = {"pod": {}, "node": {}}
     for ev in sorted(experiment.events, key=lambda e: e.index):
-        key = "pod" if ev.action == "remove-pod" else "node"
+        key = "node" if ev.action == "fail-node" else "pod"
         where = ("events", ev.index, key)
         names, seen = (pods if key == "pod" else nodes), done[key]
         if ev.target not in names:
@@ -556,7 +558,7 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
                       f"did you mean '{hint}'?" if hint else f"use one of {', '.join(names[:8])}")
             continue
         if ev.target in seen:
-            done_what = "removed" if key == "pod" else "failed"
+            done_what = "removed or failed" if key == "pod" else "failed"
             r.problem(where, f"{key} '{ev.target}' is already {done_what} "
                       f"by events[{seen[ev.target]}]", "name another one or remove this event")
             continue
