@@ -8,6 +8,7 @@ The lags and the draining are the controller's timers (after_s, drain_s).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
@@ -37,14 +38,21 @@ class L4LoadBalancer(CloudLoadBalancer):
     def __init__(self, controller: ControllerProcess, target_kind: TargetKind):
         self.controller = controller
         self.target_kind = target_kind
-        self._listeners: dict[str, list[ListenerRef]] | None = None
+        self._listeners: dict[str, list[ListenerRef]] = {}
+        self._read: float | None = None       # fabric.json's mtime when last read
 
     def listeners(self, service: str) -> list[ListenerRef]:
-        """The service's listeners, from the controller's fabric.json (read once): the first is
-        the LB named after the service."""
-        if self._listeners is None:
+        """The service's listeners, from the controller's fabric.json (read again when it
+        changes): the first is the LB named after the service."""
+        path = getattr(self.controller, "config", "")
+        try:
+            mtime: float | None = os.stat(path).st_mtime
+        except OSError:
+            mtime = None
+        if mtime != self._read or self._read is None:
+            self._read = mtime
             try:
-                with open(getattr(self.controller, "config", "")) as fh:
+                with open(path) as fh:
                     lbs = json.load(fh).get("load_balancers") or []
             except (OSError, ValueError):
                 lbs = []
