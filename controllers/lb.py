@@ -5,6 +5,7 @@ Balancer: per LB the registered backends and their Health; VIP capture, select g
     flows; register / deregister (then draining, then cut) / observe_results return the
     messages to send; checker_targets, backends_view and lbs_view are what the checker and the
     REST API see
+add_lb, remove_lb: an LB created or removed at run time (the messages, the Balancer's state)
 How an LB picks a backend (its group, hash slots, client-IP slots) is controllers/selection.py.
 """
 
@@ -270,59 +271,6 @@ class Balancer:
         core = self.fabric.core.name
         return {core: [_cut_flow(lb, ip, port)]} if core in ports_by_switch else {}
 
-    def add_lb(self, lb: LoadBalancer, ports_by_switch: Mapping[str, Ports]) -> Messages:
-        """An LB added at run time (self.fabric has it already): its backends registered (each
-        checked anew), its selection, its core flows and its VIP uplinks on the subnet
-        switches."""
-        self.backends[lb.name] = {}
-        for b in lb.backends:
-            self._register(lb, b)
-        self.selection.start(lb)
-        replies = [m for b in lb.backends for m in self._reply_flows((lb.protocol, *b.key))]
-        redirects = sorted({(lb.protocol, *b.key) for b in lb.backends} & self.redirect_keys)
-        out: Messages = {}
-        for sw, ports in ports_by_switch.items():
-            if sw == self.fabric.core.name:
-                out[sw] = self.selection.program(lb) + self._core_flows(lb) + replies
-            else:
-                out[sw] = self._edge_flows(sw, ports, lb) + \
-                    self._redirect_flows(sw, ports, redirects, base=True)
-        return out
-
-    def remove_lb(self, name: str, ports_by_switch: Mapping[str, Ports]) -> Messages:
-        """Forget an LB (KeyError if unknown; self.fabric still has it): every flow with its
-        cookie on every switch, its group, its backends' health and draining. Its backends'
-        reply flows stay (in-flight connections, as after a deregistration). The flows it
-        shared with the other listeners of its VIP (ARP, the subnet switches' uplink, one
-        match each) are written again for them."""
-        lb = self._lb(name)
-        has_group = lb.name not in self.selection.sticky and lb.name not in self.selection.slots
-        for key in self.backends.pop(lb.name):
-            self.health.pop((lb.name, *key), None)
-            self.selection.forget(lb, key)
-        self.selection.slots.pop(lb.name, None)
-        self.selection.sticky.pop(lb.name, None)
-        self.draining = {k: b for k, b in self.draining.items() if k[0] != lb.name}
-        self.cut = {k for k in self.cut if k[0] != lb.name}
-        siblings = [x for x in self.fabric.load_balancers if x.vip == lb.vip and x is not lb]
-        out: Messages = {}
-        for sw, ports in ports_by_switch.items():
-            msgs = [delete_by_cookie(cookie(COOKIE_LB, lb.name))]
-            if sw == self.fabric.core.name:
-                msgs += [delete_group(lb.group_id)] if has_group else []
-                msgs += [m for x in siblings[:1] for m in self._vip_arp(x)]
-            else:
-                msgs += [m for x in siblings for m in self._edge_flows(sw, ports, x)]
-            out[sw] = msgs
-        return out
-
-    def _vip_arp(self, lb: LoadBalancer) -> list:
-        """The core's answer to ARP for the LB's VIP from its subnet (as _core_flows has it)."""
-        subnet = self.fabric.subnet_of_ip(lb.vip)
-        if subnet is None:
-            return []
-        return [arp_flow(cookie(COOKIE_LB, lb.name), lb.vip, subnet.gateway_mac, subnet.cidr)]
-
     def observe_results(self, results: Iterable[CheckResult],
                         ports_by_switch: Mapping[str, Ports]) -> Messages:
         """Feed checker results in order; one group modify (or slot update) per LB whose
@@ -420,6 +368,65 @@ class Balancer:
                          "health_check": dataclasses.asdict(hc) if hc else None,
                          "cookie": hex_cookie(cookie(COOKIE_LB, lb.name))})
         return rows
+
+
+# ---- LBs created and removed at run time (POST /v1/lbs, DELETE /v1/lbs/<lb>) ---------------
+
+def add_lb(bal: Balancer, lb: LoadBalancer, ports_by_switch: Mapping[str, Ports]
+           ) -> Messages:
+    """An LB added at run time (bal.fabric has it already): its backends registered (each
+    checked anew), its selection, its core flows and its VIP uplinks on the subnet
+    switches."""
+    bal.backends[lb.name] = {}
+    for b in lb.backends:
+        bal._register(lb, b)
+    bal.selection.start(lb)
+    replies = [m for b in lb.backends for m in bal._reply_flows((lb.protocol, *b.key))]
+    redirects = sorted({(lb.protocol, *b.key) for b in lb.backends} & bal.redirect_keys)
+    out: Messages = {}
+    for sw, ports in ports_by_switch.items():
+        if sw == bal.fabric.core.name:
+            out[sw] = bal.selection.program(lb) + bal._core_flows(lb) + replies
+        else:
+            out[sw] = bal._edge_flows(sw, ports, lb) + \
+                bal._redirect_flows(sw, ports, redirects, base=True)
+    return out
+
+
+def remove_lb(bal: Balancer, name: str, ports_by_switch: Mapping[str, Ports]) -> Messages:
+    """Forget an LB (KeyError if unknown; bal.fabric still has it): every flow with its
+    cookie on every switch, its group, its backends' health and draining. Its backends'
+    reply flows stay (in-flight connections, as after a deregistration). The flows it
+    shared with the other listeners of its VIP (ARP, the subnet switches' uplink, one
+    match each) are written again for them."""
+    lb = bal._lb(name)
+    has_group = lb.name not in bal.selection.sticky and lb.name not in bal.selection.slots
+    for key in bal.backends.pop(lb.name):
+        bal.health.pop((lb.name, *key), None)
+        bal.selection.forget(lb, key)
+    bal.selection.slots.pop(lb.name, None)
+    bal.selection.sticky.pop(lb.name, None)
+    bal.draining = {k: b for k, b in bal.draining.items() if k[0] != lb.name}
+    bal.cut = {k for k in bal.cut if k[0] != lb.name}
+    siblings = [x for x in bal.fabric.load_balancers if x.vip == lb.vip and x is not lb]
+    out: Messages = {}
+    for sw, ports in ports_by_switch.items():
+        msgs = [delete_by_cookie(cookie(COOKIE_LB, lb.name))]
+        if sw == bal.fabric.core.name:
+            msgs += [delete_group(lb.group_id)] if has_group else []
+            msgs += [m for x in siblings[:1] for m in _vip_arp(bal, x)]
+        else:
+            msgs += [m for x in siblings for m in bal._edge_flows(sw, ports, x)]
+        out[sw] = msgs
+    return out
+
+
+def _vip_arp(bal: Balancer, lb: LoadBalancer) -> list:
+    """The core's answer to ARP for the LB's VIP from its subnet (as _core_flows has it)."""
+    subnet = bal.fabric.subnet_of_ip(lb.vip)
+    if subnet is None:
+        return []
+    return [arp_flow(cookie(COOKIE_LB, lb.name), lb.vip, subnet.gateway_mac, subnet.cidr)]
 
 
 def _cut_match(lb: LoadBalancer, ip: str, port: int) -> dict:

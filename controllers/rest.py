@@ -22,7 +22,7 @@ from controllers.config import (
     parse_pod_route,
     parse_seconds,
 )
-from controllers.service import VpcService
+from controllers.service import VpcService, add_lb, remove_lb
 
 LOG = logging.getLogger("cnlb.vpc")
 
@@ -96,13 +96,13 @@ class RestApi:
         """Create an LB from a load_balancers[] entry of fabric.json (201, its GET /v1/lbs
         row): a Service that turned LoadBalancer, or a new listener of one."""
         lb = parse_new_load_balancer(self.service.vpc.fabric, self._json(req))
-        self.service.add_lb(lb)
+        add_lb(self.service, lb)
         return 201, next(r for r in self.service.vpc.lbs_view() if r["name"] == lb.name)
 
     def delete_lb(self, req: webob.Request, lb: str) -> Reply:
         """Remove an LB: its VIP:port answers nothing any more (404 if there is none)."""
         try:
-            self.service.remove_lb(lb)
+            remove_lb(self.service, lb)
         except KeyError:
             return 404, {"error": f"no load balancer {lb!r}"}
         return 200, {"deleted": lb}

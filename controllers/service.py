@@ -7,6 +7,7 @@ VpcService: one method per event the app receives and per action the REST API as
     updates the state, asks the core for messages and sends them through the datapath objects
     it is handed (anything with `id`, `xid`, `ofproto` and os-ken's `send(bytes)`), so tests
     build it with fake datapaths and their own clock.
+add_lb, remove_lb: an LB created or removed at run time (POST /v1/lbs, DELETE /v1/lbs/<lb>)
 """
 
 from __future__ import annotations
@@ -258,19 +259,6 @@ class VpcService:
         else:
             self._deregister(lb, ip, port, drain_s)
 
-    def add_lb(self, lb: LoadBalancer) -> None:
-        """A new LB (a Service turned LoadBalancer): flows on the switches, its backends
-        checked from now on (each starts initial)."""
-        self.send_by_switch(self.vpc.add_lb(lb, self.ports_by_switch()))
-        self.checker.update(self.vpc.checker_targets())
-
-    def remove_lb(self, name: str) -> None:
-        """Remove an LB and its pending timers (KeyError if unknown): its VIP is released."""
-        self._known_lb(name)
-        self.timers = {k: t for k, t in self.timers.items() if k[0] != name}
-        self.send_by_switch(self.vpc.remove_lb(name, self.ports_by_switch()))
-        self.checker.update(self.vpc.checker_targets())
-
     def _known_lb(self, lb: str) -> str:
         if self.vpc.fabric.lb(lb) is None:
             raise KeyError(lb)
@@ -392,6 +380,21 @@ class VpcService:
 
     def state_of(self, dp: Any) -> SwitchState | None:
         return next((st for st in self.switches.values() if st.dp is dp), None)
+
+
+def add_lb(service: VpcService, lb: LoadBalancer) -> None:
+    """A new LB (a Service turned LoadBalancer): flows on the switches, its backends checked
+    from now on (each starts initial)."""
+    service.send_by_switch(service.vpc.add_lb(lb, service.ports_by_switch()))
+    service.checker.update(service.vpc.checker_targets())
+
+
+def remove_lb(service: VpcService, name: str) -> None:
+    """Remove an LB and its pending timers (KeyError if unknown): its VIP is released."""
+    service.vpc.lb_config(name)
+    service.timers = {k: t for k, t in service.timers.items() if k[0] != name}
+    service.send_by_switch(service.vpc.remove_lb(name, service.ports_by_switch()))
+    service.checker.update(service.vpc.checker_targets())
 
 
 def with_timers(rows: list[dict], lb: str, timers: dict[tuple[str, str, int], Timer],

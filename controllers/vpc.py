@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from controllers import icmp
 from controllers.config import Backend, Fabric, LoadBalancer, PodRoute
 from controllers.health import CheckResult
-from controllers.lb import Balancer
+from controllers.lb import Balancer, add_lb, remove_lb
 from controllers.openflow import Messages, Ports, clear_switch, switch_config
 from controllers.routing import Router
 from controllers.topology import Topology
@@ -83,11 +83,11 @@ class Vpc:
         fabric has it from now on, and so would a switch's full program."""
         self._set_fabric(dataclasses.replace(
             self.fabric, load_balancers=(*self.fabric.load_balancers, lb)))
-        return self.balancer.add_lb(lb, ports_by_switch)
+        return add_lb(self.balancer, lb, ports_by_switch)
 
     def remove_lb(self, name: str, ports_by_switch: Mapping[str, Ports]) -> Messages:
         """Remove LB `name` (KeyError if unknown): its VIP:port answers nothing any more."""
-        msgs = self.balancer.remove_lb(name, ports_by_switch)
+        msgs = remove_lb(self.balancer, name, ports_by_switch)
         self._set_fabric(dataclasses.replace(self.fabric, load_balancers=tuple(
             lb for lb in self.fabric.load_balancers if lb.name != name)))
         return msgs

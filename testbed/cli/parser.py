@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from testbed.cli import commands as c
+from testbed.cli.service_commands import cmd_service
 from testbed.emulation.machine import FABRIC_DATAPATHS
 from testbed.errors import UsageError
 from testbed.spec.model import LB_KINDS
@@ -90,11 +91,30 @@ def _lifecycle(sub) -> None:
     _instant_option(pod)
     pod.set_defaults(func=c.cmd_pod)
 
+    _services(sub)
+
     node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
     node.add_argument("action", choices=("fail",))
     node.add_argument("name", metavar="NAME")
     _instant_option(node)
     node.set_defaults(func=c.cmd_node)
+
+
+def _services(sub) -> None:
+    """Services of a running cluster: cnlb service apply | set | delete."""
+    svc = sub.add_parser("service", help="change a service of a running cluster: apply FILE, "
+                         "set NAME field=value ..., delete NAME")
+    actions = svc.add_subparsers(dest="action", parser_class=Parser, required=True)
+    a = actions.add_parser("apply", help="create or update the one service a file holds "
+                           "(`web: {type: NodePort, port: 80}`, as under services:)")
+    a.add_argument("file", metavar="FILE")
+    s = actions.add_parser("set", help="change fields of a service (values are YAML: "
+                           "type=NodePort, 'ports=[{name: http, port: 80}]')")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("fields", nargs="+", metavar="FIELD=VALUE")
+    d = actions.add_parser("delete", help="delete a service: its node ports and VIP are freed")
+    d.add_argument("name", metavar="NAME")
+    svc.set_defaults(func=cmd_service)
 
 
 def _instant_option(parser) -> None:

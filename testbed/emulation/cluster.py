@@ -30,6 +30,7 @@ from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
 from testbed.emulation.podservers import PodServer
+from testbed.emulation.services import ServiceMethods
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
@@ -41,7 +42,7 @@ from testbed.plan.addresses import LB_HOST, Plan, build_plan
 from testbed.spec.model import Topology
 
 
-class Cluster:
+class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     """One emulated cluster in one mode.
 
     topo: the validated topology (its mode decides classic vs container-native)

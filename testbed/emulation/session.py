@@ -30,9 +30,10 @@ from testbed.emulation.journal import (
     owner_pid,
     read_journal,
 )
+from testbed.emulation.services import document_from_wire
 from testbed.emulation.status import status_of, write_status
 from testbed.emulation.wiring import NETNS_DIR
-from testbed.errors import EnvironmentProblem, UsageError
+from testbed.errors import EnvironmentProblem, InputError, UsageError
 from testbed.paths import REPO
 
 SOCKET = "owner.sock"
@@ -56,6 +57,10 @@ class _Handler(socketserver.StreamRequestHandler):
             request = json.loads(line)
             result = self.server.owner.dispatch(request)
             reply = {"ok": True, "result": result}
+        except InputError as exc:   # one line per problem, as the CLI prints them (exit 2)
+            reply = {"ok": False, "error": str(exc), "problems": [str(p) for p in exc.problems]}
+        except UsageError as exc:
+            reply = {"ok": False, "error": str(exc).removeprefix("cnlb: ")}
         except (KeyError, ValueError) as exc:
             reply = {"ok": False, "error": str(exc).strip("'\"")}
         except Exception as exc:   # report, keep serving: the cluster must stay up
@@ -76,6 +81,19 @@ def _clock(cluster, steps, request: dict) -> dict:
     if steps and not instant:
         out["steps"] = [s.to_dict() for s in steps]
     return out
+
+
+SERVICE_OPS = ("apply-service", "set-service", "delete-service")
+
+
+def _service_request(cluster, op: str, request: dict) -> dict:
+    """`cnlb service apply | set | delete` (testbed.emulation.services; InputError when the
+    file or the fields are wrong, and nothing changed)."""
+    if op == "apply-service":
+        return cluster.apply_service(document_from_wire(request["document"]))
+    if op == "set-service":
+        return cluster.set_service(request["service"], [str(a) for a in request["fields"]])
+    return cluster.delete_service(request["service"])
 
 
 class Owner:
@@ -107,6 +125,8 @@ class Owner:
                 c.wait_lb_ready()
                 result = {"failed": request["node"], "rescheduled": moved,
                           **_clock(c, [], request)}
+            elif op in SERVICE_OPS:
+                result = _service_request(c, op, request)
             else:
                 raise ValueError(f"unknown operation {op!r}")
             write_status(c)
@@ -243,6 +263,8 @@ def request(op: str, **args) -> dict:
                                      "`cnlb down` removes what it left") from None
         s.sendall((json.dumps({"op": op, **args}) + "\n").encode())
         reply = json.loads(s.makefile().readline())
+    if reply.get("problems"):
+        raise UsageError("\n".join(reply["problems"]))
     if not reply.get("ok"):
         raise UsageError(f"cnlb: {reply.get('error')}")
     return reply["result"]
