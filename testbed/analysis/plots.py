@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from testbed.analysis import failover  # noqa: E402
+from testbed.analysis import failover, rollout  # noqa: E402
 from testbed.analysis.rundata import (  # noqa: E402
     NON_LATENCY_SAMPLES,
     PALETTE,
@@ -498,6 +498,15 @@ def fig_failover_timeline(data: RunData, out: str) -> list[str]:
     return _save(fig, out, "failover-timeline")
 
 
+def fig_rollout(data: RunData, out: str) -> list[str]:
+    """rollout: errors/s over time with the rollout's steps marked (testbed.analysis.rollout)."""
+    if not rollout.has_samples(data):
+        raise Skip("no samples of workload 'rollout' (not a rollout run)")
+    fig, ax = _figure()
+    rollout.draw(ax, data, _mark_events)
+    return _save(fig, out, "rollout")
+
+
 def _mark_events(ax: plt.Axes, events: Iterable[Mapping[str, Any]]) -> None:
     for ev in events:
         ax.axvline(ev["t"], color="#555555", linewidth=0.7, linestyle=(0, (2, 2)), zorder=1)
@@ -517,6 +526,7 @@ FIGURES = (
     ("source-ip", "Client address seen by the pod", fig_source_ip),
     ("scaling", "Scaling with the number of services and pods", fig_scaling),
     ("failover", "Errors during failover", fig_failover),
+    ("rollout", "Errors during a rolling update", fig_rollout),
     ("failover-timeline", "Failover over time, the control plane's steps marked",
      fig_failover_timeline),
 )

@@ -74,6 +74,9 @@ METRICS = {
     "nodes": Metric("count", "nodes in the cluster"),
     # failover (extra "event": index in the experiment's events)
     "recovery_time_s": Metric("s", "time until traffic is whole again", "lower"),
+    # rollout (testbed.analysis.rollout; errors also per kind, extra "error")
+    "success_rate": Metric("fraction", "requests answered while the rollout ran", "higher"),
+    "rollout_duration_s": Metric("s", "rolling update's duration", "lower"),
     # (testbed.analysis.failover; whole run, or with "event": that event's window)
     "outage_s": Metric("s", "longest time with fewer than half the requests succeeding",
                        "lower"),
@@ -83,7 +86,7 @@ METRICS = {
 
 # Fields of a record that name *what* was measured besides variant and metric; a summary is kept
 # per distinct combination of them.
-GROUP_FIELDS = ("workload", "pod", "node", "services", "pods", "stage", "event")
+GROUP_FIELDS = ("workload", "pod", "node", "services", "pods", "stage", "event", "error")
 
 # The raw sample rows the plots understand (a runner may add more fields):
 SAMPLE_FIELDS = {

@@ -240,6 +240,44 @@ def cmd_node(args) -> int:
     return 0
 
 
+def int_or_percent(raw: str) -> int | str:
+    """--max-surge / --max-unavailable: a count or a percentage, as the topology takes them."""
+    import argparse
+
+    from testbed.spec.sections import int_or_percent as convert
+    try:
+        return convert(int(raw) if raw.isdigit() else raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_rollout(args) -> int:
+    """Start a rolling update on the detached cluster and, unless --no-wait, print its scaling
+    events as they happen until every pod is new (status 1 if it failed)."""
+    from testbed.emulation.session import request
+    status = request("rollout", deployment=args.deployment, max_surge=args.max_surge,
+                     max_unavailable=args.max_unavailable)
+    resolved = status["resolved"]
+    print(f"rolling out {args.deployment}: {status['replicas']} replicas, maxSurge "
+          f"{status['maxSurge']} ({resolved['maxSurge']}), maxUnavailable "
+          f"{status['maxUnavailable']} ({resolved['maxUnavailable']})", flush=True)
+    shown = 0
+    while not args.no_wait:
+        for ev in status["events"][shown:]:
+            print(f"+{ev['time'] - status['started']:7.2f}s  Scaled {ev['action'][7:]} replica "
+                  f"set {ev['rs']} to {ev['replicas']} ({', '.join(ev['pods'])})", flush=True)
+        shown = len(status["events"])
+        if status["error"]:
+            print(f"rollout failed: {status['error']}", file=sys.stderr)
+            return EXIT_FAILED
+        if status["completed"] is not None:
+            print(f"rolled out in {status['duration_s']:.2f}s: {', '.join(status['new_pods'])}")
+            break
+        time.sleep(0.5)
+        status = request("rollout-status", deployment=args.deployment)
+    return 0
+
+
 def cmd_run(args) -> int:
     from testbed.experiments.run import run_experiment
     result = run_experiment(args.experiment, args.topology, out=args.out, iptables=args.iptables,

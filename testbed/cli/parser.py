@@ -99,6 +99,18 @@ def _lifecycle(sub) -> None:
     _instant_option(node)
     node.set_defaults(func=c.cmd_node)
 
+    ro = sub.add_parser("rollout", help="replace every pod of a deployment as a rolling update "
+                        "does (new pods Ready first, then old ones terminate)")
+    ro.add_argument("deployment", metavar="DEPLOYMENT")
+    ro.add_argument("--max-surge", type=c.int_or_percent, metavar="N",
+                    help="pods over replicas while updating: a count or N%% "
+                         "(default: the deployment's strategy.rollingUpdate, else 25%%)")
+    ro.add_argument("--max-unavailable", type=c.int_or_percent, metavar="M",
+                    help="pods under replicas that may be unavailable: a count or N%% "
+                         "(default: the deployment's, else 25%%)")
+    ro.add_argument("--no-wait", action="store_true", help="return once it has started")
+    ro.set_defaults(func=c.cmd_rollout)
+
 
 def _services(sub) -> None:
     """Services of a running cluster: cnlb service apply | set | delete."""

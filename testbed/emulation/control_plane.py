@@ -24,6 +24,7 @@ from mininet.node import Node
 
 from testbed.cloud.lb import CloudLoadBalancer, Target
 from testbed.cloud.vpc_controller import ControllerProcess
+from testbed.emulation.gates import ReadinessGates
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, StateDir
 from testbed.emulation.podservers import Launcher, PodServer, server_flags
@@ -79,6 +80,7 @@ class ControlPlane:
         self.published: dict[str, EndpointConditions] | None = None
         self.rescheduled: dict[str, list[str]] = {}   # failed node -> the pods made for its own
         self.steps = Steps(self)
+        self.gates = ReadinessGates(self)   # pods whose Ready waits for the cloud LB
 
     @property
     def timing(self) -> Timing:
@@ -195,7 +197,7 @@ class ControlPlane:
         with self.lock:
             self.published = scheduling.endpoint_conditions(self.cluster.plan, self.states,
                                                             instant=False)
-            self.prober = ReadinessProber(self.timing, self._readiness_reported)
+            self.prober = ReadinessProber(self.timing, self.gates.reported)
             for pod in self.cluster.plan.pods:
                 if pod.name in self.live_pods() and pod.node not in self.states.failed_nodes:
                     self._probe(pod, ready=True, started=True)

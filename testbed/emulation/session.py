@@ -31,6 +31,7 @@ from testbed.emulation.journal import (
     read_journal,
 )
 from testbed.emulation.services import document_from_wire
+from testbed.emulation.rollout import ROLLOUT_OPS, rollout_request
 from testbed.emulation.status import status_of, write_status
 from testbed.emulation.wiring import NETNS_DIR
 from testbed.errors import EnvironmentProblem, InputError, UsageError
@@ -102,6 +103,7 @@ class Owner:
     def __init__(self, cluster):
         self.cluster = cluster
         self.lock = threading.Lock()
+        self.rollouts: dict = {}   # deployment -> its latest rolling update (rollout_request)
         self.server: _Server | None = None
 
     def dispatch(self, request: dict):
@@ -127,6 +129,8 @@ class Owner:
                           **_clock(c, [], request)}
             elif op in SERVICE_OPS:
                 result = _service_request(c, op, request)
+            elif op in ROLLOUT_OPS:
+                result = rollout_request(c, op, request, self.rollouts)
             else:
                 raise ValueError(f"unknown operation {op!r}")
             write_status(c)

@@ -17,12 +17,14 @@ from testbed.emulation.cluster import Cluster
 from testbed.experiments.compare import run_compare
 from testbed.experiments.failover import run_failover
 from testbed.experiments.kind import ExperimentKind
+from testbed.experiments.rollout import run_rollout
 from testbed.experiments.scaling import run_scaling
 from testbed.spec.experiment import Resolved, Variant
 
 KINDS: dict[str, ExperimentKind] = {
     "compare": run_compare,
     "failover": run_failover,
+    "rollout": run_rollout,
     "scaling": run_scaling,
 }
 

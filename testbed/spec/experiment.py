@@ -17,13 +17,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from testbed.errors import InputError, Problem
-from testbed.spec.fields import Converter, Reader, choice, integer, name, text
+from testbed.spec import rollout as rollout_spec
+from testbed.spec.durations import fmt_s as _fmt_s
+from testbed.spec.durations import seconds
+from testbed.spec.fields import Reader, choice, integer, name, text
 from testbed.spec.model import MODES, Topology, placement
 from testbed.spec.scaling import check_sizes, read_sweeps
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import Document, Path, nearest, read_document
 
-KINDS = ("compare", "scaling", "failover")
+KINDS = ("compare", "scaling", "failover", "rollout")
 POLICIES = ("Cluster", "Local")
 TARGETS = ("vip", "pods")        # where a variant's clients send: the LB's VIP, or the pods
 ACTIONS = ("remove-pod", "fail-pod", "fail-node")
@@ -45,11 +48,10 @@ KIND_KEYS = {
     "compare": {"workloads"},
     "scaling": {"workloads", "services", "endpoints", "pods", "podsPerNode"},
     "failover": {"duration", "rate", "timeout", "events"},
+    "rollout": rollout_spec.ROLLOUT_KEYS,
 }
 ALL_KEYS = COMMON_KEYS.union(*KIND_KEYS.values())
 
-_DURATION_RE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s|m|min)\s*")
-_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,16 @@ class Variant:
         turn, no LB: the fabric's cost alone; compare only, container-native addressing)
     timing: the control plane's clock, realistic or instant (None: the topology's
         `kubernetes: {timing: ...}`)
+    readiness_gates, deregistration_delay_s: the LB's readiness gate on every deployment and
+        its draining time (None: the topology's; testbed.spec.rollout)
     """
     name: str
     mode: str
     external_traffic_policy: str = "Cluster"
     to: str = "vip"
     timing: str | None = None
+    readiness_gates: bool | None = None
+    deregistration_delay_s: float | None = None
 
     def apply(self, topology: Topology) -> Topology:
         """The topology in this variant's mode, every LoadBalancer service's policy overridden.
@@ -86,9 +92,10 @@ class Variant:
             services.append(svc)
         kubernetes = (replace(topology.kubernetes, mode=self.timing) if self.timing
                       else topology.kubernetes)
+        topology = rollout_spec.with_variant_settings(topology, kubernetes, self.readiness_gates,
+                                                      self.deregistration_delay_s)
         return replace(topology, mode=self.mode, services=tuple(services),
-                       load_balancer=replace(topology.load_balancer, targets=self.mode),
-                       kubernetes=kubernetes)
+                       load_balancer=replace(topology.load_balancer, targets=self.mode))
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,8 @@ class Experiment:
     timeout_s: float = 1.0
     events: tuple[Event, ...] = ()
     datapath: str = "auto"
+    rollout_at_s: float = 0.0        # rollout: when it starts after the load, and what it rolls
+    deployment: str | None = None
     doc: Document | None = field(repr=False, compare=False, default=None)
 
     def variant(self, name: str) -> Variant:
@@ -196,36 +205,6 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__ if k != "doc"}
     return value
-
-
-# -- converters -------------------------------------------------------------------------------
-
-def seconds(low: float = 0.0, high: float = 3600.0) -> Converter[float]:
-    """A duration with a unit ('500ms', '5s', '2m'; a bare 0 is fine) in seconds."""
-    def convert(raw: Any) -> float:
-        if isinstance(raw, bool):
-            raise ValueError(f"expected a duration like 5s, got true/false {raw!r}")
-        if isinstance(raw, (int, float)):
-            if raw != 0:
-                raise ValueError(f"{raw!r} has no unit")
-            value = 0.0
-        elif isinstance(raw, str):
-            match = _DURATION_RE.fullmatch(raw)
-            if not match:
-                raise ValueError(f"'{raw}' is not a duration like 5s or 500ms")
-            value = float(match.group(1)) * _UNIT_S[match.group(2)]
-        else:
-            raise ValueError(f"expected a duration like 5s, got {type(raw).__name__} {raw!r}")
-        if value < low or value > high:
-            raise ValueError(f"{raw} is outside {_fmt_s(low)}-{_fmt_s(high)}")
-        return value
-    return convert
-
-
-def _fmt_s(value: float) -> str:
-    if value and value < 1:
-        return f"{value * 1000:g}ms"
-    return f"{value:g}s"
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -282,7 +261,7 @@ def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
                   "start with 'name:', 'topology:', 'variants:' (see experiments/README.md)")
         r.raise_if_any()
     kind = r.get((), "kind", choice(*KINDS), default="compare",
-                 fix="use compare, scaling or failover") or "compare"
+                 fix="use compare, scaling, failover or rollout") or "compare"
     _check_keys(r, kind)
     default_name = os.path.splitext(os.path.basename(doc.file))[0]
     if not re.fullmatch(r"[a-z]([a-z0-9-]{0,38}[a-z0-9])?", default_name):
@@ -309,7 +288,7 @@ def parse_experiment(doc: Document, topology: str | None = None) -> Experiment:
                                         default={"latency": {"requests": 100}})
         extra.update(read_sweeps(r))
     else:
-        extra.update(_failover(r))
+        extra.update(_failover(r) if kind == "failover" else rollout_spec.read_rollout(r))
     r.raise_if_any()
     return Experiment(exp_name, doc.file, kind, topo_path, service, seed, reps, warmup,
                       variants, doc=doc, **extra)
@@ -383,8 +362,9 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
             r.problem(vpath, "missing required field 'mode'",
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
-        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing"}, required=("mode",),
-                  what="mode: ...")
+        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing",
+                          *rollout_spec.VARIANT_KEYS},
+                  required=("mode",), what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
             continue
         mode = r.get(vpath, "mode", choice(*MODES), fix="use nodeport or container-native")
@@ -403,10 +383,12 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "from the client", "use 'mode: container-native' with 'to: pods'")
             continue
         if mode and policy and to:
-            out.append(Variant(vname, mode, policy, to, timing))
-    seen: dict[tuple[str, str, str, str | None], str] = {}
+            out.append(Variant(vname, mode, policy, to, timing,
+                               **rollout_spec.read_variant_settings(r, vpath)))
+    seen: dict[tuple[object, ...], str] = {}
     for v in out:
-        key = (v.mode, v.external_traffic_policy, v.to, v.timing)
+        key = (v.mode, v.external_traffic_policy, v.to, v.timing, v.readiness_gates,
+               v.deregistration_delay_s)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
                       f"externalTrafficPolicy {v.external_traffic_policy}, to {v.to})",
@@ -583,6 +565,9 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
         if not checked.get(v.mode):
             variants[v.name] = v.apply(topology)
     problems += _size_problems(experiment, topology, service, variants)
+    if experiment.kind == "rollout":
+        problems += rollout_spec.rollout_problems(r.doc, topology, service,
+                                                  experiment.deployment)
     if problems:
         raise InputError(problems)
     return Resolved(experiment, topology, service, variants)

@@ -116,11 +116,19 @@ class Deployment:
 
     placement: (node, count) pairs; empty means spread round-robin over all nodes
     container_port: the port the pod's server listens on
+    max_surge, max_unavailable: strategy.rollingUpdate, a count or "N%" (upstream's 25% each)
+    min_ready_s: minReadySeconds: how long a new pod is Ready before it counts as available
+    readiness_gates: the pods' readinessGates condition types: a new pod is Ready only once
+        the cloud LB reports its target healthy (container-native mode)
     """
     name: str
     replicas: int
     placement: tuple[tuple[str, int], ...]
     container_port: int
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = "25%"
+    min_ready_s: float = 0.0
+    readiness_gates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
 from testbed.spec.fields import (
     NAME_RE,
@@ -242,21 +243,92 @@ def read_deployments(r: Reader, node_names: Sequence[str]) -> tuple[Deployment, 
         except ValueError as exc:
             r.problem(path, str(exc), "name deployments like web (at most 20 characters)")
             continue
-        r.mapping(path, {"replicas", "placement", "port"}, what="replicas, placement, port")
+        r.mapping(path, {"replicas", "placement", "port", *ROLLOUT_KEYS},
+                  what="replicas, placement, port")
         if not isinstance(r.value(path), (dict, type(None))):
             continue
         replicas = r.get(path, "replicas", integer(0, MAX_PODS), default=1,
                          fix=f"set replicas between 0 and {MAX_PODS}")
         port = r.get(path, "port", integer(1, 65535), default=8080, fix="use a port in 1-65535")
         placement = _placement(r, path, replicas, node_names)
+        rollout = read_rollout_fields(r, path)
         if replicas is not None and total <= MAX_PODS < total + replicas:
             r.problem(written_path(r, path + ("replicas",)),
                       f"{total + replicas} pods in all deployments is more than the {MAX_PODS} "
                       "supported", f"use at most {MAX_PODS} pods in all")
         total += replicas or 0
         if replicas is not None and port is not None and placement is not None:
-            out.append(Deployment(dname, replicas, placement, port))
+            out.append(Deployment(dname, replicas, placement, port, **rollout))
     return tuple(out)
+
+
+# A deployment's rollout fields, in Kubernetes' names (Deployment spec and its pod template's
+# readinessGates); what they do: testbed.kubernetes.deployment, docs/rollout.md.
+ROLLOUT_KEYS = ("strategy", "minReadySeconds", "readinessGates")
+
+
+def int_or_percent(raw: object) -> int | str:
+    """An IntOrString as a Deployment's validation accepts it: a count >= 0 or "N%"."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    if isinstance(raw, str) and raw.endswith("%") and raw[:-1].isdigit() \
+            and (raw[:-1] == "0" or not raw.startswith("0")):
+        return raw
+    raise ValueError(f"expected a count or a percentage like 25%, got {kind_of(raw)} {raw!r}")
+
+
+def _int_or_percent_value(value: int | str) -> int:
+    return value if isinstance(value, int) else int(value[:-1])
+
+
+def read_rollout_fields(r: Reader, path: Path) -> dict[str, Any]:
+    """strategy.rollingUpdate (maxSurge, maxUnavailable), minReadySeconds and readinessGates
+    of a deployment: the Deployment fields' keyword arguments (absent ones left out)."""
+    out: dict[str, Any] = {}
+    spath = tuple(path) + ("strategy",)
+    if r.has(spath):
+        r.mapping(spath, {"type", "rollingUpdate"}, what="type, rollingUpdate")
+        r.get(spath, "type", choice("RollingUpdate"), default="RollingUpdate",
+              fix="use RollingUpdate (the testbed has no Recreate strategy)")
+        rpath = spath + ("rollingUpdate",)
+        r.mapping(rpath, {"maxSurge", "maxUnavailable"}, what="maxSurge, maxUnavailable")
+        fix = "write a count like 1 or a percentage like 25%"
+        surge = r.get(rpath, "maxSurge", int_or_percent, default="25%", fix=fix)
+        unavailable = r.get(rpath, "maxUnavailable", int_or_percent, default="25%", fix=fix)
+        if isinstance(unavailable, str) and _int_or_percent_value(unavailable) > 100:
+            r.problem(rpath + ("maxUnavailable",), f"{unavailable} is more than 100%",
+                      "use at most 100%")
+        elif surge is not None and unavailable is not None:
+            if _int_or_percent_value(surge) == 0 and _int_or_percent_value(unavailable) == 0:
+                # as upstream's ValidateRollingUpdateDeployment
+                r.problem(written_path(r, rpath + ("maxUnavailable",)),
+                          "may not be 0 when maxSurge is 0",
+                          "let one of maxSurge and maxUnavailable be more than 0")
+            else:
+                out.update(max_surge=surge, max_unavailable=unavailable)
+    ready = r.get(path, "minReadySeconds", number(0, 3600), default=None,
+                  fix="seconds between 0 and 3600 (default 0)")
+    if ready is not None:
+        out["min_ready_s"] = float(ready)
+    gpath = tuple(path) + ("readinessGates",)
+    if r.has(gpath):
+        raw = r.value(gpath)
+        example = "write 'readinessGates: [{conditionType: target-health.cnlb.io/web}]'"
+        if not isinstance(raw, list):
+            r.problem(gpath, f"expected a list, got {kind_of(raw)} {raw!r}", example)
+            return out
+        gates = []
+        for i, gate in enumerate(raw):
+            if not isinstance(gate, dict):
+                r.problem(gpath + (i,), f"expected a mapping, got {kind_of(gate)} {gate!r}",
+                          example)
+                continue
+            r.mapping(gpath + (i,), {"conditionType"}, what="conditionType")
+            kind = r.get(gpath + (i,), "conditionType", text, fix=example)
+            if kind is not None:
+                gates.append(kind)
+        out["readiness_gates"] = tuple(gates)
+    return out
 
 
 def _placement(r: Reader, path: Path, replicas: int | None,

@@ -66,7 +66,7 @@ def test_shipped_experiments_load_and_resolve(path):
 
 def test_shipped_kinds():
     kinds = {load_experiment(p).kind for p in SHIPPED}
-    assert kinds == {"compare", "scaling", "failover"}
+    assert kinds == {"compare", "scaling", "failover", "rollout"}
     assert {os.path.basename(p) for p in SHIPPED} >= {"compare.yaml", "compare-quick.yaml",
                                                       "scaling.yaml", "failover.yaml"}
 
