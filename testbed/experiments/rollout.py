@@ -14,6 +14,7 @@ latency_p99_ms while it ran, rollout_duration_s (start to every pod new and avai
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,11 @@ def _load_with_rollout(run: RunContext, cluster: Cluster, variant: Variant, rep:
     proc = cluster.host(CLIENT).popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL)
     start = time.time()
+    output: list[bytes] = []   # read while it runs: a full pipe would stop the probe
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: output.append(stdout.read()), daemon=True)
+    reader.start()
     time.sleep(max(exp.rollout_at_s - (time.time() - start), 0))
     rolling: Rollout = rollout(cluster, deployment)
     status = rolling.wait(max(exp.duration_s - (time.time() - start), 0) + 1)
@@ -63,10 +69,12 @@ def _load_with_rollout(run: RunContext, cluster: Cluster, variant: Variant, rep:
                if status.completed is not None else
                f"not complete at the end of the load ({status.error or 'still rolling'})")
     run.progress(variant.name, rep, summary)
-    out, _ = proc.communicate(timeout=exp.duration_s + 60)
+    proc.wait(timeout=exp.duration_s + 60)
+    reader.join(timeout=30)
     rolling.stop()   # an unfinished rollout makes no more pods while the cluster goes
     state = status.to_dict()
-    probe_rows = [r for r in parse_probe(out.decode()) if not r.get("summary")]
+    out = b"".join(output).decode(errors="replace")
+    probe_rows = [r for r in parse_probe(out) if not r.get("summary")]
     rows = sample_rows(cluster, variant, probe_rows)
     for row, raw in zip(rows, probe_rows, strict=True):
         row["status"] = raw.get("status")
