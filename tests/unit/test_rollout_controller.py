@@ -120,3 +120,34 @@ def test_unknown_deployment_and_a_second_request():
         Rollout(cp, "nope")
     with pytest.raises(KeyError):
         rollout_request(SimpleNamespace(control=cp), "rollout-status", {"deployment": "web"}, {})
+
+
+def test_cnlb_rollout_prints_the_scaling_events_until_done(monkeypatch, capsys):
+    from testbed.cli.main import main
+    from testbed.emulation import session
+    base = {"deployment": "web", "replicas": 2, "maxSurge": "25%", "maxUnavailable": "25%",
+            "resolved": {"maxSurge": 1, "maxUnavailable": 0}, "started": 100.0,
+            "completed": None, "duration_s": None, "new_pods": [], "error": None, "events": []}
+    answers = iter([
+        base,
+        {**base, "events": [{"time": 100.5, "action": "scaled-up", "rs": "new", "replicas": 1,
+                             "pods": ["web-2"]}]},
+        {**base, "completed": 104.0, "duration_s": 4.0, "new_pods": ["web-2", "web-3"],
+         "events": [{"time": 100.5, "action": "scaled-up", "rs": "new", "replicas": 1,
+                     "pods": ["web-2"]},
+                    {"time": 102.0, "action": "scaled-down", "rs": "old", "replicas": 1,
+                     "pods": ["web-0"]}]}])
+    asked = []
+
+    def request(op, **args):
+        asked.append((op, args))
+        return next(answers)
+    monkeypatch.setattr(session, "request", request)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert main(["rollout", "web", "--max-surge", "1", "--max-unavailable", "0%"]) == 0
+    out = capsys.readouterr().out
+    assert asked[0] == ("rollout", {"deployment": "web", "max_surge": 1,
+                                    "max_unavailable": "0%"})
+    assert "Scaled up replica set new to 1 (web-2)" in out
+    assert "Scaled down replica set old to 1 (web-0)" in out
+    assert "rolled out in 4.00s: web-2, web-3" in out
