@@ -66,9 +66,10 @@ def outage_bin_s(rate: float) -> float:
 
 
 def window(rows: Iterable[Row], start: float, end: float, bin_s: float) -> Window:
-    """The requests that started in [start, end), in bins of bin_s from start. A bin with no
+    """The requests that started in [start, end), in bins of bin_s from start (the last one
+    takes what is left over, so a sliver of a bin at the end is no empty bin). A bin with no
     request started counts as out (nothing got through)."""
-    n = max(1, math.ceil((end - start) / bin_s - 1e-9))
+    n = max(1, round((end - start) / bin_s))
     ok, failed = [0] * n, [0] * n
     for r in rows:
         t = r.get("t")

@@ -55,6 +55,12 @@ def test_a_bin_with_no_request_started_counts_as_out():
     assert w.outage_s == pytest.approx(0.5) and w.errors == 0
 
 
+def test_a_window_a_sliver_longer_than_its_bins_has_no_empty_last_bin():
+    # events fire a little after their time: [3.0005, 8.0008) is 50 bins and 0.3 ms
+    w = window(load(fail=(0, 0)), 3.0005, 8.0008, 0.1)
+    assert w.outage_s == 0 and w.degraded_s == 0 and w.errors == 0
+
+
 def test_window_metrics_for_the_run_and_each_event_window():
     events = [{"t": 2.0, "action": "remove-pod"}, {"t": 6.0, "action": "fail-node"}]
     got = {(m, extra.get("event")): (v, extra.get("action"))
