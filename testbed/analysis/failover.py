@@ -118,11 +118,20 @@ def window_metrics(rows: Sequence[Row], events: Sequence[Row], duration_s: float
 
 def timeline_marks(steps: Iterable[Row], merge_s: float = MERGE_S) -> list[tuple[float, str]]:
     """(t, label) of the steps worth a mark, in time order; steps closer than merge_s to the
-    mark before share it ("node down, evicted"). Skipped steps are left out."""
+    mark before share it ("node down, evicted"). Skipped steps are left out, and so is a pod
+    turning not ready when it already was."""
     marks: list[tuple[float, list[str]]] = []
+    not_ready: set[str] = set()
     for step in sorted((s for s in steps if isinstance(s.get("t"), (int, float))),
                        key=lambda s: s["t"]):
-        label = STEP_LABELS.get(str(step.get("action")))
+        action, target = str(step.get("action")), str(step.get("target"))
+        if action == "pod-ready":
+            not_ready.discard(target)
+        elif action == "pod-not-ready":
+            if target in not_ready:
+                continue        # the prober saying again what the kubelet said
+            not_ready.add(target)
+        label = STEP_LABELS.get(action)
         if not label or step.get("skipped"):
             continue
         if marks and step["t"] - marks[-1][0] < merge_s:
@@ -207,7 +216,7 @@ def draw_panels(axes: Sequence[Any], panels: Sequence[Panel], colour: Mapping[st
                      fontsize=7)
     axes[0].figure.subplots_adjust(hspace=0.55)
     axes[0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=6,
-                   borderaxespad=0.1)
+                   borderaxespad=0.1, handlelength=1.2, columnspacing=0.8)
     axes[-1].set_xlabel("time since steady load started (s)")
 
 

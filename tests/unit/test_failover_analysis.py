@@ -80,6 +80,11 @@ def test_marks_keep_the_named_steps_merge_close_ones_and_drop_skipped_ones():
                                                       "skipped": True}]
     assert timeline_marks(steps) == [(15.0, "node down, evicted"), (23.0, "NotReady"),
                                      (24.0, "LB deregistered")]
+    again = [{"t": 8.0, "action": "pod-not-ready", "target": "web-1"},
+             {"t": 13.0, "action": "pod-not-ready", "target": "web-1"},
+             {"t": 14.0, "action": "pod-ready", "target": "web-1"},
+             {"t": 16.0, "action": "pod-not-ready", "target": "web-1"}]
+    assert timeline_marks(again) == [(8.0, "not ready"), (16.0, "not ready")]
 
 
 def _timing_meta(modes: dict[str, str]) -> dict:
