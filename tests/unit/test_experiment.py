@@ -106,9 +106,9 @@ def test_quick_compare_is_quick():
 
 def test_failover_and_scaling_fields():
     fo = load_experiment(os.path.join(REPO, "experiments", "failover.yaml"))
-    assert (fo.duration_s, fo.rate, fo.timeout_s, fo.workloads) == (30.0, 200.0, 1.0, ())
+    assert (fo.duration_s, fo.rate, fo.timeout_s, fo.workloads) == (33.0, 200.0, 1.0, ())
     assert [(e.at_s, e.action, e.target) for e in fo.events] == [
-        (3.0, "remove-pod", "web-0"), (8.0, "fail-pod", "web-1"), (13.0, "fail-node", "node2")]
+        (2.0, "remove-pod", "web-0"), (6.0, "fail-pod", "web-1"), (10.0, "fail-node", "node2")]
     sc = load_experiment(os.path.join(REPO, "experiments", "scaling.yaml"))
     assert sc.services == (10, 100, 1000, 10000) and sc.endpoints == 5
     assert [w.name for w in sc.workloads] == ["latency"]
