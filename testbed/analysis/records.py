@@ -75,7 +75,7 @@ METRICS = {
     # failover (extra "event": index in the experiment's events)
     "recovery_time_s": Metric("s", "time until traffic is whole again", "lower"),
     # rollout (testbed.analysis.rollout; errors also per kind, extra "error")
-    "success_rate": Metric("fraction", "requests answered while the rollout ran", "higher"),
+    "success_rate": Metric("fraction", "requests answered from the rollout's start", "higher"),
     "rollout_duration_s": Metric("s", "rolling update's duration", "lower"),
     # (testbed.analysis.failover; whole run, or with "event": that event's window)
     "outage_s": Metric("s", "longest time with fewer than half the requests succeeding",

@@ -1,10 +1,11 @@
 """What a rollout run's samples say (pure, but for the figure's drawing): the share of requests
-answered during the rolling update (upstream's e2e "should not have connectivity disruption
-during rolling update" asks for 95%), the errors by kind, the p99 latency while it ran, which
-generation of pods answered, and the errors per second with the rollout's events marked.
+answered from the rolling update's start to the end of the load (upstream's e2e "should not
+have connectivity disruption during rolling update" asks for 95%), the errors by kind, the p99
+latency over the same window, and the errors per second with the rollout's events marked.
 
     error_kind: what a failed request's row says went wrong
-    during: the rows of requests started while the rollout ran
+    during: the rows of requests started in a window (from the rollout's start to the load's
+        end: the old pods' termination and the LB's lags come after the rollout is "complete")
     success_rate, errors_by_kind, p99_ms: the records' numbers
     event_rows: the rollout's status as `events` samples (t from the load's start)
     has_samples, draw: the figure (registered in testbed.analysis.plots.FIGURES)
@@ -99,11 +100,10 @@ def draw(ax: Any, data: RunData,
         top = max(top, max(ys, default=0))
         ax.step(seconds + [seconds[-1] + 1], ys + ys[-1:], where="post",
                 color=data.colour[variant], label=variant)
-    marks = [e for e in failover_events(data) if not e["label"].startswith(("new", "old"))]
-    mark_events(ax, marks)
-    for e in failover_events(data):   # the scaling steps: short ticks at the top
-        if e["label"].startswith(("new", "old")):
-            ax.axvline(e["t"], ymin=0.92, color="#999999", linewidth=0.5)
+    starts = [e["t"] for e in failover_events(data) if e["label"].startswith("rollout")]
+    mark_events(ax, [{"t": starts[0], "label": "rollout starts"}] if starts else [])
+    for variant, t in completions(data).items():   # each variant's own end, in its colour
+        ax.axvline(t, color=data.colour[variant], linewidth=0.8, linestyle=(0, (1, 2)))
     ax.set_xlabel("time since the load started (s)")
     ax.set_ylabel("errors/s")
     ax.set_ylim(0, max(1.0, top * 1.2))
@@ -112,8 +112,19 @@ def draw(ax: Any, data: RunData,
     ax.legend(loc="upper right")
     data.captions["rollout"] = (
         "Failed requests per second under steady open-loop load (a new connection each) "
-        "while every pod is replaced; dotted: the rollout's start and completion (first "
-        "repetition), ticks at the top: its scaling steps.")
+        "while every pod is replaced; grey: the rollout's start; dotted in a variant's colour: "
+        "its rollout complete (every pod new and available, mean over repetitions).")
+
+
+def completions(data: RunData) -> dict[str, float]:
+    """variant -> mean time its rollouts completed (from its `events` samples)."""
+    times: dict[str, list[float]] = {}
+    for (variant, _, workload), rows in data.samples.items():
+        if workload == "events":
+            times.setdefault(variant, []).extend(
+                float(r["t"]) for r in rows if r.get("action") == "complete"
+                and isinstance(r.get("t"), (int, float)))
+    return {v: mean(ts) for v, ts in times.items() if ts and v in data.variants}
 
 
 def _errors_per_second(rows: Iterable[Row]) -> dict[int, int]:

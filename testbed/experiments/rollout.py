@@ -7,8 +7,9 @@ cluster per repetition.
 Every request is a sample (`rollout`: t, ok, latency, the pod that answered and its
 generation, old or new, the error's kind); the rollout's steps are `events` samples and the
 clock's steps `timeline` samples (t from the load's start). Records (workload rollout):
-success_rate and requests while the rollout ran, errors in all and by kind (`error`),
-latency_p99_ms while it ran, rollout_duration_s (start to every pod new and available).
+success_rate and requests from the rollout's start to the end of the load, errors in all and
+by kind (`error`), latency_p99_ms over the same window, rollout_duration_s (start to every pod
+new and available).
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def _record(run: RunContext, variant: Variant, rep: int, rows: Sequence[dict[str
             events: Sequence[dict[str, Any]]) -> None:
     began = next(e["t"] for e in events if e["action"] == "rollout")
     ended = next((e["t"] for e in events if e["action"] == "complete"), None)
-    window = analysis.during(rows, began, ended)
+    # to the end of the load, not to `complete`: kubectl calls a rollout done when every pod is
+    # new and available, while the old pods still terminate and the LB still deregisters them
+    window = analysis.during(rows, began, None)
     run.rec(variant, rep, "errors", sum(1 for r in rows if not r["ok"]), "rollout")
     for kind, count in analysis.errors_by_kind(rows).items():
         run.rec(variant, rep, "errors", count, "rollout", error=kind)
