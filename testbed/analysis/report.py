@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from testbed.analysis import failover, overhead
+from testbed.analysis import failover, overhead, rollout
 from testbed.analysis.records import METRICS, read_meta, read_records, summarize, variant_order
 from testbed.analysis.stats import MeanCI
 
@@ -155,7 +155,8 @@ def _variant_list(exp: Meta) -> list[Block]:
                     "the LB sends to pod IP:targetPort" if v.get("mode") == "container-native"
                     else "the LB sends to node IP:NodePort, externalTrafficPolicy "
                     f"{v.get('external_traffic_policy')}")
-            items.append(f"`{v.get('name')}`: mode {v.get('mode')} — {desc}")
+            items.append(f"`{v.get('name')}`: mode {v.get('mode')} — {desc}"
+                         + rollout.variant_settings(v))
     return [("h2", "Variants"), ("ul", items)]
 
 

@@ -76,6 +76,17 @@ def event_rows(status: Mapping[str, Any], load_start: float) -> list[dict[str, A
     return rows
 
 
+def variant_settings(variant: Mapping[str, Any]) -> str:
+    """What a variant (as meta.json has it) sets of readiness gates and draining, for the
+    report's list of variants ("" if nothing)."""
+    said = []
+    if variant.get("readiness_gates") is not None:
+        said.append("readiness gates " + ("on" if variant["readiness_gates"] else "off"))
+    if variant.get("deregistration_delay_s") is not None:
+        said.append(f"LB draining {variant['deregistration_delay_s']:g} s")
+    return f"; {', '.join(said)}" if said else ""
+
+
 # -- the figure -------------------------------------------------------------------------------
 
 def has_samples(data: RunData) -> bool:
