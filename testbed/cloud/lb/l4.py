@@ -62,6 +62,10 @@ class L4LoadBalancer(CloudLoadBalancer):
                 mine.append(ListenerRef(lb["name"], lb.get("backend_port") if mine else None))
         return self._listeners.get(service) or [ListenerRef(service, None)]
 
+    def reload(self) -> None:
+        """fabric.json changed (a Service changed while running): read the listeners again."""
+        self._listeners = None
+
     def register(self, service: str, target: Target) -> None:
         self.register_after(service, target, 0.0)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -204,7 +205,14 @@ class KubeProxy(ServiceDataPlane):
         servers that are not running, wait until new ports listen."""
         nodes = self.live_nodes()
         self.write_states(nodes)
+        hc_ports = {s.health_check_node_port for s in services if s.health_check_node_port}
+        wanted = frozenset({*hc_ports, PROXY_HEALTHZ_PORT, METRICS_PORT})
         for node in nodes:
+            server = self.health_servers.get(node)
+            if server is not None and node in self.listening and self.listening[node] != wanted:
+                # a service's health check node port came or went (a Service changed): the
+                # server re-reads its state on SIGHUP, else only when a request comes
+                server.send_signal(signal.SIGHUP)
             if node not in self.health_servers:
                 path = self.cluster.state.file(f"health-{node}.json")
                 self.health_servers[node] = self.cluster.host(node).popen(
@@ -213,8 +221,6 @@ class KubeProxy(ServiceDataPlane):
                      "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, cwd=REPO)
-        hc_ports = {s.health_check_node_port for s in services if s.health_check_node_port}
-        wanted = frozenset({*hc_ports, PROXY_HEALTHZ_PORT, METRICS_PORT})
         self._wait_listening([n for n in nodes if self.listening.get(n) != wanted], wanted)
 
     def _wait_listening(self, nodes: Sequence[str], ports: frozenset[int],
