@@ -47,7 +47,7 @@ def test_servers_crash_restart_grow_and_leave_nothing(no_leftovers):
         got = c.sh("client1", f"curl -s -m 3 http://{web1.ip}:{web1.port}/").stdout
         assert '"pod":"web-1"' in got and c.pod_servers["web-1"].pid != servers["web-1"].pid
 
-        c.fail_pod("web-0")
+        c.fail_pod("web-0", instant=True)
         assert not c.control.server_running("web-0") and c.pod_servers.get("web-0") is None
 
         new = c.add_pod("web", node="node3")

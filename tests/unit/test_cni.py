@@ -63,3 +63,30 @@ def test_vpc_native_gives_each_pod_a_32_and_no_bridge():
     assert plugin_for(plan).detach_pod(plan, pod) == [
         f"ip route del {pod.ip}/32 dev {pod.veth} 2>/dev/null || true"]
     assert any("default via 169.254.1.1" in c for c in plugin_for(plan).setup_pod(plan, pod))
+
+
+@pytest.mark.parametrize("overlay", ["vxlan", "host-gw"])
+def test_flannel_masquerades_what_leaves_the_pod_range_as_flanneld_ip_masq_does(overlay):
+    from testbed.kubernetes.cni.bridge import masq_rules
+    plan = plan_of("nodeport", overlay)
+    node = plan.nodes[0]
+    script = "\n".join(node_setup(plan, node, offloads_off=True))
+    assert masq_rules(plan.pod_cidr, node.pod_cidr) in script
+    rules = masq_rules(plan.pod_cidr, node.pod_cidr).splitlines()
+    masq = '-m comment --comment "flanneld masq"'
+    # flannel's order: kube-proxy's marked traffic, pod-to-pod and traffic for this node's pods
+    # are returned before anything is masqueraded
+    assert rules[:4] == ["*nat", ":FLANNEL-POSTRTG - [0:0]",
+                         f"-A POSTROUTING {masq} -j FLANNEL-POSTRTG",
+                         f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {masq} -j RETURN"]
+    assert rules[4:7] == [
+        f"-A FLANNEL-POSTRTG -s {node.pod_cidr} -d {plan.pod_cidr} {masq} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {plan.pod_cidr} -d {node.pod_cidr} {masq} -j RETURN",
+        f"-A FLANNEL-POSTRTG ! -s {plan.pod_cidr} -d {node.pod_cidr} {masq} -j RETURN"]
+    assert [r.split(masq)[1] for r in rules[7:9]] == [" -j MASQUERADE --random-fully"] * 2
+    assert rules[-1] == "COMMIT"
+
+
+def test_container_native_pods_are_not_masqueraded():
+    plan = plan_of("container-native")
+    assert "FLANNEL-POSTRTG" not in "\n".join(node_setup(plan, plan.nodes[0], offloads_off=True))

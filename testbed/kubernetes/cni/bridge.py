@@ -34,7 +34,9 @@ class FlannelBridge(CniPlugin):
         attach = [line for pod in pods for line in self.attach_pod(plan, pod)]
         # grouped by tool, so each group runs as one `ip -batch` / `bridge -batch`
         return cmds + [c for c in attach if c.startswith("ip ")] + \
-            [c for c in attach if not c.startswith("ip ")]
+            [c for c in attach if not c.startswith("ip ")] + \
+            ["iptables-restore --noflush <<'FLANNEL'\n" + masq_rules(plan.pod_cidr, node.pod_cidr)
+             + "FLANNEL"]
 
     def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return self.pod_eth0(plan, pod) + [f"ip route add default via {pod.gateway} dev eth0"]
@@ -44,3 +46,30 @@ class FlannelBridge(CniPlugin):
         # packet came in on (the bridge CNI's hairpinMode, which flannel turns on)
         return [f"ip link set {pod.veth} mtu {plan.mtu} master cni0 up",
                 f"bridge link set dev {pod.veth} hairpin on"]
+
+
+MASQ = '-m comment --comment "flanneld masq"'
+
+
+def masq_rules(cluster_cidr: str, pod_cidr: str) -> str:
+    """flanneld's --ip-masq rules for one node, as an iptables-restore input (flannel's
+    trafficmngr masqRules): pods' traffic leaving the cluster's pod range takes the node's
+    address, so the VPC, which does not know the overlay, can answer it; traffic kube-proxy
+    marked for masquerading (0x4000) is left to kube-proxy; pod-to-pod traffic and traffic
+    arriving for this node's pods (a NodePort with externalTrafficPolicy Local) keep their
+    addresses."""
+    return "\n".join([
+        "*nat",
+        ":FLANNEL-POSTRTG - [0:0]",
+        f"-A POSTROUTING {MASQ} -j FLANNEL-POSTRTG",
+        f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {MASQ} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {pod_cidr} -d {cluster_cidr} {MASQ} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {cluster_cidr} -d {pod_cidr} {MASQ} -j RETURN",
+        f"-A FLANNEL-POSTRTG ! -s {cluster_cidr} -d {pod_cidr} {MASQ} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {cluster_cidr} ! -d 224.0.0.0/4 {MASQ} "
+        "-j MASQUERADE --random-fully",
+        f"-A FLANNEL-POSTRTG ! -s {cluster_cidr} -d {cluster_cidr} {MASQ} "
+        "-j MASQUERADE --random-fully",
+        "COMMIT",
+        "",
+    ])

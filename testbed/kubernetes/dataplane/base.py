@@ -196,6 +196,18 @@ class ServiceDataPlane(ABC):
                 self.runner.retry_after(30.0)
             raise
 
+    def wait_synced(self, timeout: float = 10.0) -> bool:
+        """Wait until every requested sync has been applied on the live nodes (what an e2e
+        test waits for after changing endpoints); False if one is still pending at timeout."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            runner = self.runner
+            pending = any(n in self.oldest_pending_queued for n in self.live_nodes())
+            if not pending and (runner is None or not runner.due()):
+                return True
+            time.sleep(0.02)
+        return False
+
     def stop_sync_runner(self) -> None:
         """Stop the paced syncs' thread (after the sync in progress); request_sync restarts it."""
         if self.runner is not None:
