@@ -140,6 +140,8 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self._stopped = True
         t0 = time.time()
         self.control.stop_clock()   # no step may act on what teardown is removing
+        if self.kube_proxy is not None:
+            self.kube_proxy.stop_sync_runner()   # nor a paced sync on nodes being removed
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}
@@ -235,7 +237,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
                           rest_port: int | None = None) -> None:
         lb_netns = self.hosts.netns_file(LB_HOST)
         fabric = render_fabric(self.plan, self.topo.load_balancer.health_check, lb_netns,
-                               gone=frozenset(self.removed_pods))
+                               gone=frozenset(self.removed_pods), timing=self.topo.kubernetes)
         if self.lb_kind == "l7":   # the VPC routes the VIPs to HAProxy's host instead
             fabric = l7_fabric(fabric, self.plan)
         path = self.state.file("fabric.json")

@@ -258,9 +258,9 @@ class ControlPlane:
         first passes; only then is the LB target registered."""
         with self.lock:
             c, plan = self.cluster, self.cluster.plan
-            template = scheduling.deployment_template(plan, deployment)
+            port = scheduling.deployment_port(c.topo, deployment)
             node = scheduling.place_pod(plan, self.states, node, c.topo.vpc.max_pods_per_node)
-            pod = allocate_pod(plan, deployment, node, template.port)
+            pod = allocate_pod(plan, deployment, node, port)
             c.hosts.add_host(pod.name)
             c.hosts.link_pod(pod)
             with_pod(plan, pod)

@@ -30,8 +30,8 @@ from testbed.emulation.journal import (
     owner_pid,
     read_journal,
 )
-from testbed.emulation.services import document_from_wire
 from testbed.emulation.rollout import ROLLOUT_OPS, rollout_request
+from testbed.emulation.services import document_from_wire
 from testbed.emulation.status import status_of, write_status
 from testbed.emulation.wiring import NETNS_DIR
 from testbed.errors import EnvironmentProblem, InputError, UsageError

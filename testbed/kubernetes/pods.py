@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from testbed.kubernetes.dataplane.model import EndpointConditions
 from testbed.plan.addresses import Plan, PodPlan
+from testbed.spec.model import Topology
 
 
 @dataclass
@@ -73,12 +74,13 @@ def find_pod(plan: Plan, states: PodStates, name: str) -> PodPlan:
     return pod
 
 
-def deployment_template(plan: Plan, deployment: str) -> PodPlan:
-    """A pod of the deployment, whose port a new pod copies; KeyError if there is none."""
-    template = next((p for p in plan.pods if p.deployment == deployment), None)
-    if template is None:
+def deployment_port(topo: Topology, deployment: str) -> int:
+    """The port a new pod of the deployment serves on (its pod template's containerPort: a
+    deployment scaled to 0 replicas still has one); KeyError if there is no such deployment."""
+    found = next((d for d in topo.deployments if d.name == deployment), None)
+    if found is None:
         raise KeyError(f"no deployment named {deployment}")
-    return template
+    return found.container_port
 
 
 def place_pod(plan: Plan, states: PodStates, node: str | None,

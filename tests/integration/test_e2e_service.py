@@ -54,7 +54,7 @@ deployments:
   solo: {{replicas: 1, placement: {{node1: 1}}}}
   exec: {{replicas: 2, placement: {{node1: 1, node2: 1}}}}
   empty: {{replicas: 0}}
-  basic: {{replicas: 1, placement: {{node1: 1}}}}
+  basic: {{replicas: 0}}
 services:
   nodeport-test: {{type: NodePort, selector: web, port: 80, targetPort: 8080}}
   hairpin-test: {{type: ClusterIP, selector: solo, port: 8080}}
@@ -143,9 +143,7 @@ def test_should_serve_a_basic_endpoint_from_pods(cluster):
         else:
             assert curl_status(cluster, "exec-1", url) == CURL_REFUSED
 
-    # upstream starts from a service without pods; a deployment the testbed can grow needs a pod
-    # in the plan to copy (replicas: 0 cannot be scaled up), so basic-0 goes first
-    cluster.remove_pod("basic-0")
+    # upstream starts from a service without pods: a deployment of 0 replicas
     endpoints_are(set())
     pod1 = cluster.add_pod("basic", node="node1")
     endpoints_are({pod1})

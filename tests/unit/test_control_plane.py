@@ -1,6 +1,7 @@
 """The control plane's pure decisions (kubernetes.pods), the L4 load balancer over a fake REST
 API, and a cluster's status built from its parts, all without root."""
 
+import dataclasses
 import os
 import subprocess
 import types
@@ -75,8 +76,13 @@ def test_lbs_selecting_a_deployment_and_unknown_names():
     plan = plan_of()
     assert scheduling.lbs_selecting(plan, "web") == ["web"]
     assert scheduling.lbs_selecting(plan, "db") == []
+    topo = load_topology(TALK)
+    assert scheduling.deployment_port(topo, "web") == 8080
+    scaled_to_zero = dataclasses.replace(topo, deployments=tuple(
+        dataclasses.replace(d, replicas=0, placement=()) for d in topo.deployments))
+    assert scheduling.deployment_port(scaled_to_zero, "web") == 8080   # no pod to copy needed
     with pytest.raises(KeyError, match="no deployment named db"):
-        scheduling.deployment_template(plan, "db")
+        scheduling.deployment_port(topo, "db")
     with pytest.raises(KeyError, match="no pod named web-3"):
         scheduling.find_pod(plan, scheduling.PodStates(removed_pods={"web-3"}), "web-3")
 

@@ -63,8 +63,9 @@ class L4LoadBalancer(CloudLoadBalancer):
         return self._listeners.get(service) or [ListenerRef(service, None)]
 
     def reload(self) -> None:
-        """fabric.json changed (a Service changed while running): read the listeners again."""
-        self._listeners = None
+        """fabric.json changed (a Service changed while running): read the listeners again
+        (its mtime may not have moved within the file system's time resolution)."""
+        self._read = None
 
     def register(self, service: str, target: Target) -> None:
         self.register_after(service, target, 0.0)
