@@ -236,6 +236,7 @@ class Plan:
     clients: list[str] = field(default_factory=list)
     vxlan_port: int = 8472
     vxlan_vni: int = 1
+    ip_masq: bool = True     # classic mode's flannel masquerades what leaves the pod range
 
     def node(self, name: str) -> NodePlan:
         return next(n for n in self.nodes if n.name == name)
@@ -260,7 +261,7 @@ def build_plan(topo: Topology) -> Plan:
     plan = Plan(topo.name, mode, cni.overlay if mode == "nodeport" else "vpc-native",
                 cni.mtu if mode == "nodeport" and cni.overlay == "vxlan" else 1500,
                 str(cni.pod_cidr), str(cni.service_cidr), vxlan_port=cni.vxlan_port,
-                vxlan_vni=cni.vxlan_vni)
+                vxlan_vni=cni.vxlan_vni, ip_masq=cni.ip_masq)
     ports = _fabric(plan, topo)
     _nodes(plan, topo, ports)
     for idx, client in enumerate(topo.clients, start=1):

@@ -101,6 +101,7 @@ class Cni:
     vxlan_port: int
     vxlan_vni: int
     mtu: int
+    ip_masq: bool = True     # flanneld --ip-masq: pods' traffic leaving the pod range is SNATed
 
 
 @dataclass(frozen=True)

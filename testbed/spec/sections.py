@@ -134,7 +134,8 @@ def _holds(net: ipaddress.IPv4Network) -> str:
 
 def read_cni(r: Reader) -> Cni:
     path = ("cni",)
-    r.mapping(path, {"overlay", "podCIDR", "nodePrefix", "serviceCIDR", "vxlanPort", "vni", "mtu"})
+    r.mapping(path, {"overlay", "podCIDR", "nodePrefix", "serviceCIDR", "vxlanPort", "vni", "mtu",
+                     "ipMasq"})
     nets = {}
     for key, default, example in (("podCIDR", DEFAULT_POD_CIDR, "10.244.0.0/16"),
                                   ("serviceCIDR", DEFAULT_SERVICE_CIDR, "10.96.0.0/12")):
@@ -154,6 +155,9 @@ def read_cni(r: Reader) -> Cni:
                         fix=f"use a VNI of 1-{MAX_VNI}: the node's device is flannel.<VNI>, and "
                             "interface names have at most 15 characters"),
         mtu=r.get(path, "mtu", integer(1280, 1500), default=1450),
+        ip_masq=r.get(path, "ipMasq", boolean, default=True,
+                      fix="write true (flannel's default: pods' traffic to addresses outside the "
+                          "pod range takes the node's address) or false"),
     )
 
 

@@ -51,7 +51,8 @@ def test_detached_session(no_leftovers):
         assert cnlb("exec", "node1", "--", "sh", "-c", "exit 7", check=False).returncode == 7
         assert cnlb("exec", "nosuch", "--", "true", check=False).returncode == 2
 
-        assert json.loads(cnlb("pod", "remove", "web-1").stdout) == {"removed": "web-1"}
+        removed = json.loads(cnlb("pod", "remove", "web-1", "--instant").stdout)
+        assert removed["removed"] == "web-1" and removed["timing"] == "instant", removed
         script = "for i in $(seq 40); do curl -s -m 2 http://198.51.100.10/; echo; done"
         out = cnlb("exec", "client1", "--", "sh", "-c", script).stdout
         pods = [json.loads(l)["pod"] for l in out.splitlines() if l.startswith("{")]

@@ -42,9 +42,17 @@ HEALTH_THRESHOLD = 2
 # upstream's minSuccessRate for a rolling update behind the LB
 MIN_SUCCESS_RATE = 0.95
 
+# cni.ipMasq false: upstream runs the ESIPP tests where a pod's traffic to a node's address keeps
+# the pod's address (GCE: pods routable in the VPC, ip-masq-agent exempting private ranges);
+# flannel's default --ip-masq would SNAT a pod's request to another node's NodePort.
+# kubernetes.preStopSeconds 2: upstream's rolling-update test serves with agnhost netexec's
+# --delay-shutdown, which keeps answering after SIGTERM until kube-proxy and the LB have let the
+# pod go; a preStop sleep does the same for the testbed's pod server
 TOPOLOGY = """
 name: e2e-lb
 vpc: {cidr: 192.168.0.0/16, subnets: {az-a: 192.168.0.0/24}}
+cni: {ipMasq: false}
+kubernetes: {preStopSeconds: 2}
 nodes: {node1: {}, node2: {}}
 deployments:
   web: {replicas: 2, placement: {node1: 2}}

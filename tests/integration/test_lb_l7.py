@@ -101,9 +101,9 @@ def test_status_lists_the_l7_targets_and_their_states(l7):
         assert any(line.split()[:1] == [name] and line.endswith("in service") for line in lines)
 
 
+@pytest.mark.parametrize("l7", ["container-native"], indirect=True, scope="module")
 def test_a_failed_target_leaves_service_after_the_unhealthy_threshold(l7):
-    if l7.plan.mode != "container-native":
-        pytest.skip("ip targets: a failed pod is a failed target")
+    # ip targets only: a failed pod is a failed target
     l7.fail_pod("web-2", instant=True)
     wait_until(lambda: "web-2" not in in_service(l7), "out of service")
     states = {t.target.name: t.state for t in l7.lb.targets("web")}
@@ -112,9 +112,9 @@ def test_a_failed_target_leaves_service_after_the_unhealthy_threshold(l7):
     assert len(got) == 10 and "web-2" not in {a["pod"] for a in got}
 
 
+@pytest.mark.parametrize("l7", ["container-native"], indirect=True, scope="module")
 def test_registration_and_deregistration_at_run_time(l7):
-    if l7.plan.mode != "container-native":
-        pytest.skip("ip targets: pods are registered one by one")
+    # ip targets only: pods are registered one by one
     new = l7.add_pod("web", node="node2")
     wait_until(lambda: new in in_service(l7), f"{new} in service")
     l7.remove_pod("web-0", instant=True)

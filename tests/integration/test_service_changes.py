@@ -94,12 +94,11 @@ def test_should_be_able_to_change_the_type_and_ports_of_a_tcp_service(cluster):
     c.delete_service("mutable")
 
 
+@pytest.mark.parametrize("cluster", ["nodeport"], indirect=True, scope="module")
 def test_should_be_able_to_update_service_type_to_nodeport_listening_on_same_port_number_but_different_protocols(cluster):  # noqa: E501
     """upstream: "should be able to update service type to NodePort listening on same port
     number but different protocols": one nodePort for TCP and UDP 53, each answering."""
-    c = cluster
-    if c.plan.mode != "nodeport":
-        pytest.skip("no cloud LB involved: once is enough")
+    c = cluster   # no cloud LB involved: one mode is enough
     apply(c, "dns: {type: ClusterIP, selector: web, port: 53, targetPort: 8080}\n")
     got = c.set_service("dns", ["type=NodePort",
                                 "ports=[{name: tcp, port: 53, targetPort: 8080}, "
@@ -115,12 +114,11 @@ def test_should_be_able_to_update_service_type_to_nodeport_listening_on_same_por
     c.delete_service("dns")
 
 
+@pytest.mark.parametrize("cluster", ["nodeport"], indirect=True, scope="module")
 def test_should_be_able_to_switch_session_affinity_for_service_with_type_clusterip(cluster):
     """upstream: "should be able to switch session affinity for service with type clusterIP
     [LinuxOnly]"."""
-    c = cluster
-    if c.plan.mode != "nodeport":
-        pytest.skip("kube-proxy only: once is enough")
+    c = cluster   # kube-proxy only: one mode is enough
     apply(c, "affinity: {type: ClusterIP, selector: web, port: 80, targetPort: 8080}\n")
     url = f"http://{service(c, 'affinity').cluster_ip}:80/"
     assert not affinity_holds(check_affinity(c, EXEC, url, should_hold=False))

@@ -90,3 +90,8 @@ def test_flannel_masquerades_what_leaves_the_pod_range_as_flanneld_ip_masq_does(
 def test_container_native_pods_are_not_masqueraded():
     plan = plan_of("container-native")
     assert "FLANNEL-POSTRTG" not in "\n".join(node_setup(plan, plan.nodes[0], offloads_off=True))
+
+
+def test_ip_masq_false_leaves_pods_addresses_alone():
+    plan = dataclasses.replace(plan_of("nodeport"), ip_masq=False)
+    assert "FLANNEL-POSTRTG" not in "\n".join(node_setup(plan, plan.nodes[0], offloads_off=True))

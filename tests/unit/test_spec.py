@@ -152,6 +152,14 @@ def test_edges_of_the_rules_stay_accepted(extra, mode):
     build_plan(topo)
 
 
+def test_ip_masq_is_flannels_default_and_can_be_turned_off():
+    assert _parse(MINIMAL).cni.ip_masq is True
+    topo = _parse(MINIMAL + "cni: {ipMasq: false}\n", "nodeport")
+    assert topo.cni.ip_masq is False and build_plan(topo).ip_masq is False
+    (problem,) = _problems(MINIMAL + "cni: {ipMasq: sometimes}\n")
+    assert "cni.ipMasq" in problem and "true" in problem, problem
+
+
 def test_a_local_service_keeps_its_health_check_node_port():
     topo = _parse(MINIMAL.replace("{port: 80}", "{port: 80, externalTrafficPolicy: Local, "
                                                 "healthCheckNodePort: 30090}"))

@@ -35,8 +35,8 @@ class FlannelBridge(CniPlugin):
         # grouped by tool, so each group runs as one `ip -batch` / `bridge -batch`
         return cmds + [c for c in attach if c.startswith("ip ")] + \
             [c for c in attach if not c.startswith("ip ")] + \
-            ["iptables-restore --noflush <<'FLANNEL'\n" + masq_rules(plan.pod_cidr, node.pod_cidr)
-             + "FLANNEL"]
+            (["iptables-restore --noflush <<'FLANNEL'\n" + masq_rules(plan.pod_cidr, node.pod_cidr)
+              + "FLANNEL"] if plan.ip_masq else [])
 
     def setup_pod(self, plan: Plan, pod: PodPlan) -> list[str]:
         return self.pod_eth0(plan, pod) + [f"ip route add default via {pod.gateway} dev eth0"]
