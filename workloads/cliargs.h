@@ -15,12 +15,14 @@ static void usage_error(const char *fmt, ...) __attribute__((noreturn, format(pr
 
 static void usage_error(const char *fmt, ...)
 {
+    /* one write: launched servers share their launcher's stderr, and a line written in
+     * pieces could be cut by another server's line */
+    char msg[512];
     va_list ap;
-    fputs(PROG ": ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputs(" (usage: " USAGE ")\n", stderr);
+    fprintf(stderr, PROG ": %s (usage: " USAGE ")\n", msg);
     exit(2);
 }
 

@@ -138,9 +138,7 @@ def test_should_fail_health_check_node_port_if_there_are_only_terminating_endpoi
 
 
 def test_removed_pod_gets_no_more_requests(cluster):
-    cluster.remove_pod("web-1")
-    # the endpoint goes terminating now; kube-proxy's paced sync applies it (upstream's e2e
-    # tests wait for the endpoints to propagate the same way)
+    cluster.remove_pod("web-1", instant=True)   # the rules after a removal, not the clock
     assert cluster.kube_proxy.wait_synced()
     s = svc(cluster, "web-internal")
     got = answers(cluster, "web-0", f"http://{s.cluster_ip}:{s.port}/", 40)

@@ -105,6 +105,13 @@ class FakeCluster:
         return subprocess.CompletedProcess(command, 0, listening, "")
 
 
+@pytest.fixture(autouse=True)
+def servers_listen(monkeypatch):
+    """Every fake server listens on whatever kube-proxy waits for (no /proc to read)."""
+    from testbed.kubernetes.dataplane.iptables import proxier
+    monkeypatch.setattr(proxier, "listening_ports", lambda proc: set(range(1, 65536)))
+
+
 @pytest.fixture
 def plan(tmp_path) -> Plan:
     path = tmp_path / "local.yaml"

@@ -215,8 +215,10 @@ class KubeProxy(ServiceDataPlane):
                 server.send_signal(signal.SIGHUP)
             if node not in self.health_servers:
                 path = self.cluster.state.file(f"health-{node}.json")
+                # -S: no site-packages (the server is standard library only): a node's
+                # servers start in two thirds of the time, which counts at a thousand pods
                 self.health_servers[node] = self.cluster.host(node).popen(
-                    [sys.executable, "-m", "testbed.kubernetes.dataplane.healthserver",
+                    [sys.executable, "-S", "-m", "testbed.kubernetes.dataplane.healthserver",
                      "--state", path, "--healthz-port", str(PROXY_HEALTHZ_PORT),
                      "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -225,17 +227,41 @@ class KubeProxy(ServiceDataPlane):
 
     def _wait_listening(self, nodes: Sequence[str], ports: frozenset[int],
                         timeout: float = 10.0) -> None:
-        for node in nodes:
-            deadline = time.time() + timeout
-            while True:
-                out = self.cluster.sh(node, "ss -Hltn").stdout
-                if all(f":{p} " in out for p in ports):
-                    self.listening[node] = ports
-                    break
-                if time.time() > deadline:
-                    raise EnvironmentProblem(
-                        f"kube-proxy's servers on {node} not listening on {sorted(ports)}")
-                time.sleep(0.1)
+        """Wait until each node's server listens on every port, read from the server's own
+        view of its network namespace (/proc/PID/net/tcp: no process started per node)."""
+        deadline = time.time() + timeout
+        waiting = list(nodes)
+        while waiting:
+            waiting = [n for n in waiting if not ports <= listening_ports(self.health_servers[n])]
+            for node in set(nodes) - set(waiting):
+                self.listening[node] = ports
+            if waiting and time.time() > deadline:
+                raise EnvironmentProblem(
+                    f"kube-proxy's servers on {waiting[0]} not listening on {sorted(ports)}")
+            if waiting:
+                time.sleep(0.05)
+
+
+TCP_LISTEN = "0A"   # the socket state /proc/net/tcp writes for LISTEN
+
+
+def listening_ports(proc: subprocess.Popen[bytes]) -> set[int]:
+    """The TCP ports listening in the network namespace of a running process ({} when it is
+    gone, or not yet in a namespace of its own: `ip netns exec` enters it after the fork):
+    /proc/PID/net/tcp lists the sockets of the namespace the process is in."""
+    try:
+        if os.readlink(f"/proc/{proc.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            return set()
+        with open(f"/proc/{proc.pid}/net/tcp") as fh:
+            rows = fh.read().splitlines()[1:]
+    except OSError:
+        return set()
+    out = set()
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 3 and fields[3] == TCP_LISTEN:
+            out.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return out
 
 
 def no_local_endpoints(services: Sequence[ServicePort], node: str) -> dict[str, int]:
