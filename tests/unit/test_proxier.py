@@ -218,7 +218,7 @@ def test_health_state_file_is_health_check_state(plan, tmp_path):
     servers = [p.argv for p in cluster.log if "healthserver" in " ".join(p.argv)]
     assert len(servers) == 2 and sorted(kp.health_servers) == ["node1", "node2"]
     assert servers[0][1:4] == ["-S", "-m", "testbed.kubernetes.dataplane.healthserver"]
-    assert servers[0][5:] == ["--healthz-port", "10256", "--metrics-port", "10249",
+    assert servers[0][6:] == ["--healthz-port", "10256", "--metrics-port", "10249",
                               "--proxy-mode", "iptables"]
 
 
