@@ -81,6 +81,8 @@ class KubeProxy(ServiceDataPlane):
     def sync_all(self, services: Sequence[ServicePort] | None = None) -> None:
         with self.sync_lock:
             services = list(self.services_source() if services is None else services)
+            # servers not yet running start first and come up while the rules load
+            self._start_servers([n for n in self.live_nodes() if n not in self.health_servers])
             try:
                 self.sync_nodes(self.live_nodes(), services)
             finally:
@@ -213,17 +215,22 @@ class KubeProxy(ServiceDataPlane):
                 # a service's health check node port came or went (a Service changed): the
                 # server re-reads its state on SIGHUP, else only when a request comes
                 server.send_signal(signal.SIGHUP)
-            if node not in self.health_servers:
-                path = self.cluster.state.file(f"health-{node}.json")
-                # -S: no site-packages (the server is standard library only): a node's
-                # servers start in two thirds of the time, which counts at a thousand pods
-                self.health_servers[node] = self.cluster.host(node).popen(
-                    [sys.executable, "-S", "-m", "testbed.kubernetes.dataplane.healthserver",
-                     "--state", path, "--healthz-port", str(PROXY_HEALTHZ_PORT),
-                     "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, cwd=REPO)
+        self._start_servers([n for n in nodes if n not in self.health_servers])
         self._wait_listening([n for n in nodes if self.listening.get(n) != wanted], wanted)
+
+    def _start_servers(self, nodes: Sequence[str]) -> None:
+        """Start kube-proxy's servers on these nodes (their state written first)."""
+        self.write_states(nodes)
+        for node in nodes:
+            path = self.cluster.state.file(f"health-{node}.json")
+            # -S: no site-packages (the server is standard library only): a node's servers
+            # start in two thirds of the time, which counts at a thousand pods
+            self.health_servers[node] = self.cluster.host(node).popen(
+                [sys.executable, "-S", "-m", "testbed.kubernetes.dataplane.healthserver",
+                 "--state", path, "--healthz-port", str(PROXY_HEALTHZ_PORT),
+                 "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, cwd=REPO)
 
     def _wait_listening(self, nodes: Sequence[str], ports: frozenset[int],
                         timeout: float = 10.0) -> None:
