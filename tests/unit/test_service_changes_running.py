@@ -18,18 +18,7 @@ from testbed.plan.addresses import build_plan
 from testbed.spec.model import HealthCheck
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import parse_document
-
-BASE = """\
-name: t
-nodes:
-  node1: {}
-  node2: {}
-deployments:
-  web: {replicas: 2}
-services:
-  web: {type: ClusterIP, port: 80}
-  api: {type: LoadBalancer, selector: web, port: 8000, nodePort: 30000}
-"""
+from tests.unit.test_service_changes import BASE  # the same two services, changed while running
 
 
 def cluster_of(mode="nodeport"):
