@@ -127,6 +127,32 @@ def test_a_pod_failing_readiness_leaves_the_endpoints_and_comes_back(no_leftover
         assert "pod-ready" in [a for a, _ in actions_of(c, {"web-2"})]
 
 
+# Mirrors test/e2e/network/service.go "should create endpoints for unready pods": a Service
+# with publishNotReadyAddresses lists a pod whose readiness probe fails (the endpoints
+# controller publishes it ready), so kube-proxy keeps sending to it, while a Service without
+# the field over the same pods drops it. Upstream waits for a pod that never becomes ready; here
+# web-2 stops being ready (period 0.5 s, threshold 2).
+def test_should_create_endpoints_for_unready_pods(no_leftovers):
+    topo = replace(load_topology(MINIMAL, mode="nodeport"), kubernetes=SHORT)
+    web = topo.services[0]
+    tolerant = replace(web, name="web-tolerant", type="ClusterIP", node_port=None,
+                       health_check_node_port=None, load_balancer_ip=None,
+                       publish_not_ready_addresses=True)
+    with Cluster(replace(topo, services=(web, tolerant))) as c:
+        c.pod_servers["web-2"].send_signal(signal.SIGUSR1)    # /readyz answers 503
+        wait_for("not ready", lambda: not c.endpoint_conditions()["web-2"].ready)
+        assert c.kube_proxy.wait_synced()
+        time.sleep(1.5)   # kube-proxy's min sync period (1 s) has passed
+        assert c.kube_proxy.wait_synced()
+        assert "web-2" not in cluster_ip_answers(c, "node1", 20)
+        tolerant_ip = next(s.cluster_ip for s in c.plan.services if s.name == "web-tolerant")
+        script = (f"for i in $(seq 30); do curl -s -m 2 http://{tolerant_ip}:{web.port}/; "
+                  "echo; done")
+        pods = [json.loads(line)["pod"] for line in c.sh("node1", script, timeout=100)
+                .stdout.splitlines() if line.startswith("{")]
+        assert len(pods) == 30 and "web-2" in pods, pods
+
+
 # A node dies, container-native: its pod stays a ready endpoint until the node is NotReady
 # (node monitor grace period 2 s), then it is not ready and its ip target is deregistered;
 # after the not-ready toleration (3 s) it is evicted and recreated on the other node.
