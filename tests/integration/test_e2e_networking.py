@@ -186,7 +186,7 @@ def _update_endpoints(cluster, proto: str, pod: str) -> None:
               and p.name in cluster.live_pods()}
     assert pod in before
     all_endpoints_answer(cluster, TEST_CONTAINER, proto, before)
-    cluster.remove_pod(pod)
+    cluster.remove_pod(pod, instant=True)   # the endpoint update, not the termination's clock
     ip, port = targets(cluster, proto)[0]
     # kube-proxy's rules follow within its sync pacing (upstream's KubeProxyLagTimeout, 2 min;
     # 10 s here): until then a request may still go to the removed pod and get no answer
