@@ -28,7 +28,14 @@ from testbed.plan.addresses import (
     lb_backends,
     listeners,
 )
-from testbed.spec.model import NODEPORT_RANGE, VIP_RANGE, Service, ServicePortSpec, Topology
+from testbed.spec.model import (
+    NODEPORT_RANGE,
+    VIP_RANGE,
+    Service,
+    ServicePortSpec,
+    Topology,
+    port_node_ports,
+)
 
 
 def taken_node_ports(plan: Plan, but: str | None = None) -> dict[int, str]:
@@ -120,19 +127,11 @@ def _node_ports(plan: Plan, svc: Service) -> tuple[tuple[PortPlan, ...], int | N
         raise ValueError(f"node port {port} is already used by service "
                          f"'{taken_node_ports(plan, but=svc.name)[port]}'")
     free = _free(taken | written)
-    out: list[PortPlan] = []
-    by_port: dict[int, int] = {}
-    for i, p in enumerate(svc.all_ports):
-        np_ = p.node_port
-        if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
-            later = next((q.node_port for q in svc.all_ports[i + 1:]
-                          if q.port == p.port and q.node_port), None)
-            np_ = by_port.get(p.port) or later or next(free)
-        if svc.type == "ClusterIP":
-            np_ = None
-        if np_ is not None:
-            by_port.setdefault(p.port, np_)
-        out.append(PortPlan(p.name, p.port, p.target_port, p.protocol, np_))
+    node_ports = port_node_ports(svc, free)
+    if svc.type == "ClusterIP":   # a ClusterIP service releases what it had
+        node_ports = [None] * len(node_ports)
+    out = [PortPlan(p.name, p.port, p.target_port, p.protocol, np_)
+           for p, np_ in zip(svc.all_ports, node_ports, strict=True)]
     hc = None
     if svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local":
         hc = svc.health_check_node_port or next(free)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from testbed.spec.yamldoc import Document
@@ -345,18 +346,8 @@ def allocate_node_ports(topo: Topology) -> dict[str, ServiceNodePorts]:
     free = (p for p in range(NODEPORT_RANGE[0], NODEPORT_RANGE[1] + 1) if p not in taken)
     out = {}
     for svc in topo.services:
-        ports: list[int | None] = []
-        by_port: dict[int, int] = {}
         try:
-            for i, sp in enumerate(svc.all_ports):
-                np_ = sp.node_port
-                if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
-                    written = next((q.node_port for q in svc.all_ports[i + 1:]
-                                    if q.port == sp.port and q.node_port), None)
-                    np_ = by_port.get(sp.port) or written or next(free)
-                if np_ is not None:
-                    by_port.setdefault(sp.port, np_)
-                ports.append(np_)
+            ports = port_node_ports(svc, free)
             hc = svc.health_check_node_port
             if svc.external_traffic_policy == "Local" and svc.type == "LoadBalancer" and hc is None:
                 hc = next(free)
@@ -364,6 +355,24 @@ def allocate_node_ports(topo: Topology) -> dict[str, ServiceNodePorts]:
             raise ValueError("the NodePort range 30000-32767 is exhausted") from None
         out[svc.name] = ServiceNodePorts(tuple(ports), hc)
     return out
+
+
+def port_node_ports(svc: Service, free: Iterator[int]) -> list[int | None]:
+    """Each port's nodePort, the unset ones of a NodePort or LoadBalancer service taken from
+    `free`: the TCP and UDP ports of one number share one (upstream's allocator), a number
+    written on a later port of the same number included. StopIteration when `free` runs out."""
+    ports: list[int | None] = []
+    by_port: dict[int, int] = {}
+    for i, sp in enumerate(svc.all_ports):
+        np_ = sp.node_port
+        if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
+            written = next((q.node_port for q in svc.all_ports[i + 1:]
+                            if q.port == sp.port and q.node_port), None)
+            np_ = by_port.get(sp.port) or written or next(free)
+        if np_ is not None:
+            by_port.setdefault(sp.port, np_)
+        ports.append(np_)
+    return ports
 
 
 def _written_node_ports(svc: Service) -> list[int | None]:
