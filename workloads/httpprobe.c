@@ -58,7 +58,9 @@
  * to established; null when a kept-alive connection was reused. total_ms: from the same start
  * (connect included when there was one) to the last byte of the response. pod, node, client,
  * client_port, server: from podserver's JSON body (null when absent; pod falls back to the
- * X-Pod header, so a 503 from a failing pod still says whose it was). local_port: our side of
+ * X-Pod header, so a 503 from a failing pod still says whose it was). forwarded_for: the
+ * body's, present only when it has one (the X-Forwarded-For an L7 LB added: the client's
+ * address, which the pod's "client", the proxy's, is not). local_port: our side of
  * the connection. syn_ack_ttl: see below; null when unknown. A request that got any HTTP
  * answer has error null and that status (503 included); otherwise status 0 and error one of
  *   "connect timeout" "refused" "unreachable" (ICMP host/net unreachable) "reset"
@@ -353,6 +355,7 @@ struct result {
     const char *error;           /* NULL: none */
     char errbuf[128];
     char pod[FIELD_CAP], node[FIELD_CAP], client[FIELD_CAP], server[FIELD_CAP];
+    char forwarded_for[FIELD_CAP];   /* podserver's "forwarded_for": an L7 LB's X-Forwarded-For */
     long long client_port;       /* -1: null */
     unsigned local_port;         /* 0: null */
     int ttl;                     /* -1: null */
@@ -573,6 +576,7 @@ static void take_fields(const struct response *rs, struct result *r)
     json_field(rs->body, rs->body_len, "node", r->node);
     json_field(rs->body, rs->body_len, "client", r->client);
     json_field(rs->body, rs->body_len, "server", r->server);
+    json_field(rs->body, rs->body_len, "forwarded_for", r->forwarded_for);
     if (json_field(rs->body, rs->body_len, "client_port", num)) {
         char *e;
         long long v = strtoll(num, &e, 10);
@@ -670,6 +674,8 @@ static void print_result(FILE *f, long long i, const struct result *r)
     else
         fputs(",\"client_port\":null", f);
     put_string(f, "server", r->server);
+    if (r->forwarded_for[0])   /* only behind a proxy that adds X-Forwarded-For */
+        put_string(f, "forwarded_for", r->forwarded_for);
     if (r->local_port)
         fprintf(f, ",\"local_port\":%u", r->local_port);
     else

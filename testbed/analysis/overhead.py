@@ -116,32 +116,35 @@ def inputs(records: Iterable[Record]) -> dict[tuple[str, int], Inputs]:
     return out
 
 
-def reference(variants: Sequence[VariantInfo]) -> str | None:
+def reference(variants: Sequence[VariantInfo], lb: str | None = None) -> str | None:
     """The container-native variant the classic ones are set against: the first sent
-    through the VIP."""
+    through the VIP by the same kind of LB (a variant's `lb`; None: the topology's)."""
     return next((v["name"] for v in variants if v.get("mode") == "container-native"
-                 and v.get("to", "vip") == "vip"), None)
+                 and v.get("to", "vip") == "vip" and v.get("lb") == lb), None)
 
 
 def derive(records: Iterable[Record], variants: Sequence[VariantInfo]) -> list[Derived]:
     """Every derived figure the records allow, in variant and repetition order."""
     got = inputs(records)
-    ref = reference(variants)
     out = []
     for v in variants:
         name = v["name"]
+        ref = reference(variants, v.get("lb"))
+        # behind an L7 LB the client's connection ends at the proxy (its SYN-ACK's hops are 1)
+        # and the proxy opens its own to the target: no cost per routed hop to derive
+        per_hop = v.get("lb") != "l7"
         for rep in sorted(r for (n, r) in got if n == name):
             x = got[(name, rep)]
             if x.p50 is not None and x.veth is not None:
                 ratio = ratio_to_veth(x.p50, x.veth)
                 if ratio is not None:
                     out.append(Derived(name, rep, "p50_over_veth", ratio))
-                if x.hops is not None:
+                if x.hops is not None and per_hop:
                     cost = hop_cost_us(x.p50, x.veth, x.hops)
                     if cost is not None:
                         out.append(Derived(name, rep, "hop_cost_us", cost))
             pair = _pair(x, got.get((ref, rep))) if ref else None
-            if v.get("mode") != "nodeport" or pair is None:
+            if v.get("mode") != "nodeport" or pair is None or not per_hop:
                 continue
             extra = extra_hop_cost_us(*pair)
             if extra is not None:
@@ -205,10 +208,10 @@ def costs(records: Sequence[Record], variants: Sequence[VariantInfo]
                         _ci(of(v["name"], "p50_over_veth")), _ci(series(v["name"], "hops")),
                         _ci(of(v["name"], "hop_cost_us")))
             for v in variants if series(v["name"], "veth")]
-    ref = reference(variants)
     extras = []
     for v in variants:
-        if v.get("mode") != "nodeport" or ref is None:
+        ref = reference(variants, v.get("lb"))
+        if v.get("mode") != "nodeport" or ref is None or v.get("lb") == "l7":
             continue
         pairs = [p for (n, rep) in sorted(got) if n == v["name"]
                  for p in [_pair(got[(n, rep)], got.get((ref, rep)))] if p is not None]

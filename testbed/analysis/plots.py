@@ -502,8 +502,11 @@ def fig_rollout(data: RunData, out: str) -> list[str]:
     """rollout: errors/s over time with the rollout's steps marked (testbed.analysis.rollout)."""
     if not rollout.has_samples(data):
         raise Skip("no samples of workload 'rollout' (not a rollout run)")
-    fig, ax = _figure()
-    rollout.draw(ax, data, _mark_events)
+    loads = rollout.loads(data)   # a panel per load: new connections, kept-alive
+    fig, axes = _figure(height=0.4 + 1.6 * len(loads), nrows=len(loads), sharex=True,
+                        squeeze=False)
+    for i, load in enumerate(loads):
+        rollout.draw(axes[i, 0], data, _mark_events, load, last=i == len(loads) - 1)
     return _save(fig, out, "rollout")
 
 

@@ -1,14 +1,16 @@
 """What a rollout run's samples say (pure, but for the figure's drawing): the share of requests
 answered from the rolling update's start to the end of the load (upstream's e2e "should not
 have connectivity disruption during rolling update" asks for 95%), the errors by kind, the p99
-latency over the same window, and the errors per second with the rollout's events marked.
+latency over the same window, and the errors per second with the rollout's events marked; for
+each of the two loads (LOADS: a new connection per request, and kept-alive connections).
 
-    error_kind: what a failed request's row says went wrong
+    error_kind: what a failed request's row says went wrong (an L7 LB's own 502/503 apart)
     during: the rows of requests started in a window (from the rollout's start to the load's
         end: the old pods' termination and the LB's lags come after the rollout is "complete")
     success_rate, errors_by_kind, p99_ms: the records' numbers
     event_rows: the rollout's status as `events` samples (t from the load's start)
-    has_samples, draw: the figure (registered in testbed.analysis.plots.FIGURES)
+    has_samples, loads, draw: the figure (registered in testbed.analysis.plots.FIGURES)
+    report_blocks: the report's success-rate table, a row per variant
 """
 
 from __future__ import annotations
@@ -20,18 +22,25 @@ from testbed.analysis.rundata import RunData, failover_events
 from testbed.analysis.stats import mean, percentile
 
 Row = Mapping[str, Any]
-SAMPLES = "rollout"              # the workload name of the per-request samples
+SAMPLES = "rollout"              # the workload name of the per-request samples (new connections)
+KEEPALIVE = "rollout-keepalive"  # ... of the kept-alive load's requests
+# the loads a rollout run keeps on the VIP: samples' and records' workload -> what it is
+LOADS = {SAMPLES: "new connection per request", KEEPALIVE: "kept-alive connections"}
 MIN_SUCCESS_RATE = 0.95          # upstream's e2e threshold for a rolling update behind an LB
 
 
 def error_kind(row: Row) -> str | None:
     """None for a good answer; else httpprobe's error (connect timeout, refused, reset, ...) or
-    "http <status>" for an answer that was not 200."""
+    "http <status>" for an answer that was not 200, "http <status> from the LB" when no pod
+    answered it (an L7 LB's own 502 or 503: no target in service, or the target's connection
+    failed; a pod's answers name the pod, in the body or its X-Pod header)."""
     if row.get("ok"):
         return None
     if row.get("error"):
         return str(row["error"])
-    return f"http {row.get('status')}" if row.get("status") is not None else "no answer"
+    if row.get("status") is None:
+        return "no answer"
+    return f"http {row['status']}" + ("" if row.get("pod") else " from the LB")
 
 
 def during(rows: Iterable[Row], start: float, end: float | None) -> list[Row]:
@@ -77,9 +86,12 @@ def event_rows(status: Mapping[str, Any], load_start: float) -> list[dict[str, A
 
 
 def variant_settings(variant: Mapping[str, Any]) -> str:
-    """What a variant (as meta.json has it) sets of readiness gates and draining, for the
-    report's list of variants ("" if nothing)."""
+    """What a variant (as meta.json has it) sets of the LB's kind, readiness gates and
+    draining, for the report's list of variants ("" if nothing)."""
     said = []
+    if variant.get("lb"):
+        said.append({"l4": "L4 LB (the VPC's)", "l7": "L7 LB (HAProxy)"}.get(
+            variant["lb"], f"LB {variant['lb']}"))
     if variant.get("readiness_gates") is not None:
         said.append("readiness gates " + ("on" if variant["readiness_gates"] else "off"))
     if variant.get("deregistration_delay_s") is not None:
@@ -90,18 +102,26 @@ def variant_settings(variant: Mapping[str, Any]) -> str:
 # -- the figure -------------------------------------------------------------------------------
 
 def has_samples(data: RunData) -> bool:
-    return any(w == SAMPLES for (_, _, w) in data.samples)
+    return bool(loads(data))
+
+
+def loads(data: RunData) -> list[str]:
+    """The loads (LOADS' keys) the run has samples of, in LOADS' order: a panel each."""
+    seen = {w for (_, _, w) in data.samples}
+    return [w for w in LOADS if w in seen]
 
 
 def draw(ax: Any, data: RunData,
-         mark_events: Callable[[Any, Iterable[Mapping[str, Any]]], None]) -> None:
-    """Errors per second over time, a line per variant (mean over repetitions), the first
-    repetition's rollout events marked; a caption in data.captions["rollout"]."""
+         mark_events: Callable[[Any, Iterable[Mapping[str, Any]]], None],
+         load: str = SAMPLES, last: bool = True) -> None:
+    """Errors per second of one load over time, a line per variant (mean over repetitions),
+    the first repetition's rollout events marked; a caption in data.captions["rollout"].
+    last: the figure's bottom panel (it gets the x label and the caption)"""
     top = 0.0
     reps_seen = 0
     for variant in data.variants:
         reps = [_errors_per_second(rows) for (v, _, w), rows in data.samples.items()
-                if v == variant and w == SAMPLES]
+                if v == variant and w == load]
         reps = [bins for bins in reps if bins]
         if not reps:
             continue
@@ -115,15 +135,18 @@ def draw(ax: Any, data: RunData,
     mark_events(ax, [{"t": starts[0], "label": "rollout starts"}] if starts else [])
     for variant, t in completions(data).items():   # each variant's own end, in its colour
         ax.axvline(t, color=data.colour[variant], linewidth=0.8, linestyle=(0, (1, 2)))
-    ax.set_xlabel("time since the load started (s)")
+    if last:
+        ax.set_xlabel("time since the load started (s)")
     ax.set_ylabel("errors/s")
     ax.set_ylim(0, max(1.0, top * 1.2))
-    ax.set_title(f"Rolling update — errors per second ({reps_seen} repetition(s), mean)",
-                 loc="left")
-    ax.legend(loc="upper right")
+    ax.set_title(f"Rolling update: {LOADS.get(load, load)} ({reps_seen} repetition(s), "
+                 "mean)", loc="left", fontsize=7)
+    if loads(data)[:1] == [load]:   # once, beside the top panel: up to 12 variants
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6)
     data.captions["rollout"] = (
-        "Failed requests per second under steady open-loop load (a new connection each) "
-        "while every pod is replaced; grey: the rollout's start; dotted in a variant's colour: "
+        "Failed requests per second under steady open-loop load through the VIP while every "
+        "pod is replaced, one panel per load (a new connection per request; requests over "
+        "kept-alive connections); grey: the rollout's start; dotted in a variant's colour: "
         "its rollout complete (every pod new and available, mean over repetitions).")
 
 
@@ -147,3 +170,61 @@ def _errors_per_second(rows: Iterable[Row]) -> dict[int, int]:
             if not r.get("ok"):
                 bins[int(t)] += 1
     return bins
+
+
+# -- the report's table -----------------------------------------------------------------------
+
+def report_blocks(exp: Mapping[str, Any], summary: Mapping[tuple[str, str, Any], Any],
+                  variants: Sequence[str]) -> list[tuple[Any, ...]]:
+    """A row per variant: its LB, mode, gates and draining, then per load the success rate
+    from the rollout's start (mean over repetitions, against MIN_SUCCESS_RATE), its errors by
+    kind and p99, and the rollout's duration. Nothing for a run that is not a rollout.
+    summary: testbed.analysis.records.summarize's (variant, metric, group) -> MeanCI"""
+    if exp.get("kind") != "rollout":
+        return []
+    settings = {v.get("name"): v for v in exp.get("variants") or [] if isinstance(v, dict)}
+    present = [w for w in LOADS if any(dict(g).get("workload") == w for (_, _, g) in summary)]
+    header = ["variant", "LB", "targets", "gates", "draining"]
+    for w in present:
+        header += [f"success rate, {LOADS[w]}", f"errors by kind, {LOADS[w]}",
+                   f"p99 ms, {LOADS[w]}"]
+    header.append("rollout duration s")
+    rows = []
+    for v in variants:
+        s = settings.get(v, {})
+        row = [f"`{v}`", str(s.get("lb") or "topology's"),
+               "ip (pods)" if s.get("mode") == "container-native" else "instance (nodes)",
+               _setting(s.get("readiness_gates"), s.get("mode")),
+               _draining(s.get("deregistration_delay_s"), s.get("mode"))]
+        for w in present:
+            rate = summary.get((v, "success_rate", (("workload", w),)))
+            row.append("–" if rate is None else
+                       f"{rate.mean:.3f}" + (" ✗" if rate.mean < MIN_SUCCESS_RATE else " ✓"))
+            kinds = sorted(((dict(g)["error"], ci.mean) for (vv, m, g), ci in summary.items()
+                            if vv == v and m == "errors" and dict(g).get("workload") == w
+                            and "error" in dict(g) and ci.mean), key=lambda kv: -kv[1])
+            row.append(", ".join(f"{k} {n:.3g}" for k, n in kinds) or "0")
+            p99 = summary.get((v, "latency_p99_ms", (("workload", w),)))
+            row.append("–" if p99 is None else f"{p99.mean:.3g}")
+        duration = summary.get((v, "rollout_duration_s", (("workload", SAMPLES),)))
+        row.append("–" if duration is None else f"{duration.mean:.2f}")
+        rows.append(row)
+    return [("h2", "Success rate during the rollout"),
+            ("p", f"Requests answered 200 from the rollout's start to the end of the load, mean "
+             f"over repetitions (✓: at least upstream's {MIN_SUCCESS_RATE:g}); errors by kind "
+             "per repetition; p99 of the answered requests in the same window; gates and "
+             "draining say what the variant sets (–: does not apply: with instance targets "
+             "the LB's targets are the nodes, which a rollout neither adds nor removes)."),
+            ("table", header, rows)]
+
+
+def _setting(gates: Any, mode: Any) -> str:
+    if mode != "container-native":
+        return "–"
+    return "topology's" if gates is None else ("on" if gates else "off")
+
+
+def _draining(delay: Any, mode: Any) -> str:
+    if mode != "container-native":
+        return "–"
+    return "topology's" if delay is None else ("off" if not delay else f"{delay:g} s")

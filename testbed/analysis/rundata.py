@@ -24,8 +24,10 @@ from testbed.analysis.records import (
 )
 from testbed.analysis.stats import MeanCI, mean_ci, shares
 
-# Okabe & Ito's colour-blind-safe palette; variant i of the experiment gets PALETTE[i].
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+# Okabe & Ito's colour-blind-safe palette, then four of Paul Tol's muted scheme for experiments
+# of up to 12 variants (testbed.spec.experiment.MAX_VARIANTS); variant i gets PALETTE[i].
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
+           "#882255", "#117733", "#999933", "#332288")
 NON_LATENCY_SAMPLES = {"events"}
 # Samples of the scaling experiment's pods sweep (this prefix, then the pod count) come from a
 # cluster built for that size, not from the one whose plan meta.json holds: who answered them

@@ -32,9 +32,20 @@ def entry_nodes(plan: Plan) -> dict[str, str]:
     return out
 
 
+def client_address_seen(row: Mapping[str, Any], client_ip: str) -> bool:
+    """Whether the pod learned the client's address from a request (a sample row): as its
+    connection's peer (no SNAT on the way), or as the last X-Forwarded-For entry behind an L7
+    LB (the entry the proxy itself appends; earlier ones are whatever the client claimed)."""
+    if row.get("source_ip") == client_ip:
+        return True
+    forwarded = row.get("forwarded_for")
+    return bool(forwarded) and str(forwarded).split(",")[-1].strip() == client_ip
+
+
 def request_rows(probe_rows: Iterable[Mapping[str, Any]], plan: Plan, client_ip: str,
                  policy: str) -> list[Row]:
-    """httpprobe rows as sample rows: latency, pod, node, entry node, source IP, hops."""
+    """httpprobe rows as sample rows: latency, pod, node, entry node, source IP (the pod's
+    peer), forwarded_for (its X-Forwarded-For behind an L7 LB, else None), hops."""
     by_addr = entry_nodes(plan)
     rows = []
     for r in probe_rows:
@@ -54,6 +65,7 @@ def request_rows(probe_rows: Iterable[Mapping[str, Any]], plan: Plan, client_ip:
         rows.append({"t": r.get("t_start"), "latency_ms": r.get("total_ms"),
                      "connect_ms": r.get("connect_ms"), "ok": ok, "pod": r.get("pod"),
                      "node": r.get("node"), "entry_node": entry, "source_ip": source,
+                     "forwarded_for": r.get("forwarded_for"),
                      "hops": 64 - ttl if ttl else None, "error": r.get("error")})
     return rows
 

@@ -32,6 +32,7 @@ from testbed.experiments.baseline import VethPair
 from testbed.experiments.client import (
     CLIENT,
     Row,
+    client_address_seen,
     entry_nodes,
     probe_each,
     sample_rows,
@@ -272,7 +273,8 @@ def path(run: RunContext, cluster: Cluster, variant: Variant, rep: int, wl: Work
     run.rec(variant, rep, "cross_node_bytes_fraction", cross / total if total else None, wl.name)
     client_ip = cluster.plan.attachment(CLIENT).ip
     run.rec(variant, rep, "source_ip_preserved",
-            sum(1 for r in ok if r["source_ip"] == client_ip) / len(ok) if ok else None, wl.name)
+            sum(1 for r in ok if client_address_seen(r, client_ip)) / len(ok) if ok else None,
+            wl.name)
     run.rec(variant, rep, "errors", len(rows) - len(ok), wl.name)
     svc = service_plan(cluster, run.res.service)
     endpoints = [p for p in svc.endpoints if p in cluster.live_pods()]

@@ -21,7 +21,7 @@ from testbed.spec import rollout as rollout_spec
 from testbed.spec.durations import fmt_s as _fmt_s
 from testbed.spec.durations import seconds
 from testbed.spec.fields import Reader, choice, integer, name, text
-from testbed.spec.model import MODES, Topology, placement
+from testbed.spec.model import LB_KINDS, MODES, Topology, placement
 from testbed.spec.scaling import check_sizes, read_sweeps
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import Document, Path, nearest, read_document
@@ -30,7 +30,7 @@ KINDS = ("compare", "scaling", "failover", "rollout")
 POLICIES = ("Cluster", "Local")
 TARGETS = ("vip", "pods")        # where a variant's clients send: the LB's VIP, or the pods
 ACTIONS = ("remove-pod", "fail-pod", "fail-node")
-MAX_VARIANTS = 8                 # one colour each in the plots' palette
+MAX_VARIANTS = 12                # one colour each in the plots' palette
 
 # workload name -> (tool that drives it, allowed keys with their defaults)
 WORKLOADS: dict[str, tuple[str, dict[str, float]]] = {
@@ -67,6 +67,8 @@ class Variant:
         `kubernetes: {timing: ...}`)
     readiness_gates, deregistration_delay_s: the LB's readiness gate on every deployment and
         its draining time (None: the topology's; testbed.spec.rollout)
+    lb: the cloud load balancer's kind, l4 or l7 (None: the topology's loadBalancer.kind;
+        `cnlb run --lb` overrides every variant's)
     """
     name: str
     mode: str
@@ -75,6 +77,7 @@ class Variant:
     timing: str | None = None
     readiness_gates: bool | None = None
     deregistration_delay_s: float | None = None
+    lb: str | None = None
 
     def apply(self, topology: Topology) -> Topology:
         """The topology in this variant's mode, every LoadBalancer service's policy overridden.
@@ -94,8 +97,9 @@ class Variant:
                       else topology.kubernetes)
         topology = rollout_spec.with_variant_settings(topology, kubernetes, self.readiness_gates,
                                                       self.deregistration_delay_s)
-        return replace(topology, mode=self.mode, services=tuple(services),
-                       load_balancer=replace(topology.load_balancer, targets=self.mode))
+        lb = replace(topology.load_balancer, targets=self.mode,
+                     kind=self.lb or topology.load_balancer.kind)
+        return replace(topology, mode=self.mode, services=tuple(services), load_balancer=lb)
 
 
 @dataclass(frozen=True)
@@ -362,7 +366,7 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
             r.problem(vpath, "missing required field 'mode'",
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
-        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing",
+        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing", "lb",
                           *rollout_spec.VARIANT_KEYS},
                   required=("mode",), what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
@@ -373,6 +377,8 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
         to = r.get(vpath, "to", choice(*TARGETS), default="vip", fix="use vip or pods")
         timing = r.get(vpath, "timing", choice("realistic", "instant"), default=None,
                        fix="use realistic (the topology's kubernetes delays) or instant")
+        lb = r.get(vpath, "lb", choice(*LB_KINDS), default=None,
+                   fix="use l4 (the VPC's OpenFlow balancer) or l7 (HAProxy, an HTTP proxy LB)")
         if to == "pods" and kind != "compare":
             r.problem(vpath + ("to",), f"only a compare experiment sends to the pods directly "
                       f"(this is kind {kind})", "remove 'to: pods'")
@@ -383,12 +389,12 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "from the client", "use 'mode: container-native' with 'to: pods'")
             continue
         if mode and policy and to:
-            out.append(Variant(vname, mode, policy, to, timing,
+            out.append(Variant(vname, mode, policy, to, timing, lb=lb,
                                **rollout_spec.read_variant_settings(r, vpath)))
     seen: dict[tuple[object, ...], str] = {}
     for v in out:
         key = (v.mode, v.external_traffic_policy, v.to, v.timing, v.readiness_gates,
-               v.deregistration_delay_s)
+               v.deregistration_delay_s, v.lb)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
                       f"externalTrafficPolicy {v.external_traffic_policy}, to {v.to})",

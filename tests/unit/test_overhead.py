@@ -93,6 +93,27 @@ def test_derive_per_variant_and_repetition():
     assert not [d for d in derive(_records(), VARIANTS[:2]) if d.metric == "extra_hop_cost_us"]
 
 
+def test_l7_variants_get_their_ratio_but_no_cost_per_hop_and_their_own_reference():
+    l7 = [{"name": "nodeport-l7", "mode": "nodeport", "lb": "l7"},
+          {"name": "container-native-l7", "mode": "container-native", "lb": "l7"}]
+    records = _records()
+    for name, (p50, veth) in (("nodeport-l7", (2.0, 0.1)), ("container-native-l7", (1.5, 0.1))):
+        base = {"experiment": "compare", "variant": name, "repetition": 0}
+        records += [{**base, "metric": "latency_p50_ms", "value": p50, "workload": "latency"},
+                    {**base, "metric": "latency_p50_ms", "value": veth, "workload": "veth"},
+                    {**base, "metric": "path_hops", "value": 1.0, "workload": "latency"}]
+    variants = VARIANTS + l7
+    assert reference(variants) == "container-native"
+    assert reference(variants, "l7") == "container-native-l7"
+    derived = {(d.variant, d.metric): d for d in derive(records, variants)}
+    assert derived[("nodeport-l7", "p50_over_veth")].value == pytest.approx(20.0)
+    assert ("nodeport-l7", "hop_cost_us") not in derived      # the proxy ends the connection
+    assert ("nodeport-l7", "extra_hop_cost_us") not in derived
+    assert derived[("nodeport-cluster", "extra_hop_cost_us")].extra == {"over": "container-native"}
+    _, extras = costs(records, variants)
+    assert [e.variant for e in extras] == ["nodeport-cluster", "nodeport-local"]
+
+
 def test_costs_summarise_over_repetitions():
     rows, extras = costs(_records(), VARIANTS)
     assert [r.variant for r in rows] == [v["name"] for v in VARIANTS]

@@ -30,6 +30,14 @@ PROFILE = {
                              pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25}, entry={}),
     "direct": dict(lat=0.62, mbps=900, rps=6400, hops=2.0, cross=0.0, src=1.0,
                    pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25}, entry={}),
+    # behind the L7 LB the client's connection ends at the proxy (1 hop); X-Forwarded-For
+    # carries the client's address
+    "nodeport-l7": dict(lat=1.30, mbps=800, rps=4000, hops=1.0, cross=0.5, src=1.0,
+                        pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                        entry={"node1": 34, "node2": 33, "node3": 33}),
+    "container-native-l7": dict(lat=1.10, mbps=850, rps=4500, hops=1.0, cross=0.0, src=1.0,
+                                pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                                entry={}),
 }
 
 
@@ -100,8 +108,9 @@ def test_plot_run_writes_every_compare_figure_as_png_and_pdf(compare_run):
 def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
     run_dir, _ = compare_run
     index = json.load(open(os.path.join(run_dir, "figures", "index.json")))
-    assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct"]
-    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:4])
+    assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct",
+                                 "nodeport-l7", "container-native-l7"]
+    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:6])
 
 
 def test_report_has_every_variant_figures_table_environment(compare_run):

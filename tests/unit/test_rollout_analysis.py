@@ -65,3 +65,45 @@ def test_a_rollout_run_gets_its_figure_and_report(tmp_path):
     report = open(write_report(run_dir)).read()
     assert "`success_rate`" in report and "`rollout_duration_s`" in report
     assert "error connect timeout" in report
+
+
+def test_an_l7_lbs_own_answer_is_told_from_a_pods():
+    assert analysis.error_kind({"ok": False, "status": 503, "pod": None}) == "http 503 from the LB"
+    assert analysis.error_kind({"ok": False, "status": 502}) == "http 502 from the LB"
+    assert analysis.error_kind({"ok": False, "status": 503, "pod": "web-2"}) == "http 503"
+    assert analysis.error_kind({"ok": False, "status": None}) == "no answer"
+
+
+def test_both_loads_get_a_panel_and_a_row_in_the_success_table(tmp_path):
+    run_dir = str(tmp_path / "run")
+    exp = {"name": "rollout", "kind": "rollout", "repetitions": 1,
+           "variants": [{"name": "classic-l7", "mode": "nodeport", "lb": "l7"},
+                        {"name": "cn-l7", "mode": "container-native", "lb": "l7",
+                         "readiness_gates": False, "deregistration_delay_s": 0.0}]}
+    with RunWriter(run_dir, experiment=exp, git={}) as w:
+        for variant in ("classic-l7", "cn-l7"):
+            for load in analysis.LOADS:
+                rows = rows_with_a_gap()
+                if variant == "classic-l7":
+                    rows = [{**r, "ok": True, "error": None, "status": 200} for r in rows]
+                w.samples(variant, 0, load, rows)
+                window = analysis.during(rows, 3.0, None)
+                w.record("rollout", variant, 0, "success_rate", analysis.success_rate(window),
+                         workload=load)
+                for kind, n in analysis.errors_by_kind(rows).items():
+                    w.record("rollout", variant, 0, "errors", n, workload=load, error=kind)
+            w.samples(variant, 0, "events", [{"t": 3.0, "action": "rollout", "target": "web"},
+                                             {"t": 8.0, "action": "complete", "target": "web"}])
+            w.record("rollout", variant, 0, "rollout_duration_s", 5.0, workload="rollout")
+    from testbed.analysis.rundata import RunData
+    assert analysis.loads(RunData(run_dir)) == ["rollout", "rollout-keepalive"]
+    assert os.path.join(run_dir, "figures", "rollout.png") in written(plot_run(run_dir))
+    report = open(write_report(run_dir)).read()
+    table = report[report.index("## Success rate during the rollout"):]
+    classic = next(line for line in table.splitlines() if line.startswith("| `classic-l7`"))
+    cn = next(line for line in table.splitlines() if line.startswith("| `cn-l7`"))
+    assert "| l7 | instance (nodes) | – | – | 1.000 ✓ | 0 |" in classic
+    # 70 of the 100 requests from 3 s on, 21 of them failed (20 connect timeouts, the 503 at
+    # 3.0 s), in both loads
+    assert "| l7 | ip (pods) | off | off | 0.700 ✗ | connect timeout 20, http 503 1 |" in cn
+    assert cn.count("0.700 ✗") == 2 and "| 5.00 |" in cn

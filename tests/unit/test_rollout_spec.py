@@ -68,10 +68,16 @@ def test_shipped_rollout_experiment():
     exp = res.experiment
     assert exp.kind == "rollout" and exp.rollout_at_s < exp.duration_s
     gates = {name: t.deployments[0].readiness_gates for name, t in res.variants.items()}
-    assert gates["cn-gates"] == (READINESS_GATE,) and gates["container-native"] == ()
-    assert res.variants["cn-gates-no-draining"].kubernetes.lb_deregistration_delay_s == 0
-    assert res.variants["cn-gates"].kubernetes.lb_deregistration_delay_s == \
-        res.topology.kubernetes.lb_deregistration_delay_s
+    for lb in ("l4", "l7"):   # container-native: gates x draining, through either LB
+        assert gates[f"cn-{lb}-gates"] == (READINESS_GATE,) and gates[f"cn-{lb}"] == ()
+        assert res.variants[f"cn-{lb}-gates-no-drain"].kubernetes.lb_deregistration_delay_s == 0
+        assert res.variants[f"cn-{lb}-gates"].kubernetes.lb_deregistration_delay_s == \
+            res.topology.kubernetes.lb_deregistration_delay_s
+    kinds = {name: (t.mode, t.load_balancer.kind) for name, t in res.variants.items()}
+    assert kinds["classic-l7"] == ("nodeport", "l7") and kinds["cn-l7"] == ("container-native",
+                                                                          "l7")
+    assert kinds["classic-l4"] == ("nodeport", "l4")
+    assert len(res.variants) == len(exp.variants) == 12
 
 
 def write_experiment(tmp_path, body: str) -> str:
@@ -93,9 +99,19 @@ def write_experiment(tmp_path, body: str) -> str:
     ("variants: {a: {mode: container-native, readinessGates: true},\n"
      "           b: {mode: container-native, readinessGates: true}}\n",
      "runs the same as variant 'a'"),
+    ("variants: {cn: {mode: container-native, lb: l9}}\n", "lb: "),
 ])
 def test_rollout_experiment_refused(tmp_path, body, says):
     with pytest.raises(InputError) as exc:
         load_resolved(write_experiment(tmp_path, body))
     found = [str(p) for p in exc.value.problems]
     assert any(says in p for p in found), found
+
+
+def test_a_variants_lb_is_its_topologys_load_balancer_kind(tmp_path):
+    res = load_resolved(write_experiment(
+        tmp_path, "variants: {a: {mode: container-native, lb: l7},\n"
+                  "           b: {mode: container-native}}\n"))
+    assert res.variants["a"].load_balancer.kind == "l7"
+    assert res.variants["b"].load_balancer.kind == res.topology.load_balancer.kind == "l4"
+    assert res.experiment.variant("a").lb == "l7" and res.experiment.variant("b").lb is None
