@@ -12,12 +12,15 @@ deregistration and draining: testbed.kubernetes.lifecycle). A new pod counts as 
 it has been Ready for the deployment's minReadySeconds.
 
     Rollout: one rolling update in progress (its thread), and what it did (RolloutStatus)
+    rollouts_of: a control plane's latest rollout of each deployment (`cnlb status` shows them)
+    progress_line: one line of `cnlb status` for a rollout's status
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,10 @@ from testbed.kubernetes.deployment import (
 RESYNC_S = 0.1
 # upstream's progressDeadlineSeconds default: a rollout that makes no progress this long fails
 PROGRESS_DEADLINE_S = 600.0
+
+# control plane -> deployment -> its latest Rollout, however it was started (CLI, detached
+# session, Python, the rollout experiment); weak, so a finished cluster takes its own along
+_LATEST: weakref.WeakKeyDictionary[Any, dict[str, Rollout]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -119,6 +126,7 @@ class Rollout:
         teardown stops them with the clock, after the one in progress."""
         self._log("rollout-started", replicas=self.status.replicas,
                   maxSurge=self.strategy.max_surge, maxUnavailable=self.strategy.max_unavailable)
+        _LATEST.setdefault(self.control, {})[self.spec.name] = self
         self.control.scheduler().at(0, self._label, self._tick)
         return self
 
@@ -225,6 +233,39 @@ def rollout(cluster: Any, deployment: str, max_surge: int | str | None = None,
     (`.wait(timeout)` blocks until it is done, `.status` says where it is).
     max_surge, max_unavailable: override the deployment's strategy.rollingUpdate"""
     return Rollout(cluster.control, deployment, max_surge, max_unavailable).start()
+
+
+def rollouts_of(control: Any) -> list[dict[str, Any]]:
+    """The latest rollout of each deployment on a control plane (status dicts, with "state":
+    in progress, complete or failed, and "available", the new pods that are Ready), in the
+    order they started."""
+    out = []
+    for r in sorted(_LATEST.get(control, {}).values(), key=lambda r: r.status.started):
+        st = r.status.to_dict()
+        st["state"] = ("failed" if r.status.error is not None else
+                       "complete" if r.status.completed is not None else "in progress")
+        st["available"] = [p for p in r.status.new_pods if p in r._ready_since]
+        out.append(st)
+    return out
+
+
+def progress_line(status: dict[str, Any], now: float | None = None) -> str:
+    """`cnlb status`'s line for one of rollouts_of's entries."""
+    new, replicas = len(status.get("available") or []), status["replicas"]
+    if status["state"] == "in progress":
+        since = (time.time() if now is None else now) - status["started"]
+        return (f"rollout {status['deployment']}: in progress for {since:.1f}s, {new} of "
+                f"{replicas} new pods available, {_old_left(status)} old left")
+    if status["state"] == "complete":
+        return (f"rollout {status['deployment']}: complete in {status['duration_s']:g}s "
+                f"({', '.join(status['new_pods'])})")
+    return f"rollout {status['deployment']}: failed ({status['error']})"
+
+
+def _old_left(status: dict[str, Any]) -> int:
+    """The old ReplicaSet's size after its last scaling (its replicas before any)."""
+    downs = [e for e in status["events"] if e.get("rs") == "old"]
+    return int(downs[-1]["replicas"]) if downs else int(status["replicas"])
 
 
 ROLLOUT_OPS = ("rollout", "rollout-status")

@@ -30,7 +30,7 @@ from testbed.emulation.journal import (
     owner_pid,
     read_journal,
 )
-from testbed.emulation.rollout import ROLLOUT_OPS, rollout_request
+from testbed.emulation.rollout import ROLLOUT_OPS, progress_line, rollout_request
 from testbed.emulation.services import document_from_wire
 from testbed.emulation.status import status_of, write_status
 from testbed.emulation.wiring import NETNS_DIR
@@ -429,6 +429,7 @@ def format_status(status: dict) -> list[str]:
         for b in backends:
             state = "in service" if b.get("in_service") else b.get("state", "out of service")
             lines.append(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    lines += [progress_line(r) for r in status.get("rollouts") or []]
     return lines
 
 

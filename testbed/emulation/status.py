@@ -14,6 +14,7 @@ from mininet.net import Mininet
 from testbed.cloud.lb import CloudLoadBalancer
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation.control_plane import ControlPlane
+from testbed.emulation.rollout import rollouts_of
 from testbed.plan.addresses import Plan
 
 STATUS_FILE = "status.json"
@@ -40,6 +41,7 @@ def status_of(cluster: Any) -> dict[str, Any]:
         "hosts": _hosts(cluster.net),
         "rest_port": controller.rest_port,
         "timings": cluster.timings,
+        "rollouts": rollouts_of(cluster.control),   # the latest of each deployment
     }
 
 

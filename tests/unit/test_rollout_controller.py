@@ -151,3 +151,30 @@ def test_cnlb_rollout_prints_the_scaling_events_until_done(monkeypatch, capsys):
     assert "Scaled up replica set new to 1 (web-2)" in out
     assert "Scaled down replica set old to 1 (web-0)" in out
     assert "rolled out in 4.00s: web-2, web-3" in out
+
+
+def test_status_shows_the_latest_rollout_of_each_deployment_while_in_progress_and_after():
+    from testbed.emulation.rollout import progress_line, rollouts_of
+    from testbed.emulation.session import format_status
+    cp = FakeControlPlane(2, max_surge=1, max_unavailable=0)
+    assert rollouts_of(cp) == []
+    r = Rollout(cp, "web").start()
+    r.sync()
+    cp.states.not_ready_pods.clear()
+    r.sync()
+    r.sync()                               # web-2 Ready (available), web-0 deleted
+    (now,) = rollouts_of(cp)
+    assert now["state"] == "in progress" and now["available"] == ["web-2"]
+    line = progress_line(now, now=now["started"] + 1.5)
+    assert line == "rollout web: in progress for 1.5s, 1 of 2 new pods available, 1 old left"
+    for _ in range(20):
+        cp.states.not_ready_pods.clear()
+        if r.sync():
+            break
+    (done,) = rollouts_of(cp)
+    assert done["state"] == "complete"
+    assert progress_line(done).startswith("rollout web: complete in ")
+    status = {"owner": {"pid": 1, "alive": True},
+              "controller": {"pid": 2, "alive": True, "rest": "x"}, "nodes": [], "pods": [],
+              "services": [], "load_balancers": [], "rollouts": [now]}
+    assert format_status(status)[-1].startswith("rollout web: in progress for ")
