@@ -80,6 +80,19 @@ def test_the_pod_names_itself_and_sees_the_client_in_x_forwarded_for(l7):
         assert {a["pod"] for a in got} == {p.name for p in l7.plan.pods}
 
 
+def test_the_experiments_rows_carry_forwarded_for_and_count_the_client_address_kept(l7):
+    """What the compare and rollout experiments record: httpprobe passes the pod's
+    forwarded_for on, and source_ip_preserved is judged on it (the peer is the proxy's address,
+    or a node's after kube-proxy's SNAT)."""
+    from testbed.experiments.client import client_address_seen, probe, sample_rows
+    from testbed.spec.experiment import Variant
+    rows = sample_rows(l7, Variant("v", l7.plan.mode, lb="l7"), probe(l7, "web", 10))
+    assert len(rows) == 10 and all(r["ok"] for r in rows), rows
+    assert {r["forwarded_for"] for r in rows} == {CLIENT_IP}
+    assert all(r["source_ip"] != CLIENT_IP for r in rows)
+    assert all(client_address_seen(r, CLIENT_IP) for r in rows)
+
+
 def test_one_kept_alive_client_connection_is_balanced_per_request(l7):
     out = l7.sh("client1", "curl -s -m 10 " + " ".join([f"http://{VIP}/"] * 9)).stdout
     got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -1,18 +1,24 @@
 """A rolling update on a real cluster (testbed.emulation.rollout), container-native with
-readiness gates: under steady load through the VIP every pod is replaced, every new pod ends up
-serving, nothing of the old pods stays (no namespace, no LB target, no endpoint), and the
-service answers throughout (upstream's 95% for "should not have connectivity disruption during
-rolling update"; here the gate should make it whole)."""
+readiness gates, through the L4 and the L7 (HAProxy) load balancer: under steady load through
+the VIP, on new and on kept-alive connections, every pod is replaced, every new pod ends up
+serving, nothing of the old pods stays (no namespace, no LB target, no endpoint; the module's
+cluster checks that nothing at all is left, HAProxy included), and the service answers
+throughout (upstream's 95% for "should not have connectivity disruption during rolling
+update"; here the gate should make it whole). Behind the L7 LB every answer names the client
+in X-Forwarded-For. `cnlb status` shows the rollout in progress, then complete."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
 from testbed.analysis.rollout import MIN_SUCCESS_RATE
 from testbed.emulation.rollout import rollout
+from testbed.emulation.session import format_status
+from testbed.emulation.status import status_of
 from testbed.paths import HTTPPROBE
 from tests.integration.e2e_jig import cluster_from, hostnames, wait_for
 
@@ -27,7 +33,7 @@ deployments:
         readinessGates: [{conditionType: target-health.cnlb.io/load-balancer}]}
 services:
   web: {type: LoadBalancer, port: 80, targetPort: 8080}
-loadBalancer: {vip: 198.51.100.10, targets: container-native,
+loadBalancer: {vip: 198.51.100.10, targets: container-native, kind: %s,
                healthCheck: {interval: 500ms, timeout: 300ms, healthyThreshold: 2}}
 clients: {client1: {}}
 kubernetes:
@@ -38,9 +44,12 @@ kubernetes:
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(machine_ready, tmp_path_factory):
-    with cluster_from(tmp_path_factory.mktemp("rollout"), "rollout", TOPOLOGY,
+CLIENT_IP = "203.0.113.10"
+
+
+@pytest.fixture(scope="module", params=["l4", "l7"])
+def cluster(request, machine_ready, tmp_path_factory):
+    with cluster_from(tmp_path_factory.mktemp("rollout"), "rollout", TOPOLOGY % request.param,
                       mode="container-native") as c:
         yield c
 
@@ -48,28 +57,43 @@ def cluster(machine_ready, tmp_path_factory):
 def test_rollout_replaces_every_pod_and_the_service_answers_throughout(cluster):
     old = sorted(p.name for p in cluster.plan.pods if p.name in cluster.live_pods())
     assert old == ["web-0", "web-1", "web-2"]
-    rows: list[dict] = []
+    loads: dict[str, list[dict]] = {"new": [], "kept-alive": []}
 
-    def load() -> None:
+    def load(rows: list[dict], *flags: str) -> None:
         out = cluster.exec(CLIENT, [HTTPPROBE, "--url", URL, "--duration", "25", "--rate", "50",
-                                    "--timeout-ms", "1000"], timeout=60).stdout
+                                    "--timeout-ms", "1000", *flags], timeout=60).stdout
         rows.extend(r for r in map(json.loads, filter(None, out.splitlines()))
                     if not r.get("summary"))
 
-    probe = threading.Thread(target=load)
-    probe.start()
+    probes = [threading.Thread(target=load, args=(loads["new"],)),
+              threading.Thread(target=load, args=(loads["kept-alive"], "--keepalive"))]
+    for p in probes:
+        p.start()
     try:
-        status = rollout(cluster, "web").wait(timeout=60)
+        rolling = rollout(cluster, "web")
+        time.sleep(0.5)
+        (shown,) = status_of(cluster)["rollouts"]
+        assert shown["state"] == "in progress" and shown["deployment"] == "web"
+        assert any(line.startswith("rollout web: in progress for ")
+                   for line in format_status(status_of(cluster)))
+        status = rolling.wait(timeout=60)
     finally:
-        probe.join()
+        for p in probes:
+            p.join()
     assert status.error is None and status.completed is not None, status.to_dict()
     new = set(status.new_pods)
     assert len(new) == 3 and not new & set(old)
     # the gate held each old pod until a new one was in service: scaled up before every
     # scale-down, never more than replicas + maxSurge pods
     assert [e["rs"] for e in status.events] == ["new", "old"] * 3
-    ok = sum(1 for r in rows if r.get("error") is None and r.get("status") == 200)
-    assert rows and ok / len(rows) >= MIN_SUCCESS_RATE, f"{ok}/{len(rows)} answered"
+    for kind, rows in loads.items():
+        ok = sum(1 for r in rows if r.get("error") is None and r.get("status") == 200)
+        assert rows and ok / len(rows) >= MIN_SUCCESS_RATE, f"{kind}: {ok}/{len(rows)} answered"
+    if cluster.lb_kind == "l7":   # the pod's peer is HAProxy; the client is in X-Forwarded-For
+        answered = [r for rows in loads.values() for r in rows if r.get("status") == 200]
+        assert {r.get("forwarded_for") for r in answered} == {CLIENT_IP}
+    (shown,) = status_of(cluster)["rollouts"]
+    assert shown["state"] == "complete" and sorted(shown["new_pods"]) == sorted(new)
     # every new pod serves through the VIP, and only new pods do
     assert set(hostnames(cluster, CLIENT, URL, 30)) == new
     # nothing of the old pods is left once their grace period is over
