@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tests.unit.iptables_model import IptablesNode
+from tests.unit.nftables_model import NFTablesNode
 from tests.unit.traces import Packet, Trace
 
 
@@ -33,4 +34,5 @@ class NodeModel(Protocol):
 
 MODELS: dict[str, Callable[[], NodeModel]] = {
     "iptables": IptablesNode,
+    "nftables": NFTablesNode,
 }
