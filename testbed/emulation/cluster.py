@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from mininet.net import Mininet
@@ -29,11 +29,12 @@ from testbed.emulation import machine, wiring
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
+from testbed.emulation.launcher import LaunchedServer
 from testbed.emulation.podservers import PodServer
 from testbed.emulation.services import ServiceMethods
 from testbed.emulation.status import write_status
 from testbed.errors import EnvironmentProblem
-from testbed.kubernetes.dataplane.base import ServiceDataPlane
+from testbed.kubernetes.dataplane.base import ServerProcess, ServiceDataPlane
 from testbed.kubernetes.dataplane.model import EndpointConditions, service_ports
 from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.kubernetes.lifecycle import Step
@@ -157,7 +158,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     def _reap(self) -> None:
         """Collect the exit status of our child processes (clean() killed them), so no zombies
         stay behind while a long-lived caller (a test session, a notebook) goes on."""
-        procs: list[PodServer | subprocess.Popen] = list(self.control.pod_servers.values())
+        procs: list[ServerProcess | subprocess.Popen] = list(self.control.pod_servers.values())
         if self.kube_proxy is not None:
             procs += list(self.kube_proxy.health_servers.values())
         if self.hosts is not None:
@@ -306,6 +307,11 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         """The endpoints as published: pod -> ready, serving, terminating (kube-proxy reads
         them; see ControlPlane.endpoint_conditions)."""
         return self.control.endpoint_conditions()
+
+    def launch_node_servers(self, module: str, args_by_node: Mapping[str, Sequence[str]]
+                            ) -> dict[str, LaunchedServer]:
+        """Start a Python server module in each node (see ControlPlane.launch_node_servers)."""
+        return self.control.launch_node_servers(module, args_by_node)
 
     def live_pods(self) -> set[str]:
         """Pods neither failed nor removed."""

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mininet.node import Node
@@ -27,7 +27,8 @@ from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation.gates import ReadinessGates
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, StateDir
-from testbed.emulation.podservers import Launcher, PodServer, server_flags
+from testbed.emulation.launcher import LaunchedServer
+from testbed.emulation.podservers import Launcher, Launchers, PodServer, server_flags
 from testbed.emulation.scheduler import Scheduler
 from testbed.emulation.steps import Steps
 from testbed.errors import EnvironmentProblem
@@ -69,7 +70,7 @@ class ControlPlane:
         self.cluster = cluster
         self.states = scheduling.PodStates()
         self.pod_servers: dict[str, PodServer] = {}   # pod -> its HTTP server
-        self.launcher: Launcher | None = None   # started with the first pod server
+        self.launchers = Launchers(cluster)   # each started on first use
         # Steps and requests take turns: the clock's thread, the prober's reports and the
         # callers (a notebook, the detached owner, a failover run) all change the same state.
         self.lock = threading.RLock()
@@ -156,24 +157,20 @@ class ControlPlane:
                 raise EnvironmentProblem(self._not_started(server))
 
     def _launcher(self) -> Launcher:
-        if self.launcher is None or not self.launcher.alive():
-            journal = self.cluster.journal
-            assert journal is not None   # a started cluster has one
+        return self.launchers.pods()
 
-            def started(servers: list[PodServer]) -> None:   # as Journal.process writes them
-                journal.record_many("process", [
-                    {"pid": s.pid, "start": s.start_time, "what": f"{s.pod}: podserver",
-                     "gentle": True} for s in servers])
-            self.launcher = Launcher(self.cluster.state.file("podservers.log"),
-                                     lambda pid: journal.process(pid, "pod server launcher"),
-                                     started)
-        return self.launcher
+    def launch_node_servers(self, module: str, args_by_node: Mapping[str, Sequence[str]]
+                            ) -> dict[str, LaunchedServer]:
+        """Start `python -m module ARGS...` in each node's namespace (see
+        Launchers.launch_node_servers); node -> its server, stopped by teardown."""
+        return self.launchers.launch_node_servers(module, args_by_node)
 
     def _not_started(self, server: PodServer) -> str:
         code = server.poll()
         if code is None:
             return f"pod {server.pod}'s server did not say it was ready in time"
-        said = self.launcher.log_line(server.pod) if self.launcher else ""
+        launcher = self.launchers.pod_launcher
+        said = launcher.log_line(server.pod) if launcher else ""
         return f"pod {server.pod}'s server did not start (exit {code})" + \
             (f": {said}" if said else "")
 

@@ -348,9 +348,11 @@ def clean(state: StateDir, log=lambda msg: None) -> dict:
             doomed.append(br)
         elif br in existing:
             log(f"bridge {br} is in the journal but not labelled as ours; left alone")
-    if doomed:
+    deleting_bridges = None
+    if doomed:   # OVS removes the bridges while the kernel removes the namespaces below
         args = [a for br in doomed for a in ("--", "--if-exists", "del-br", br)]
-        subprocess.run(["ovs-vsctl", "--timeout=30", *args[1:]], capture_output=True)
+        deleting_bridges = subprocess.Popen(["ovs-vsctl", "--timeout=30", *args[1:]],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         removed["bridges"] += len(doomed)
     # The root-namespace ends first (deleting one end of a veth removes both at once, while a
     # namespace's interfaces go asynchronously after it), then the namespaces, each in one batch.
@@ -363,6 +365,8 @@ def clean(state: StateDir, log=lambda msg: None) -> dict:
     if lines:
         subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
                        text=True, capture_output=True)
+    if deleting_bridges is not None:
+        deleting_bridges.wait()
     removed["links"] += len(links)
     removed["namespaces"] += len(namespaces)
     for e in entries:

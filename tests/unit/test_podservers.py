@@ -15,6 +15,7 @@ import pytest
 
 from testbed.emulation import journal, podservers
 from testbed.emulation.podservers import Launcher, served_ports, server_flags
+from testbed.errors import EnvironmentProblem
 from testbed.paths import REPO
 from testbed.plan.addresses import PortPlan, build_plan
 from testbed.spec.topology import load_topology
@@ -107,7 +108,7 @@ def test_servers_of_a_killed_launcher_are_gone_and_it_is_collected(launched):
         time.sleep(0.01)
     assert launched.gone and launched.proc.returncode == -signal.SIGKILL   # no zombie
     assert not launched.alive()
-    with pytest.raises(podservers.EnvironmentProblem, match="launcher has exited"):
+    with pytest.raises(EnvironmentProblem, match="launcher has exited"):
         launched.launch([("web-9", flags(free_port(), "web-9"))])
 
 

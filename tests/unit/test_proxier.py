@@ -98,6 +98,12 @@ class FakeCluster:
     def host(self, name: str) -> FakeHost:
         return self.hosts[name]
 
+    def launch_node_servers(self, module: str, args_by_node) -> dict[str, FakeProcess]:
+        """Python servers forked into the nodes: one logged command per node."""
+        started = {node: FakeProcess(node, [module, *args]) for node, args in args_by_node.items()}
+        self.log.extend(started.values())
+        return started
+
     def sh(self, host: str, command: str, timeout: float = 60.0):
         ports = sorted({s.health_check_node_port for s in self.plan.services
                         if s.health_check_node_port} | {10249, 10256})
@@ -217,8 +223,8 @@ def test_health_state_file_is_health_check_state(plan, tmp_path):
         "namespace": "default", "name": "web", "port": 31000, "local_endpoints": 0}
     servers = [p.argv for p in cluster.log if "healthserver" in " ".join(p.argv)]
     assert len(servers) == 2 and sorted(kp.health_servers) == ["node1", "node2"]
-    assert servers[0][1:4] == ["-S", "-m", "testbed.kubernetes.dataplane.healthserver"]
-    assert servers[0][6:] == ["--healthz-port", "10256", "--metrics-port", "10249",
+    assert servers[0][:2] == ["testbed.kubernetes.dataplane.healthserver", "--state"]
+    assert servers[0][3:] == ["--healthz-port", "10256", "--metrics-port", "10249",
                               "--proxy-mode", "iptables"]
 
 

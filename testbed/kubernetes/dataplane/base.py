@@ -53,6 +53,23 @@ class NodeHost(Protocol):
     def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]: ...
 
 
+class ServerProcess(Protocol):
+    """A server process the cluster started for the data plane (Popen-like)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 class StateFiles(Protocol):
     """The cluster's state directory, where the health-check servers' files live."""
 
@@ -84,6 +101,11 @@ class ClusterView(Protocol):
            timeout: float = ...) -> subprocess.CompletedProcess[str]:
         """Run a shell command on `host` and wait for it."""
 
+    def launch_node_servers(self, module: str, args_by_node: Mapping[str, Sequence[str]]
+                            ) -> Mapping[str, ServerProcess]:
+        """Start `python -m module ARGS...` in each node (node -> its args), standard library
+        only, all forked from one warm interpreter; node -> its server process."""
+
 
 class ServiceDataPlane(ABC):
     """kube-proxy in one mode, on every node of a running cluster.
@@ -100,7 +122,7 @@ class ServiceDataPlane(ABC):
                  min_sync_period_s: float | None = None):
         self.cluster = cluster
         self.backend = backend
-        self.health_servers: dict[str, subprocess.Popen[bytes]] = {}  # node -> its server
+        self.health_servers: dict[str, ServerProcess] = {}  # node -> kube-proxy's servers
         self.sync_times: list[tuple[str, float, str]] = []  # (node, seconds, kind) per sync
         if min_sync_period_s is None:
             timing = getattr(getattr(cluster, "topo", None), "kubernetes", None)

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -26,6 +25,7 @@ from testbed.kubernetes.dataplane.base import (
     ApplyError,
     ClusterView,
     CommandRunner,
+    ServerProcess,
     ServiceDataPlane,
 )
 from testbed.kubernetes.dataplane.healthserver import METRICS_PORT, PROXY_HEALTHZ_PORT
@@ -39,7 +39,6 @@ from testbed.kubernetes.dataplane.model import (
     node_context,
     service_ports,
 )
-from testbed.paths import REPO
 from testbed.plan.addresses import Plan
 
 
@@ -219,18 +218,17 @@ class KubeProxy(ServiceDataPlane):
         self._wait_listening([n for n in nodes if self.listening.get(n) != wanted], wanted)
 
     def _start_servers(self, nodes: Sequence[str]) -> None:
-        """Start kube-proxy's servers on these nodes (their state written first)."""
+        """Start kube-proxy's servers on these nodes (their state written first), each forked
+        into its node from one warm interpreter (the cluster's launcher of node servers)."""
+        if not nodes:
+            return
         self.write_states(nodes)
-        for node in nodes:
-            path = self.cluster.state.file(f"health-{node}.json")
-            # -S: no site-packages (the server is standard library only): a node's servers
-            # start in two thirds of the time, which counts at a thousand pods
-            self.health_servers[node] = self.cluster.host(node).popen(
-                [sys.executable, "-S", "-m", "testbed.kubernetes.dataplane.healthserver",
-                 "--state", path, "--healthz-port", str(PROXY_HEALTHZ_PORT),
-                 "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, cwd=REPO)
+        self.health_servers.update(self.cluster.launch_node_servers(
+            "testbed.kubernetes.dataplane.healthserver",
+            {node: ["--state", self.cluster.state.file(f"health-{node}.json"),
+                    "--healthz-port", str(PROXY_HEALTHZ_PORT),
+                    "--metrics-port", str(METRICS_PORT), "--proxy-mode", self.mode]
+             for node in nodes}))
 
     def _wait_listening(self, nodes: Sequence[str], ports: frozenset[int],
                         timeout: float = 10.0) -> None:
@@ -252,7 +250,7 @@ class KubeProxy(ServiceDataPlane):
 TCP_LISTEN = "0A"   # the socket state /proc/net/tcp writes for LISTEN
 
 
-def listening_ports(proc: subprocess.Popen[bytes]) -> set[int]:
+def listening_ports(proc: ServerProcess) -> set[int]:
     """The TCP ports listening in the network namespace of a running process ({} when it is
     gone, or not yet in a namespace of its own: `ip netns exec` enters it after the fork):
     /proc/PID/net/tcp lists the sockets of the namespace the process is in."""
