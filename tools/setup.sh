@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # Debian system always has (bash, coreutils, dash) are listed too: setup installs nothing for them.
 PACKAGES="mininet openvswitch-switch openvswitch-common iproute2 iptables nftables ethtool
 iperf iperf3 wrk curl tcpdump traceroute iputils-ping conntrack procps psmisc util-linux kmod
-bash coreutils dash git gcc libc6-dev make python3-venv python3-pip haproxy"
+bash coreutils dash git gcc libc6-dev make python3-venv python3-pip haproxy
+ipvsadm ipset"
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup: needs root (apt-get, Open vSwitch) — run: sudo make setup" >&2

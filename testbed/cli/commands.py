@@ -72,10 +72,21 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def proxy_mode(raw: str) -> str:
+    """--proxy-mode: one of the modes the data plane registry has."""
+    import argparse
+
+    from testbed.spec.kube_proxy import proxy_modes
+    if raw not in proxy_modes():
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a kube-proxy mode the testbed has — "
+                                         f"use one of {', '.join(proxy_modes())}")
+    return raw
+
+
 def cmd_render(args) -> int:
     from testbed.plan.addresses import build_plan
     from testbed.spec.topology import load_topology
-    topo = load_topology(args.file, mode=args.mode)
+    topo = load_topology(args.file, mode=args.mode, proxy_mode=args.proxy_mode)
     plan = build_plan(topo)
     if args.what == "plan":
         print(json.dumps(plan.to_dict(), indent=1))
@@ -86,10 +97,12 @@ def cmd_render(args) -> int:
         from testbed.kubernetes.node import node_setup
         node = _node_arg(args, plan)
         print("\n".join(node_setup(plan, plan.node(node), offloads_off=False)))
-    elif args.what == "kube-proxy":
+    elif args.what == "kube-proxy":   # the node's first sync in the topology's (or given) mode
         node = _node_arg(args, plan)
-        from testbed.kubernetes.dataplane.iptables.proxier import render_node_rules
-        sys.stdout.write(render_node_rules(plan, node))
+        from testbed.kubernetes.dataplane.model import node_context, service_ports
+        from testbed.kubernetes.dataplane.registry import dataplane_for
+        mode = dataplane_for(topo.kube_proxy.mode)
+        sys.stdout.write(mode.render_first(service_ports(plan), node_context(plan, node)))
     return 0
 
 
@@ -108,7 +121,8 @@ def cmd_up(args) -> int:
     from testbed.emulation.cluster import Cluster
     from testbed.emulation.reachability import format_table, reachability
     from testbed.spec.topology import load_topology
-    topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available())
+    topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available(),
+                         proxy_mode=args.proxy_mode)
     say = _progress(args.quiet)
     if args.owner:
         from testbed.emulation.session import run_owner
@@ -122,13 +136,13 @@ def cmd_up(args) -> int:
                              "use `cnlb exec` and `cnlb status` on the detached cluster")
         from testbed.emulation.session import start_detached
         _print_next_steps(start_detached(topo.file, topo.mode, say, args.iptables,
-                                         args.datapath, args.lb))
+                                         args.datapath, args.lb, args.proxy_mode))
         return 0
     cluster = Cluster(topo, progress=say, iptables=args.iptables, datapath=args.datapath,
                       load_balancer=args.lb)
     status = 0
     with cluster:
-        say(f"ready in {cluster.timings['total_s']:.1f}s")
+        say(f"ready in {cluster.timings['total_s']:.1f}s (kube-proxy {cluster.proxy_mode})")
         if args.check:
             rows = reachability(cluster)
             print(format_table(rows))
@@ -183,8 +197,8 @@ def _print_next_steps(status: dict) -> None:
     client = status["clients"][0] if status["clients"] else None
     pod = status["pods"][0] if status["pods"] else None
     svc = status["services"][0] if status["services"] else None
-    print(f"cluster {status['cluster']} is up ({status['mode']}), "
-          f"owner pid {status['owner']['pid']}")
+    print(f"cluster {status['cluster']} is up ({status['mode']}, kube-proxy "
+          f"{status.get('proxy_mode', 'iptables')}), owner pid {status['owner']['pid']}")
     print("next:")
     print("  cnlb status")
     if vip and client:
@@ -281,7 +295,8 @@ def cmd_rollout(args) -> int:
 def cmd_run(args) -> int:
     from testbed.experiments.run import run_experiment
     result = run_experiment(args.experiment, args.topology, out=args.out, iptables=args.iptables,
-                            datapath=args.datapath, progress=_progress(args.quiet), lb=args.lb)
+                            datapath=args.datapath, progress=_progress(args.quiet), lb=args.lb,
+                            proxy_mode=args.proxy_mode)
     print(f"{len(result.figures)} figures in {os.path.join(result.out, 'figures')}")
     print(f"report: {result.report}")
     return 0

@@ -45,6 +45,7 @@ def _files(sub) -> None:
     r.add_argument("file", metavar="FILE")
     r.add_argument("--mode", choices=MODES)
     r.add_argument("--node", help="the node (kube-proxy, cni)")
+    _proxy_mode_option(r)
     r.set_defaults(func=c.cmd_render)
 
 
@@ -59,6 +60,7 @@ def _cluster(sub) -> None:
     _iptables_option(u)
     _datapath_option(u, default="auto")
     _lb_option(u)
+    _proxy_mode_option(u)
     u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
                    "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")
@@ -145,6 +147,7 @@ def _runs(sub) -> None:
     _iptables_option(rn)
     _datapath_option(rn, default=None)
     _lb_option(rn)
+    _proxy_mode_option(rn)
     rn.set_defaults(func=c.cmd_run)
 
     pl = sub.add_parser("plot", help="draw the figures of a run (PNG and PDF)")
@@ -184,6 +187,14 @@ def _lb_option(parser) -> None:
                         help="the cloud load balancer: l4 (the VPC's OpenFlow NLB-like "
                              "balancer) or l7 (HAProxy as an HTTP proxy LB, ALB/GCLB-like); "
                              "default: the topology's loadBalancer.kind")
+
+
+def _proxy_mode_option(parser) -> None:
+    parser.add_argument("--proxy-mode", type=c.proxy_mode, default=None, metavar="MODE",
+                        help="kube-proxy's mode on every node: iptables, nftables, ipvs, ... "
+                             "(the modes the testbed has; default: the topology's "
+                             "kubeProxy.mode, else iptables; for run, the variants that name "
+                             "no proxyMode)")
 
 
 def _iptables_option(parser) -> None:

@@ -40,7 +40,18 @@ from testbed.kubernetes.dataplane.registry import dataplane_for
 from testbed.kubernetes.lifecycle import Step
 from testbed.paths import PODSERVER
 from testbed.plan.addresses import LB_HOST, Plan, build_plan
+from testbed.spec.kube_proxy import with_proxy_mode
 from testbed.spec.model import Topology
+
+
+def refuse_unavailable(proxy_mode: str) -> None:
+    """EnvironmentProblem when this machine cannot run kube-proxy's mode (its kernel lacks a
+    module the mode needs): one line, naming the mode, the reason and the way out."""
+    missing = dataplane_for(proxy_mode).unavailable()
+    if missing:
+        raise EnvironmentProblem(f"kube-proxy mode {proxy_mode} cannot run here: {missing} — "
+                                 "use another --proxy-mode (cnlb doctor lists the modes this "
+                                 "machine runs)")
 
 
 class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
@@ -51,26 +62,26 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     iptables: kube-proxy's backend: auto (the machine's), nft or legacy
     load_balancer: the cloud load balancer's kind (a key of testbed.cloud.lb.LOAD_BALANCERS;
         None: the topology's loadBalancer.kind)
-    proxy_mode: kube-proxy's mode (a key of testbed.kubernetes.dataplane.registry.DATAPLANES)
+    proxy_mode: kube-proxy's mode (a key of dataplane.registry's; None: the file's kubeProxy)
     datapath: what the fabric asks OVS for: auto or afxdp (machine.FABRIC_DATAPATHS)
     """
 
     def __init__(self, topo: Topology, progress: Callable[[str], None] | None = None,
                  iptables: str = "auto", load_balancer: str | None = None,
-                 proxy_mode: str = "iptables", datapath: str = "auto"):
+                 proxy_mode: str | None = None, datapath: str = "auto"):
         self.lb_kind = load_balancer or topo.load_balancer.kind
         self._make_lb = load_balancer_kind(self.lb_kind)   # an unknown kind fails here
         if self.lb_kind != topo.load_balancer.kind:   # the plan has an L7 host with l7
             topo = replace(topo, load_balancer=replace(topo.load_balancer, kind=self.lb_kind))
-        self.topo = topo
+        self.topo = topo = with_proxy_mode(topo, proxy_mode)   # status, records read it
         self.iptables = iptables
         if datapath not in machine.FABRIC_DATAPATHS:
             raise ValueError(f"datapath {datapath!r} is not one of "
                              f"{', '.join(machine.FABRIC_DATAPATHS)}")
         self.datapath_asked = datapath
         self.datapath = ""   # what runs: kernel, userspace or afxdp (decided when it starts)
-        self.proxy_mode = proxy_mode
-        dataplane_for(proxy_mode)   # an unknown mode fails here, before anything is built
+        self.proxy_mode = topo.kube_proxy.mode
+        dataplane_for(self.proxy_mode)   # an unknown mode fails here, before anything is built
         self.plan: Plan = build_plan(topo)
         self.state = StateDir.for_cluster("current")
         self.progress = progress or (lambda msg: None)
@@ -187,6 +198,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         if not machine.is_root():
             raise EnvironmentProblem("cnlb up needs root (network namespaces, Open vSwitch) — "
                                      "run it with sudo")
+        refuse_unavailable(self.proxy_mode)   # before anything is built: nothing to tear down
         if not machine.start_ovs():
             raise EnvironmentProblem("Open vSwitch is not running and could not be started — "
                                      "run `make setup`")

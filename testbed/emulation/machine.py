@@ -293,4 +293,19 @@ def doctor() -> list[Check]:
     for tool in TOOLS:
         found = shutil.which(tool)
         checks.append(Check(tool, bool(found), found or "missing", "make setup"))
+    return checks + proxy_mode_checks()
+
+
+def proxy_mode_checks() -> list[Check]:
+    """One line per kube-proxy mode: whether it runs here (its unavailable() reason if not).
+    Optional: a cluster needs one mode, and iptables always runs."""
+    from testbed.kubernetes.dataplane.registry import DATAPLANES
+    checks = []
+    for mode, dataplane in DATAPLANES.items():
+        missing = dataplane.unavailable()
+        others = ", ".join(m for m in DATAPLANES if m != mode)
+        checks.append(Check(f"kube-proxy {mode}", missing is None,
+                            "runs here" if missing is None else missing,
+                            f"use a kernel that has it, or --proxy-mode {others}",
+                            optional=True))
     return checks

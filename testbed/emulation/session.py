@@ -200,7 +200,8 @@ def run_owner(cluster, ready_fd: int) -> int:
 # -- the other side: commands against a detached cluster -------------------------------------
 
 def start_detached(file: str, mode: str, say, iptables: str = "auto",
-                   datapath: str = "auto", lb: str | None = None) -> dict:
+                   datapath: str = "auto", lb: str | None = None,
+                   proxy_mode: str | None = None) -> dict:
     """Start the owner process and wait until the cluster is ready; return its status."""
     from testbed.emulation.journal import Lock
     Lock().refuse_if_held()
@@ -210,6 +211,7 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto",
     argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, OWNER_FLAG,
             "--iptables", iptables, "--datapath", datapath, "--ready-fd", str(w)]
     argv += ["--lb", lb] if lb else []
+    argv += ["--proxy-mode", proxy_mode] if proxy_mode else []
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,
                             cwd=REPO)
@@ -382,7 +384,8 @@ def format_status(status: dict) -> list[str]:
     holder = status.get("holder")
     lines = []
     if status.get("cluster"):   # not before the holder wrote its journal (or between variants)
-        lines.append(f"cluster {status['cluster']} ({status.get('mode') or '?'}) "
+        proxy = f", kube-proxy {status['proxy_mode']}" if status.get("proxy_mode") else ""
+        lines.append(f"cluster {status['cluster']} ({status.get('mode') or '?'}{proxy}) "
                      f"from {status.get('file') or '?'}")
     if holder and holder["kind"] == "foreground":
         held = Holder(holder["pid"], holder["start"], tuple(holder["argv"]), holder["since"])

@@ -37,6 +37,7 @@ def status_of(cluster: Any) -> dict[str, Any]:
         "services": _services(plan),
         "load_balancers": _load_balancers(plan, cluster.lb),
         "load_balancer_kind": getattr(cluster, "lb_kind", "l4"),   # l4 (OpenFlow) or l7 (HAProxy)
+        "proxy_mode": getattr(cluster, "proxy_mode", "iptables"),   # kube-proxy's mode
         "clients": plan.clients,
         "hosts": _hosts(cluster.net),
         "rest_port": controller.rest_port,

@@ -38,7 +38,7 @@ class RunResult:
 def run_experiment(experiment: str, topology: str | None = None, out: str | None = None,
                    iptables: str = "auto", datapath: str | None = None,
                    progress: Callable[[str], None] = lambda msg: None,
-                   lb: str | None = None) -> RunResult:
+                   lb: str | None = None, proxy_mode: str | None = None) -> RunResult:
     """Check the files, measure every variant into a new run directory, then plot and report.
 
     experiment: the experiment file; topology: overrides the file's `topology:`
@@ -47,11 +47,15 @@ def run_experiment(experiment: str, topology: str | None = None, out: str | None
     progress: called with one line per step
     lb: the cloud load balancer's kind for every variant (None: the topology's
         loadBalancer.kind)
+    proxy_mode: kube-proxy's mode for the variants that name no proxyMode (None: the
+        topology's kubeProxy.mode); meta.json's environment records each variant's
     Raises InputError (bad files), UsageError (out already holds a run), EnvironmentProblem.
     """
     resolved = load_resolved(experiment, topology, netem=machine.netem_available())
     if lb:
         resolved = with_lb_kind(resolved, lb)
+    if proxy_mode:
+        resolved = with_proxy_mode(resolved, proxy_mode)
     Lock().refuse_if_held()   # before a results directory is made
     if out:
         if os.path.exists(os.path.join(out, "meta.json")):
@@ -59,11 +63,25 @@ def run_experiment(experiment: str, topology: str | None = None, out: str | None
     else:
         out = new_run_dir(RESULTS, resolved.experiment.name)
     progress(f"results go to {out}")
-    with RunWriter(out, resolved=resolved, environment=environment(iptables)) as writer:
+    env = environment(iptables)
+    env["kube_proxy_modes"] = {name: t.kube_proxy.mode for name, t in resolved.variants.items()}
+    with RunWriter(out, resolved=resolved, environment=env) as writer:
         Runner(resolved, writer, progress, iptables=iptables, datapath=datapath).run()
     progress("drawing figures ...")
     figures = written(plot_run(out))
     return RunResult(out, figures, write_report(out))
+
+
+def with_proxy_mode(resolved: Resolved, mode: str) -> Resolved:
+    """The file's topology, and every variant's that names no proxyMode of its own, with
+    kubeProxy.mode set (cnlb run --proxy-mode): a variant's own proxyMode is kept, so a file
+    that compares modes still does."""
+    def one(topo: Topology) -> Topology:
+        return replace(topo, kube_proxy=replace(topo.kube_proxy, mode=mode))
+    own = {v.name for v in resolved.experiment.variants if v.proxy_mode}
+    return replace(resolved, topology=one(resolved.topology),
+                   variants={name: t if name in own else one(t)
+                             for name, t in resolved.variants.items()})
 
 
 def with_lb_kind(resolved: Resolved, kind: str) -> Resolved:

@@ -21,6 +21,7 @@ from testbed.spec import rollout as rollout_spec
 from testbed.spec.durations import fmt_s as _fmt_s
 from testbed.spec.durations import seconds
 from testbed.spec.fields import Reader, choice, integer, name, text
+from testbed.spec.kube_proxy import read_variant_proxy_mode, with_proxy_mode
 from testbed.spec.model import LB_KINDS, MODES, Topology, placement
 from testbed.spec.scaling import check_sizes, read_sweeps
 from testbed.spec.topology import parse_topology
@@ -67,6 +68,7 @@ class Variant:
         `kubernetes: {timing: ...}`)
     readiness_gates, deregistration_delay_s: the LB's readiness gate on every deployment and
         its draining time (None: the topology's; testbed.spec.rollout)
+    proxy_mode: kube-proxy's mode (None: the topology's kubeProxy.mode, or run --proxy-mode)
     lb: the cloud load balancer's kind, l4 or l7 (None: the topology's loadBalancer.kind;
         `cnlb run --lb` overrides every variant's)
     """
@@ -77,6 +79,7 @@ class Variant:
     timing: str | None = None
     readiness_gates: bool | None = None
     deregistration_delay_s: float | None = None
+    proxy_mode: str | None = None
     lb: str | None = None
 
     def apply(self, topology: Topology) -> Topology:
@@ -97,6 +100,7 @@ class Variant:
                       else topology.kubernetes)
         topology = rollout_spec.with_variant_settings(topology, kubernetes, self.readiness_gates,
                                                       self.deregistration_delay_s)
+        topology = with_proxy_mode(topology, self.proxy_mode)
         lb = replace(topology.load_balancer, targets=self.mode,
                      kind=self.lb or topology.load_balancer.kind)
         return replace(topology, mode=self.mode, services=tuple(services), load_balancer=lb)
@@ -367,7 +371,7 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
         r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing", "lb",
-                          *rollout_spec.VARIANT_KEYS},
+                          "proxyMode", *rollout_spec.VARIANT_KEYS},
                   required=("mode",), what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
             continue
@@ -390,10 +394,11 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
             continue
         if mode and policy and to:
             out.append(Variant(vname, mode, policy, to, timing, lb=lb,
+                               proxy_mode=read_variant_proxy_mode(r, vpath),
                                **rollout_spec.read_variant_settings(r, vpath)))
     seen: dict[tuple[object, ...], str] = {}
     for v in out:
-        key = (v.mode, v.external_traffic_policy, v.to, v.timing, v.readiness_gates,
+        key = (v.mode, v.external_traffic_policy, v.to, v.timing, v.readiness_gates, v.proxy_mode,
                v.deregistration_delay_s, v.lb)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "

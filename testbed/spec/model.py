@@ -266,6 +266,16 @@ class Links:
 
 
 @dataclass(frozen=True)
+class KubeProxyConfiguration:
+    """kube-proxy's configuration, the part a topology sets (`kubeProxy:`,
+    testbed.spec.kube_proxy).
+
+    mode: the service data plane every node runs (a key of the data plane registry)
+    """
+    mode: str = "iptables"   # upstream's default on Linux
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole emulated cluster as the user described it."""
     name: str
@@ -281,6 +291,7 @@ class Topology:
     links: Links
     doc: Document | None = field(repr=False, compare=False, default=None)
     kubernetes: Timing = field(default_factory=Timing)
+    kube_proxy: KubeProxyConfiguration = field(default_factory=KubeProxyConfiguration)
 
     def with_mode(self, mode: str) -> Topology:
         return replace(self, mode=mode)

@@ -11,10 +11,12 @@ machine: the netem check takes the machine's answer as an argument.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from testbed.errors import InputError, Problem
 from testbed.spec.checks import cross_checks
 from testbed.spec.fields import Reader, name
+from testbed.spec.kube_proxy import read_kube_proxy
 from testbed.spec.model import MODE_HINT, Topology
 from testbed.spec.sections import (
     declared,
@@ -31,21 +33,23 @@ from testbed.spec.timing import read_kubernetes
 from testbed.spec.yamldoc import Document, read_document
 
 TOP_KEYS = {"name", "vpc", "cni", "nodes", "deployments", "services", "loadBalancer", "clients",
-            "links", "kubernetes"}
+            "links", "kubernetes", "kubeProxy"}
 
 
-def load_topology(file: str, mode: str | None = None, netem: bool | None = None) -> Topology:
+def load_topology(file: str, mode: str | None = None, netem: bool | None = None,
+                  proxy_mode: str | None = None) -> Topology:
     """Read, parse and validate a topology file.
 
     mode: override the file's loadBalancer.targets (the CLI's --mode)
     netem: whether the kernel has netem (None = do not check delay/loss)
+    proxy_mode: override the file's kubeProxy.mode (the CLI's --proxy-mode)
     """
     doc = read_document(file)
-    return parse_topology(doc, mode=mode, netem=netem)
+    return parse_topology(doc, mode=mode, netem=netem, proxy_mode=proxy_mode)
 
 
 def parse_topology(doc: Document, mode: str | None = None,
-                   netem: bool | None = None) -> Topology:
+                   netem: bool | None = None, proxy_mode: str | None = None) -> Topology:
     r = Reader(doc)
     if not isinstance(doc.data, dict):
         r.problem((), "a topology must be a mapping of sections",
@@ -62,9 +66,12 @@ def parse_topology(doc: Document, mode: str | None = None,
     clients = read_clients(r)
     links = read_links(r, netem)
     timing = read_kubernetes(r)
+    kube_proxy = read_kube_proxy(r)
+    if proxy_mode:
+        kube_proxy = replace(kube_proxy, mode=proxy_mode)
     r.raise_if_any()
     topo = Topology(topo_name, doc.file, mode or lb.targets, vpc, cni, nodes, deployments,
-                    services, lb, clients, links, doc, kubernetes=timing)
+                    services, lb, clients, links, doc, kubernetes=timing, kube_proxy=kube_proxy)
     cross_checks(r, topo)
     r.raise_if_any()
     return topo

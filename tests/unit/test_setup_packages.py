@@ -28,6 +28,7 @@ PROGRAMS = {
     "git": "git",                # the runner records the revision beside every result
     "haproxy": "haproxy",        # the L7 cloud load balancer (testbed.cloud.lb.l7)
     "iperf": "iperf", "iperf3": "iperf3",
+    "ipset": "ipset", "ipvsadm": "ipvsadm",   # kube-proxy's IPVS mode
     "iptables": "iptables", "iptables-save": "iptables", "iptables-restore": "iptables",
     "iptables-legacy": "iptables", "iptables-legacy-save": "iptables",
     "iptables-legacy-restore": "iptables", "iptables-nft": "iptables",
@@ -42,6 +43,7 @@ PROGRAMS = {
     "ping": "iputils-ping",
     "python3": "python3-venv",   # sys.executable: .venv's, made from Debian's python3
     "sh": "dash",
+    "sysctl": "procps",
     "tcpdump": "tcpdump",
     "traceroute": "traceroute",
     "wrk": "wrk",

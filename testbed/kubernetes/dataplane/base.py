@@ -7,7 +7,8 @@ and runs kube-proxy's servers on every node (health-check node ports, /healthz o
 (request_sync: at most one per min sync period, runner.BoundedFrequencyRunner). iptables is the
 one mode today; a second one (nftables, IPVS, eBPF) is one module subclassing ServiceDataPlane
 and one entry in testbed.kubernetes.dataplane.registry. What a mode needs of the running
-cluster is ClusterView.
+cluster is ClusterView. A mode also says whether this machine can run it (unavailable(): the
+kernel may lack a module) and what a fresh node's first sync loads (render_first).
 """
 
 from __future__ import annotations
@@ -152,6 +153,20 @@ class ServiceDataPlane(ABC):
     def render_partial(old: Sequence[ServicePort], new: Sequence[ServicePort],
                        node: NodeContext) -> str:
         """What takes a node holding render(old) to the state of render(new): a partial sync."""
+
+    @classmethod
+    def render_first(cls, services: Sequence[ServicePort], node: NodeContext) -> str:
+        """What a fresh node's first sync loads: render() plus whatever a node that has
+        nothing of the mode yet needs (iptables: the jumps from the built-in chains). `cnlb
+        render kube-proxy` prints it."""
+        return cls.render(services, node)
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why the mode cannot run on this machine ("kernel lacks ip_vs"), or None when it
+        can. Checked before a cluster is built and shown by `cnlb doctor`; a reason that
+        starts with "kernel lacks" is the one an integration test may be "not run" for."""
+        return None
 
     @staticmethod
     def health_state(services: Sequence[ServicePort], node_name: str) -> HealthState:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
 from testbed.kubernetes.dataplane.iptables.proxier import KubeProxy
+from testbed.kubernetes.dataplane.ipvs.proxier import IpvsProxy
 from testbed.kubernetes.dataplane.nftables.proxier import NFTablesProxy
 
 DATAPLANES: dict[str, type[ServiceDataPlane]] = {
     KubeProxy.mode: KubeProxy,
+    IpvsProxy.mode: IpvsProxy,
     NFTablesProxy.mode: NFTablesProxy,
 }
 

@@ -73,6 +73,10 @@ class KubeProxy(ServiceDataPlane):
                        node: NodeContext) -> str:
         return rules.render_partial(old, new, node)
 
+    @classmethod
+    def render_first(cls, services: Sequence[ServicePort], node: NodeContext) -> str:
+        return with_jump_rules(rules.render(services, node))
+
     def apply_text(self, node: str, text: str) -> None:
         """iptables-restore --noflush of `text` on `node`; raises RestoreError."""
         apply(self._runner(node), text, backend=self.backend, ensure_jumps=False)
