@@ -290,8 +290,8 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         """Render and apply kube-proxy's rules on every node."""
         if self.kube_proxy is None:
             self.kube_proxy = dataplane_for(self.proxy_mode)(self, backend=self.iptables)
-            # kube-proxy reads the EndpointSlices as the control plane published them
-            self.kube_proxy.services_source = lambda: service_ports(
+            self.kube_proxy.source_lock = self.control.lock   # paced syncs lock as callers do
+            self.kube_proxy.services_source = lambda: service_ports(   # the EndpointSlices
                 self.plan, None, self.endpoint_conditions())
         self.kube_proxy.sync_all()
 

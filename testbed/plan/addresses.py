@@ -165,6 +165,7 @@ class ServicePlan:
     ports: tuple[PortPlan, ...] = ()
     internal_traffic_policy: str = "Cluster"
     publish_not_ready_addresses: bool = False
+    labels: tuple[tuple[str, str], ...] = ()   # metadata.labels (kube-proxy reads two)
 
     @property
     def all_ports(self) -> tuple[PortPlan, ...]:
@@ -385,7 +386,8 @@ def _services(plan: Plan, topo: Topology) -> None:
                          svc.session_affinity, svc.session_affinity_timeout, vip, svc.selector,
                          endpoints, first.protocol, svc.health_via, ports=ports,
                          internal_traffic_policy=svc.internal_traffic_policy,
-                         publish_not_ready_addresses=svc.publish_not_ready_addresses)
+                         publish_not_ready_addresses=svc.publish_not_ready_addresses,
+                         labels=svc.labels)
         plan.services.append(sp)
         if vip:
             plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, plan.mode,

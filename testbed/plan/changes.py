@@ -87,7 +87,7 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
         svc.session_affinity, svc.session_affinity_timeout, vip, svc.selector,
         tuple(p.name for p in plan.pods if p.deployment == svc.selector), svc.protocol,
         svc.health_via, ports=ports, internal_traffic_policy=svc.internal_traffic_policy,
-        publish_not_ready_addresses=svc.publish_not_ready_addresses)
+        publish_not_ready_addresses=svc.publish_not_ready_addresses, labels=svc.labels)
     services = [sp if s.name == svc.name else s for s in plan.services]
     if old is None:
         services.append(sp)

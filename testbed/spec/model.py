@@ -171,6 +171,7 @@ class Service:
     ports: tuple[ServicePortSpec, ...] = ()
     internal_traffic_policy: str = "Cluster"
     publish_not_ready_addresses: bool = False
+    labels: tuple[tuple[str, str], ...] = ()   # metadata.labels, sorted by key
     # the cloud LB health-checks this service's targets through another service's port (a
     # target group's "health check port" override); set by experiments, not by topology files
     health_via: str | None = None

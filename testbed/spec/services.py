@@ -41,7 +41,7 @@ from testbed.spec.yamldoc import Document, Path, parse_document
 SERVICE_KEYS = {"type", "selector", "port", "targetPort", "nodePort", "protocol", "ports",
                 "externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity",
                 "sessionAffinityTimeout", "healthCheckNodePort", "loadBalancerIP",
-                "publishNotReadyAddresses"}
+                "publishNotReadyAddresses", "labels"}
 PORT_KEYS = {"name", "port", "targetPort", "protocol", "nodePort"}
 SINGLE_PORT_KEYS = ("port", "targetPort", "nodePort", "protocol")
 # a port's name: a DNS label (IsDNS1123Label: may start with a digit, at most 63 characters)
@@ -146,14 +146,51 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
                     fix="seconds between 1 and 86400")
     lb_ip = _load_balancer_ip(r, path, stype)
     publish = r.get(path, "publishNotReadyAddresses", boolean, default=False)
-    if ports is None or etp is None or None in (stype, selector, itp, affinity, timeout,
-                                                 publish):
+    labels = _labels(r, path, body)
+    if ports is None or etp is None or labels is None or None in (
+            stype, selector, itp, affinity, timeout, publish):
         return None
     first = ports[0]
     return Service(sname, stype, selector, first.port, first.target_port, first.node_port, etp,
                    affinity, timeout, hc_port, lb_ip, first.protocol,
                    ports=ports if "ports" in body else (),
-                   internal_traffic_policy=itp, publish_not_ready_addresses=publish)
+                   internal_traffic_policy=itp, publish_not_ready_addresses=publish,
+                   labels=labels)
+
+
+# a label key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters
+# (alphanumerics, '-', '_', '.', alphanumeric at both ends); values the same or empty
+LABEL_KEY_RE = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
+                          r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+def _labels(r: Reader, path: Path, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """metadata.labels: key -> value (text; a number or boolean as YAML wrote it), sorted.
+    kube-proxy ignores a service labelled service.kubernetes.io/service-proxy-name or
+    service.kubernetes.io/headless (testbed.kubernetes.dataplane.model)."""
+    raw = body.get("labels")
+    if raw is None:
+        return ()
+    lpath = path + ("labels",)
+    if not isinstance(raw, dict):
+        r.problem(lpath, f"expected a mapping of label: value, got {kind_of(raw)}",
+                  "write labels: {service.kubernetes.io/headless: ''}")
+        return None
+    out = []
+    for key, value in raw.items():
+        value = "" if value is None else value
+        if not isinstance(key, str) or not LABEL_KEY_RE.fullmatch(key):
+            r.problem(lpath + (key,), f"'{key}' is not a label key",
+                      "use a name like app or a prefixed one like example.com/tier")
+        elif not isinstance(value, str | int | bool) or \
+                not LABEL_VALUE_RE.fullmatch(str(value).lower() if isinstance(value, bool)
+                                             else str(value)):
+            r.problem(lpath + (key,), f"{value!r} is not a label value",
+                      "use at most 63 letters, digits, '-', '_' or '.', or ''")
+        else:
+            out.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
+    return tuple(sorted(out)) if len(out) == len(raw) else None
 
 
 def _single_port(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
@@ -346,6 +383,8 @@ def service_body(svc: Service) -> dict[str, Any]:
                 sessionAffinity=svc.session_affinity,
                 sessionAffinityTimeout=svc.session_affinity_timeout,
                 publishNotReadyAddresses=svc.publish_not_ready_addresses)
+    if svc.labels:
+        body["labels"] = dict(svc.labels)
     return body
 
 

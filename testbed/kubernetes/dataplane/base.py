@@ -13,6 +13,7 @@ kernel may lack a module) and what a fresh node's first sync loads (render_first
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -20,6 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
 from testbed.kubernetes.dataplane.healthserver import DEFAULT_HEALTH_TIMEOUT_S
@@ -139,6 +141,11 @@ class ServiceDataPlane(ABC):
         self.services_source: Callable[[], list[ServicePort]] = lambda: service_ports(
             self.cluster.plan, self.cluster.live_pods())
         self.sync_lock = threading.RLock()   # one sync at a time (upstream's proxier.mu)
+        # Taken before sync_lock by a paced sync: the lock of whoever services_source reads
+        # (the control plane's), which its own callers hold when they call sync_all — so every
+        # sync takes the two in one order (a paced sync reading the endpoints while a service
+        # change waits for sync_lock would otherwise deadlock).
+        self.source_lock: AbstractContextManager[Any] = contextlib.nullcontext()
         self.runner: BoundedFrequencyRunner | None = None
 
     # --- pure: a node's state as text, from services and endpoints ------------------------------
@@ -227,7 +234,8 @@ class ServiceDataPlane(ABC):
 
     def _paced_sync(self) -> None:
         try:
-            self.sync_all()
+            with self.source_lock:
+                self.sync_all()
         except Exception:
             if self.runner is not None:   # upstream: RetryAfter(syncPeriod) on failure
                 self.runner.retry_after(30.0)

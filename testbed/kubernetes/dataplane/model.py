@@ -10,7 +10,7 @@ and how the testbed's plan becomes this model.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple, TypedDict
@@ -335,6 +335,18 @@ class EndpointConditions(NamedTuple):
     terminating: bool
 
 
+# kube-proxy watches only the services without these labels (its informer's selector
+# `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`): one that another
+# proxy implements, and a headless one's endpoints
+LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+LABEL_HEADLESS = "service.kubernetes.io/headless"
+
+
+def not_proxied(labels: Sequence[tuple[str, str]]) -> bool:
+    """Whether kube-proxy ignores a service with these labels (any value, '' included)."""
+    return any(k in (LABEL_SERVICE_PROXY_NAME, LABEL_HEADLESS) for k, _ in labels)
+
+
 def service_ports(plan: Plan, live_pods: Collection[str] | None = None,
                   conditions: Mapping[str, EndpointConditions] | None = None
                   ) -> list[ServicePort]:
@@ -352,6 +364,8 @@ def service_ports(plan: Plan, live_pods: Collection[str] | None = None,
         live_pods = conditions
     by_hostname = {lb.service for lb in plan.load_balancers if lb.address == "hostname"}
     for svc in plan.services:
+        if not_proxied(svc.labels):
+            continue
         pods = [p for p in plan.pods
                 if p.name in svc.endpoints and (live_pods is None or p.name in live_pods)]
         affinity = svc.session_affinity_timeout if svc.session_affinity == "ClientIP" else None
