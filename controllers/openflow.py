@@ -82,8 +82,10 @@ COOKIE_HOST = 0x03      # a host interface: ARP, /32 next hop, L2 forwarding
 COOKIE_POD = 0x04       # a container-native pod route: ARP, /32 next hop via its node
 COOKIE_LB = 0x05        # a load balancer: VIP capture, new-connection select, SNAT
 COOKIE_BACKEND = 0x06   # a backend (proto, ip, port): reply traffic un-NAT
+COOKIE_BGP = 0x07       # a prefix learned by BGP (controllers/bgp.py): next hop, its node
 COOKIE_KINDS = {COOKIE_BASE: "base", COOKIE_GATEWAY: "gateway", COOKIE_HOST: "host",
-                COOKIE_POD: "pod", COOKIE_LB: "lb", COOKIE_BACKEND: "backend"}
+                COOKIE_POD: "pod", COOKIE_LB: "lb", COOKIE_BACKEND: "backend",
+                COOKIE_BGP: "bgp"}
 COOKIE_KIND_MASK = 0xff << 56
 COOKIE_ALL = 0xffffffffffffffff
 

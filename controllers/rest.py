@@ -15,6 +15,7 @@ from typing import Any
 import routes
 import webob
 
+from controllers.bgp import parse_bgp
 from controllers.config import (
     ConfigError,
     parse_backend,
@@ -51,6 +52,8 @@ class RestApi:
         m.connect("/v1/pods", action="get_pods", conditions={"method": ["GET"]})
         m.connect("/v1/pods", action="post_pod", conditions={"method": ["POST"]})
         m.connect("/v1/pods/{pod}", action="delete_pod", conditions={"method": ["DELETE"]})
+        m.connect("/v1/bgp", action="get_bgp", conditions={"method": ["GET"]})
+        m.connect("/v1/bgp", action="put_bgp", conditions={"method": ["PUT"]})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         req = webob.Request(environ)
@@ -159,6 +162,20 @@ class RestApi:
         except KeyError:
             return 404, {"error": f"no pod route {pod!r}"}
         return 200, {"deleted": pod}
+
+
+    def get_bgp(self, req: webob.Request) -> Reply:
+        """The fabric's BGP neighbours and learned routes (Calico-style routing)."""
+        return 200, self.service.vpc.bgp.view()
+
+    def put_bgp(self, req: webob.Request) -> Reply:
+        """Replace what the fabric's BGP speaker learned ({neighbors, routes}): prefixes that
+        came are routed to the node announcing them, prefixes that went are dropped."""
+        service = self.service
+        neighbors, routes = parse_bgp(service.vpc.fabric, self._json(req))
+        service.send_by_switch(service.vpc.bgp.update(neighbors, routes,
+                                                      service.ports_by_switch()))
+        return 200, service.vpc.bgp.view()
 
 
 def _number(text: str) -> float | str:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from controllers import icmp
+from controllers.bgp import BgpRoutes
 from controllers.config import Backend, Fabric, LoadBalancer, PodRoute
 from controllers.health import CheckResult
 from controllers.lb import Balancer, add_lb, remove_lb
@@ -34,11 +35,12 @@ class Vpc:
         self.topology = Topology(fabric)
         self.router = Router(fabric, self.topology)
         self.balancer = Balancer(fabric, self.topology, checks_enabled)
+        self.bgp = BgpRoutes(fabric)   # prefixes the fabric's BGP speaker learned
 
     def program_switch(self, switch: str, ports: Ports) -> list:
         """Everything the switch needs, from an empty table: clear, config, then all flows."""
         return (clear_switch() + switch_config() + self.router.flows(switch, ports)
-                + self.balancer.flows(switch, ports))
+                + self.bgp.flows() + self.balancer.flows(switch, ports))
 
     def kept_flows(self) -> list:
         """The messages built once and kept: host and pod routes (the same on every switch)
@@ -95,7 +97,7 @@ class Vpc:
     def _set_fabric(self, fabric: Fabric) -> None:
         """The config changed at run time (LBs added or removed): every part reads the new one."""
         self.fabric = fabric
-        for part in (self.topology, self.router, self.balancer):
+        for part in (self.topology, self.router, self.balancer, self.bgp):
             part.fabric = fabric
 
     def lb_config(self, name: str) -> LoadBalancer:
@@ -123,8 +125,8 @@ class Vpc:
         return self.balancer.checker_targets()
 
     def routes_view(self) -> list[dict]:
-        """Every /32 the router knows: hosts, then pods."""
-        return self.router.routes_view()
+        """Every route the router knows: hosts' and pods' /32s, then prefixes learned by BGP."""
+        return self.router.routes_view() + self.bgp.routes_view()
 
     def backends_view(self, lb_name: str) -> list[dict]:
         """One row per backend of LB lb_name."""

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PACKAGES="mininet openvswitch-switch openvswitch-common iproute2 iptables nftables ethtool
 iperf iperf3 wrk curl tcpdump traceroute iputils-ping conntrack procps psmisc util-linux kmod
 bash coreutils dash git gcc libc6-dev make python3-venv python3-pip haproxy
-ipvsadm ipset"
+ipvsadm ipset bird2"
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup: needs root (apt-get, Open vSwitch) — run: sudo make setup" >&2
@@ -29,6 +29,16 @@ if [ -n "$missing" ]; then
     apt-get update -q
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
+fi
+
+# bird2's package starts a system-wide BIRD where an init system runs services; the testbed
+# runs its own per node, inside the cluster's namespaces, and wants no other. The init script
+# stops only the daemon of its own pid file (/run/bird/bird.pid).
+if [ -d /run/systemd/system ] && [ -e /lib/systemd/system/bird.service ]; then
+    systemctl disable --now bird.service >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/bird ]; then
+    /etc/init.d/bird stop >/dev/null 2>&1 || true
+    update-rc.d bird disable >/dev/null 2>&1 || true
 fi
 
 # Open vSwitch: no systemd on these machines; start it the way its Debian scripts do.

@@ -123,6 +123,9 @@ def cmd_up(args) -> int:
     from testbed.spec.topology import load_topology
     topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available(),
                          proxy_mode=args.proxy_mode)
+    if getattr(args, "cni", None):   # --cni bgp: the topology's cni.routing overridden
+        from dataclasses import replace
+        topo = replace(topo, cni=replace(topo.cni, routing=args.cni))
     say = _progress(args.quiet)
     if args.owner:
         from testbed.emulation.session import run_owner
@@ -136,7 +139,7 @@ def cmd_up(args) -> int:
                              "use `cnlb exec` and `cnlb status` on the detached cluster")
         from testbed.emulation.session import start_detached
         _print_next_steps(start_detached(topo.file, topo.mode, say, args.iptables,
-                                         args.datapath, args.lb, args.proxy_mode))
+                                         args.datapath, args.lb, args.proxy_mode, cni=args.cni))
         return 0
     cluster = Cluster(topo, progress=say, iptables=args.iptables, datapath=args.datapath,
                       load_balancer=args.lb)
@@ -225,6 +228,11 @@ def cmd_exec(args) -> int:
     if not command:
         raise UsageError("cnlb exec: no command — write `cnlb exec NAME -- COMMAND ...`")
     netns = host_netns(args.name)
+    if command[0] == "birdc" and "-s" not in command:   # the host's own BIRD (docs/bgp.md)
+        from testbed.emulation.bgp import bird_socket
+        from testbed.emulation.journal import StateDir
+        sock = bird_socket(StateDir.for_cluster("current").path, args.name)
+        command = ["birdc", "-s", sock, *command[1:]] if sock else command
     sys.stdout.flush()
     os.execvp("ip", ["ip", "netns", "exec", netns, *command])
 

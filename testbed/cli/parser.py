@@ -61,6 +61,9 @@ def _cluster(sub) -> None:
     _datapath_option(u, default="auto")
     _lb_option(u)
     _proxy_mode_option(u)
+    u.add_argument("--cni", choices=("bgp",), default=None,
+                   help="the pod network's routing: bgp (Calico-style: blocks per node announced "
+                        "by BIRD, no overlay; docs/bgp.md); default: the topology's cni.routing")
     u.add_argument("--detach", action="store_true", help="return once the cluster is ready; "
                    "it stays up (cnlb status / exec / down)")
     u.add_argument("--quiet", action="store_true")

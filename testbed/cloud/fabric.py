@@ -41,7 +41,7 @@ def render_fabric(plan: Plan, health: HealthCheck, lb_netns: str | None = None,
               "switch": a.switch, "port": a.port} for a in plan.attachments]
     pod_routes = [{"pod": p.name, "ip": p.ip, "node": p.node}
                   for p in plan.pods if p.name not in gone] \
-        if plan.mode == "container-native" else []
+        if plan.overlay == "vpc-native" else []   # bgp: the VPC learns blocks by BGP
     lbs = [entry for lb in plan.load_balancers
            for entry in _listener_entries(plan, lb, health, gone, timing)]
     out: dict[str, object] = {

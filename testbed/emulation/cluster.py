@@ -26,6 +26,7 @@ from testbed.cloud.lb import CloudLoadBalancer, L7LoadBalancer, load_balancer_ki
 from testbed.cloud.lb.haproxy import l7_fabric
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation import machine, wiring
+from testbed.emulation.bgp import BgpRouting
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
@@ -87,6 +88,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self.progress = progress or (lambda msg: None)
         self.hosts: Hosts | None = None
         self.controller: ControllerProcess | None = None
+        self.bgp: BgpRouting | None = None   # overlay bgp: BIRDs and the relay to the VPC
         self.lb: CloudLoadBalancer | None = None
         self.journal: Journal | None = None
         self.lock = Lock()
@@ -135,6 +137,9 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
             self._stage("pods", lambda: self.control.start_pod_servers(self.plan.pods))
             self._stage("controller", self._start_controller)
             self._stage("switches", self._start_switches)
+            if self.plan.overlay == "bgp":   # the fabric must route before sessions can open
+                self.bgp = BgpRouting(self)
+                self._stage("bgp", self.bgp.start)
             if isinstance(self.lb, L7LoadBalancer):   # HAProxy in lb7, its targets registered
                 self._stage("l7 load balancer", lambda: self.lb.start_in(self))
             self._stage("workloads", self._start_workloads)
@@ -154,6 +159,8 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self.control.stop_clock()   # no step may act on what teardown is removing
         if self.kube_proxy is not None:
             self.kube_proxy.stop_sync_runner()   # nor a paced sync on nodes being removed
+        if self.bgp is not None:
+            self.bgp.stop()
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}

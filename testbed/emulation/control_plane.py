@@ -55,6 +55,7 @@ class ClusterParts(Protocol):
     controller: ControllerProcess | None
     lb: CloudLoadBalancer | None
     kube_proxy: Any   # the service data plane on the nodes (sync_all() when endpoints change)
+    bgp: Any          # cni.routing bgp: emulation.bgp.BgpRouting (blocks_changed), else None
     progress: Callable[[str], None]
 
     def host(self, name: str) -> Node: ...
@@ -263,19 +264,22 @@ class ControlPlane:
             with_pod(plan, pod)
             c.hosts.run_script(pod.name, plugin_for(plan).setup_pod(plan, pod))
             c.hosts.run_script(node, plugin_for(plan).attach_pod(plan, pod))
+            if c.bgp is not None:   # a fresh Calico block is announced by the node's BIRD
+                c.bgp.blocks_changed(node)
             self.start_pod_servers([pod])
             if self.prober is not None:   # realistic: not ready until its probe passes
                 self.states.not_ready_pods.add(pod.name)
                 self._probe(pod, ready=False, started=False)
-                if plan.mode == "container-native":
+                if plan.overlay == "vpc-native":
                     c.controller.add_pod_route(pod.name, pod.ip, node)
                 self._run_steps("add-pod", pod.name, [
                     Step(self.timing.endpoint_updates_batch_period_s, "endpoints", pod.name,
                          "endpointslice-controller")], self.timing)
                 return pod.name
             self.endpoints_changed()
-            if plan.mode == "container-native":
+            if plan.overlay == "vpc-native":
                 c.controller.add_pod_route(pod.name, pod.ip, node)
+            if plan.mode == "container-native":
                 self.register(pod.name)
             return pod.name
 

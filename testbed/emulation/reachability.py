@@ -58,7 +58,8 @@ def expected_probes(plan: Plan) -> list[Probe]:
     """Every ping the mode promises an answer to, or promises none (clients to pod addresses
     in classic mode)."""
     probes = []
-    native = plan.mode == "container-native"
+    # the VPC routes pod addresses: aws-vpc-cni's, or Calico's blocks learned by BGP
+    native = plan.mode == "container-native" or (plan.bgp is not None and plan.bgp.fabric_peer)
     for index, node in enumerate(plan.nodes):
         for pod in pods_pinged_by(plan, node.name, index):
             probes.append(Probe(node.name, pod.name, pod.ip, "pods", True))

@@ -201,7 +201,7 @@ def run_owner(cluster, ready_fd: int) -> int:
 
 def start_detached(file: str, mode: str, say, iptables: str = "auto",
                    datapath: str = "auto", lb: str | None = None,
-                   proxy_mode: str | None = None) -> dict:
+                   proxy_mode: str | None = None, cni: str | None = None) -> dict:
     """Start the owner process and wait until the cluster is ready; return its status."""
     from testbed.emulation.journal import Lock
     Lock().refuse_if_held()
@@ -211,6 +211,7 @@ def start_detached(file: str, mode: str, say, iptables: str = "auto",
     argv = [sys.executable, "-m", "testbed.cli", "up", file, "--mode", mode, OWNER_FLAG,
             "--iptables", iptables, "--datapath", datapath, "--ready-fd", str(w)]
     argv += ["--lb", lb] if lb else []
+    argv += ["--cni", cni] if cni else []
     argv += ["--proxy-mode", proxy_mode] if proxy_mode else []
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
                             start_new_session=True,
@@ -413,7 +414,8 @@ def format_status(status: dict) -> list[str]:
     lines.append("nodes:")
     for n in status["nodes"]:
         lines.append(f"  {n['name']:<10} {n['ip']:<15} {n['subnet']:<8} "
-                     f"{'FAILED' if n['failed'] else 'ready'}")
+                     f"{'FAILED' if n['failed'] else 'ready'}"
+                     + (f"  blocks {' '.join(n['blocks'])}" if n.get("blocks") else ""))
     lines.append("pods:")
     for p in status["pods"]:
         lines.append(f"  {p['name']:<12} {p['node']:<10} {p['ip']:<15} "

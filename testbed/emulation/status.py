@@ -56,7 +56,8 @@ def write_status(cluster: Any) -> None:
 
 def _nodes(plan: Plan, control: ControlPlane) -> list[dict[str, Any]]:
     return [{"name": n.name, "ip": n.ip, "subnet": n.subnet,
-             "pod_cidr": n.pod_cidr if plan.mode == "nodeport" else None,
+             "pod_cidr": n.pod_cidr if plan.overlay in ("vxlan", "host-gw") else None,
+             "blocks": [b.cidr for b in plan.blocks if b.node == n.name],   # cni.routing bgp
              "failed": n.name in control.states.failed_nodes} for n in plan.nodes]
 
 

@@ -111,7 +111,7 @@ class Steps:
             some.discard(name)
         if cp.prober is not None:
             cp.prober.remove(name)
-        if plan.mode == "container-native" and pod.node not in states.failed_nodes:
+        if plan.overlay == "vpc-native" and pod.node not in states.failed_nodes:
             c.controller.remove_pod_route(name)
         if t.instant:
             self.endpoints(name, t)   # at once (published too on a realistic cluster)

@@ -7,7 +7,7 @@ Naming scheme (written once, enforced here):
   hosts      eth0 in every node, client and pod namespace; pod veth<8 hex> on the node (a hash
              of the pod name, as real CNIs do); flannel.<VNI> and cni0 on classic nodes
   MACs       02:cb:<kind>:<index>: 01 node, 02 pod, 03 client, 04 LB host, 05 pod veth, 06 VTEP,
-             fe gateway
+             08 the fabric's BGP speaker, fe gateway
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
+from testbed.plan.calico_ipam import Block, assign, claim
 from testbed.spec.model import (
     CORE_SWITCH,
     INTERNET_CIDR,
@@ -34,6 +35,8 @@ from testbed.spec.model import (
 LB_HOST_IP = LB_CIDR.network_address + 2
 L7_HOST = "lb7"        # the L7 LB's host (HAProxy), with loadBalancer.kind l7
 L7_HOST_IP = LB_CIDR.network_address + 3
+BGP_HOST = "bgp0"      # the fabric's BGP speaker (BIRD) with cni.routing bgp: what the VPC learns
+BGP_HOST_IP = LB_CIDR.network_address + 4
 CLIENT_HOST_OFFSET = 10
 SERVICE_IP_OFFSET = 10
 VETH_GATEWAY = ipaddress.IPv4Address("169.254.1.1")   # aws-vpc-cni's pod default gateway
@@ -218,6 +221,22 @@ class LbPlan:
     address: str = "ip"
 
 
+@dataclass(frozen=True)
+class BgpPlan:
+    """Calico-style BGP routing (overlay "bgp"): who peers with whom, with what AS numbers.
+
+    speaker, speaker_ip: the fabric's BGP speaker (its own host on the core switch)
+    the rest: the topology's cni.bgp (testbed.spec.model.Bgp)
+    """
+    as_number: int
+    node_to_node_mesh: bool
+    fabric_peer: bool
+    fabric_as_number: int
+    hold_time_s: int
+    speaker: str = BGP_HOST
+    speaker_ip: str = str(BGP_HOST_IP)
+
+
 @dataclass
 class Plan:
     """Every address of one emulated cluster in one mode."""
@@ -238,6 +257,10 @@ class Plan:
     vxlan_port: int = 8472
     vxlan_vni: int = 1
     ip_masq: bool = True     # classic mode's flannel masquerades what leaves the pod range
+    # overlay "bgp" (Calico): the pool's blocks claimed so far, affine to nodes; the BGP set-up
+    block_size: int = 26
+    blocks: list[Block] = field(default_factory=list)
+    bgp: BgpPlan | None = None
 
     def node(self, name: str) -> NodePlan:
         return next(n for n in self.nodes if n.name == name)
@@ -259,10 +282,14 @@ def build_plan(topo: Topology) -> Plan:
     """The address plan of a validated topology in its mode."""
     mode = topo.mode
     cni = topo.cni
-    plan = Plan(topo.name, mode, cni.overlay if mode == "nodeport" else "vpc-native",
-                cni.mtu if mode == "nodeport" and cni.overlay == "vxlan" else 1500,
+    plan = Plan(topo.name, mode, overlay_of(topo),
+                cni.mtu if overlay_of(topo) == "vxlan" else 1500,
                 str(cni.pod_cidr), str(cni.service_cidr), vxlan_port=cni.vxlan_port,
-                vxlan_vni=cni.vxlan_vni, ip_masq=cni.ip_masq)
+                vxlan_vni=cni.vxlan_vni, ip_masq=cni.ip_masq, block_size=cni.block_size)
+    if plan.overlay == "bgp":
+        b = cni.bgp
+        plan.bgp = BgpPlan(b.as_number, b.node_to_node_mesh, b.fabric_peer, b.fabric_as_number,
+                           b.hold_time_s)
     ports = _fabric(plan, topo)
     _nodes(plan, topo, ports)
     for idx, client in enumerate(topo.clients, start=1):
@@ -273,6 +300,8 @@ def build_plan(topo: Topology) -> Plan:
     ports.attach(LB_HOST, "lb", LB_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 1))
     if topo.load_balancer.kind == "l7":
         ports.attach(L7_HOST, "lb", L7_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x04, 2))
+    if plan.bgp is not None and plan.bgp.fabric_peer:
+        ports.attach(BGP_HOST, "bgp", BGP_HOST_IP, LB_CIDR, "lb", CORE_SWITCH, mac(0x08, 1))
     _pods(plan, topo)
     _services(plan, topo)
     return plan
@@ -341,9 +370,21 @@ def _nodes(plan: Plan, topo: Topology, ports: _SwitchPorts) -> None:
                      ports.subnet_switch[node.subnet], mac(0x01, idx))
 
 
+def overlay_of(topo: Topology) -> str:
+    """The CNI plugin a topology's plan asks for (the plan's `overlay`): cni.routing bgp gives
+    "bgp" in both modes (Calico: the pods' blocks are routed, whatever the LB targets);
+    otherwise flannel's backend in nodeport mode and aws-vpc-cni's "vpc-native" in
+    container-native mode."""
+    if topo.cni.routing == "bgp":
+        return "bgp"
+    return topo.cni.overlay if topo.mode == "nodeport" else "vpc-native"
+
+
 def _pods(plan: Plan, topo: Topology) -> None:
     """Classic: the next free address on the node's cni0 range; container-native: the next
-    free VPC address of the node's subnet (the ENI secondary-IP pool), /32 routed via the node."""
+    free VPC address of the node's subnet (the ENI secondary-IP pool), /32 routed via the node;
+    bgp: the next free address of the node's Calico blocks (a fresh block when they are full),
+    /32 on the pod's veth."""
     pod_slot = {n.name: 0 for n in topo.nodes}
     veths: dict[str, set[str]] = {n.name: set() for n in topo.nodes}
     subnet_slot = {s.name: 0 for s in topo.vpc.subnets}
@@ -353,7 +394,13 @@ def _pods(plan: Plan, topo: Topology) -> None:
             index += 1
             pname = f"{deploy.name}-{k}"
             node = plan.node(node_name)
-            if plan.mode == "nodeport":
+            if plan.overlay == "bgp":
+                ip_text, block = assign(plan.pod_cidr, plan.block_size, plan.blocks, node_name,
+                                        [p.ip for p in plan.pods])
+                ip = ipaddress.IPv4Address(ip_text)
+                plan.blocks[:] = claim(plan.blocks, block)
+                prefix, gw = 32, str(VETH_GATEWAY)
+            elif plan.mode == "nodeport":
                 pod_slot[node_name] += 1
                 ip = ipaddress.IPv4Network(node.pod_cidr).network_address + 1 + pod_slot[node_name]
                 prefix, gw = ipaddress.IPv4Network(node.pod_cidr).prefixlen, node.cni0_ip
@@ -450,6 +497,12 @@ def allocate_pod(plan: Plan, deployment: str, node: str, port: int) -> PodPlan:
     index = max((p.index for p in plan.pods), default=0) + 1
     used = {ipaddress.IPv4Address(p.ip) for p in plan.pods}
     n = plan.node(node)
+    if plan.overlay == "bgp":   # with_pod claims the block when it is a fresh one
+        ip_text, _ = assign(plan.pod_cidr, plan.block_size, plan.blocks, node,
+                            [p.ip for p in plan.pods])
+        veth = veth_name(name, {p.veth for p in plan.pods if p.node == node})
+        return PodPlan(name, index, deployment, node, ip_text, 32, str(VETH_GATEWAY),
+                       mac(0x02, index), veth, mac(0x05, index), port)
     if plan.mode == "nodeport":
         net = ipaddress.IPv4Network(n.pod_cidr)
         candidates = (net.network_address + 2 + i for i in range(net.num_addresses - 3))
@@ -468,7 +521,13 @@ def allocate_pod(plan: Plan, deployment: str, node: str, port: int) -> PodPlan:
 
 
 def with_pod(plan: Plan, pod: PodPlan) -> None:
-    """Add a pod to the plan and to the endpoints of the services that select its deployment."""
+    """Add a pod to the plan and to the endpoints of the services that select its deployment
+    (with overlay bgp, its node claims the block the pod's address is in, if it had not)."""
+    if plan.overlay == "bgp":
+        _, block = assign(plan.pod_cidr, plan.block_size, plan.blocks, pod.node,
+                          [p.ip for p in plan.pods])
+        if ipaddress.IPv4Address(pod.ip) in ipaddress.IPv4Network(block.cidr):
+            plan.blocks[:] = claim(plan.blocks, block)
     plan.pods.append(pod)
     plan.services[:] = [replace(s, endpoints=s.endpoints + (pod.name,))
                         if s.selector == pod.deployment else s for s in plan.services]

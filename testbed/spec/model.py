@@ -88,12 +88,33 @@ class Vpc:
 
 
 @dataclass(frozen=True)
+class Bgp:
+    """Calico-style BGP options (cni.routing: bgp; docs/bgp.md).
+
+    as_number: the nodes' AS (Calico's default 64512)
+    node_to_node_mesh: every node peers with every other (Calico's nodeToNodeMeshEnabled)
+    fabric_peer: every node peers with the fabric's BGP speaker (Calico's global BGPPeer to a
+        top-of-rack); the VPC routes pod blocks only from what that speaker learned
+    fabric_as_number: the fabric speaker's AS (equal to as_number: iBGP, the speaker is a route
+        reflector; else eBGP)
+    hold_time_s: the BGP hold time (a failed node's routes go after it; keepalive: a third)
+    """
+    as_number: int = 64512
+    node_to_node_mesh: bool = True
+    fabric_peer: bool = True
+    fabric_as_number: int = 65000
+    hold_time_s: int = 90
+
+
+@dataclass(frozen=True)
 class Cni:
     """The pod network plugin.
 
     overlay: classic mode's flannel backend: vxlan (an overlay) or host-gw (routes only)
     pod_cidr: classic mode's cluster pod range; each node gets a /node_prefix of it
     service_cidr: where ClusterIPs come from
+    routing: "default" (flannel in nodeport mode, aws-vpc-cni in container-native mode) or
+        "bgp" (Calico: pod_cidr cut into /block_size blocks affine to nodes, announced by BGP)
     """
     overlay: str
     pod_cidr: ipaddress.IPv4Network
@@ -103,6 +124,9 @@ class Cni:
     vxlan_vni: int
     mtu: int
     ip_masq: bool = True     # flanneld --ip-masq: pods' traffic leaving the pod range is SNATed
+    routing: str = "default"
+    block_size: int = 26     # Calico's IPPool blockSize
+    bgp: Bgp = Bgp()
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from testbed.spec.model import (
     SPECIAL_RANGES,
     SWITCH_NAME_RE,
     VIP_RANGE,
+    Bgp,
     Client,
     Cni,
     Deployment,
@@ -135,7 +136,7 @@ def _holds(net: ipaddress.IPv4Network) -> str:
 def read_cni(r: Reader) -> Cni:
     path = ("cni",)
     r.mapping(path, {"overlay", "podCIDR", "nodePrefix", "serviceCIDR", "vxlanPort", "vni", "mtu",
-                     "ipMasq"})
+                     "ipMasq", "routing", "blockSize", "bgp"})
     nets = {}
     for key, default, example in (("podCIDR", DEFAULT_POD_CIDR, "10.244.0.0/16"),
                                   ("serviceCIDR", DEFAULT_SERVICE_CIDR, "10.96.0.0/12")):
@@ -158,6 +159,27 @@ def read_cni(r: Reader) -> Cni:
         ip_masq=r.get(path, "ipMasq", boolean, default=True,
                       fix="write true (flannel's default: pods' traffic to addresses outside the "
                           "pod range takes the node's address) or false"),
+        routing=r.get(path, "routing", choice("default", "bgp"), default="default",
+                      fix="write bgp (Calico-style: pod blocks announced by BGP, no overlay) or "
+                          "leave it out"),
+        block_size=r.get(path, "blockSize", integer(20, 32), default=26,
+                         fix="use a block size of 20-32 (Calico's default: 26)"),
+        bgp=read_bgp(r),
+    )
+
+
+def read_bgp(r: Reader) -> Bgp:
+    """cni.bgp: Calico's BGPConfiguration and its BGPPeer to the fabric, in a few fields."""
+    path = ("cni", "bgp")
+    r.mapping(path, {"asNumber", "nodeToNodeMesh", "fabricPeer", "fabricASNumber", "holdTime"})
+    asn = integer(1, 4294967295)
+    return Bgp(
+        as_number=r.get(path, "asNumber", asn, default=64512),
+        node_to_node_mesh=r.get(path, "nodeToNodeMesh", boolean, default=True),
+        fabric_peer=r.get(path, "fabricPeer", boolean, default=True),
+        fabric_as_number=r.get(path, "fabricASNumber", asn, default=65000),
+        hold_time_s=r.get(path, "holdTime", integer(3, 65535), default=90,
+                          fix="use a hold time of 3-65535 seconds (BGP's minimum is 3)"),
     )
 
 

@@ -19,8 +19,8 @@ def plan_of(mode: str, overlay: str = "vxlan"):
     return build_plan(dataclasses.replace(topo, cni=dataclasses.replace(topo.cni, overlay=overlay)))
 
 
-def test_registry_has_the_three_plugins_and_refuses_others():
-    assert set(PLUGINS) == {"vxlan", "host-gw", "vpc-native"}
+def test_registry_has_the_four_plugins_and_refuses_others():
+    assert set(PLUGINS) == {"vxlan", "host-gw", "vpc-native", "bgp"}
     plan = dataclasses.replace(plan_of("nodeport"), overlay="weave")
     with pytest.raises(ValueError, match="no CNI plugin named 'weave'"):
         plugin_for(plan)

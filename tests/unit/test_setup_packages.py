@@ -20,6 +20,7 @@ BUILD = os.path.join(REPO, "workloads", "build.sh")
 PROGRAMS = {
     "bridge": "iproute2", "ip": "iproute2", "ss": "iproute2", "tc": "iproute2",
     "bash": "bash",
+    "bird": "bird2", "birdc": "bird2",   # cni.routing bgp (testbed.emulation.bgp)
     "cat": "coreutils", "dirname": "coreutils", "mkdir": "coreutils", "seq": "coreutils",
     "sleep": "coreutils", "uname": "coreutils",
     "cc": "gcc",                 # the alternative gcc registers
