@@ -502,11 +502,16 @@ def fig_rollout(data: RunData, out: str) -> list[str]:
     """rollout: errors/s over time with the rollout's steps marked (testbed.analysis.rollout)."""
     if not rollout.has_samples(data):
         raise Skip("no samples of workload 'rollout' (not a rollout run)")
-    loads = rollout.loads(data)   # a panel per load: new connections, kept-alive
-    fig, axes = _figure(height=0.4 + 1.6 * len(loads), nrows=len(loads), sharex=True,
-                        squeeze=False)
+    loads = rollout.loads(data)        # a row of panels per load: new connections, kept-alive
+    groups = rollout.lb_groups(data)   # a column per LB: L4, L7
+    fig, axes = _figure(height=0.4 + 1.6 * len(loads), nrows=len(loads), ncols=len(groups),
+                        sharex=True, sharey=True, squeeze=False)
+    fig.set_size_inches(COLUMN_WIDTH_IN * (1 + 0.8 * (len(groups) - 1)),
+                        0.4 + 1.6 * len(loads) + 0.5)
     for i, load in enumerate(loads):
-        rollout.draw(axes[i, 0], data, _mark_events, load, last=i == len(loads) - 1)
+        for j, (group, variants) in enumerate(groups.items()):
+            rollout.draw(axes[i, j], data, _mark_events, load, last=i == len(loads) - 1,
+                         variants=variants, group=group if len(groups) > 1 else "")
     return _save(fig, out, "rollout")
 
 

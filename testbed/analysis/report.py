@@ -99,7 +99,7 @@ def _blocks(run_dir: str) -> list[Block]:
     exp = meta.get("experiment") or {}
     return (_heading(run_dir, meta, exp) + _variant_list(exp)
             + failover.timing_blocks(meta, variants)
-            + rollout.report_blocks(exp, summary, variants)
+            + rollout.report_blocks(meta, summary, variants)
             + _results(exp, records, summary, variants) + _pod_share_table(summary, variants)
             + _overhead(meta, exp, records) + _figures(run_dir) + _environment(meta)
             + _faults(meta))

@@ -9,7 +9,8 @@ each of the two loads (LOADS: a new connection per request, and kept-alive conne
         end: the old pods' termination and the LB's lags come after the rollout is "complete")
     success_rate, errors_by_kind, p99_ms: the records' numbers
     event_rows: the rollout's status as `events` samples (t from the load's start)
-    has_samples, loads, draw: the figure (registered in testbed.analysis.plots.FIGURES)
+    has_samples, loads, lb_groups, draw: the figure (registered in
+        testbed.analysis.plots.FIGURES)
     report_blocks: the report's success-rate table, a row per variant
 """
 
@@ -111,15 +112,32 @@ def loads(data: RunData) -> list[str]:
     return [w for w in LOADS if w in seen]
 
 
+def lb_groups(data: RunData) -> dict[str, list[str]]:
+    """The variants by the LB they ran through ("L4 LB", "L7 LB"; a variant's `lb`, else the
+    topology's), in experiment order: a column of panels each."""
+    kind = str(((data.meta.get("topology") or {}).get("load_balancer") or {}).get("kind")
+               or "l4")
+    lbs = {v.get("name"): v.get("lb") or kind for v in data.experiment.get("variants") or []
+           if isinstance(v, dict)}
+    groups: dict[str, list[str]] = {}
+    for variant in data.variants:
+        groups.setdefault(f"{lbs.get(variant, kind).upper()} LB", []).append(variant)
+    return groups
+
+
 def draw(ax: Any, data: RunData,
          mark_events: Callable[[Any, Iterable[Mapping[str, Any]]], None],
-         load: str = SAMPLES, last: bool = True) -> None:
+         load: str = SAMPLES, last: bool = True, variants: Sequence[str] | None = None,
+         group: str = "") -> None:
     """Errors per second of one load over time, a line per variant (mean over repetitions),
     the first repetition's rollout events marked; a caption in data.captions["rollout"].
-    last: the figure's bottom panel (it gets the x label and the caption)"""
+    last: the bottom panel (it gets the x label and the legend); variants: those drawn (all);
+    group: what the panel's variants share, for its title (e.g. "L7 LB")"""
     top = 0.0
     reps_seen = 0
-    for variant in data.variants:
+    busy = 0.0   # the last second with an error, or a completion: the x axis ends after it
+    shown = list(data.variants if variants is None else variants)
+    for variant in shown:
         reps = [_errors_per_second(rows) for (v, _, w), rows in data.samples.items()
                 if v == variant and w == load]
         reps = [bins for bins in reps if bins]
@@ -129,25 +147,30 @@ def draw(ax: Any, data: RunData,
         seconds = sorted({s for bins in reps for s in bins})
         ys = [mean([bins.get(s, 0) for bins in reps]) for s in seconds]
         top = max(top, max(ys, default=0))
+        busy = max([busy] + [s + 1.0 for s, y in zip(seconds, ys, strict=True) if y])
         ax.step(seconds + [seconds[-1] + 1], ys + ys[-1:], where="post",
                 color=data.colour[variant], label=variant)
     starts = [e["t"] for e in failover_events(data) if e["label"].startswith("rollout")]
     mark_events(ax, [{"t": starts[0], "label": "rollout starts"}] if starts else [])
     for variant, t in completions(data).items():   # each variant's own end, in its colour
-        ax.axvline(t, color=data.colour[variant], linewidth=0.8, linestyle=(0, (1, 2)))
+        if variant in shown:
+            ax.axvline(t, color=data.colour[variant], linewidth=0.8, linestyle=(0, (1, 2)))
+            busy = max(busy, t)
+    if busy:   # the quiet end of the load is left out (it runs on for the old pods' grace)
+        ax.set_xlim(0, busy + 3.0)
     if last:
         ax.set_xlabel("time since the load started (s)")
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.35), fontsize=5.5, ncol=2)
     ax.set_ylabel("errors/s")
     ax.set_ylim(0, max(1.0, top * 1.2))
-    ax.set_title(f"Rolling update: {LOADS.get(load, load)} ({reps_seen} repetition(s), "
-                 "mean)", loc="left", fontsize=7)
-    if loads(data)[:1] == [load]:   # once, beside the top panel: up to 12 variants
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6)
+    title = ", ".join(x for x in (group, LOADS.get(load, load)) if x)
+    ax.set_title(f"{title} ({reps_seen} rep., mean)", loc="left", fontsize=6.5)
     data.captions["rollout"] = (
         "Failed requests per second under steady open-loop load through the VIP while every "
-        "pod is replaced, one panel per load (a new connection per request; requests over "
-        "kept-alive connections); grey: the rollout's start; dotted in a variant's colour: "
-        "its rollout complete (every pod new and available, mean over repetitions).")
+        "pod is replaced: a row of panels per load (a new connection per request; requests "
+        "over kept-alive connections), a column per load balancer; grey: the rollout's start; "
+        "dotted in a variant's colour: its rollout complete (every pod new and available, "
+        "mean over repetitions). The load runs on after the last error (not drawn).")
 
 
 def completions(data: RunData) -> dict[str, float]:
@@ -174,14 +197,23 @@ def _errors_per_second(rows: Iterable[Row]) -> dict[int, int]:
 
 # -- the report's table -----------------------------------------------------------------------
 
-def report_blocks(exp: Mapping[str, Any], summary: Mapping[tuple[str, str, Any], Any],
+def report_blocks(meta: Mapping[str, Any], summary: Mapping[tuple[str, str, Any], Any],
                   variants: Sequence[str]) -> list[tuple[Any, ...]]:
-    """A row per variant: its LB, mode, gates and draining, then per load the success rate
-    from the rollout's start (mean over repetitions, against MIN_SUCCESS_RATE), its errors by
-    kind and p99, and the rollout's duration. Nothing for a run that is not a rollout.
-    summary: testbed.analysis.records.summarize's (variant, metric, group) -> MeanCI"""
+    """A row per variant: its LB, mode, gates and draining (a variant's own, else what its
+    topology had), then per load the success rate from the rollout's start (mean over
+    repetitions, against MIN_SUCCESS_RATE), its errors by kind (per repetition: a repetition
+    without a kind counts 0 of it) and p99, and the rollout's duration. Nothing for a run that
+    is not a rollout.
+    meta: meta.json; summary: testbed.analysis.records.summarize's (variant, metric, group) ->
+        MeanCI"""
+    exp = meta.get("experiment") or {}
     if exp.get("kind") != "rollout":
         return []
+    reps = int(exp.get("repetitions") or 1)
+    topo = meta.get("topology") or {}
+    timing = (meta.get("timing") or {}).get("variants") or {}
+    gated = any(d.get("readiness_gates") for d in topo.get("deployments") or []
+                if isinstance(d, dict))
     settings = {v.get("name"): v for v in exp.get("variants") or [] if isinstance(v, dict)}
     present = [w for w in LOADS if any(dict(g).get("workload") == w for (_, _, g) in summary)]
     header = ["variant", "LB", "targets", "gates", "draining"]
@@ -192,15 +224,20 @@ def report_blocks(exp: Mapping[str, Any], summary: Mapping[tuple[str, str, Any],
     rows = []
     for v in variants:
         s = settings.get(v, {})
-        row = [f"`{v}`", str(s.get("lb") or "topology's"),
+        gates = s.get("readiness_gates")
+        delay = s.get("deregistration_delay_s")
+        lb = s.get("lb") or (topo.get("load_balancer") or {}).get("kind") or "l4"
+        row = [f"`{v}`", str(lb),
                "ip (pods)" if s.get("mode") == "container-native" else "instance (nodes)",
-               _setting(s.get("readiness_gates"), s.get("mode")),
-               _draining(s.get("deregistration_delay_s"), s.get("mode"))]
+               _setting(gated if gates is None else gates, s.get("mode")),
+               _draining((timing.get(v) or {}).get("lb_deregistration_delay_s")
+                         if delay is None else delay, s.get("mode"))]
         for w in present:
             rate = summary.get((v, "success_rate", (("workload", w),)))
             row.append("–" if rate is None else
                        f"{rate.mean:.3f}" + (" ✗" if rate.mean < MIN_SUCCESS_RATE else " ✓"))
-            kinds = sorted(((dict(g)["error"], ci.mean) for (vv, m, g), ci in summary.items()
+            kinds = sorted(((dict(g)["error"], ci.mean * ci.n / reps)
+                            for (vv, m, g), ci in summary.items()
                             if vv == v and m == "errors" and dict(g).get("workload") == w
                             and "error" in dict(g) and ci.mean), key=lambda kv: -kv[1])
             row.append(", ".join(f"{k} {n:.3g}" for k, n in kinds) or "0")
@@ -211,20 +248,21 @@ def report_blocks(exp: Mapping[str, Any], summary: Mapping[tuple[str, str, Any],
         rows.append(row)
     return [("h2", "Success rate during the rollout"),
             ("p", f"Requests answered 200 from the rollout's start to the end of the load, mean "
-             f"over repetitions (✓: at least upstream's {MIN_SUCCESS_RATE:g}); errors by kind "
-             "per repetition; p99 of the answered requests in the same window; gates and "
-             "draining say what the variant sets (–: does not apply: with instance targets "
-             "the LB's targets are the nodes, which a rollout neither adds nor removes)."),
+             f"over repetitions (✓: at least upstream's {MIN_SUCCESS_RATE:g}); errors by kind: "
+             "mean per repetition over the whole load; p99 of the answered requests from the "
+             "rollout's start; gates and draining as the variant ran (its own setting, else "
+             "its topology's; –: does not apply: with instance targets the LB's targets are "
+             "the nodes, which a rollout neither adds nor removes)."),
             ("table", header, rows)]
 
 
 def _setting(gates: Any, mode: Any) -> str:
     if mode != "container-native":
         return "–"
-    return "topology's" if gates is None else ("on" if gates else "off")
+    return "on" if gates else "off"
 
 
 def _draining(delay: Any, mode: Any) -> str:
     if mode != "container-native":
         return "–"
-    return "topology's" if delay is None else ("off" if not delay else f"{delay:g} s")
+    return "?" if delay is None else ("off" if not delay else f"{delay:g} s")

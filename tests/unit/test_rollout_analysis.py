@@ -97,6 +97,7 @@ def test_both_loads_get_a_panel_and_a_row_in_the_success_table(tmp_path):
             w.record("rollout", variant, 0, "rollout_duration_s", 5.0, workload="rollout")
     from testbed.analysis.rundata import RunData
     assert analysis.loads(RunData(run_dir)) == ["rollout", "rollout-keepalive"]
+    assert analysis.lb_groups(RunData(run_dir)) == {"L7 LB": ["classic-l7", "cn-l7"]}
     assert os.path.join(run_dir, "figures", "rollout.png") in written(plot_run(run_dir))
     report = open(write_report(run_dir)).read()
     table = report[report.index("## Success rate during the rollout"):]
