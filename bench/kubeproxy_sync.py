@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""How long kube-proxy's iptables syncs take, on both iptables backends (needs root).
+"""How long kube-proxy's syncs take: iptables mode on both backends, and nftables mode (root).
 
 Everything runs in ONE scratch network namespace, cnlb-bench-<pid>, deleted at the end (also on
 Ctrl-C or SIGTERM); every iptables command runs inside it through `ip netns exec`, so the
 machine's own rules are never read or touched.
 
-For each backend (iptables-legacy-restore, iptables-nft-restore) and each size (1,000 and
-10,000 services x 5 endpoints, cluster IPs in 10.96.0.0/12, endpoints in 10.244.0.0/16, every
+For each backend (iptables-legacy-restore, iptables-nft-restore, and "nftables": kube-proxy's
+nftables mode, testbed.kubernetes.dataplane.nftables, loaded with one `nft -f -`) and each size
+(1,000 and 10,000 services x 5 endpoints, cluster IPs in 10.96.0.0/12, endpoints in 10.244.0.0/16, every
 fifth service also a NodePort):
 
 - full sync: render everything with rules.render() (testbed.kubernetes.dataplane.iptables)
@@ -17,7 +18,8 @@ fifth service also a NodePort):
   and applied without the jump-rule checks, as upstream's partial sync; 3 changes, median;
 - checks: after every apply, `iptables-save -t nat` must list exactly the expected KUBE-SEP
   chains; after the partial changes, the whole nat+filter state must equal a full render of
-  the final services applied to empty tables.
+  the final services applied to empty tables (nftables: the endpoint- chains, and the table as
+  `nft -j list table ip kube-proxy` lists it, handles left out).
 
 Before that, a small example (Cluster and Local policy, ClientIP affinity, a service without
 endpoints) goes through several partial transitions on the real tools, each compared with a
@@ -48,9 +50,11 @@ sys.path.insert(0, str(ROOT))
 
 from testbed.kubernetes.dataplane.iptables import names, restore, rules  # noqa: E402
 from testbed.kubernetes.dataplane.model import Endpoint, NodeContext, ServicePort  # noqa: E402
+from testbed.kubernetes.dataplane.nftables import rules as nft_rules  # noqa: E402
 
 NS = f"cnlb-bench-{os.getpid()}"
-BACKENDS = ("legacy", "nft")
+BACKENDS = ("legacy", "nft", "nftables")   # the two iptables backends, and nftables mode
+NFTABLES = "nftables"
 NODE = NodeContext("node1", "192.168.0.11", "10.244.0.0/16")
 NODES = ("node1", "node2", "node3")
 TARGET_FULL_S = 3.0  # 10,000 x 5 full sync
@@ -76,13 +80,20 @@ def ns_output(argv: list) -> str:
 
 
 def clean(backend: str) -> None:
-    """Empty the filter and nat tables of this backend, in the scratch namespace only."""
+    """Empty the filter and nat tables of this backend (nftables: remove the kube-proxy
+    table), in the scratch namespace only."""
+    if backend == NFTABLES:
+        nft_apply("add table ip kube-proxy\ndelete table ip kube-proxy\n")
+        return
     restore.apply(ns_run, "*filter\nCOMMIT\n*nat\nCOMMIT\n", backend, noflush=False,
                   ensure_jumps=False)
 
 
 def save_state(backend: str) -> dict:
-    """table -> chain -> rules, from iptables-save (counters and comments lines dropped)."""
+    """table -> chain -> rules, from iptables-save (counters and comments lines dropped);
+    nftables: nft_state()."""
+    if backend == NFTABLES:
+        return nft_state()
     text = ns_output([f"iptables-{backend}-save", "-t", "filter"])
     text += ns_output([f"iptables-{backend}-save", "-t", "nat"])
     state: dict = {}
@@ -99,8 +110,46 @@ def save_state(backend: str) -> dict:
 
 
 def sep_chains(backend: str) -> set:
+    if backend == NFTABLES:
+        return {c for c in nft_state()["chain"] if c.startswith(ENDPOINT)}
     save = ns_output([f"iptables-{backend}-save", "-t", "nat"])
     return {c for c in restore.nat_chains_in_save(save) if c.startswith(names.SEP_PREFIX)}
+
+
+# --- nftables mode: one `nft -f -` per sync ------------------------------------------------------
+
+ENDPOINT = "endpoint-"
+
+
+def nft_apply(text: str) -> None:
+    code, err = ns_run(["nft", "-f", "-"], text.encode())
+    if code != 0:
+        raise RuntimeError(f"nft -f - failed (exit {code}): {err.strip()[:2000]}")
+
+
+def nft_state() -> dict:
+    """The kube-proxy table as `nft -j` lists it: kind -> name -> what it holds (rules of a
+    chain in order, elements of a set sorted), handles left out: comparable across loads."""
+    proc = subprocess.run(["ip", "netns", "exec", NS, "nft", "-j", "list", "table", "ip",
+                           "kube-proxy"], capture_output=True)
+    state: dict = {"chain": {}, "set": {}, "map": {}}
+    if proc.returncode != 0:
+        return state
+    for item in json.loads(proc.stdout)["nftables"]:
+        (kind, body), = item.items()
+        if kind in ("chain", "set", "map"):
+            body = {k: v for k, v in body.items() if k != "handle"}
+            if "elem" in body:
+                body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
+            state[kind].setdefault(body["name"], {}).update(body)
+        elif kind == "rule":
+            rules_ = state["chain"].setdefault(body["chain"], {}).setdefault("rules", [])
+            rules_.append(json.dumps(body["expr"], sort_keys=True))
+    return state
+
+
+def nft_rule_count(state: dict) -> int:
+    return sum(len(c.get("rules", [])) for c in state["chain"].values())
 
 
 # --- synthetic services ---------------------------------------------------------------------------
@@ -145,7 +194,10 @@ def timed_apply(backend: str, text_fn, ensure_jumps: bool, label: str) -> dict:
     t0 = time.perf_counter()
     text = text_fn()
     t1 = time.perf_counter()
-    restore.apply(ns_run, text, backend, ensure_jumps=ensure_jumps)
+    if backend == NFTABLES:
+        nft_apply(text)
+    else:
+        restore.apply(ns_run, text, backend, ensure_jumps=ensure_jumps)
     t2 = time.perf_counter()
     print(f"  {label}: render {t1 - t0:.3f} s + apply {t2 - t1:.3f} s", flush=True)
     return {"render_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0,
@@ -163,13 +215,14 @@ def median(values: list) -> float:
 
 def bench_size(backend: str, n: int, reps: int) -> dict:
     services = synthetic(n)
-    expected = rules.endpoint_chains(services, NODE)
+    mode = nft_rules if backend == NFTABLES else rules
+    expected = endpoint_chains(backend, services)
     checks = []
 
     full, slow = [], False
     for rep in range(reps):
         clean(backend)
-        full.append(timed_apply(backend, lambda: rules.render(services, NODE), ensure_jumps=True,
+        full.append(timed_apply(backend, lambda: mode.render(services, NODE), ensure_jumps=True,
                                 label=f"full sync {rep + 1}/{reps}"))
         checks.append(sep_chains(backend) == expected)
         if full[0]["total_s"] > SLOW_SYNC_S:
@@ -180,7 +233,7 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
 
     warm = []
     for rep in range(0 if slow else reps):
-        warm.append(timed_apply(backend, lambda: rules.render(services, NODE), ensure_jumps=True,
+        warm.append(timed_apply(backend, lambda: mode.render(services, NODE), ensure_jumps=True,
                                 label=f"full resync {rep + 1}/{reps}"))
         checks.append(sep_chains(backend) == expected)
 
@@ -188,21 +241,24 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
     for rep in range(reps):
         new = change_one_endpoint(current, rep)
         old = current
-        partial.append(timed_apply(backend, lambda: rules.render_partial(old, new, NODE),
+        partial.append(timed_apply(backend, lambda: mode.render_partial(old, new, NODE),
                                    ensure_jumps=False, label=f"one-endpoint change {rep + 1}/{reps}"))
-        checks.append(sep_chains(backend) == rules.endpoint_chains(new, NODE))
+        checks.append(sep_chains(backend) == endpoint_chains(backend, new))
         current = new
 
     after_partial = save_state(backend)
     clean(backend)
-    restore.apply(ns_run, rules.render(current, NODE), backend)
+    load_whole(backend, current)
     equal = after_partial == save_state(backend)
-    nat = after_partial.get("nat", {})
+    if backend == NFTABLES:   # one table: its rules and chains
+        counts = {"nat_rules": nft_rule_count(after_partial),
+                  "nat_chains": len(after_partial["chain"]), "filter_rules": None}
+    else:
+        nat = after_partial.get("nat", {})
+        counts = {"nat_rules": sum(len(r) for r in nat.values()), "nat_chains": len(nat),
+                  "filter_rules": sum(len(r) for r in after_partial.get("filter", {}).values())}
     return {
-        "backend": backend, "services": n, "endpoints_per_service": 5,
-        "nat_rules": sum(len(r) for r in nat.values()),
-        "nat_chains": len(nat),
-        "filter_rules": sum(len(r) for r in after_partial.get("filter", {}).values()),
+        "backend": backend, "services": n, "endpoints_per_service": 5, **counts,
         "repetitions": reps,
         "slow_single_run": slow,
         "full_sync_empty_tables": collect(full),
@@ -211,6 +267,31 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
         "sep_chains_verified": all(checks),
         "partial_state_equals_full": equal,
     }
+
+
+def endpoint_chains(backend: str, services: list) -> set:
+    """The endpoint chains (KUBE-SEP- / endpoint-) the node should hold."""
+    if backend == NFTABLES:
+        return nft_rules.endpoint_chain_names(services, NODE)
+    return rules.endpoint_chains(services, NODE)
+
+
+def load_whole(backend: str, services: list) -> None:
+    """A full sync of `services` (untimed)."""
+    if backend == NFTABLES:
+        nft_apply(nft_rules.render(services, NODE))
+    else:
+        restore.apply(ns_run, rules.render(services, NODE), backend)
+
+
+def load_change(backend: str, old: list, new: list) -> None:
+    """A partial sync from `old` to `new` (untimed)."""
+    if backend == NFTABLES:
+        text = nft_rules.render_partial(old, new, NODE)
+        if text:
+            nft_apply(text)
+    else:
+        restore.apply(ns_run, rules.render_partial(old, new, NODE), backend, ensure_jumps=False)
 
 
 def small_example() -> list:
@@ -245,12 +326,11 @@ def check_transitions(backend: str) -> dict:
     results = {}
     for name, new in steps.items():
         clean(backend)
-        restore.apply(ns_run, rules.render([web, api, empty], NODE), backend)
-        restore.apply(ns_run, rules.render_partial([web, api, empty], new, NODE), backend,
-                 ensure_jumps=False)
+        load_whole(backend, [web, api, empty])
+        load_change(backend, [web, api, empty], new)
         after_partial = save_state(backend)
         clean(backend)
-        restore.apply(ns_run, rules.render(new, NODE), backend)
+        load_whole(backend, new)
         results[name] = after_partial == save_state(backend)
     clean(backend)
     return results
@@ -279,6 +359,7 @@ def metadata() -> dict:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "iptables": {"legacy": version("iptables-legacy"), "nft": version("iptables-nft")},
+        "nft": ns_output(["nft", "--version"]).strip(),
         "git_commit": commit,
         "ip_netns_exec_true_s": overhead,
     }
@@ -286,7 +367,7 @@ def metadata() -> dict:
 
 def table(results: list) -> str:
     rows = [
-        "| backend | services × endpoints | nat rules | full sync, empty tables (render + restore) "
+        "| backend | services × endpoints | rules (nat; nftables: its table) | full sync, empty tables (render + restore) "
         "| full resync, populated | one-endpoint change (render + restore) | checks |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -369,7 +450,7 @@ def main() -> int:
         subprocess.run(["ip", "netns", "del", NS], check=False)
     print()
     print(f"kernel {meta['kernel']}, {meta['iptables']['legacy']}, {meta['iptables']['nft']}, "
-          f"{meta['cpus']} CPUs, {meta['date']}; medians of {args.reps}")
+          f"{meta['nft']}, {meta['cpus']} CPUs, {meta['date']}; medians of {args.reps}")
     print()
     print(table(results))
     print()
