@@ -34,6 +34,11 @@ programs: $(PROGRAMS)
 $(PROGRAMS) &: $(C_SOURCES)
 	sh workloads/build.sh
 
+# The eBPF kube-proxy's programs (clang -target bpf, CO-RE against the kernel's BTF).
+programs: build/bpf/lb.o
+build/bpf/lb.o: bpf/lb.c bpf/build.sh
+	sh bpf/build.sh
+
 # The main job on the shipped default topology: classic vs container-native, measured and
 # plotted (about 3 minutes on 2 cores); prints where the report is.
 demo: setup

@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 PACKAGES="mininet openvswitch-switch openvswitch-common iproute2 iptables nftables ethtool
 iperf iperf3 wrk curl tcpdump traceroute iputils-ping conntrack procps psmisc util-linux kmod
 bash coreutils dash git gcc libc6-dev make python3-venv python3-pip haproxy
-ipvsadm ipset bird2"
+ipvsadm ipset bird2
+clang llvm libbpf-dev bpftool mount"
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup: needs root (apt-get, Open vSwitch) — run: sudo make setup" >&2

@@ -369,6 +369,12 @@ def clean(state: StateDir, log=lambda msg: None) -> dict:
         deleting_bridges.wait()
     removed["links"] += len(links)
     removed["namespaces"] += len(namespaces)
+    # A bpffs the cluster mounted (the eBPF kube-proxy's pins): unmounting drops every pin;
+    # the programs go with the last tc filter, which went with its namespace above.
+    for e in entries:
+        if e["kind"] == "bpffs" and os.path.ismount(e["path"]):
+            subprocess.run(["umount", "--lazy", e["path"]], capture_output=True)
+            removed["files"] += 1
     for e in entries:
         if e["kind"] == "file" and os.path.exists(e["path"]):
             if os.path.isdir(e["path"]):

@@ -4,9 +4,10 @@ A cluster writes down everything before it makes it (testbed.emulation.journal's
 and start time, OVS bridges, root-namespace links, files), and teardown deletes the journal. So
 a watch keeps a hard link to every journal that appears while a test runs, and reads it at the
 end; it also notes the processes that descend from the test or from a journaled process while
-it runs (a child the journal does not name, such as the controller's health checker). A `cnlb
-validate` in another terminal, the machine owner's bridges, namespaces and links are neither, so
-they are no leftover.
+it runs (a child the journal does not name, such as the controller's health checker), and the
+eBPF kube-proxy's bpffs mount, programs and maps (by id) and tc filters. A `cnlb validate` in
+another terminal, the machine owner's bridges, namespaces and links are neither, so they are no
+leftover.
 
 Watch: started before a test; a thread follows the journals and the process tree.
 Watch.leftovers(): what the watched journals name, and the processes seen made, that still exist.
@@ -18,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 
 from testbed.emulation.journal import STATE_ROOT, alive, bridge_exists, owned_bridges
@@ -188,7 +191,8 @@ class Watch:
         self.close()
         ovs = {_pidfile(p) for p in OVS_PIDFILES}
         left: dict = {"processes": set(), "bridges": set(), "links": set(), "namespaces": set(),
-                      "files": set(), "state": set()}
+                      "files": set(), "state": set(), "bpffs": set(), "tc filters": set(),
+                      "bpf": set()}
         for pid, start in self._journaled() | (self.made - self.before_procs):
             if pid != self.me and pid not in ovs and alive(pid, start):
                 left["processes"].add(f"{pid} {_cmdline(pid)}")
@@ -207,7 +211,41 @@ class Watch:
                     left["namespaces"].add(e["name"])
                 elif kind == "file" and os.path.exists(e.get("path", "")):
                     left["files"].add(e["path"])
+                elif kind == "bpffs" and os.path.ismount(e.get("path", "")):
+                    left["bpffs"].add(e["path"])
+                elif kind == "tc-filter" and _tc_filter_left(e):
+                    left["tc filters"].add(f"{e['node']} {e['dev']}")
+                elif kind == "bpf":
+                    left["bpf"] |= _bpf_objects_left(e)
         return {k: sorted(v) for k, v in left.items() if v}
+
+
+def _tc_filter_left(e: dict) -> bool:
+    """An eBPF kube-proxy filter still on a node's interface (its namespace still there)."""
+    netns = e.get("netns") or ""
+    if not netns or not os.path.exists(f"/run/netns/{netns}"):
+        return False
+    out = subprocess.run(["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", e["dev"],
+                          "ingress"], capture_output=True, text=True)
+    return "cnlb_ingress" in out.stdout
+
+
+BPF_GONE_WAIT_S = 5.0   # a program goes when its netns's cleanup (asynchronous) drops the filter
+
+
+def _bpf_objects_left(e: dict) -> set:
+    """The journaled programs and maps of one node that the kernel still has, after waiting
+    for the namespaces' cleanup to let them go."""
+    wanted = [("prog", i) for i in e.get("prog_ids", [])] + \
+        [("map", i) for i in e.get("map_ids", [])]
+    deadline = time.time() + BPF_GONE_WAIT_S
+    while True:
+        left = {f"{e.get('node')} {kind} {i}" for kind, i in wanted
+                if subprocess.run(["bpftool", kind, "show", "id", str(i)],
+                                  capture_output=True).returncode == 0}
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 class Snapshot:

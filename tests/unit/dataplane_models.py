@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from tests.unit.ebpf_model import EbpfNode
 from tests.unit.iptables_model import IptablesNode
 from tests.unit.nftables_model import NFTablesNode
 from tests.unit.traces import Packet, Trace
@@ -34,5 +35,6 @@ class NodeModel(Protocol):
 
 MODELS: dict[str, Callable[[], NodeModel]] = {
     "iptables": IptablesNode,
+    "ebpf": EbpfNode,
     "nftables": NFTablesNode,
 }

@@ -20,6 +20,7 @@ BUILD = os.path.join(REPO, "workloads", "build.sh")
 PROGRAMS = {
     "bridge": "iproute2", "ip": "iproute2", "ss": "iproute2", "tc": "iproute2",
     "bash": "bash",
+    "bpftool": "bpftool", "clang": "clang",   # the eBPF kube-proxy (bpf/build.sh)
     "bird": "bird2", "birdc": "bird2",   # cni.routing bgp (testbed.emulation.bgp)
     "cat": "coreutils", "dirname": "coreutils", "mkdir": "coreutils", "seq": "coreutils",
     "sleep": "coreutils", "uname": "coreutils",
@@ -36,6 +37,7 @@ PROGRAMS = {
     "iptables-nft-save": "iptables", "iptables-nft-restore": "iptables",
     "mnexec": "mininet",
     "modprobe": "kmod",
+    "mount": "mount", "umount": "mount",   # the eBPF kube-proxy's bpffs
     "nft": "nftables",
     "nsenter": "util-linux", "taskset": "util-linux", "unshare": "util-linux",
     "ovs-appctl": "openvswitch-common", "ovs-ofctl": "openvswitch-common",

@@ -6,6 +6,7 @@ A new mode is one module with a ServiceDataPlane subclass and one entry in DATAP
 from __future__ import annotations
 
 from testbed.kubernetes.dataplane.base import ServiceDataPlane
+from testbed.kubernetes.dataplane.ebpf.proxier import EbpfKubeProxy
 from testbed.kubernetes.dataplane.iptables.proxier import KubeProxy
 from testbed.kubernetes.dataplane.ipvs.proxier import IpvsProxy
 from testbed.kubernetes.dataplane.nftables.proxier import NFTablesProxy
@@ -14,6 +15,7 @@ DATAPLANES: dict[str, type[ServiceDataPlane]] = {
     KubeProxy.mode: KubeProxy,
     IpvsProxy.mode: IpvsProxy,
     NFTablesProxy.mode: NFTablesProxy,
+    EbpfKubeProxy.mode: EbpfKubeProxy,
 }
 
 
