@@ -41,7 +41,7 @@ def test_servers_run_the_module_in_the_namespace_and_report_their_exit(launcher,
     files = [str(tmp_path / f"n{i}") for i in range(3)]
     servers = launcher.launch([(f"node{i}", ["--netns", "/proc/self/ns/net", TARGET, f])
                                for i, f in enumerate(files)])
-    for server, path in zip(servers, files):
+    for server, path in zip(servers, files, strict=True):
         pid, netns = wait_file(path)
         assert int(pid) == server.pid                         # the forked child is the server
         assert netns == os.readlink("/proc/self/ns/net")     # it entered the namespace named
