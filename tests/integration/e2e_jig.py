@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -149,3 +151,102 @@ for _ in range(n):
         except OSError:
             print(flush=True)
 """
+
+
+# -- services changed on a running cluster (`cnlb service apply | set | delete`) -------------
+
+def apply(cluster: Cluster, text: str) -> dict:
+    """Create or update the service a YAML text holds (`name: {type: ..., ...}`), as
+    `cnlb service apply FILE` does; what the service now is."""
+    from testbed.spec.yamldoc import parse_document
+    return cluster.apply_service(parse_document("svc.yaml", text))
+
+
+def verify_up(cluster: Cluster, hosts: tuple[str, ...], url: str, pods: set[str],
+              timeout_s: float) -> None:
+    """upstream's verifyServeHostnameServiceUp: from each host (a hostNetwork pod: a node; an
+    exec pod), 50 requests per expected pod, retried until the pods that answered include every
+    expected one; AssertionError naming the missing ones after timeout_s."""
+    for host in hosts:
+        seen: set[str] = set()
+
+        def every_pod(h: str = host, s: set[str] = seen) -> bool:
+            s.update(hostnames(cluster, h, url, 50 * len(pods)))
+            return s >= pods
+        try:
+            wait_for(f"{url} answered by {sorted(pods)} from {host}", every_pod, timeout_s)
+        except AssertionError as exc:   # what one request says, for the failure's message
+            one = cluster.sh(host, f"curl -sS -m 2 -o /dev/null {url}", timeout=10)
+            raise AssertionError(f"{exc}; seen {sorted(seen)}; one more request: curl exit "
+                                 f"{one.returncode} {one.stderr.strip()}") from None
+
+
+def verify_down(cluster: Cluster, host: str, url: str, timeout_s: float) -> None:
+    """upstream's verifyServeHostnameServiceDown: a request (connect timeout 2 s) gets no
+    answer, within timeout_s."""
+    wait_for(f"{url} down from {host}",
+             lambda: curl_status(cluster, host, url, timeout_s=2) != CURL_OK, timeout_s)
+
+
+def endpoints_settle(cluster: Cluster, svc: str, want: set[str], timeout_s: float,
+                     port: str | None = None) -> None:
+    """upstream's validateEndpointsPortsOrFail, read from every node's rules: the endpoints
+    (ip:port) kube-proxy programmed for a service (one named port of it) become `want`."""
+    for node in cluster.plan.nodes:
+        wait_for(f"{svc}{':' + port if port else ''} endpoints {sorted(want)} on {node.name}",
+                 lambda n=node.name: programmed_endpoints(cluster, n, svc, port) == want,
+                 timeout_s)
+
+
+class UdpClient:
+    """upstream's conntrack client (`nc -u -p 12345` in a loop, agnhost's UDP dialer): datagrams
+    from one source port at `rate` a second, from a host, until stopped; its rows (httpprobe's:
+    t_start, pod, local_port, ...) arrive in `rows` as they are answered or time out, so a test
+    waits for what it checks (`answered_by`)."""
+
+    def __init__(self, cluster: Cluster, host: str, ip: str, port: int, rate: float = 10):
+        import threading
+        self.rows: list[dict] = []
+        self.proc = cluster.host(host).popen(
+            [HTTPPROBE, "--url", f"udp://{ip}:{port}", "--keepalive", "--duration", "600",
+             "--rate", f"{rate:g}", "--timeout-ms", "500"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                row = json.loads(line)
+                if not row.get("summary"):
+                    self.rows.append(row)
+
+    def answered_by(self, pod: str, since: int = 0) -> bool:
+        """Some datagram after row `since` was answered by pod."""
+        return any(r.get("pod") == pod for r in self.rows[since:])
+
+    def source_ports(self) -> set:
+        return {r.get("local_port") for r in self.rows}
+
+    def stop(self) -> None:
+        """SIGINT: httpprobe finishes what is in flight and exits (its pid, started here)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(timeout=5)
+
+
+@contextlib.contextmanager
+def udp_client(cluster: Cluster, host: str, ip: str, port: int,
+               rate: float = 10) -> Iterator[UdpClient]:
+    """A UdpClient for the with-block; stopped at its end whatever happens."""
+    client = UdpClient(cluster, host, ip, port, rate)
+    try:
+        yield client
+    finally:
+        client.stop()

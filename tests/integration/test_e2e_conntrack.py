@@ -18,7 +18,7 @@ import time
 import pytest
 
 from testbed.paths import HTTPPROBE
-from tests.integration.e2e_jig import cluster_from, node_ip, service
+from tests.integration.e2e_jig import cluster_from, node_ip, service, udp_client, wait_for
 
 # upstream waits a minute for the client's log to show the new backend (UDP conntrack entries
 # live 30 s by default, and kube-proxy syncs within seconds); here kube-proxy syncs at most a
@@ -34,10 +34,16 @@ nodes: {node1: {}, node2: {}}
 deployments:
   pod-client: {replicas: 1, placement: {node1: 1}}
   pod-server: {replicas: 1, placement: {node2: 1}}
+  pod-local: {replicas: 0}
 services:
   svc-udp:
     type: NodePort
     selector: pod-server
+    ports: [{name: udp, port: 80, targetPort: 80, protocol: UDP}]
+  svc-udp-local:
+    type: ClusterIP
+    selector: pod-local
+    internalTrafficPolicy: Local
     ports: [{name: udp, port: 80, targetPort: 80, protocol: UDP}]
 loadBalancer: {vip: 198.51.100.10, targets: nodeport}
 kubernetes: {timing: instant}
@@ -50,10 +56,11 @@ def cluster(machine_ready, tmp_path_factory):
         yield c
 
 
-def _server_cycles(cluster, ip: str, port: int) -> None:
+def _server_cycles(cluster, ip: str, port: int, client_host: str = "pod-client-0") -> None:
     """upstream's scenario: the client sends before the service has an endpoint; backend 1
     appears on the server node and must get the client's datagrams; backend 2 appears, backend
-    1 is deleted, and backend 2 must get them, all from the one source port."""
+    1 is deleted, and backend 2 must get them, all from the one source port.
+    client_host: the client's pod, or its node for a hostNetwork client"""
     # the service starts without endpoints, as upstream's does
     for pod in sorted(p for p in cluster.live_pods() if p.startswith("pod-server-")):
         cluster.remove_pod(pod)
@@ -61,7 +68,7 @@ def _server_cycles(cluster, ip: str, port: int) -> None:
     duration = 3 * PHASE_S
 
     def client() -> None:
-        out = cluster.exec("pod-client-0", [
+        out = cluster.exec(client_host, [
             HTTPPROBE, "--url", f"udp://{ip}:{port}", "--keepalive", "--duration",
             str(duration), "--rate", str(RATE), "--timeout-ms", "500"],
             timeout=duration + 30).stdout
@@ -103,3 +110,42 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clu
     s = service(cluster, "svc-udp")
     _server_cycles(cluster, s.cluster_ip, s.ports[0].port)
 
+
+
+# [Conntrack] "should be able to preserve UDP traffic when server pod cycles for a ClusterIP
+# service and client is hostNetwork"
+def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clusterip_service_and_client_is_hostnetwork(cluster):  # noqa: E501
+    s = service(cluster, "svc-udp")
+    # a hostNetwork client shares its node's namespace: node1's own shell is that pod
+    _server_cycles(cluster, s.cluster_ip, s.ports[0].port, client_host="node1")
+
+
+# [Conntrack] "should be able to preserve UDP traffic when server pod cycles for a ClusterIP
+# service with InternalTrafficPolicy set to Local" (a regression test for kubernetes#126934)
+def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clusterip_service_with_internaltrafficpolicy_set_to_local(cluster):  # noqa: E501
+    """upstream: the client (node1) sends before there is an endpoint; backend 1 on the
+    client's node must get its datagrams; backend 2 on the other node is an endpoint the client
+    never reaches (Local); backend 1 is deleted, the client goes on sending to a service with
+    no local endpoint (a blackhole conntrack entry, were kube-proxy not to clear it); backend 3
+    on the client's node must get the client's datagrams."""
+    c = cluster
+    s = service(c, "svc-udp-local")
+    with udp_client(c, "pod-client-0", s.cluster_ip, s.ports[0].port) as client:
+        backend1 = c.add_pod("pod-local", node="node1")
+        wait_for(f"backend 1 ({backend1}) answering", lambda: client.answered_by(backend1),
+                 LAG_S)
+        backend2 = c.add_pod("pod-local", node="node2")
+        c.remove_pod(backend1)
+        # upstream sleeps 5 s so that kube-proxy does not merge the two changes, and the client
+        # sends meanwhile; here: until the client has sent 10 datagrams nobody answered
+        since = len(client.rows)
+        wait_for("the client sending into no local endpoint",
+                 lambda: sum(1 for r in client.rows[since:] if not r.get("pod")) >= 10, LAG_S)
+        backend3 = c.add_pod("pod-local", node="node1")
+        since = len(client.rows)
+        wait_for(f"backend 3 ({backend3}) answering",
+                 lambda: client.answered_by(backend3, since), LAG_S)
+    assert len(client.source_ports()) == 1, "the client must keep one source port"
+    assert not any(r.get("pod") == backend2 for r in client.rows), "Local sent to node2"
+    for pod in (backend2, backend3):
+        c.remove_pod(pod)

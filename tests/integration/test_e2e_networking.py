@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.e2e_jig import (
     answers,
+    apply,
     cluster_from,
     node_ip,
     service,
@@ -177,6 +178,66 @@ def test_granular_checks_services_should_be_able_to_handle_large_requests_udp(cl
     ip, port = targets(cluster, "udp")[0]
     got = udp_answers(cluster, TEST_CONTAINER, ip, port, 5, payload="n" + "o" * 1999)
     assert len(got) == 5 and {a["pod"] for a in got} <= NETSERVERS, got
+
+
+def _copy_of_node_port_service(cluster, name: str) -> dict:
+    """A NodePort service over the netservers as NetworkingTestConfig creates its own (upstream
+    makes one per test; the tests below delete theirs, so they make it here)."""
+    return apply(cluster, f"{name}: {{type: NodePort, selector: netserver, ports: ["
+                          "{name: http, port: 80, targetPort: 8080}, "
+                          "{name: udp, port: 90, targetPort: 8081, protocol: UDP}]}\n")
+
+
+def _node_port_of(got: dict, proto: str) -> int:
+    return next(p["node_port"] for p in got["ports"] if p["name"] == proto)
+
+
+def _update_node_port(cluster, proto: str) -> None:
+    """upstream: from a node (hostNetwork), its own IP on the node port reaches every endpoint;
+    the service is deleted; then 10 tries get no endpoint at all."""
+    got = _copy_of_node_port_service(cluster, f"node-port-{proto}")
+    ip, port = node_ip(cluster, "node1"), _node_port_of(got, proto)
+    got_eps = dial(cluster, "node1", proto, ip, port)
+    assert set(got_eps) == NETSERVERS and len(got_eps) == MAX_TRIES, got_eps
+    cluster.delete_service(f"node-port-{proto}")
+    # kube-proxy's sync lands when the call returns; the 10 tries must all go unanswered
+    wait_for(f"{proto} node port {port} answering nobody",
+             lambda: not dial(cluster, "node1", proto, ip, port, 10), 10.0)
+
+
+# [Granular Checks: Services] "should update nodePort: http [Slow]"
+def test_granular_checks_services_should_update_nodeport_http(cluster):
+    _update_node_port(cluster, "http")
+
+
+# [Granular Checks: Services] "should update nodePort: udp [Slow]"
+def test_granular_checks_services_should_update_nodeport_udp(cluster):
+    _update_node_port(cluster, "udp")
+
+
+# [Granular Checks: Services] "should function for multiple endpoint-Services with same
+# selector"
+def test_granular_checks_services_should_function_for_multiple_endpoint_services_with_same_selector(cluster):  # noqa: E501
+    """upstream: a second NodePort service over the same pods; both answer from an endpoint
+    pod (cluster IP and node port); the first is deleted and the second goes on answering."""
+    c = cluster
+    first = _copy_of_node_port_service(c, "node-port-first")
+    second = apply(c, "node-port-second: {type: NodePort, selector: netserver, ports: ["
+                      "{name: http, port: 80, targetPort: 8080}]}\n")
+    node1 = node_ip(c, "node1")
+    dials = {"first": [(first["cluster_ip"], 80), (node1, _node_port_of(first, "http"))],
+             "second": [(second["cluster_ip"], 80), (node1, _node_port_of(second, "http"))]}
+
+    def every_endpoint_answers(which: str) -> None:
+        for ip, port in dials[which]:
+            got = dial(c, "netserver-0", "http", ip, port)
+            assert set(got) == NETSERVERS and len(got) == MAX_TRIES, (which, ip, port, got)
+
+    every_endpoint_answers("first")
+    every_endpoint_answers("second")
+    c.delete_service("node-port-first")
+    every_endpoint_answers("second")
+    c.delete_service("node-port-second")
 
 
 def _update_endpoints(cluster, proto: str, pod: str) -> None:
