@@ -120,12 +120,11 @@ def cmd_up(args) -> int:
     from testbed.emulation import machine
     from testbed.emulation.cluster import Cluster
     from testbed.emulation.reachability import format_table, reachability
+    from testbed.spec.model import with_cni_routing
     from testbed.spec.topology import load_topology
     topo = load_topology(args.file, mode=args.mode, netem=machine.netem_available(),
                          proxy_mode=args.proxy_mode)
-    if getattr(args, "cni", None):   # --cni bgp: the topology's cni.routing overridden
-        from dataclasses import replace
-        topo = replace(topo, cni=replace(topo.cni, routing=args.cni))
+    topo = with_cni_routing(topo, getattr(args, "cni", None))   # --cni bgp: cni.routing
     say = _progress(args.quiet)
     if args.owner:
         from testbed.emulation.session import run_owner

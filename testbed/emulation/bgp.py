@@ -14,6 +14,7 @@ top-of-rack or route reflector is, and the controller is told what it learned ov
 (PUT /v1/bgp), as an SDN controller reads its routers' RIB.
 
 BgpRouting: start, reconfigure (a fresh block), read, relay, wait for convergence, stop
+start_bgp: a started BgpRouting for a cluster with overlay bgp (None for other CNIs)
 bird_socket: the control socket of a host's BIRD in a state directory (None: it has none)
 """
 
@@ -42,6 +43,18 @@ RELAY_POLL_S = 0.25      # how often the relay reads the speaker (a withdrawal s
 RELAY_REFRESH_S = 5.0    # and pushes unchanged state anyway (a restarted controller forgot it)
 
 
+def start_bgp(cluster: Any) -> BgpRouting | None:
+    """BIRD on every node and the fabric's speaker, once the fabric routes (the sessions cross
+    it), and the relay; returns when the VPC routes every block. None unless the cluster's plan
+    has overlay bgp. The relay ends when the cluster stops (Cluster.stop sets its _stopped)."""
+    if cluster.plan.overlay != "bgp":
+        return None
+    cluster.progress("bgp ...")
+    cluster.bgp = routing = BgpRouting(cluster)   # before it starts: teardown reaps its BIRDs
+    routing.start()
+    return routing
+
+
 def bird_socket(state_path: str, host: str) -> str | None:
     """The control socket of host's BIRD under a cluster's state directory, if it exists."""
     path = os.path.join(state_path, BIRD_DIR, f"{host}.ctl")
@@ -61,6 +74,8 @@ class BgpRouting:
         self.dir = cluster.state.file(BIRD_DIR)
         self.procs: dict[str, subprocess.Popen] = {}
         self.relayed: dict[str, str] = {}
+        self._told: dict[str, Any] = {}   # the snapshot last given to the controller
+        self.withdrawn_at: dict[str, float] = {}   # prefix -> when the controller lost it
         self.relay_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,6 +95,9 @@ class BgpRouting:
     def start(self) -> None:
         """Start BIRD on every node and on the fabric's speaker, then the relay; return once
         the VPC routes every block (the LB's checks of pod targets go by those routes)."""
+        # journaled, so teardown (or `cnlb clean` after a crash) removes it and the leftover
+        # check looks for it, sockets and all
+        self.cluster.journal.record("file", path=self.dir)
         os.makedirs(self.dir, exist_ok=True)
         bgp = self.plan.bgp
         assert bgp is not None
@@ -91,9 +109,8 @@ class BgpRouting:
             hosts.append(bgp.speaker)
         for host in hosts:
             self._start_bird(host)
-        if bgp.fabric_peer:
-            self._thread = threading.Thread(target=self._relay, name="bgp-relay", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._relay, name="bgp-relay", daemon=True)
+        self._thread.start()
         self.wait_converged()
 
     def _start_bird(self, host: str) -> None:
@@ -120,18 +137,15 @@ class BgpRouting:
             return "(no log)"
 
     def stop(self) -> None:
-        """Stop the relay (the BIRDs are journaled processes: teardown ends them)."""
+        """Stop the relay and the BIRDs (a cluster's teardown need not call this: the BIRDs are
+        journaled processes and the relay ends with the cluster)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.wait(5)
 
     def blocks_changed(self, node: str) -> None:
         """Re-render a node's config and have its BIRD load it (`birdc configure`) when the
@@ -188,22 +202,43 @@ class BgpRouting:
         return {"neighbors": neighbors, "routes": routes}
 
     def relay_once(self, force: bool = False) -> bool:
-        """Read the speaker; tell the controller when its routes changed (or force). Returns
-        whether it told it."""
+        """Read the speaker; tell the controller when a route or a session changed (or force).
+        Returns whether it told it."""
         snap = self.snapshot()
-        routes = {r["prefix"]: r["next_hop"] for r in snap["routes"]}
-        if routes == self.relayed and not force:
+        if snap == self._told and not force:
             return False
         controller = self.cluster.controller
         if controller is None or not controller.alive():
             return False
         controller.api("PUT", "/v1/bgp", snap)
-        self.relayed = routes
+        self._told, old = snap, self.relayed
+        self.relayed = {r["prefix"]: r["next_hop"] for r in snap["routes"]}
+        now = time.time()
+        self.withdrawn_at.update({p: now for p in old if p not in self.relayed})
+        for prefix in self.relayed:
+            self.withdrawn_at.pop(prefix, None)
         return True
 
+    def withdrawn_since(self, node: str, start: float) -> float | None:
+        """Seconds from start until the controller had lost the last of node's blocks (None:
+        one of them is still routed, or the node has none)."""
+        times = [self.withdrawn_at.get(b) for b in blocks_of(self.plan.blocks, node)]
+        if not times or None in times:
+            return None
+        return max(t for t in times if t is not None) - start
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or bool(getattr(self.cluster, "_stopped", False))
+
     def _relay(self) -> None:
+        """Until the cluster stops: relay the speaker's state (testbed.emulation.cluster.reap
+        collects the BIRDs teardown stopped)."""
         last, told = 0.0, None
-        while not self._stop.wait(RELAY_POLL_S):
+        bgp = self.plan.bgp
+        assert bgp is not None
+        while not self._stop.wait(RELAY_POLL_S) and not self._stopping():
+            if not bgp.fabric_peer:
+                continue
             try:
                 # a restarted controller (Cluster.restart_controller) knows nothing yet
                 force = time.time() - last > RELAY_REFRESH_S or self.cluster.controller is not told
@@ -246,6 +281,8 @@ class BgpRouting:
                     return False
         if not bgp.fabric_peer:
             return True
-        if self.relayed != self.expected_blocks():
+        healthy = {n.name for n in self.plan.nodes} - set(failed)
+        sessions = {n["node"] for n in self._told.get("neighbors", []) if n["established"]}
+        if self.relayed != self.expected_blocks() or not healthy <= sessions:
             return False
         return self.cluster.controller.api("GET", "/v1/bgp")["updates"] > 0

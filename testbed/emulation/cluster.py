@@ -26,7 +26,7 @@ from testbed.cloud.lb import CloudLoadBalancer, L7LoadBalancer, load_balancer_ki
 from testbed.cloud.lb.haproxy import l7_fabric
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation import machine, wiring
-from testbed.emulation.bgp import BgpRouting
+from testbed.emulation.bgp import start_bgp
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
 from testbed.emulation.journal import Journal, Lock, StateDir, bridge_exists, clean, proc_start_time
@@ -88,7 +88,6 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self.progress = progress or (lambda msg: None)
         self.hosts: Hosts | None = None
         self.controller: ControllerProcess | None = None
-        self.bgp: BgpRouting | None = None   # overlay bgp: BIRDs and the relay to the VPC
         self.lb: CloudLoadBalancer | None = None
         self.journal: Journal | None = None
         self.lock = Lock()
@@ -137,9 +136,6 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
             self._stage("pods", lambda: self.control.start_pod_servers(self.plan.pods))
             self._stage("controller", self._start_controller)
             self._stage("switches", self._start_switches)
-            if self.plan.overlay == "bgp":   # the fabric must route before sessions can open
-                self.bgp = BgpRouting(self)
-                self._stage("bgp", self.bgp.start)
             if isinstance(self.lb, L7LoadBalancer):   # HAProxy in lb7, its targets registered
                 self._stage("l7 load balancer", lambda: self.lb.start_in(self))
             self._stage("workloads", self._start_workloads)
@@ -159,33 +155,17 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self.control.stop_clock()   # no step may act on what teardown is removing
         if self.kube_proxy is not None:
             self.kube_proxy.stop_sync_runner()   # nor a paced sync on nodes being removed
-        if self.bgp is not None:
-            self.bgp.stop()
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}
         if isinstance(self.lb, L7LoadBalancer):
             self.lb.reap()
-        self._reap()
+        reap(self)
         if self.journal:
             self.journal.close()
         self.lock.release()
         self.timings["stop_s"] = round(time.time() - t0, 3)
         return removed
-
-    def _reap(self) -> None:
-        """Collect the exit status of our child processes (clean() killed them), so no zombies
-        stay behind while a long-lived caller (a test session, a notebook) goes on."""
-        procs: list[ServerProcess | subprocess.Popen] = list(self.control.pod_servers.values())
-        if self.kube_proxy is not None:
-            procs += list(self.kube_proxy.health_servers.values())
-        if self.hosts is not None:
-            procs += self.hosts.shells()
-        for proc in procs:
-            try:
-                proc.wait(timeout=2)
-            except Exception:
-                pass
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -285,6 +265,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     def _start_switches(self) -> None:
         self.hosts.start_switches(self.controller.ofp_port)
         self.controller.wait_programmed([s.name for s in self.plan.switches])
+        self.bgp = start_bgp(self)   # cni.routing bgp: sessions open once the fabric routes
 
     def _start_workloads(self) -> None:
         """kube-proxy's first sync on every node, then the LB serving from every target (its
@@ -361,3 +342,20 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     def sh(self, host: str, command: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run a shell command line in a host's namespace (output captured)."""
         return self.exec(host, ["sh", "-c", command], timeout)
+
+
+def reap(cluster: Cluster) -> None:
+    """Collect the exit status of a cluster's child processes (clean() killed them), so no
+    zombies stay behind while a long-lived caller (a test session, a notebook) goes on."""
+    procs: list[ServerProcess | subprocess.Popen] = list(cluster.control.pod_servers.values())
+    if cluster.kube_proxy is not None:
+        procs += list(cluster.kube_proxy.health_servers.values())
+    if cluster.hosts is not None:
+        procs += cluster.hosts.shells()
+    if getattr(cluster, "bgp", None) is not None:   # set once the switches are up
+        procs += list(cluster.bgp.procs.values())
+    for proc in procs:
+        try:
+            proc.wait(timeout=2)
+        except Exception:
+            pass

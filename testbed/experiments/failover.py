@@ -83,6 +83,9 @@ def _steady_load_with_events(run: RunContext, cluster: Cluster, variant: Variant
                        "done_t": time.time() - start, "timing": timing})
     proc.wait(timeout=exp.duration_s + 60)
     reader.join(timeout=30)
+    for row in events:   # cni.routing bgp: when the VPC had forgotten a failed node's blocks
+        if cluster.bgp is not None and row["action"] == "fail-node":
+            row["bgp_withdrawn_t"] = cluster.bgp.withdrawn_since(str(row["target"]), start)
     steps = timeline_rows(cluster.control.timeline(), start)
     out = b"".join(output).decode(errors="replace")
     return sample_rows(cluster, variant, parse_probe(out)), events, steps
@@ -111,5 +114,8 @@ def _record(run: RunContext, variant: Variant, rep: int, rows: Sequence[dict[str
                 event=i, action=ev["action"])
         run.rec(variant, rep, "recovery_time_s", recovery_time(window, ev["t"]), "failover",
                 event=i, action=ev["action"])
+        if ev.get("bgp_withdrawn_t") is not None:   # the hold time plus the relay's period
+            run.rec(variant, rep, "bgp_withdraw_s", ev["bgp_withdrawn_t"] - ev["t"], "failover",
+                    event=i, action=ev["action"])
     for metric, value, extra in window_metrics(rows, events, run.exp.duration_s, run.exp.rate):
         run.rec(variant, rep, metric, value, "failover", **extra)

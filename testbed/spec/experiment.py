@@ -22,8 +22,9 @@ from testbed.spec.durations import fmt_s as _fmt_s
 from testbed.spec.durations import seconds
 from testbed.spec.fields import Reader, choice, integer, name, text
 from testbed.spec.kube_proxy import read_variant_proxy_mode, with_proxy_mode
-from testbed.spec.model import LB_KINDS, MODES, Topology, placement
+from testbed.spec.model import LB_KINDS, MODES, Topology, placement, with_cni_routing
 from testbed.spec.scaling import check_sizes, read_sweeps
+from testbed.spec.sections import variant_cni
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import Document, Path, nearest, read_document
 
@@ -81,6 +82,7 @@ class Variant:
     deregistration_delay_s: float | None = None
     proxy_mode: str | None = None
     lb: str | None = None
+    cni: str | None = None   # the pods' routing: bgp (docs/bgp.md); None: the topology's
 
     def apply(self, topology: Topology) -> Topology:
         """The topology in this variant's mode, every LoadBalancer service's policy overridden.
@@ -100,7 +102,7 @@ class Variant:
                       else topology.kubernetes)
         topology = rollout_spec.with_variant_settings(topology, kubernetes, self.readiness_gates,
                                                       self.deregistration_delay_s)
-        topology = with_proxy_mode(topology, self.proxy_mode)
+        topology = with_cni_routing(with_proxy_mode(topology, self.proxy_mode), self.cni)
         lb = replace(topology.load_balancer, targets=self.mode,
                      kind=self.lb or topology.load_balancer.kind)
         return replace(topology, mode=self.mode, services=tuple(services), load_balancer=lb)
@@ -370,7 +372,7 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
             r.problem(vpath, "missing required field 'mode'",
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
-        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing", "lb",
+        r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing", "lb", "cni",
                           "proxyMode", *rollout_spec.VARIANT_KEYS},
                   required=("mode",), what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
@@ -393,13 +395,13 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "from the client", "use 'mode: container-native' with 'to: pods'")
             continue
         if mode and policy and to:
-            out.append(Variant(vname, mode, policy, to, timing, lb=lb,
+            out.append(Variant(vname, mode, policy, to, timing, lb=lb, cni=variant_cni(r, vpath),
                                proxy_mode=read_variant_proxy_mode(r, vpath),
                                **rollout_spec.read_variant_settings(r, vpath)))
     seen: dict[tuple[object, ...], str] = {}
     for v in out:
         key = (v.mode, v.external_traffic_policy, v.to, v.timing, v.readiness_gates, v.proxy_mode,
-               v.deregistration_delay_s, v.lb)
+               v.deregistration_delay_s, v.lb, v.cni)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
                       f"externalTrafficPolicy {v.external_traffic_policy}, to {v.to})",

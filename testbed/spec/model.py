@@ -296,8 +296,11 @@ class KubeProxyConfiguration:
     testbed.spec.kube_proxy).
 
     mode: the service data plane every node runs (a key of the data plane registry)
+    algorithm: how the ebpf mode picks a backend, random or maglev (Cilium's
+        loadBalancer.algorithm); the other modes keep their own
     """
     mode: str = "iptables"   # upstream's default on Linux
+    algorithm: str = "random"   # Cilium's default
 
 
 @dataclass(frozen=True)
@@ -420,3 +423,9 @@ def node_ports(topo: Topology) -> dict[str, tuple[int | None, int | None]]:
     allocate_node_ports for every port's."""
     return {name: (np_.ports[0], np_.health_check)
             for name, np_ in allocate_node_ports(topo).items()}
+
+
+def with_cni_routing(topo: Topology, routing: str | None) -> Topology:
+    """The topology with cni.routing set (an experiment variant's `cni`, `cnlb up --cni`);
+    None: unchanged."""
+    return topo if routing is None else replace(topo, cni=replace(topo.cni, routing=routing))

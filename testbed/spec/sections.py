@@ -168,6 +168,11 @@ def read_cni(r: Reader) -> Cni:
     )
 
 
+def variant_cni(r: Reader, path: Path) -> str | None:
+    """An experiment variant's `cni`: bgp, or None (the topology's cni.routing)."""
+    return r.get(path, "cni", choice("bgp"), default=None, fix="write bgp or leave it out")
+
+
 def read_bgp(r: Reader) -> Bgp:
     """cni.bgp: Calico's BGPConfiguration and its BGPPeer to the fabric, in a few fields."""
     path = ("cni", "bgp")

@@ -72,7 +72,7 @@ class TestClassicOnBgp:
         assert {r.prefix: r.next_hop for r in classic.bgp.learned()} == blocks
         assert controller_routes(classic) == blocks
         # each node holds a blackhole for its own block and a route to the others' blocks
-        routes = classic.sh("node1", "ip route show 10.244.0.0/16").stdout
+        routes = classic.sh("node1", "ip route show root 10.244.0.0/16").stdout
         assert "blackhole 10.244.0.0/26 proto bird" in routes
         assert re.search(r"10\.244\.0\.64/26 via 192\.168\.0\.1 dev eth0 proto bird", routes)
 

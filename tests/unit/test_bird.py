@@ -11,6 +11,7 @@ from testbed.kubernetes.cni import plugin_for
 from testbed.kubernetes.cni.bird import (
     keepalive,
     parse_protocols,
+    parse_routes,
     render_node,
     render_speaker,
 )
@@ -111,3 +112,79 @@ def test_parse_protocols():
         ("node_node1", "BGP", "up"), ("node_node2", "BGP", "start")]
     assert [r.established for r in rows] == [False, False, True, False]
     assert rows[3].info.startswith("Connect") and rows[2].since == "1764592003"
+
+
+# `birdc show route all` on the fabric's speaker and on node1 of a running talk.yaml --cni bgp
+SPEAKER_ROUTES = """\
+BIRD 2.0.12 ready.
+Table master4:
+0.0.0.0/0            unicast [kernel1 12:55:47.425] * (10)
+\tvia 198.51.100.1 on eth0
+\tType: inherit univ
+\tKernel.source: 3
+\tKernel.metric: 0
+10.244.0.0/26        unicast [node_node1 12:55:49.250 from 192.168.0.10] * (100/?) [AS64512i]
+\tvia 198.51.100.1 on eth0
+\tType: BGP univ
+\tBGP.origin: IGP
+\tBGP.as_path: 64512
+\tBGP.next_hop: 192.168.0.10
+\tBGP.local_pref: 100
+10.244.0.64/26       unicast [node_node2 12:55:49.430 from 192.168.1.10] * (100/?) [AS64512i]
+\tvia 198.51.100.1 on eth0
+\tType: BGP univ
+\tBGP.origin: IGP
+\tBGP.as_path: 64512
+\tBGP.next_hop: 192.168.1.10
+\tBGP.local_pref: 100
+"""
+NODE1_ROUTES = """\
+BIRD 2.0.12 ready.
+Table master4:
+0.0.0.0/0            unicast [kernel1 12:55:47.369] * (10)
+\tvia 192.168.0.1 on eth0
+\tType: inherit univ
+\tKernel.source: 3
+\tKernel.metric: 0
+10.244.0.0/26        blackhole [static_blocks 12:55:47.367] * (200)
+\tType: static univ
+192.168.0.0/24       unicast [direct1 12:55:47.369] * (240)
+\tdev eth0
+\tType: device univ
+10.244.0.2/32        unicast [kernel1 12:55:47.369] * (10)
+\tdev veth612f7a0e
+\tType: inherit univ
+\tKernel.source: 3
+\tKernel.metric: 0
+\tKernel.scope: 253
+10.244.0.1/32        unicast [kernel1 12:55:47.369] * (10)
+\tdev vethc4719afa
+\tType: inherit univ
+\tKernel.source: 3
+\tKernel.metric: 0
+\tKernel.scope: 253
+10.244.0.64/26       unicast [Mesh_192_168_1_10 12:55:49.402 from 192.168.1.10] * (100/?) [i]
+\tvia 192.168.0.1 on eth0
+\tType: BGP univ
+\tBGP.origin: IGP
+\tBGP.as_path:
+\tBGP.next_hop: 192.168.1.10
+\tBGP.local_pref: 100
+10.244.0.0/32        unicast [kernel1 12:55:47.369] * (10)
+\tdev veth1ae6fac6
+\tType: inherit univ
+\tKernel.source: 3
+\tKernel.metric: 0
+\tKernel.scope: 253
+"""
+
+
+def test_parse_routes_keeps_the_bgp_routes_with_their_next_hops():
+    routes = parse_routes(SPEAKER_ROUTES)
+    assert [(r.prefix, r.protocol, r.next_hop, r.as_path) for r in routes] == [
+        ("10.244.0.0/26", "node_node1", "192.168.0.10", "64512"),
+        ("10.244.0.64/26", "node_node2", "192.168.1.10", "64512")]
+    # on a node: the blackhole, the kernel's /32s and the default route are no BGP routes
+    [mesh] = parse_routes(NODE1_ROUTES)
+    assert (mesh.prefix, mesh.protocol, mesh.next_hop, mesh.as_path) == \
+        ("10.244.0.64/26", "Mesh_192_168_1_10", "192.168.1.10", "")

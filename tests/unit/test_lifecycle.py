@@ -253,9 +253,20 @@ def test_failover_variants_run_each_mode_on_the_clock_and_instant():
     assert timing == {"nodeport-cluster": ("nodeport", "realistic"),
                       "nodeport-instant": ("nodeport", "instant"),
                       "container-native": ("container-native", "realistic"),
-                      "container-native-instant": ("container-native", "instant")}
+                      "container-native-instant": ("container-native", "instant"),
+                      "classic-bgp": ("nodeport", "realistic"),
+                      "container-native-bgp": ("container-native", "realistic")}
+    # the BGP variants: node2's blocks are withdrawn within the run (the hold time)
+    bgp = res.variants["classic-bgp"].cni
+    assert (bgp.routing, res.variants["nodeport-cluster"].cni.routing) == ("bgp", "default")
+    assert events_at(res, "fail-node") + bgp.bgp.hold_time_s < res.experiment.duration_s
     clock = res.variants["container-native"].kubernetes
     # the run must see the node's NotReady and its pods' eviction
     events = {e.action: e.at_s for e in res.experiment.events}
     assert events["fail-node"] + clock.node_monitor_grace_period_s \
         + clock.not_ready_toleration_s < res.experiment.duration_s
+
+
+def events_at(res, action: str) -> float:
+    """When the experiment's first event of an action fires (seconds into the load)."""
+    return next(e.at_s for e in res.experiment.events if e.action == action)

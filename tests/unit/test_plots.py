@@ -38,6 +38,13 @@ PROFILE = {
     "container-native-l7": dict(lat=1.10, mbps=850, rps=4500, hops=1.0, cross=0.0, src=1.0,
                                 pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
                                 entry={}),
+    # Calico-style BGP routing: the second step crosses the fabric routed, not tunnelled
+    "classic-bgp": dict(lat=0.76, mbps=880, rps=5900, hops=3.0, cross=0.66, src=0.0,
+                        pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                        entry={"node1": 34, "node2": 33, "node3": 33}),
+    "container-native-bgp": dict(lat=0.64, mbps=900, rps=6400, hops=2.0, cross=0.0, src=1.0,
+                                 pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                                 entry={}),
 }
 
 
@@ -109,8 +116,9 @@ def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
     run_dir, _ = compare_run
     index = json.load(open(os.path.join(run_dir, "figures", "index.json")))
     assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct",
-                                 "nodeport-l7", "container-native-l7"]
-    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:6])
+                                 "nodeport-l7", "container-native-l7", "classic-bgp",
+                                 "container-native-bgp"]
+    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:8])
 
 
 def test_report_has_every_variant_figures_table_environment(compare_run):
