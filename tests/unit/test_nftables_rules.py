@@ -388,6 +388,18 @@ def test_registered_as_nftables():
     assert dataplane_for("nftables") is NFTablesProxy and NFTablesProxy.mode == "nftables"
 
 
+def test_every_text_the_mode_gives_is_nft_input_not_iptables():
+    """What `cnlb render kube-proxy --proxy-mode nftables` prints (render_first) and what syncs
+    load: nft commands only, whatever the class takes from the iptables mode."""
+    old, new = [WEB, API], [_replace(WEB, endpoints=WEB.endpoints[:1]), API]
+    texts = [NFTablesProxy.render_first(old, NODE1), NFTablesProxy.render(old, NODE1),
+             NFTablesProxy.render_partial(old, new, NODE1)]
+    assert texts[0] == texts[1] == rules.render(old, NODE1)
+    for text in texts:
+        assert text and all(line.split(" ")[0] in ("add", "flush", "delete")
+                            for line in text.splitlines()), text[:200]
+
+
 class _Cluster(FakeCluster):
     """test_proxier's fake cluster, with the node servers' launcher recording its args."""
 

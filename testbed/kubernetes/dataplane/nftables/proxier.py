@@ -56,6 +56,12 @@ class NFTablesProxy(KubeProxy):
         return rules.render_partial(old, new, node)
 
     @classmethod
+    def render_first(cls, services: Sequence[ServicePort], node: NodeContext) -> str:
+        """A fresh node's first sync is the full sync: the table comes with it (no jumps from
+        built-in chains to add, unlike the iptables mode this class takes its servers from)."""
+        return rules.render(services, node)
+
+    @classmethod
     def unavailable(cls) -> str | None:
         return None if shutil.which("nft") else "nft not found (Debian package nftables)"
 
