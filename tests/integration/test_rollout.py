@@ -45,6 +45,41 @@ kubernetes:
 
 
 CLIENT_IP = "203.0.113.10"
+EXPERIMENT = """
+kind: rollout
+topology: rollout.yaml
+repetitions: 1
+warmup: 0s
+duration: 14s
+at: 2s
+rate: 50
+variants:
+  classic-l4: {mode: nodeport, lb: l4}
+  cn-l7-gates: {mode: container-native, lb: l7, readinessGates: true}
+"""
+
+
+def test_the_rollout_experiment_runs_both_loads_through_both_lbs(machine_ready, tmp_path):
+    """First in the file: the module's clusters are not built yet (one at a time). The
+    runner's own path: two variants, each load's records, forwarded_for in the L7 samples, the
+    report's success-rate table and the figure."""
+    from testbed.analysis.records import read_records, read_samples
+    from testbed.experiments.run import run_experiment
+    (tmp_path / "rollout.yaml").write_text(TOPOLOGY % "l4")
+    (tmp_path / "e.yaml").write_text(EXPERIMENT)
+    result = run_experiment(str(tmp_path / "e.yaml"), out=str(tmp_path / "run"))
+    rates = {(r["variant"], r["workload"]): r["value"] for r in read_records(result.out)
+             if r["metric"] == "success_rate"}
+    assert set(rates) == {(v, w) for v in ("classic-l4", "cn-l7-gates")
+                          for w in ("rollout", "rollout-keepalive")}
+    assert all(rate >= MIN_SUCCESS_RATE for rate in rates.values()), rates
+    l7_rows = read_samples(result.out, "rollout-keepalive")[("cn-l7-gates", 0,
+                                                             "rollout-keepalive")]
+    assert l7_rows and {r["forwarded_for"] for r in l7_rows if r["ok"]} == {CLIENT_IP}
+    assert {r["generation"] for r in l7_rows if r["ok"]} == {"old", "new"}
+    report = open(result.report).read()
+    assert "## Success rate during the rollout" in report and "| `cn-l7-gates` | l7 |" in report
+    assert any(f.endswith("rollout.png") for f in result.figures)
 
 
 @pytest.fixture(scope="module", params=["l4", "l7"])
