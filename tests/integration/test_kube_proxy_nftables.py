@@ -59,8 +59,10 @@ def test_session_affinity_is_kept_in_the_endpoints_affinity_sets(cluster):
         assert len(got) == 15 and len({a["pod"] for a in got}) == 1, got
     # upstream: one set per endpoint, the client address added by the endpoint chain (before
     # SNAT) with the affinity timeout; node1 sent them to the pods it picked
-    sets = cluster.sh("node1", "nft list sets ip | grep -A6 'set affinity-'").stdout
-    assert "timeout 3h" in sets and "elements = { 203.0.113." in sets, sets
+    listing = cluster.sh("node1", "nft list sets ip").stdout
+    sets = [block for block in listing.split("\tset ") if block.startswith("affinity-")]
+    assert sets and all("timeout 3h" in block for block in sets), listing
+    assert any("elements = { 203.0.113." in block for block in sets), listing
 
 
 def _without_endpoints(services, service):
