@@ -28,6 +28,7 @@ def cross_checks(r: Reader, topo: Topology) -> None:
     """Checks that need the whole topology: names, address space, capacity."""
     _name_clashes(r, topo)
     _address_space(r, topo)
+    _bgp_routing(r, topo)
     if r.problems:
         return   # capacity below assumes ranges that make sense
     _capacity(r, topo)
@@ -111,6 +112,28 @@ def _address_space(r: Reader, topo: Topology) -> None:
             r.problem(("cni", "overlay"), "host-gw routes each node's pod range via that node's "
                       f"address, which needs every node in one subnet (L2); nodes are in "
                       f"{', '.join(used)}", "use overlay: vxlan, or put every node in one subnet")
+
+
+def _bgp_routing(r: Reader, topo: Topology) -> None:
+    """cni.routing bgp: without fabricPeer the VPC routes no block (nodes must share a subnet,
+    and the LB cannot send to pods); the fabric's BGP speaker is a host named bgp0."""
+    if topo.cni.routing != "bgp":
+        return
+    path = ("cni", "bgp", "fabricPeer")
+    if not topo.cni.bgp.fabric_peer:
+        used = [s.name for s in topo.vpc.subnets if any(n.subnet == s.name for n in topo.nodes)]
+        if len(used) > 1:
+            r.problem(path, "without the fabric's peering a node reaches another node's blocks "
+                      f"only in its own subnet; nodes are in {', '.join(used)}",
+                      "set fabricPeer: true, or put every node in one subnet")
+        if topo.mode == "container-native":
+            r.problem(path, "container-native targets pods at addresses the VPC routes, and "
+                      "without the fabric's peering it routes none", "set fabricPeer: true")
+    for section, items in (("nodes", topo.nodes), ("clients", topo.clients)):
+        for item in items:
+            if item.name == "bgp0":
+                r.problem((section, item.name), "bgp0 is the fabric's BGP speaker with "
+                          "cni.routing bgp", "rename it")
 
 
 def _capacity(r: Reader, topo: Topology) -> None:

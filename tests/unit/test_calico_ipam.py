@@ -81,3 +81,56 @@ def test_other_modes_have_no_blocks():
     plan = build_plan(topo)
     assert plan.overlay == "vxlan" and plan.blocks == [] and plan.bgp is None
     assert "bgp0" not in [a.host for a in plan.attachments]
+
+
+def parse(text: str, mode=None):
+    from testbed.spec.topology import parse_topology
+    from testbed.spec.yamldoc import parse_document
+    return parse_topology(parse_document("t.yaml", text), mode=mode)
+
+
+TOPO = """\
+name: t
+vpc: {{cidr: 192.168.0.0/16, subnets: {{a: 192.168.0.0/24, b: 192.168.1.0/24}}}}
+cni: {cni}
+nodes: {{node1: {{subnet: a}}, {second}: {{subnet: {subnet}}}}}
+deployments: {{web: {{replicas: 2}}}}
+services: {{web: {{type: LoadBalancer, port: 80, targetPort: 8080}}}}
+"""
+
+
+def test_the_cni_bgp_fields_are_read():
+    topo = parse(TOPO.format(cni="{routing: bgp, blockSize: 28, bgp: {asNumber: 65010, "
+                                 "nodeToNodeMesh: false, fabricASNumber: 65010, holdTime: 6}}",
+                             second="node2", subnet="b"))
+    assert (topo.cni.routing, topo.cni.block_size) == ("bgp", 28)
+    b = topo.cni.bgp
+    assert (b.as_number, b.node_to_node_mesh, b.fabric_peer, b.fabric_as_number,
+            b.hold_time_s) == (65010, False, True, 65010, 6)
+    plan = build_plan(topo)
+    assert [b.cidr for b in plan.blocks] == ["10.244.0.0/28", "10.244.0.16/28"]
+
+
+@pytest.mark.parametrize("cni, second, subnet, mode, error", [
+    ("{routing: calico}", "node2", "b", None, "cni.routing: "),
+    ("{routing: bgp, bgp: {holdTime: 2}}", "node2", "b", None, "cni.bgp.holdTime: "),
+    ("{routing: bgp, blockSize: 33}", "node2", "b", None, "cni.blockSize: "),
+    ("{routing: bgp, bgp: {fabricPeer: false}}", "node2", "b", None,
+     "only in its own subnet; nodes are in a, b"),
+    ("{routing: bgp, bgp: {fabricPeer: false}}", "node2", "a", "container-native",
+     "without the fabric's peering it routes none"),
+    ("{routing: bgp}", "bgp0", "a", None, "nodes.bgp0: bgp0 is the fabric's BGP speaker"),
+])
+def test_bad_cni_bgp_settings_are_refused_at_their_line(cni, second, subnet, mode, error):
+    from testbed.errors import InputError
+    with pytest.raises(InputError) as exc:
+        parse(TOPO.format(cni=cni, second=second, subnet=subnet), mode=mode)
+    assert error in str(exc.value), str(exc.value)
+
+
+def test_one_subnet_without_fabric_peering_is_fine():
+    topo = parse(TOPO.format(cni="{routing: bgp, bgp: {fabricPeer: false}}", second="node2",
+                             subnet="a"))
+    plan = build_plan(topo)
+    assert plan.bgp is not None and not plan.bgp.fabric_peer
+    assert "bgp0" not in [a.host for a in plan.attachments]
