@@ -4,6 +4,7 @@ KubeProxyConfiguration `mode`, --proxy-mode).
 ```yaml
 kubeProxy:
   mode: iptables      # or nftables, ipvs: the modes testbed.kubernetes.dataplane.registry has
+  loadBalancer: {algorithm: maglev}   # the ebpf mode's backend selection: random (default)
 ```
 
 The modes are the registry's, so a mode that plugs in is accepted here with nothing else to
@@ -20,6 +21,8 @@ from testbed.spec.fields import Reader, choice
 from testbed.spec.model import KubeProxyConfiguration, Topology
 
 DEFAULT_MODE = KubeProxyConfiguration().mode
+DEFAULT_ALGORITHM = KubeProxyConfiguration().algorithm
+ALGORITHMS = ("random", "maglev")   # testbed.kubernetes.dataplane.ebpf.maps.ALGORITHMS
 
 
 def proxy_modes() -> list[str]:
@@ -33,11 +36,15 @@ def proxy_modes() -> list[str]:
 def read_kube_proxy(r: Reader) -> KubeProxyConfiguration:
     """The `kubeProxy:` section (absent: iptables)."""
     path = ("kubeProxy",)
-    r.mapping(path, {"mode"})
+    r.mapping(path, {"mode", "loadBalancer"})
     modes = proxy_modes()
     mode = r.get(path, "mode", choice(*modes), default=DEFAULT_MODE,
                  fix=f"use one of {', '.join(modes)}")
-    return KubeProxyConfiguration(mode or DEFAULT_MODE)
+    lb = (*path, "loadBalancer")
+    r.mapping(lb, {"algorithm"})
+    algorithm = r.get(lb, "algorithm", choice(*ALGORITHMS), default=DEFAULT_ALGORITHM,
+                      fix=f"use one of {', '.join(ALGORITHMS)} (the ebpf mode's)")
+    return KubeProxyConfiguration(mode or DEFAULT_MODE, algorithm or DEFAULT_ALGORITHM)
 
 
 def read_variant_proxy_mode(r: Reader, path: tuple[str, ...]) -> str | None:

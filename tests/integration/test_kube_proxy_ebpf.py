@@ -101,6 +101,26 @@ def test_session_affinity_sticks_one_client_to_one_pod(cluster):
         assert len(got) == 15 and len({a["pod"] for a in got}) == 1, got
 
 
+def test_node_itself_reaches_cluster_ip_and_local_service_vip(cluster):
+    # the node's own traffic: translated by cnlb_host at the uplink's egress, then sent where
+    # the route to the pod leaves (flannel.1 or cni0)
+    s = svc(cluster, "web-internal")
+    got = answers(cluster, "node1", f"http://{s.cluster_ip}:{s.port}/", 30)
+    assert len(got) == 30 and {a["node"] for a in got} == {"node1", "node2"}
+    local = svc(cluster, "web-local")
+    got = answers(cluster, "node1", f"http://{local.vip}/", 20)   # Local: every pod, SNATed
+    assert len(got) == 20 and {a["node"] for a in got} == {"node1", "node2"}
+    assert {a["client"] for a in got} <= node_addresses(cluster, "node1")
+
+
+def test_pod_reaches_a_local_policy_vip_on_every_pod_with_its_own_address(cluster):
+    # upstream's short-circuit: a pod calling the LB's address is sent to any endpoint
+    local = svc(cluster, "web-local")
+    got = answers(cluster, "web-2", f"http://{local.vip}/", 30)
+    assert len(got) == 30 and {a["node"] for a in got} == {"node1", "node2"}
+    assert {a["client"] for a in got if a["pod"] != "web-2"} == {cluster.plan.pod("web-2").ip}
+
+
 def _without_endpoints(services, service):
     return [dataclasses.replace(s, endpoints=()) if s.name == service else s for s in services]
 

@@ -47,9 +47,9 @@ class EbpfKubeProxy(KubeProxy):
     """kube-proxy's eBPF replacement on every node of a running cluster (Cilium's shape).
 
     cluster: the Cluster
-    backend: unused (the iptables mode's backend); "random" or "maglev" pick the algorithm
+    backend: unused (the iptables mode's backend)
     options: backend selection (maps.Options); default: the topology's kubeProxy
-        loadBalancer.algorithm when it has one, else random
+        loadBalancer.algorithm
     """
 
     mode: ClassVar[str] = "ebpf"
@@ -57,10 +57,7 @@ class EbpfKubeProxy(KubeProxy):
     def __init__(self, cluster: ClusterView, backend: str = "auto",
                  min_sync_period_s: float | None = None, options: maps.Options | None = None):
         super().__init__(cluster, backend, min_sync_period_s)
-        if options is None:
-            algorithm = backend if backend in maps.ALGORITHMS else _topology_algorithm(cluster)
-            options = maps.Options(algorithm=algorithm)
-        self.options = options
+        self.options = options or maps.Options(algorithm=_topology_algorithm(cluster))
         self.applied_options: dict[str, maps.Options] = {}   # node -> options of its maps
         self.attached: dict[str, set[str]] = {}   # node -> interfaces with the filter
         self.bpffs: str | None = None
@@ -76,6 +73,12 @@ class EbpfKubeProxy(KubeProxy):
     def render_partial(old: Sequence[ServicePort], new: Sequence[ServicePort],
                        node: NodeContext) -> str:
         return maps.render_partial(old, new, node)
+
+    @classmethod
+    def render_first(cls, services: Sequence[ServicePort], node: NodeContext) -> str:
+        """A fresh node's first sync is its whole state (no jumps to install, unlike iptables):
+        what `cnlb render kube-proxy --proxy-mode ebpf` prints."""
+        return maps.render(services, node)
 
     def render_node(self, node: str, services: Sequence[ServicePort]) -> str:
         return maps.render(services, self.context(node), self.options)
@@ -217,8 +220,8 @@ class EbpfKubeProxy(KubeProxy):
 
 
 def _topology_algorithm(cluster: ClusterView) -> str:
-    """The topology's kubeProxy loadBalancer.algorithm, if the topology has the field (the
-    cloud LB's loadBalancer section is another thing)."""
+    """The topology's kubeProxy.loadBalancer.algorithm (the cloud LB's loadBalancer section is
+    another thing)."""
     kube_proxy = getattr(getattr(cluster, "topo", None), "kube_proxy", None)
     algorithm = getattr(kube_proxy, "algorithm", None)
     return str(algorithm) if algorithm in maps.ALGORITHMS else "random"
