@@ -74,6 +74,8 @@ METRICS = {
     "nodes": Metric("count", "nodes in the cluster"),
     # failover (extra "event": index in the experiment's events)
     "recovery_time_s": Metric("s", "time until traffic is whole again", "lower"),
+    "bgp_withdraw_s": Metric("s", "time until the VPC dropped a failed node's BGP routes",
+                             "lower"),   # cni.routing bgp: fail-node events only
     # rollout (testbed.analysis.rollout; errors also per kind, extra "error")
     "success_rate": Metric("fraction", "requests answered from the rollout's start", "higher"),
     "rollout_duration_s": Metric("s", "rolling update's duration", "lower"),
