@@ -24,7 +24,7 @@ OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 # health checker runs in the LB host's namespace; ss: kube-proxy's health servers are awaited.
 TOOLS = ("mnexec", "ovs-vsctl", "ovs-ofctl", "ip", "tc", "ethtool", "iptables-restore",
          "iptables-save", "curl", "ping", "iperf", "iperf3", "wrk", "traceroute", "tcpdump",
-         "bridge", "nsenter", "ss")
+         "bridge", "nsenter", "ss", "bird", "birdc")   # bird, birdc: cni.routing bgp
 
 
 def run(argv, timeout=30, **kw) -> subprocess.CompletedProcess:
