@@ -191,3 +191,22 @@ def test_a_maglev_line_fits_one_bpftool_batch_line():
     text = maps.render([WEB], NODE1, maps.Options("maglev", maps.MAGLEV_M_MAX))
     longest = max(len(ln.split()) for ln in maps.encode(text, "/x").splitlines())
     assert longest < 4096
+
+
+# --- the topology's choice ------------------------------------------------------------------------
+
+
+def test_topology_kube_proxy_load_balancer_algorithm_picks_maglev(tmp_path):
+    from types import SimpleNamespace
+
+    from testbed.kubernetes.dataplane.ebpf.proxier import EbpfKubeProxy
+    from testbed.spec.topology import load_topology
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nvpc: {cidr: 192.168.0.0/16, subnets: {az-a: 192.168.0.0/24}}\n"
+                    "nodes: {node1: {subnet: az-a}}\ndeployments: {web: {replicas: 2}}\n"
+                    "services: {web: {type: NodePort, port: 80}}\n"
+                    "kubeProxy: {mode: ebpf, loadBalancer: {algorithm: maglev}}\n")
+    topo = load_topology(str(path))
+    assert (topo.kube_proxy.mode, topo.kube_proxy.algorithm) == ("ebpf", "maglev")
+    plane = EbpfKubeProxy(SimpleNamespace(topo=topo, plan=None), min_sync_period_s=1.0)
+    assert plane.options == maps.Options("maglev")
