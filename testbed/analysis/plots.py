@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from testbed.analysis import failover, rollout  # noqa: E402
+from testbed.analysis import dataplanes, failover, rollout  # noqa: E402
 from testbed.analysis.rundata import (  # noqa: E402
     NON_LATENCY_SAMPLES,
     PALETTE,
@@ -457,6 +457,19 @@ def fig_scaling(data: RunData, out: str) -> list[str]:
     return paths + pods
 
 
+def fig_dataplanes(data: RunData, out: str) -> list[str]:
+    """dataplanes: new-connection latency p50 and p99 against services, a line per variant
+    (testbed.analysis.dataplanes), like upstream's announcement of the nftables mode."""
+    if not dataplanes.has_modes(data.records):
+        raise Skip("no services sweep in two kube-proxy modes (not a dataplanes run)")
+    paths = _sweep_figure(data, out, "dataplanes", "services", dataplanes.LATENCY_PANELS,
+                          "First packet through kube-proxy")
+    if not paths:
+        raise Skip("no latency records in the services sweep")
+    data.captions["dataplanes"] = dataplanes.caption(data.meta, _replications_note(data))
+    return paths
+
+
 def fig_failover(data: RunData, out: str) -> list[str]:
     """failover: errors/s over time with the events marked."""
     per_variant = failover_bins(data)
@@ -533,6 +546,8 @@ FIGURES = (
     ("path", "Routed hops and cross-node bytes", fig_path),
     ("source-ip", "Client address seen by the pod", fig_source_ip),
     ("scaling", "Scaling with the number of services and pods", fig_scaling),
+    ("dataplanes", "New-connection latency against services per kube-proxy mode",
+     fig_dataplanes),
     ("failover", "Errors during failover", fig_failover),
     ("rollout", "Errors during a rolling update", fig_rollout),
     ("failover-timeline", "Failover over time, the control plane's steps marked",

@@ -67,7 +67,10 @@ METRICS = {
     # sync time at that size; with "pods" also the cluster's bring-up ("stage": one stage's
     # share, none: the whole), teardown, node count and the LB's time to serve every target
     "sync_time_ms": Metric("ms", "kube-proxy sync time", "lower"),
-    "rules": Metric("count", "iptables rules"),
+    "rules": Metric("count", "kube-proxy rules"),
+    "endpoint_change_ms": Metric("ms", "kube-proxy one-endpoint change (partial sync)", "lower"),
+    "ruleset_bytes": Metric("bytes", "kube-proxy ruleset as the kernel lists it", "lower"),
+    "rules_kernel_kib": Metric("KiB", "kernel memory a node's full sync took", "lower"),
     "bringup_s": Metric("s", "bring-up time", "lower"),
     "teardown_s": Metric("s", "teardown time", "lower"),
     "lb_ready_s": Metric("s", "time until the LB serves from every target", "lower"),

@@ -17,14 +17,15 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from testbed.analysis import failover, overhead, rollout
+from testbed.analysis import dataplanes, failover, overhead, rollout
 from testbed.analysis.records import METRICS, read_meta, read_records, summarize, variant_order
 from testbed.analysis.stats import MeanCI
 
 ORDER = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "requests_per_s",
          "throughput_mbps", "path_hops", "cross_node_bytes_fraction", "cross_node_bytes",
          "source_ip_preserved", "jain_fairness", "requests", "errors", "nodes", "bringup_s",
-         "sync_time_ms", "rules", "lb_ready_s", "teardown_s", "recovery_time_s", "outage_s",
+         "sync_time_ms", "endpoint_change_ms", "rules", "ruleset_bytes", "rules_kernel_kib",
+         "lb_ready_s", "teardown_s", "recovery_time_s", "outage_s",
          "degraded_s", "successes_per_s")
 # a cluster's bring-up stages in the order they run (testbed.emulation.cluster)
 STAGES = ("hosts", "fabric", "addresses", "controller", "switches", "workloads")
@@ -100,6 +101,7 @@ def _blocks(run_dir: str) -> list[Block]:
     return (_heading(run_dir, meta, exp) + _variant_list(exp)
             + failover.timing_blocks(meta, variants)
             + rollout.report_blocks(meta, summary, variants)
+            + dataplanes.report_blocks(meta, records, summary, variants)
             + _results(exp, records, summary, variants) + _pod_share_table(summary, variants)
             + _overhead(meta, exp, records) + _figures(run_dir) + _environment(meta)
             + _faults(meta))

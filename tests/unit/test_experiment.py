@@ -83,9 +83,11 @@ def test_compare_file_fields():
         ("nodeport-l7", "nodeport", "Cluster", "vip"),
         ("container-native-l7", "container-native", "Cluster", "vip"),
         ("classic-bgp", "nodeport", "Cluster", "vip"),
-        ("container-native-bgp", "container-native", "Cluster", "vip")]
-    assert [v.lb for v in exp.variants] == [None, None, None, None, "l7", "l7", None, None]
-    assert [v.cni for v in exp.variants] == [None] * 6 + ["bgp", "bgp"]
+        ("container-native-bgp", "container-native", "Cluster", "vip"),
+        ("classic-nftables", "nodeport", "Cluster", "vip")]
+    assert [v.lb for v in exp.variants] == [None, None, None, None, "l7", "l7", None, None, None]
+    assert [v.cni for v in exp.variants] == [None] * 6 + ["bgp", "bgp", None]
+    assert [v.proxy_mode for v in exp.variants] == [None] * 8 + ["nftables"]
     load = exp.workload("load")
     assert (load.duration_s, load.connections, load.threads) == (5.0, 32, 2)
     assert exp.workload("latency").requests == 200 and exp.workload("nothing") is None

@@ -45,6 +45,10 @@ PROFILE = {
     "container-native-bgp": dict(lat=0.64, mbps=900, rps=6400, hops=2.0, cross=0.0, src=1.0,
                                  pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
                                  entry={}),
+    # kube-proxy's nftables mode on the classic path: the same hops, a verdict map for the DNAT
+    "classic-nftables": dict(lat=0.98, mbps=560, rps=5250, hops=3.0, cross=0.67, src=0.0,
+                             pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                             entry={"node1": 34, "node2": 33, "node3": 33}),
 }
 
 
@@ -109,7 +113,8 @@ def test_plot_run_writes_every_compare_figure_as_png_and_pdf(compare_run):
     # only the figures of other kinds of run are skipped
     kinds = {s.split(":")[0] for s in skipped}
     assert {"skipped scaling", "skipped failover", "skipped failover-timeline"} <= kinds <= {
-        "skipped scaling", "skipped failover", "skipped failover-timeline", "skipped rollout"}, skipped
+        "skipped scaling", "skipped failover", "skipped failover-timeline", "skipped rollout",
+        "skipped dataplanes"}, skipped
 
 
 def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
@@ -117,8 +122,9 @@ def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
     index = json.load(open(os.path.join(run_dir, "figures", "index.json")))
     assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct",
                                  "nodeport-l7", "container-native-l7", "classic-bgp",
-                                 "container-native-bgp"]
-    assert [index["colours"][v] for v in index["variants"]] == list(PALETTE[:8])
+                                 "container-native-bgp", "classic-nftables"]
+    assert [index["colours"][v] for v in index["variants"]] == \
+        [PALETTE[i % len(PALETTE)] for i in range(9)]
 
 
 def test_report_has_every_variant_figures_table_environment(compare_run):
