@@ -112,6 +112,9 @@ class EbpfKubeProxy(KubeProxy):
         """What this machine lacks for the mode: BTF, bpftool, or the built programs."""
         if not os.path.exists("/sys/kernel/btf/vmlinux"):
             return "kernel lacks BTF (/sys/kernel/btf/vmlinux)"
+        with open("/proc/filesystems") as fh:
+            if "\tbpf\n" not in fh.read():
+                return "kernel lacks the bpf filesystem"
         if not shutil.which("bpftool"):
             return "bpftool is missing (make setup installs it)"
         if not os.path.exists(BPF_OBJECT):
