@@ -463,7 +463,7 @@ def fig_dataplanes(data: RunData, out: str) -> list[str]:
     if not dataplanes.has_modes(data.records):
         raise Skip("no services sweep in two kube-proxy modes (not a dataplanes run)")
     paths = _sweep_figure(data, out, "dataplanes", "services", dataplanes.LATENCY_PANELS,
-                          "First packet through kube-proxy")
+                          "kube-proxy modes")
     if not paths:
         raise Skip("no latency records in the services sweep")
     data.captions["dataplanes"] = dataplanes.caption(data.meta, _replications_note(data))

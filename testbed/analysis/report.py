@@ -95,7 +95,8 @@ def _sort_key(workloads: Sequence[str | None]) -> Callable[[tuple[str, Group]], 
 def _blocks(run_dir: str) -> list[Block]:
     meta = read_meta(run_dir)
     records = read_records(run_dir)
-    variants = variant_order(meta, records)
+    skipped = dataplanes.not_run(meta)   # a mode the machine lacks: in no table's columns
+    variants = [v for v in variant_order(meta, records) if v not in skipped]
     summary = summarize(records)
     exp = meta.get("experiment") or {}
     return (_heading(run_dir, meta, exp) + _variant_list(exp)

@@ -160,6 +160,8 @@ def test_the_figure_and_the_report_of_a_dataplanes_run(tmp_path):
     report = open(write_report(run_dir), encoding="utf-8").read()
     assert "## kube-proxy modes" in report and "Not run here: `ipvs`" in report
     assert "dataplanes.png" in report
+    # the mode not run has no column in the results table: the ratio is nftables' to iptables'
+    assert "| nftables / iptables |" in report and "ipvs / iptables" not in report
 
 
 def test_no_dataplanes_figure_for_a_run_of_one_mode(tmp_path):
