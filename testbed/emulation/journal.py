@@ -318,26 +318,33 @@ def _kill(pid: int, start: int | None, sig=signal.SIGKILL) -> bool:
     return True
 
 
+def _stop_processes(procs: list[tuple[int, int | None]], gentle: set[tuple[int, int | None]],
+                    asked: float) -> None:
+    """Wait up to 3 s from `asked` for the processes to exit, then SIGKILL the rest and wait
+    up to 3 s more."""
+    while time.time() < asked + 3 and any(alive(p, s) for p, s in gentle):
+        time.sleep(0.05)
+    for pid, start in procs:
+        _kill(pid, start, signal.SIGKILL)
+    deadline = time.time() + 3
+    while time.time() < deadline and any(alive(p, s) for p, s in procs):
+        time.sleep(0.05)
+
+
 def clean(state: StateDir, log=lambda msg: None) -> dict:
     """Remove everything the journal of one cluster names. Returns counts of what was removed."""
     entries = read_journal(state)
     removed = {"processes": 0, "bridges": 0, "links": 0, "namespaces": 0, "files": 0}
-    # Processes first, gently then firmly: their namespaces (and the veths in them) go with them.
+    # Processes are asked to stop (servers: SIGTERM; shells: SIGKILL) and exit while the
+    # bridges and namespaces below are deleted (a namespace outlives its removal until its last
+    # process has gone); then whoever is still there is killed.
     procs = [(e["pid"], e.get("start")) for e in entries if e["kind"] == "process"]
-    gentle = [(e["pid"], e.get("start")) for e in entries
-              if e["kind"] == "process" and e.get("gentle", True)]
-    for pid, start in gentle:
-        if _kill(pid, start, signal.SIGTERM):
-            removed["processes"] += 1
-    deadline = time.time() + 3
-    while time.time() < deadline and any(alive(p, s) for p, s in gentle):
-        time.sleep(0.05)
+    gentle = {(e["pid"], e.get("start")) for e in entries
+              if e["kind"] == "process" and e.get("gentle", True)}
     for pid, start in procs:
-        if _kill(pid, start, signal.SIGKILL) and (pid, start) not in gentle:
+        if _kill(pid, start, signal.SIGTERM if (pid, start) in gentle else signal.SIGKILL):
             removed["processes"] += 1
-    deadline = time.time() + 3
-    while time.time() < deadline and any(alive(p, s) for p, s in procs):
-        time.sleep(0.05)
+    asked = time.time()
     bridges = [e["name"] for e in entries if e["kind"] == "bridge"]
     cluster = next((e.get("cluster") for e in entries if e["kind"] == "start"), None)
     owned = set(owned_bridges(cluster)) if cluster else set()
@@ -367,6 +374,7 @@ def clean(state: StateDir, log=lambda msg: None) -> dict:
                        text=True, capture_output=True)
     if deleting_bridges is not None:
         deleting_bridges.wait()
+    _stop_processes(procs, gentle, asked)
     removed["links"] += len(links)
     removed["namespaces"] += len(namespaces)
     # A bpffs the cluster mounted (the eBPF kube-proxy's pins): unmounting drops every pin;
