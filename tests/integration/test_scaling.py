@@ -49,7 +49,9 @@ def test_tiny_pods_sweep_records_every_figure_and_reports(no_leftovers, tmp_path
         rules = {r["pods"]: r["value"] for r in mine if r["metric"] == "rules" and "pods" in r}
         assert rules[8] > rules[4], rules       # kube-proxy's chains grow with the endpoints
         services = {r["metric"] for r in mine if r.get("services") == 10}
-        assert services >= {"sync_time_ms", "rules", "latency_p50_ms", "errors"}, services
+        assert services >= {"sync_time_ms", "rules", "latency_p50_ms", "errors",
+                            "endpoint_change_ms", "ruleset_bytes", "rules_kernel_kib"}, services
+        assert {r.get("proxy_mode") for r in mine} == {"iptables"}   # the mode in every record
     meta = read_meta(str(out))
     assert meta["status"] == "ok" and not meta["faults"], meta["faults"]
     assert meta["experiment"]["pods"] == list(SIZES) and meta["experiment"]["pods_per_node"] == 2
