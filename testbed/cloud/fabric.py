@@ -5,11 +5,12 @@ The format is documented in docs/fabric-config.md. The controller never reads th
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from testbed.plan.addresses import (
     LB_HOST,
     PROXY_HEALTHZ_PORT,
+    Backend,
     LbPlan,
     Listener,
     Plan,
@@ -66,9 +67,8 @@ def _listener_entries(plan: Plan, lb: LbPlan, health: HealthCheck, gone: Collect
     group), all on the same VIP; a target registered on one is registered on all."""
     svc = next(s for s in plan.services if s.name == lb.service)
     backends = [b for b in lb_backends(plan, svc) if b.name not in gone]
-    first = backends[0] if backends else None
-    hc_port, hc_path = _health_check_target(plan, svc, first.health_port if first else lb.port,
-                                            first.health_path if first else "/healthz")
+    hc_port, hc_path = _health_check_target(plan, svc, _health_port(lb, backends),
+                                            backends[0].health_path if backends else "/healthz")
     listeners = lb.listeners or (Listener("", lb.port, svc.protocol, backends[0].port
                                           if backends else lb.port),)
     entries: list[dict[str, object]] = []
@@ -90,6 +90,15 @@ def _listener_entries(plan: Plan, lb: LbPlan, health: HealthCheck, gone: Collect
                              "unhealthy_threshold": health.unhealthy_threshold},
         })
     return entries
+
+
+def _health_port(lb: LbPlan, backends: Sequence[Backend]) -> int:
+    """The port the LB's health check goes to on its targets: the service's, as an LB
+    controller configures it (LbPlan.health_port, ip targets), whether or not a pod exists
+    yet -- not the listener's port, which may be UDP; instance targets: the first node's."""
+    if lb.health_port is not None:
+        return lb.health_port
+    return backends[0].health_port if backends else lb.port
 
 
 def _health_check_target(plan: Plan, svc: ServicePlan, port: int, path: str) -> tuple[int, str]:

@@ -210,6 +210,8 @@ class LbPlan:
     listeners: one per Service port, in order (the first is port's): a backend b receives
         listener l's traffic at (b.ip, l.backend_port)
     address: how the cloud reports the LB: "ip" (GCP) or "hostname" (AWS NLB/ALB)
+    health_port: where ip targets are health-checked (ip_target_health_port), known before
+        any pod is (None: instance targets, checked where lb_backends says)
     """
     service: str
     vip: str
@@ -219,6 +221,7 @@ class LbPlan:
     backends: tuple[Backend, ...]
     listeners: tuple[Listener, ...] = ()
     address: str = "ip"
+    health_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -441,7 +444,8 @@ def _services(plan: Plan, topo: Topology) -> None:
                                               topo.load_balancer.preserve_client_ip,
                                               tuple(lb_backends(plan, sp)),
                                               listeners(plan.mode, sp),
-                                              topo.load_balancer.address))
+                                              topo.load_balancer.address,
+                                              lb_health_port(plan, topo, sp)))
 
 
 def listeners(mode: str, svc: ServicePlan) -> tuple[Listener, ...]:
@@ -468,8 +472,8 @@ def lb_backends(plan: Plan, svc: ServicePlan) -> list[Backend]:
     checked = next((s for s in plan.services if s.name == svc.health_via), svc)
     tcp = next((p for p in checked.all_ports if p.protocol == "TCP"), None)
     if plan.mode == "container-native":
-        return [Backend(p.name, p.ip, svc.target_port, tcp.target_port if tcp else p.port,
-                        "/healthz")
+        return [Backend(p.name, p.ip, svc.target_port,
+                        ip_target_health_port(plan, svc, p.port), "/healthz")
                 for p in plan.pods if p.name in svc.endpoints]
     node_port = svc.node_port
     hc_port = svc.health_check_node_port or checked.health_check_node_port or \
@@ -477,6 +481,26 @@ def lb_backends(plan: Plan, svc: ServicePlan) -> list[Backend]:
     # a LoadBalancer service has a nodePort, and so has the one it is checked through
     assert node_port is not None and hc_port is not None
     return [Backend(n.name, n.ip, node_port, hc_port, "/healthz") for n in plan.nodes]
+
+
+def lb_health_port(plan: Plan, topo: Topology, svc: ServicePlan) -> int | None:
+    """LbPlan.health_port: ip targets' health port, from the selected deployment's pod
+    template (a deployment scaled to 0 still has one); None for instance targets."""
+    if plan.mode != "container-native":
+        return None
+    deploy = next((d for d in topo.deployments if d.name == svc.selector), None)
+    return ip_target_health_port(plan, svc, deploy.container_port if deploy else svc.target_port)
+
+
+def ip_target_health_port(plan: Plan, svc: ServicePlan, container_port: int) -> int:
+    """The port a cloud LB health-checks a service's ip targets on: the targetPort of the first
+    TCP port of the service (or of the one it is checked through), else, UDP ports only, the
+    pod's own port (its containerPort: where the pod server answers HTTP). A property of the
+    service, as the LB controller's health-check settings are, so an LB created while the
+    service has no pods checks the same port as one created with them."""
+    checked = next((s for s in plan.services if s.name == svc.health_via), svc)
+    tcp = next((p for p in checked.all_ports if p.protocol == "TCP"), None)
+    return tcp.target_port if tcp else container_port
 
 
 def _first_n(it: Iterable[T], n: int) -> Iterator[T]:

@@ -26,6 +26,7 @@ from testbed.plan.addresses import (
     PortPlan,
     ServicePlan,
     lb_backends,
+    lb_health_port,
     listeners,
 )
 from testbed.spec.model import (
@@ -96,7 +97,7 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
     if vip is not None:
         lb = LbPlan(svc.name, vip, svc.port, plan.mode, topo.load_balancer.preserve_client_ip,
                     tuple(lb_backends(new, sp)), listeners(plan.mode, sp),
-                    topo.load_balancer.address)
+                    topo.load_balancer.address, lb_health_port(new, topo, sp))
         at = next((i for i, x in enumerate(plan.load_balancers) if x.service == svc.name),
                   len(new.load_balancers))
         new.load_balancers.insert(at, lb)

@@ -169,13 +169,9 @@ def _server_cycles(c, second_node: str) -> None:
     from one source port through the LB; backend 1 appears on node1 and must answer; backend 2
     appears on `second_node`, backend 1 is deleted, and backend 2 must answer."""
     name = "udp-cycle-svc"
-    if c.plan.mode == "container-native":
-        # Two testbed bugs found by this test, not fixed here: an LB created while its service
-        # has no pods health-checks ip targets on the service port (80, UDP only: refused)
-        # instead of the pods' own port (cloud/fabric.py), and a pod added later is registered
-        # at its containerPort rather than the listener's targetPort (cloud/lb/l4.py listeners)
-        pytest.xfail("container-native: a UDP LB created without pods never gets a healthy "
-                     "ip target (see the comment)")
+    # container-native: the LB is created while the service has no pods, so it must check its
+    # ip targets on the pods' own port (UDP only: no TCP targetPort) and register the pods
+    # added later at the listener's targetPort (80), not their containerPort
     got = apply(c, f"{name}: {{type: LoadBalancer, selector: udp-cycle, ports: ["
                    "{name: udp, port: 80, targetPort: 80, protocol: UDP}]}\n")
     with udp_client(c, CLIENT, got["vip"], 80, rate=5) as client:
@@ -185,6 +181,8 @@ def _server_cycles(c, second_node: str) -> None:
                  LAG_S)
         backend2 = c.add_pod("udp-cycle", node=second_node)
         c.wait_lb_ready()
+        if c.plan.mode == "container-native":
+            _not_yet_for_ip_targets(c, name, backend1, backend2)
         c.remove_pod(backend1)
         since = len(client.rows)
         wait_for(f"backend 2 ({backend2}) answering",
@@ -194,6 +192,20 @@ def _server_cycles(c, second_node: str) -> None:
     assert answered == {backend1, backend2}, answered   # upstream: both hostnames, no other
     c.remove_pod(backend2)
     c.delete_service(name)
+
+
+def _not_yet_for_ip_targets(c, name: str, *pods: str) -> None:
+    """Both backends are registered at the targetPort and healthy (what container-native mode
+    can show today); what follows cannot pass yet: the client's one UDP flow stays pinned to
+    backend 1's ip target by the LB's conntrack entry while it drains, and is dropped when the
+    draining ends (controllers/lb.py cut_backend), where an NLB with connection termination
+    would take the next datagram as a new flow to backend 2. Classic mode passes: kube-proxy
+    flushes the node's UDP conntrack entries for the removed endpoint."""
+    for pod in pods:
+        c.remove_pod(pod)
+    c.delete_service(name)
+    pytest.xfail("container-native: the LB keeps a UDP flow on a deregistered ip target "
+                 "(draining, then a drop), see _not_yet_for_ip_targets")
 
 
 # [LoadBalancers] "should be able to preserve UDP traffic when server pod cycles for a

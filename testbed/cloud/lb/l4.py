@@ -23,7 +23,9 @@ POLL_S = 0.1
 @dataclass(frozen=True)
 class ListenerRef:
     """One listener of a service's LB, as the controller knows it: its LB's name, and the port
-    every target gets its traffic on (None: the target's own port, the first listener's)."""
+    every target gets its traffic on: its target group's port (the targetPort of ip targets, the
+    nodePort of instance targets), whatever port the target's pod declares; None (a fabric
+    without it): the target's own port."""
     lb: str
     backend_port: int | None
 
@@ -43,7 +45,9 @@ class L4LoadBalancer(CloudLoadBalancer):
 
     def listeners(self, service: str) -> list[ListenerRef]:
         """The service's listeners, from the controller's fabric.json (read again when it
-        changes): the first is the LB named after the service."""
+        changes): the first is the LB named after the service. Each has its backend port, the
+        first too: a pod added later must get the listener's targetPort, not its own
+        containerPort (an LB controller registers pods at the target group's port)."""
         path = getattr(self.controller, "config", "")
         try:
             mtime: float | None = os.stat(path).st_mtime
@@ -59,7 +63,7 @@ class L4LoadBalancer(CloudLoadBalancer):
             self._listeners = {}
             for lb in lbs:
                 mine = self._listeners.setdefault(lb.get("service", lb["name"]), [])
-                mine.append(ListenerRef(lb["name"], lb.get("backend_port") if mine else None))
+                mine.append(ListenerRef(lb["name"], lb.get("backend_port")))
         return self._listeners.get(service) or [ListenerRef(service, None)]
 
     def reload(self) -> None:
