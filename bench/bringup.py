@@ -36,6 +36,7 @@ from testbed.spec.topology import load_topology  # noqa: E402
 
 MODES = ("nodeport", "container-native")
 STAGES = ("hosts", "fabric", "addresses", "pods", "controller", "switches", "workloads")
+WORKLOADS = ("kube-proxy", "lb targets")   # inside workloads: first sync, LB serving from all
 
 
 def machine() -> dict[str, Any]:
@@ -70,7 +71,7 @@ def summarize(runs: list[dict[str, Any]], topo: str, mode: str) -> dict[str, Any
 
     up, down = med(tb, "total_s"), med(tb, "stop_s")
     floor_up, floor_down = med(fl, "up_s"), med(fl, "down_s")
-    stages = {s: med(tb, f"{s}_s") for s in STAGES}
+    stages = {s: med(tb, f"{s}_s") for s in STAGES + WORKLOADS}
     return {"topology": topo, "mode": mode, "nodes": tb[0]["nodes"], "pods": tb[0]["pods"],
             "repeats": len(tb), "floor_counts": fl[0]["counts"],
             "floor_up_s": floor_up, "floor_down_s": floor_down, "up_s": up, "down_s": down,
@@ -93,6 +94,10 @@ def print_tables(summary: list[dict[str, Any]]) -> None:
     for s in summary:
         cells = [f"{s['stages_s'][k]:.2f} ({s['stage_share'][k]:.0%})" for k in STAGES]
         print(f"| {s['topology']} | {s['mode']} | " + " | ".join(cells) + " |")
+    print()
+    for s in summary:
+        inside = ", ".join(f"{k} {s['stages_s'][k]:.2f} s" for k in WORKLOADS)
+        print(f"{s['topology']} {s['mode']}: workloads = {inside}")
 
 
 def main() -> int:

@@ -270,8 +270,8 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     def _start_workloads(self) -> None:
         """kube-proxy's first sync on every node, then the LB serving from every target (its
         checks began when the controller registered the targets: they run meanwhile)."""
-        self.sync_kube_proxy()
-        self.wait_lb_ready()
+        self._stage("kube-proxy", self.sync_kube_proxy)   # timed apart: bench/bringup.py
+        self._stage("lb targets", self.wait_lb_ready)     # reports them inside workloads
         self.control.start_clock()   # the kubelets' probers, the control plane's scheduler
 
     def sync_kube_proxy(self) -> None:
