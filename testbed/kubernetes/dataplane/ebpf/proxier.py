@@ -138,6 +138,20 @@ class EbpfKubeProxy(KubeProxy):
                 raise ApplyError(f"bpftool batch on {node}: {_last_line(proc)}")
         self.applied_options[node] = self.options
 
+    def sync_all(self, services: Sequence[ServicePort] | None = None) -> None:
+        """The iptables mode's sync_all, except that kube-proxy's servers start after the
+        nodes' first load, from a state file that already names every health-check node port:
+        a server started before reads a state without them and is only told of a change once
+        it has listened (a full eBPF load is quicker than a server's start, so the race the
+        iptables mode never loses is lost here)."""
+        with self.sync_lock:
+            services = list(self.services_source() if services is None else services)
+            try:
+                self.sync_nodes(self.live_nodes(), services)
+            finally:
+                self.services = services
+                self._sync_servers(services)
+
     def sync_nodes(self, nodes: Sequence[str], services: list[ServicePort]) -> None:
         """The iptables mode's sync (maps instead of rules), then the filter on every
         interface of the nodes that has none yet (a new pod's veth)."""
