@@ -11,6 +11,7 @@ the VPC controller and the load balancer (cloud), kube-proxy (kubernetes.datapla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from testbed.cloud.lb import CloudLoadBalancer, L7LoadBalancer, load_balancer_ki
 from testbed.cloud.lb.haproxy import l7_fabric
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation import machine, wiring
+from testbed.emulation.background import Background
 from testbed.emulation.bgp import start_bgp
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.hosts import Hosts
@@ -96,6 +98,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self.timings: dict[str, float] = {}
         self.offloads_off = False
         self._stopped = False
+        self._first_sync: Background | None = None   # kube-proxy's, beside bring-up's stages
 
     # -- the parts' state, as the session and kube-proxy read it ------------------------------
     @property
@@ -131,6 +134,8 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
             self._stage("fabric", self.hosts.add_fabric)
             self._stage("addresses", lambda: self.hosts.configure(self.topo.links,
                                                                   self.offloads_off))
+            # kube-proxy needs nothing of the VPC: its first sync runs beside the next stages
+            self._first_sync = Background(self.sync_kube_proxy, "kube-proxy first sync")
             # Pods serve before the VPC controller registers them with the LB, as a cloud LB
             # controller registers a pod once it is running: its first checks find it up.
             self._stage("pods", lambda: self.control.start_pod_servers(self.plan.pods))
@@ -153,6 +158,9 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self._stopped = True
         t0 = time.time()
         self.control.stop_clock()   # no step may act on what teardown is removing
+        if self._first_sync is not None:   # a start that failed: its sync ends (or fails) first
+            with contextlib.suppress(Exception):
+                self._first_sync.join(60)
         if self.kube_proxy is not None:
             self.kube_proxy.stop_sync_runner()   # nor a paced sync on nodes being removed
         if self.controller:
@@ -270,8 +278,11 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
     def _start_workloads(self) -> None:
         """kube-proxy's first sync on every node, then the LB serving from every target (its
         checks began when the controller registered the targets: they run meanwhile)."""
-        self._stage("kube-proxy", self.sync_kube_proxy)   # timed apart: bench/bringup.py
-        self._stage("lb targets", self.wait_lb_ready)     # reports them inside workloads
+        # timed apart (bench/bringup.py reports them inside workloads); kube-proxy's first
+        # sync began after the addresses: what is left of it
+        self._stage("kube-proxy", self._first_sync.join if self._first_sync
+                    else self.sync_kube_proxy)
+        self._stage("lb targets", self.wait_lb_ready)
         self.control.start_clock()   # the kubelets' probers, the control plane's scheduler
 
     def sync_kube_proxy(self) -> None:
