@@ -49,6 +49,10 @@ PROFILE = {
     "classic-nftables": dict(lat=0.98, mbps=560, rps=5250, hops=3.0, cross=0.67, src=0.0,
                              pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
                              entry={"node1": 34, "node2": 33, "node3": 33}),
+    # the eBPF data plane on the classic path: tc programs instead of the DNAT rules
+    "classic-ebpf": dict(lat=0.95, mbps=570, rps=5300, hops=3.0, cross=0.66, src=0.0,
+                         pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                         entry={"node1": 34, "node2": 33, "node3": 33}),
 }
 
 
@@ -122,9 +126,9 @@ def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
     index = json.load(open(os.path.join(run_dir, "figures", "index.json")))
     assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct",
                                  "nodeport-l7", "container-native-l7", "classic-bgp",
-                                 "container-native-bgp", "classic-nftables"]
+                                 "container-native-bgp", "classic-nftables", "classic-ebpf"]
     assert [index["colours"][v] for v in index["variants"]] == \
-        [PALETTE[i % len(PALETTE)] for i in range(9)]
+        [PALETTE[i % len(PALETTE)] for i in range(10)]
 
 
 def test_report_has_every_variant_figures_table_environment(compare_run):
