@@ -115,6 +115,17 @@ def test_registering_fills_a_slot_and_starts_it_down():
     assert hx.drain_server(proxy, "target3") == "set server web/target3 state drain"
 
 
+def test_a_target_is_served_on_its_listeners_port_not_its_pods_own():
+    """A pod added later (its containerPort 8080) is registered at the target group's port:
+    the targetPort for ip targets, as the L4 LB does (the first listener too)."""
+    topo = topo_for_mode("container-native")
+    lb = build_plan(topo).load_balancers[0]
+    (proxy,) = hx.proxies(lb)
+    assert proxy.target_port == lb.listeners[0].backend_port
+    line = hx.add_server(proxy, hx.slot_name(1), "10.0.1.20", 9999)   # a pod's own port
+    assert line.startswith(f"set server web/target1 addr 10.0.1.20 port {proxy.target_port};")
+
+
 STAT = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,"
         "wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,"
         "throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,"

@@ -41,8 +41,8 @@ class Proxy:
 
     backend: HAProxy's name for it (the service's for the first listener)
     vip, port: where the frontend binds
-    target_port: None for the first listener (the target's own port), else the listener's
-        port on every target (its nodePort or targetPort)
+    target_port: the listener's port on every target (its nodePort or targetPort); None (an
+        LB with no listeners in its plan): the target's own port
     """
     service: str
     backend: str
@@ -88,8 +88,9 @@ def proxies(lb: LbPlan) -> list[Proxy]:
         if lst.protocol != "TCP":
             continue
         backend = lb.service if i == 0 else f"{lb.service}.{lst.name or lst.port}"
-        out.append(Proxy(lb.service, backend, lb.vip, lst.port,
-                         None if i == 0 else lst.backend_port))
+        # every listener's own target port, the first too: a pod added later is served on
+        # the target group's port (its targetPort or nodePort), not its containerPort
+        out.append(Proxy(lb.service, backend, lb.vip, lst.port, lst.backend_port or None))
     return out
 
 
