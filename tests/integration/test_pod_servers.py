@@ -30,7 +30,7 @@ def _state(pid: int) -> str | None:
 def test_servers_crash_restart_grow_and_leave_nothing(no_leftovers):
     with Cluster(load_topology(TALK, mode="container-native")) as c:
         servers = dict(c.pod_servers)
-        launcher = c.control.launcher.proc.pid
+        launcher = c.control.launchers.pods().proc.pid
         # each answers from inside its own pod: its address and name
         for pod in c.plan.pods:
             got = c.sh("client1", f"curl -s -m 3 http://{pod.ip}:{pod.port}/").stdout
