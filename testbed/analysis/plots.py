@@ -104,10 +104,10 @@ def _bars(ax: plt.Axes, data: RunData, groups: Sequence[Any],
         ax.bar(xs, ys, bar_w, yerr=errs if any(errs) else None, color=data.colour[variant],
                label=variant, edgecolor="none", error_kw={"elinewidth": 0.7, "ecolor": "#333333"},
                zorder=3)
-        if annotate and len(groups) == 1:
+        if annotate and len(groups) == 1:   # many bars: upright labels would overlap
             for x, y, e in zip(xs, ys, errs, strict=True):
                 ax.annotate(fmt.format(y), (x, y + e), textcoords="offset points", xytext=(0, 1.5),
-                            ha="center", va="bottom", fontsize=6)
+                            ha="center", va="bottom", fontsize=6, rotation=0 if n <= 6 else 90)
     if len(groups) > 1:
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(group_labels or [str(g) for g in groups])
@@ -115,7 +115,8 @@ def _bars(ax: plt.Axes, data: RunData, groups: Sequence[Any],
                   columnspacing=0.8, fontsize=6.5, borderaxespad=0.2)
     else:
         ax.set_xticks(range(n))
-        ax.set_xticklabels(variants, rotation=15 if n > 3 else 0, ha="right" if n > 3 else "center")
+        ax.set_xticklabels(variants, rotation=0 if n <= 3 else 15 if n <= 6 else 60,
+                           ha="right" if n > 3 else "center", rotation_mode="anchor")
         ax.margins(y=0.12)
     ax.grid(axis="x", visible=False)
     ax.set_axisbelow(True)
@@ -309,9 +310,7 @@ def fig_path(data: RunData, out: str) -> list[str]:
             ax.set_yticks([])
             continue
         _bars(ax, data, ["x"], lambda g, v, values=values: values.get(v), scale=scale, fmt=fmt)
-        ax.set_ylabel(ylabel)
-        ax.set_xticks(range(len([v for v in data.variants if v in values])))
-        ax.set_xticklabels([v for v in data.variants if v in values], rotation=30, ha="right")
+        ax.set_ylabel(ylabel)   # _bars labels the variants that have a value
     b.set_ylim(0, max(5.0, b.get_ylim()[1]))
     fig.tight_layout(w_pad=1.0)
     data.captions["path"] = ("Left: routed hops per request (from the replies' TTL). Right: bytes "
