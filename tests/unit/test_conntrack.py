@@ -59,6 +59,34 @@ def test_newly_active_service_clears_its_black_hole_entries():
         conntrack.clear_entries_for_ip_port("10.96.0.10", 53)
 
 
+def _policies(svc: ServicePort, internal: str, external: str, *eps: Endpoint) -> ServicePort:
+    fields = {f: getattr(svc, f) for f in ServicePort.__dataclass_fields__}
+    return ServicePort(**{**fields, "internal_traffic_policy": internal,
+                          "external_traffic_policy": external, "endpoints": eps})
+
+
+def test_newly_active_is_judged_by_what_the_node_can_use():
+    """kubernetes#126934: with internalTrafficPolicy Local, node1 dropped its clients' packets
+    while only node2 had an endpoint; when node1 gets its own, node1's drop entries must go,
+    though the service was active across the cluster all along."""
+    on_node2 = _policies(UDP, "Local", "Cluster", UDP.endpoints[1])
+    on_both = _policies(UDP, "Local", "Cluster", *UDP.endpoints)
+    assert conntrack.stale_entries_commands([on_node2], [on_both], "node1") == [
+        conntrack.clear_entries_for_ip_port("10.96.0.10", 53)]
+    assert conntrack.stale_entries_commands([on_node2], [on_both], "node2") == []
+    assert conntrack.stale_entries_commands([on_node2], [on_both]) == []   # cluster-wide
+
+
+def test_external_local_clears_the_external_addresses_and_the_node_port_only():
+    on_node2 = _policies(UDP, "Cluster", "Local", UDP.endpoints[1])
+    on_both = _policies(UDP, "Cluster", "Local", *UDP.endpoints)
+    assert conntrack.stale_entries_commands([on_node2], [on_both], "node1") == [
+        conntrack.clear_entries_for_ip_port("203.0.113.53", 53),
+        conntrack.clear_entries_for_ip_port("198.51.100.53", 53),
+        conntrack.clear_entries_for_port(30053),
+    ]
+
+
 def test_deleted_service_port_is_cleared_and_tcp_is_never_touched():
     assert conntrack.stale_entries_commands([UDP], [])[-1] == conntrack.clear_entries_for_port(
         30053)

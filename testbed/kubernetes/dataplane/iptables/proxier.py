@@ -123,7 +123,7 @@ class KubeProxy(ServiceDataPlane):
             self.last_updated[node] = now            # upstream healthzServer.Updated()
             self.oldest_pending_queued.pop(node, None)
             if old is not None:
-                cleanups[node] = conntrack.stale_entries_commands(old, services)
+                cleanups[node] = conntrack.stale_entries_commands(old, services, node)
         self._clean_conntrack(cleanups)
         if failed:
             raise EnvironmentProblem(failed)
