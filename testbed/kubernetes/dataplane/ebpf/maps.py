@@ -240,7 +240,15 @@ _WRITE_ORDER = {"config": 0, "backend": 1, "maglev": 2, "service": 3}
 def render_partial(old: Sequence[ServicePort], new: Sequence[ServicePort], node: NodeContext,
                    options: Options = Options(), old_options: Options | None = None) -> str:
     """What takes a node holding render(old) to render(new): the changed entries (backends and
-    tables before the services that point into them), then the deletions (services first)."""
+    tables before the services that point into them), then the deletions (services first).
+    Under the same options a service port found unchanged in both lists renders the same
+    entries, so only the others are rendered: a one-endpoint change renders one service port
+    (no Maglev table of another), whatever the number of services; only the comparison of the
+    two lists grows with it (bench/ebpf_sync.py)."""
+    if old_options is None or old_options == options:
+        kept = set(old) & set(new)
+        old = [svc for svc in old if svc not in kept]
+        new = [svc for svc in new if svc not in kept]
     before = entries(old, node, old_options or options)
     after = entries(new, node, options)
     writes = sorted((k for k in after if before.get(k) != after[k]),
