@@ -265,6 +265,7 @@ def metadata() -> dict[str, Any]:
         "git_commit": commit,
         "uncommitted_changes": dirty.splitlines(),
         "bpf_object": os.path.relpath(BPF_OBJECT, ROOT),
+        "load_average_at_start": os.getloadavg(),   # a shared machine: how busy it was
     }
 
 
@@ -357,6 +358,7 @@ def main() -> int:
                 results.append(bench_size(proxier, n, args.reps, args.change_reps))
                 write_record(args.out, record)   # kept even if a later size is interrupted
         record["complete"] = True
+        record["load_average_at_end"] = os.getloadavg()
         write_record(args.out, record)
     finally:
         bpffs = next((p.bpffs for p in proxiers if p.bpffs), None)
