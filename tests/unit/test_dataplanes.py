@@ -30,10 +30,10 @@ def test_the_shipped_file_sweeps_services_in_each_mode_through_node_ports():
     assert exp.services[0] == 100 and list(exp.services) == sorted(exp.services)
     assert [(v.name, v.proxy_mode, v.mode) for v in exp.variants] == [
         ("iptables", "iptables", "nodeport"), ("nftables", "nftables", "nodeport"),
-        ("ipvs", "ipvs", "nodeport")]
+        ("ebpf", "ebpf", "nodeport"), ("ipvs", "ipvs", "nodeport")]
     res = load_resolved(DATAPLANES)
     assert {n: t.kube_proxy.mode for n, t in res.variants.items()} == {
-        "iptables": "iptables", "nftables": "nftables", "ipvs": "ipvs"}
+        "iptables": "iptables", "nftables": "nftables", "ebpf": "ebpf", "ipvs": "ipvs"}
 
 
 def test_one_endpoint_change_replaces_only_the_last_endpoint_of_one_service():
@@ -99,15 +99,15 @@ def test_a_mode_the_machine_lacks_is_noted_as_not_run_and_nothing_is_built(monke
 
 # -- analysis -----------------------------------------------------------------------------
 
-def make_run(run_dir, not_run=True):
+def make_run(run_dir, not_run=True, modes=("iptables", "nftables")):
     """A dataplanes run as the runner leaves it: iptables' latency growing with services,
-    nftables' flat, two repetitions; ipvs not run."""
+    the other modes' flat, two repetitions; ipvs not run."""
     exp = load_experiment(DATAPLANES)
     with RunWriter(run_dir, experiment=exp, git={}) as w:
         if not_run:
             w.meta["not_run"] = {"ipvs": "kube-proxy mode ipvs: kernel lacks ip_vs"}
         for rep in range(2):
-            for variant in ("iptables", "nftables"):
+            for variant in modes:
                 for n in (100, 1000, 10000):
                     def rec(metric, value, variant=variant, n=n, rep=rep):
                         w.record("dataplanes", variant, rep, metric, value, workload="scaling",
@@ -154,14 +154,15 @@ def test_report_blocks_hold_sync_times_rules_and_the_modes_not_run(tmp_path):
 
 
 def test_the_figure_and_the_report_of_a_dataplanes_run(tmp_path):
-    run_dir = make_run(str(tmp_path / "run"))
+    run_dir = make_run(str(tmp_path / "run"), modes=("iptables", "nftables", "ebpf"))
     files = written(plot_run(run_dir))
     assert {os.path.basename(f) for f in files} >= {"dataplanes.png", "dataplanes.pdf"}
     report = open(write_report(run_dir), encoding="utf-8").read()
     assert "## kube-proxy modes" in report and "Not run here: `ipvs`" in report
     assert "dataplanes.png" in report
-    # the mode not run has no column in the results table: the ratio is nftables' to iptables'
-    assert "| nftables / iptables |" in report and "ipvs / iptables" not in report
+    # the mode not run has no column in the results table: the ratio is the last mode's that
+    # ran (ebpf) to iptables'
+    assert "| ebpf / iptables |" in report and "ipvs / iptables" not in report
 
 
 def test_no_dataplanes_figure_for_a_run_of_one_mode(tmp_path):
