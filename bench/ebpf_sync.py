@@ -167,7 +167,8 @@ def bench_size(proxier: EbpfKubeProxy, n: int, reps: int, change_reps: int) -> d
     unload(proxier, probe)
     room = {m: int(shown[m]["max_entries"]) for m in USERSPACE_MAPS}
     record["max_entries"] = room
-    # hash maps are preallocated at load: their memory does not grow with the entries written
+    # bpftool's estimate for the freshly loaded, empty maps: the programs' LRU maps are
+    # preallocated; the three userspace writes are not (BPF_F_NO_PREALLOC), they grow per entry
     record["bytes_memlock"] = {m: shown[m].get("bytes_memlock") for m in sorted(shown)}
     needed = {"cnlb_services": frontends, "cnlb_backends": frontends * 5,
               "cnlb_maglev": frontends if algorithm == "maglev" else 0}
