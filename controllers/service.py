@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import controllers
+from controllers import conntrack
 from controllers.config import Backend, LoadBalancer, PodRoute, parse_fabric
 from controllers.health import HealthChecker, parse_result
 from controllers.openflow import (
@@ -101,6 +102,7 @@ class VpcService:
         self.checker = HealthChecker(vpc.fabric.checker_netns, self.on_health_results)
         self._pending_ports: dict[int, dict[str, int]] = {}   # dpid -> ports of a reply so far
         self._sent: dict = {}               # (dpid, xid) -> message, to explain errors
+        self.run_command: Callable[[list[str]], None] = conntrack.run   # tests record instead
 
     @classmethod
     def from_config(cls, path: str) -> VpcService:
@@ -224,7 +226,7 @@ class VpcService:
             elif t.action == DEREGISTER:
                 self._deregister(key[0], t.backend.ip, t.backend.port, t.drain_s)
             else:
-                self.send_by_switch(self.vpc.cut_backend(*key, self.ports_by_switch()))
+                self._cut(*key)
 
     # ---- REST actions -------------------------------------------------------------------
 
@@ -278,7 +280,15 @@ class VpcService:
         if drain > 0:
             self.timers[(lb, ip, port)] = Timer(self.clock() + drain, CUT, backend)
         else:
-            self.send_by_switch(self.vpc.cut_backend(lb, ip, port, self.ports_by_switch()))
+            self._cut(lb, ip, port)
+
+    def _cut(self, lb: str, ip: str, port: int) -> None:
+        """A deregistered backend's draining ended: its connections through the LB end (a UDP
+        client's next datagram is a new flow, which goes to a registered target)."""
+        self.send_by_switch(self.vpc.cut_backend(lb, ip, port, self.ports_by_switch()))
+        if self.vpc.lb_config(lb).protocol == "udp":
+            self.run_command(conntrack.flush_udp_to_backend_argv(
+                self.vpc.fabric.core.name, ip, port))
 
     def backends_view(self, lb: str) -> list[dict]:
         """GET /v1/lbs/<lb>/backends: the core's rows, each with its pending action, then the

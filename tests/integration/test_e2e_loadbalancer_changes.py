@@ -8,7 +8,10 @@ quotes it; docs/e2e.md lists the others and how the thresholds were scaled.
 
 The control plane's timing is instant: upstream deletes a server pod with DeleteSync (it waits
 until the pod is gone), which is what an instant removal is; the clock's own effects are
-test_e2e_service_changes.py's.
+test_e2e_service_changes.py's. The LB's deregistration delay is 2 s, not an NLB's default
+300 s: an NLB keeps a UDP flow on a deregistered target for the whole delay (the client's
+datagrams go to the removed pod and are lost), then ends it, and the client's next datagram is
+a new flow to a registered target; with 300 s no UDP test could see backend 2 within LAG_S.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ services:
 loadBalancer: {vip: 198.51.100.10, targets: nodeport,
                healthCheck: {interval: 500ms, timeout: 300ms, healthyThreshold: 2,
                              unhealthyThreshold: 2}}
-kubernetes: {timing: instant}
+kubernetes: {timing: instant, loadBalancer: {deregistrationDelay: 2s}}
 clients: {client1: {}}
 """
 
@@ -181,8 +184,6 @@ def _server_cycles(c, second_node: str) -> None:
                  LAG_S)
         backend2 = c.add_pod("udp-cycle", node=second_node)
         c.wait_lb_ready()
-        if c.plan.mode == "container-native":
-            _not_yet_for_ip_targets(c, name, backend1, backend2)
         c.remove_pod(backend1)
         since = len(client.rows)
         wait_for(f"backend 2 ({backend2}) answering",
@@ -192,20 +193,6 @@ def _server_cycles(c, second_node: str) -> None:
     assert answered == {backend1, backend2}, answered   # upstream: both hostnames, no other
     c.remove_pod(backend2)
     c.delete_service(name)
-
-
-def _not_yet_for_ip_targets(c, name: str, *pods: str) -> None:
-    """Both backends are registered at the targetPort and healthy (what container-native mode
-    can show today); what follows cannot pass yet: the client's one UDP flow stays pinned to
-    backend 1's ip target by the LB's conntrack entry while it drains, and is dropped when the
-    draining ends (controllers/lb.py cut_backend), where an NLB with connection termination
-    would take the next datagram as a new flow to backend 2. Classic mode passes: kube-proxy
-    flushes the node's UDP conntrack entries for the removed endpoint."""
-    for pod in pods:
-        c.remove_pod(pod)
-    c.delete_service(name)
-    pytest.xfail("container-native: the LB keeps a UDP flow on a deregistered ip target "
-                 "(draining, then a drop), see _not_yet_for_ip_targets")
 
 
 # [LoadBalancers] "should be able to preserve UDP traffic when server pod cycles for a

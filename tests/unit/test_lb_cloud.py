@@ -346,6 +346,24 @@ def test_a_udp_lb_balances_and_un_nats_udp():
     assert (out, r["ipv4_src"], r["udp_src"]) == ("vpc0-client1", VIP, 53)
 
 
+def test_a_udp_backends_flows_are_flushed_when_its_draining_ends():
+    """The client's next datagram must be a new flow (to a registered target), not one that
+    the cut backend's conntrack entry keeps dropping; a TCP LB's cut needs no flush."""
+    h = Harness(lb_dict(protocol="udp", port=53, deregistration_delay_s=5))
+    ran: list[list[str]] = []
+    h.svc.run_command = ran.append
+    h.svc.remove_backend("web", *WEB0)
+    h.tick(4)
+    assert ran == []                                  # still draining
+    h.tick(1)
+    assert ran == [["ovs-ofctl", "-O", "OpenFlow13", "ct-flush", "vpc0", "zone=3249", "",
+                    f"ct_nw_src={WEB0[0]},ct_nw_proto=17,ct_tp_src={WEB0[1]}"]]
+    t = Harness(lb_dict(deregistration_delay_s=0))
+    t.svc.run_command = ran.append
+    t.svc.remove_backend("web", *WEB0)
+    assert len(ran) == 1
+
+
 def test_two_listeners_share_a_vip_and_one_listener_is_refused_twice():
     d = lb_dict()
     second = dict(d["load_balancers"][0], name="web:metrics", port=9090,
