@@ -226,7 +226,7 @@ class VpcService:
             elif t.action == DEREGISTER:
                 self._deregister(key[0], t.backend.ip, t.backend.port, t.drain_s)
             else:
-                self._cut(*key)
+                cut_backend(self, *key)
 
     # ---- REST actions -------------------------------------------------------------------
 
@@ -280,15 +280,7 @@ class VpcService:
         if drain > 0:
             self.timers[(lb, ip, port)] = Timer(self.clock() + drain, CUT, backend)
         else:
-            self._cut(lb, ip, port)
-
-    def _cut(self, lb: str, ip: str, port: int) -> None:
-        """A deregistered backend's draining ended: its connections through the LB end (a UDP
-        client's next datagram is a new flow, which goes to a registered target)."""
-        self.send_by_switch(self.vpc.cut_backend(lb, ip, port, self.ports_by_switch()))
-        if self.vpc.lb_config(lb).protocol == "udp":
-            self.run_command(conntrack.flush_udp_to_backend_argv(
-                self.vpc.fabric.core.name, ip, port))
+            cut_backend(self, lb, ip, port)
 
     def backends_view(self, lb: str) -> list[dict]:
         """GET /v1/lbs/<lb>/backends: the core's rows, each with its pending action, then the
@@ -390,6 +382,15 @@ class VpcService:
 
     def state_of(self, dp: Any) -> SwitchState | None:
         return next((st for st in self.switches.values() if st.dp is dp), None)
+
+
+def cut_backend(service: VpcService, lb: str, ip: str, port: int) -> None:
+    """A deregistered backend's draining ended: its connections through the LB end (a UDP
+    client's next datagram is a new flow, which goes to a registered target)."""
+    service.send_by_switch(service.vpc.cut_backend(lb, ip, port, service.ports_by_switch()))
+    if service.vpc.lb_config(lb).protocol == "udp":
+        service.run_command(conntrack.flush_udp_to_backend_argv(
+            service.vpc.fabric.core.name, ip, port))
 
 
 def add_lb(service: VpcService, lb: LoadBalancer) -> None:

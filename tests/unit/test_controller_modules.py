@@ -17,8 +17,8 @@ SCANNED = ["controllers", "testbed", "tests/integration", "bench"]
 MODULE_PATH = re.compile(r"(?<![\w.])controllers(?:\.[a-z_][a-z0-9_]*)+")
 
 # controllers/__init__.py's module map, lower layers first: a module imports only earlier ones.
-LAYERS = ["config", "health", "openflow", "topology", "icmp", "routing", "selection", "lb", "bgp",
-          "vpc", "service", "rest", "app", "run"]
+LAYERS = ["config", "health", "openflow", "topology", "icmp", "conntrack", "routing", "selection",
+          "lb", "bgp", "vpc", "service", "rest", "app", "run"]
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:
