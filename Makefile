@@ -13,7 +13,7 @@ setup:
 # The whole suite: lint, unit tests (pure) and integration tests (real clusters).
 test: setup
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest tests -q -rs
+	$(PY) -m pytest tests -q -rs --durations=30
 
 # The pure parts only; no root needed (run `sudo make setup` once first).
 unit: $(PY)
