@@ -22,6 +22,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from controllers.health import FABRIC_WAIT_MAX_S, wait_until
 from controllers.rest import RestApi
 from controllers.service import VpcService
 
@@ -56,8 +57,15 @@ class VpcController(app_manager.OSKenApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._serve_rest))
         self.threads.append(hub.spawn(self._tick))
-        self.service.start_checker()
+        self.threads.append(hub.spawn(self._start_checker))
         return thread
+
+    def _start_checker(self):
+        # The first checks once every switch is programmed (see health.wait_until).
+        if not wait_until(self.service.ready, FABRIC_WAIT_MAX_S, hub.sleep):
+            LOG.warning("health checks start with switches %s not programmed",
+                        self.service.waiting_for())
+        self.service.start_checker()
 
     def stop(self):
         self.service.checker.stop()

@@ -96,6 +96,27 @@ def parse_result(line: dict) -> CheckResult:
     return CheckResult(lb, ip, port, bool(line.get("ok")), line)
 
 
+# The longest the first checks wait for the fabric (see wait_until): a switch that never
+# connects must not keep the LB from checking the targets it can reach.
+FABRIC_WAIT_MAX_S = 60.0
+
+
+def wait_until(ready: Callable[[], bool], max_s: float, sleep: Callable[[float], Any],
+               clock: Callable[[], float] = time.monotonic, poll_s: float = 0.2) -> bool:
+    """Sleep in poll_s steps until ready() or max_s have passed; returns ready()'s last word.
+
+    The controller holds the LB's first checks until every switch is programmed: a cloud LB
+    starts checking a target once its registration is complete, and checks sent into a fabric
+    still being programmed are all lost. At 5,000 targets those lost checks (each SYN sent
+    again) met the switches' programming in the one OVS thread that also reads the LB host's
+    port, and the health flapping that followed did not settle (README, 5,000 pods).
+    """
+    deadline = clock() + max_s
+    while not (ok := ready()) and clock() < deadline:
+        sleep(poll_s)
+    return ok
+
+
 # --------------------------------------------------------------------------------------------
 # The parent: the controller's end of the checker
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import webob
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
@@ -172,6 +173,24 @@ def test_targets_registered_together_are_first_checked_spread_over_the_interval(
     targets = [{"id": f"web/10.0.0.{i}:80", "interval_s": 5.0} for i in range(4)]
     assert health.first_check_delays(targets) == [0.0, 1.25, 2.5, 3.75]
     assert health.first_check_delays(targets[:1]) == [0.0]           # one alone: at once
+
+
+def test_the_first_checks_wait_for_the_fabric_but_not_forever():
+    now = [0.0]
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    programmed_at = 1.0
+    assert health.wait_until(lambda: now[0] >= programmed_at, 60.0, sleep, lambda: now[0])
+    assert sum(slept) == pytest.approx(1.0)                  # checks begin once it is programmed
+    now[0], slept[:] = 0.0, []
+    assert not health.wait_until(lambda: False, 3.0, sleep, lambda: now[0])   # a switch never came
+    assert 3.0 <= sum(slept) < 3.3
+    slept[:] = []
+    assert health.wait_until(lambda: True, 0.0, sleep) and slept == []     # ready: no wait
 
 
 def test_the_checker_child_checks_each_target_again_and_again():
