@@ -2,7 +2,7 @@
 /*
  * kube-proxy's eBPF mode for the testbed's nodes (testbed.kubernetes.dataplane.ebpf): one tc
  * ingress program, cnlb_ingress, on every interface of a node that traffic enters by (the
- * uplink, flannel.1, each pod's veth). The shape of Cilium's lb4 without DSR:
+ * uplink, flannel.1, each pod's veth). The shape of Cilium's lb4:
  *
  *   cnlb_services  frontend (address, port, protocol) -> how many backends, how to pick
  *   cnlb_backends  (frontend, slot) -> backend address and port
@@ -13,6 +13,13 @@
  *
  * Replies are translated where they enter the node (a local pod's veth, flannel.1, the
  * uplink), before the kernel routes them: every way back passes one of those ingresses.
+ *
+ * Direct server return (a frontend flagged SVC_DSR, Cilium's loadBalancer.mode=dsr with its
+ * default dispatch, an IPv4 option): a request from outside the cluster is DNATed but not
+ * SNATed; when its pod is on another node the first packet (a TCP SYN, every UDP datagram)
+ * leaves with an 8-byte IPv4 option carrying the frontend the client used. The pod's node
+ * reads it at its ingress and keeps it in cnlb_revnat, so the pod's reply is translated back
+ * to that frontend there and leaves that node for the client directly.
  * A new TCP connection to a frontend without backends is answered with a RST (kube-proxy's
  * REJECT: the client sees "connection refused" at once); a frontend marked drop (Local policy
  * with no local endpoint, as upstream's KUBE-EXT drop) drops.
@@ -41,6 +48,12 @@
 #define SCOPE_INTERNAL 1          /* ... for pods and the node itself (Local policy's bypass) */
 #define ALGO_RANDOM 0
 #define ALGO_MAGLEV 1
+#define SVC_DSR 16                /* outside sources: no SNAT, DSR to a remote backend */
+#define BACKEND_REMOTE 1          /* the backend is on another node (backend.flags) */
+#define CT_DSR 1                  /* cnlb_ct value's pad[0]: the connection goes by DSR */
+/* Cilium's DSR_IPV4_OPT_TYPE (IPOPT_COPY | 0x1a) and its 8 bytes: type, length, port, address */
+#define DSR_OPT_TYPE 0x9a
+#define DSR_OPT_LEN 8
 
 struct frontend {
 	__be32 addr;
@@ -66,7 +79,15 @@ struct backend_key {
 struct backend {
 	__be32 addr;
 	__be16 port;
-	__u16 pad;
+	__u16 flags;         /* BACKEND_* */
+};
+
+/* Cilium's struct dsr_opt_v4: the frontend the client sent to, for the backend's node */
+struct dsr_opt {
+	__u8 type;
+	__u8 len;
+	__be16 port;
+	__be32 addr;
 };
 
 struct maglev_table {
@@ -274,6 +295,49 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, int from_host)
 	return bpf_redirect(skb->ifindex, from_host ? BPF_F_INGRESS : 0);
 }
 
+/* Insert the DSR option after the IPv4 header (bpf_skb_adjust_room at the network layer, as
+ * Cilium's dsr_set_opt4): the frontend rides to the backend's node with the packet itself,
+ * which stays plain routed IP between the nodes. */
+static __always_inline int dsr_add_opt(struct __sk_buff *skb, __be32 addr, __be16 port)
+{
+	struct {
+		struct iphdr ip;
+		struct dsr_opt opt;
+	} h;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_, &h.ip, sizeof(h.ip)) || h.ip.ihl != 5)
+		return -1;   /* options already: no room for ours */
+	if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0))
+		return -1;
+	h.opt.type = DSR_OPT_TYPE;
+	h.opt.len = DSR_OPT_LEN;
+	h.opt.port = port;
+	h.opt.addr = addr;
+	h.ip.ihl = 5 + DSR_OPT_LEN / 4;
+	h.ip.tot_len = bpf_htons(bpf_ntohs(h.ip.tot_len) + DSR_OPT_LEN);
+	h.ip.check = 0;
+	h.ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&h, sizeof(h), 0));
+	return bpf_skb_store_bytes(skb, ETH_HLEN_, &h, sizeof(h), 0);
+}
+
+/* At the backend's node: a request carrying the DSR option. The pod's reply (the request's
+ * tuple reversed) will be translated back to the frontend in the option, here. The option
+ * stays on the packet (unknown options are ignored by the receiving stack, as Cilium leaves
+ * it). */
+static __always_inline void dsr_record(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct dsr_opt opt;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + 20, &opt, sizeof(opt)) ||
+	    opt.type != DSR_OPT_TYPE || opt.len != DSR_OPT_LEN)
+		return;
+	struct tuple back = {.saddr = t->daddr, .daddr = t->saddr, .sport = t->dport,
+			     .dport = t->sport, .proto = t->proto};
+	struct tuple orig = {.saddr = opt.addr, .daddr = t->saddr, .sport = opt.port,
+			     .dport = t->sport, .proto = t->proto};
+	bpf_map_update_elem(&cnlb_revnat, &back, &orig, BPF_ANY);
+}
+
 /* Is `be` still one of the frontend's backends? (A sticky backend or a tracked connection's
  * backend may have been removed since.) */
 static __always_inline int backend_valid(const struct frontend *fe, const struct service *svc,
@@ -377,6 +441,12 @@ static __always_inline int lb(struct __sk_buff *skb, int from_host)
 	if (t.proto == IPPROTO_TCP_ && bpf_skb_load_bytes(skb, l4off + 13, &tcpflags, 1))
 		return TC_ACT_OK_;
 	syn = (tcpflags & 0x12) == 0x02;   /* SYN without ACK: a new connection */
+	/* the first packet of a connection to one of this node's pods, sent on by DSR */
+	if (!from_host && iph->ihl == 5 + DSR_OPT_LEN / 4)
+		dsr_record(skb, &t);
+	/* DSR sends the option with a TCP connection's SYN only (the pod's node keeps it), with
+	 * every UDP datagram (no connection to keep it by) */
+	int dsr_opt = syn || t.proto == IPPROTO_UDP_;
 
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&cnlb_config, &zero);
@@ -401,9 +471,11 @@ static __always_inline int lb(struct __sk_buff *skb, int from_host)
 	struct tuple *ct = bpf_map_lookup_elem(&cnlb_ct, &t);
 	if (ct && (!syn || !svc || backend_valid(&fe, svc, ct->daddr, ct->dport))) {
 		to = *ct;
-		if (to.saddr != t.saddr)
+		if (to.saddr != t.saddr || to.pad[0] & CT_DSR)
 			skb->mark = MASQ_MARK;
 		if (rewrite(skb, l4off, &t, &to))
+			return TC_ACT_SHOT_;
+		if (to.pad[0] & CT_DSR && dsr_opt && dsr_add_opt(skb, t.daddr, t.dport))
 			return TC_ACT_SHOT_;
 		return from_host ? reroute(skb, to.daddr) : TC_ACT_OK_;
 	}
@@ -444,9 +516,17 @@ static __always_inline int lb(struct __sk_buff *skb, int from_host)
 	to = t;
 	to.daddr = chosen.addr;
 	to.dport = chosen.port;
+	/* DSR: traffic from outside the cluster keeps its source; the pods and the node itself
+	 * are SNATed as without it (their replies come back through this node anyway) */
+	int dsr = svc->flags & SVC_DSR && !from_host && !from_pod;
+	if (dsr && chosen.flags & BACKEND_REMOTE) {
+		to.pad[0] = CT_DSR;
+		/* the mark keeps flannel's ip-masq (outside source to a remote pod) away too */
+		skb->mark = MASQ_MARK;
+	}
 	/* SNAT for external traffic with policy Cluster, and for a pod reaching itself
 	 * (hairpin: it would drop a packet from its own address) */
-	if (svc->flags & SVC_SNAT || chosen.addr == t.saddr ||
+	if ((svc->flags & SVC_SNAT && !dsr) || chosen.addr == t.saddr ||
 	    (svc->flags & SVC_SNAT_HOST && from_host) ||
 	    (svc->flags & SVC_SNAT_OUTSIDE && cfg && cfg->cluster_mask && !from_pod)) {
 		to.saddr = snat_source(skb, &t, chosen.addr,
@@ -475,6 +555,8 @@ static __always_inline int lb(struct __sk_buff *skb, int from_host)
 	bpf_map_update_elem(&cnlb_ct, &t, &to, BPF_ANY);
 	bpf_map_update_elem(&cnlb_revnat, &back, &orig, BPF_ANY);
 	if (rewrite(skb, l4off, &t, &to))
+		return TC_ACT_SHOT_;
+	if (to.pad[0] & CT_DSR && dsr_opt && dsr_add_opt(skb, t.daddr, t.dport))
 		return TC_ACT_SHOT_;
 	return from_host ? reroute(skb, to.daddr) : TC_ACT_OK_;
 }

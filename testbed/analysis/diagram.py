@@ -8,6 +8,9 @@ overlay, a pod on another node; container-native goes client → LB → switch �
 variant that sends to the pods' own addresses (direct) client → switch → pod. Inputs: the
 address plan (a Plan or its to_dict()) and the observed {"pod_share", "entry_nodes"} counts; a
 share not observed is assumed (even) and the caption says so. PNG and PDF, matplotlib patches.
+With direct server return (the eBPF kube-proxy's DSR) the replies of requests sent on to another
+node are drawn dotted, from the pod's node straight back up to the LB, past the node they
+entered.
 """
 
 from __future__ import annotations
@@ -145,14 +148,15 @@ def _label(ax: Axes, x: float, y: float, text: str, size: float = 6.0, weight: s
 
 
 def _arrow(ax: Axes, points: Sequence[Point], colour: str, share: float, dashed: bool = False,
-           zorder: int = 4) -> None:
+           zorder: int = 4, dotted: bool = False) -> None:
     verts = [tuple(pt) for pt in points]
     codes = [Path.MOVETO] + [Path.LINETO] * (len(verts) - 1)
     lw = _width(share)
     arrow = FancyArrowPatch(path=Path(verts, codes),
                             arrowstyle="-|>,head_length=0.6,head_width=0.35",
                             mutation_scale=3 + 0.6 * lw, linewidth=lw, color=colour,
-                            linestyle=(0, (2.5, 1.5)) if dashed else "-", alpha=0.85,
+                            linestyle=(0, (0.8, 1.2)) if dotted else
+                            (0, (2.5, 1.5)) if dashed else "-", alpha=0.85,
                             capstyle="butt", joinstyle="miter", zorder=zorder, shrinkA=0, shrinkB=0)
     ax.add_patch(arrow)
 
@@ -496,11 +500,37 @@ def _draw_nodeport_path(ax: Axes, lay: Layout, p: PlanDict, f: Flows, colour: st
             lane += 1
 
 
-def _caption(mode: str, f: Flows) -> str:
+def _draw_dsr_replies(ax: Axes, lay: Layout, p: PlanDict, f: Flows, colour: str,
+                      node_subnet: Mapping[str, str], switch_at: Mapping[str, SwitchAt],
+                      kp_at: Mapping[str, KubeProxyAt]) -> None:
+    """DSR: the replies to requests another node sent on leave the pod's node for the client
+    (up its switch to the LB, which un-DNATs them), never the node they entered: one dotted
+    arrow per pod's node, as wide as the requests it got from other nodes."""
+    back: dict[str, float] = {}
+    for node, pod, share in f["hops"]:
+        pod_node = _node_of(p, pod)
+        if pod_node and pod_node != node and pod_node in kp_at:
+            back[pod_node] = back.get(pod_node, 0.0) + share
+    lb_x, lb_y = lay.width / 2 + 0.25, lay.y_lb
+    for node, share in back.items():
+        if share < MIN_SHARE_DRAWN:
+            continue
+        kp_top, right = kp_at[node][2], kp_at[node][4]   # from just above its kube-proxy strip
+        x = right - 0.1
+        sx, _, sy_top = switch_at.get(node_subnet[node], (x, 0, lay.y_fabric + 0.3))
+        _arrow(ax, [(x, kp_top + 0.02), (x, lay.y_fabric + 0.06), (sx + 0.12, sy_top),
+                    (lb_x, lb_y)], colour, share, dotted=True, zorder=3)
+        _label(ax, x - 0.04, kp_top + 0.05, "reply (DSR)", size=4.2, colour=colour,
+               bg=FILL["node"], ha="right", va="bottom")
+
+
+def _caption(mode: str, f: Flows, dsr: bool = False) -> str:
     caption = "arrow width ∝ share of requests"
     if mode == "nodeport":
-        caption += "; dashed: VXLAN to another node"
-        if f["policy"] == "Cluster":
+        caption += "; dashed: to another node" if dsr else "; dashed: VXLAN to another node"
+        if dsr and f["policy"] == "Cluster":
+            caption += "; dotted: replies by DSR, no SNAT"
+        elif f["policy"] == "Cluster":
             caption += "; SNAT to the node"
     if f["assumed"]:
         caption += "; assumed: " + ", ".join(f["assumed"])
@@ -521,8 +551,8 @@ def _save_png_pdf(fig: Figure, out_base: str) -> list[str]:
 def draw_variant_diagram(plan: Any, observed: Observed | None = None,
                          out_base: str | None = None, title: str | None = None,
                          colour: str = "#0072B2", service: str | None = None,
-                         width_in: float | None = None, direct: bool = False
-                         ) -> Figure | list[str]:
+                         width_in: float | None = None, direct: bool = False,
+                         dsr: bool = False) -> Figure | list[str]:
     """Draw one variant's cluster and measured path.
 
     plan: testbed.plan.addresses.Plan (build_plan(topology)) or its to_dict()
@@ -535,6 +565,8 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
     width_in: figure width (default 3.5 in, one paper column; 7 in above 3 nodes)
     direct: the client sent to the pods' own addresses (container-native addressing), not
         through the LB
+    dsr: kube-proxy's eBPF mode with direct server return (nodeport, Cluster): the replies of
+        requests sent on to another node are drawn from that node back to the LB
     """
     p = _as_dict(plan)
     f = flows(p, observed, service)
@@ -559,7 +591,9 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
         _draw_direct_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at, direct)
     else:
         _draw_nodeport_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at, kp_at)
-    ax.text(lay.margin * 0.5, 0.1, _caption(mode, f), ha="left", va="center", fontsize=4.6,
+        if dsr and f["policy"] == "Cluster":
+            _draw_dsr_replies(ax, lay, p, f, colour, node_subnet, switch_at, kp_at)
+    ax.text(lay.margin * 0.5, 0.1, _caption(mode, f, dsr), ha="left", va="center", fontsize=4.6,
             color="#444444")
     if out_base is None:
         return fig

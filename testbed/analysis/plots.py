@@ -140,6 +140,8 @@ def fig_diagrams(data: RunData, out: str) -> list[str]:
         raise Skip("meta.json holds no address plans (the runner passes variants= to RunWriter)")
     direct = {v.get("name") for v in data.experiment.get("variants") or []
               if isinstance(v, dict) and v.get("to") == "pods"}
+    dsr = {v.get("name") for v in data.experiment.get("variants") or []   # eBPF's DSR drawn
+           if isinstance(v, dict) and v.get("bpf_lb_mode") == "dsr"}
     paths = []
     for variant in data.variants:
         plan = plans.get(variant)
@@ -152,7 +154,7 @@ def fig_diagrams(data: RunData, out: str) -> list[str]:
         paths += draw_variant_diagram(plan, observed, os.path.join(out, f"diagram-{variant}"),
                                       title=variant, colour=data.colour[variant],
                                       service=data.meta.get("service"),
-                                      direct=variant in direct)
+                                      direct=variant in direct, dsr=variant in dsr)
     if not paths:
         raise Skip("no usable address plan in meta.json")
     return paths

@@ -293,10 +293,13 @@ WORKLOADS: dict[str, WorkloadFn] = {"latency": latency, "keepalive": keepalive, 
 def install_accounting(cluster: Cluster) -> None:
     """Counters in each node's mangle table (the node's own namespace, not kube-proxy's
     chains): bytes leaving eth0 towards the VPC (another node or its pods: crossing
-    between nodes, overlay included) and all bytes leaving eth0."""
-    vpc = str(cluster.topo.vpc.cidr)
+    between nodes, overlay included), towards the pod range (routed natively to another
+    node's pods: BGP, host-gw; VXLAN's inner packets leave by flannel.1, not eth0) and all
+    bytes leaving eth0."""
+    vpc, pods = str(cluster.topo.vpc.cidr), str(cluster.topo.cni.pod_cidr)
     text = (f"*mangle\n:{ACCT_CHAIN} - [0:0]\n-A POSTROUTING -o eth0 -j {ACCT_CHAIN}\n"
             f"-A {ACCT_CHAIN} -d {vpc} -m comment --comment cross-node\n"
+            f"-A {ACCT_CHAIN} -d {pods} -m comment --comment cross-node-pods\n"
             f"-A {ACCT_CHAIN} -m comment --comment all\nCOMMIT\n")
     for node in cluster.plan.nodes:
         proc = cluster.host(node.name).popen(["iptables-restore", "--noflush", "--wait"],
@@ -320,5 +323,6 @@ def egress(cluster: Cluster) -> dict[str, tuple[int, int]]:
             parts = line.split()
             if len(parts) > 2 and parts[0].isdigit() and "/*" in line:
                 counts[line.split("/*")[1].split("*/")[0].strip()] = int(parts[1])
-        out[node.name] = (counts.get("cross-node", 0), counts.get("all", 0))
+        out[node.name] = (counts.get("cross-node", 0) + counts.get("cross-node-pods", 0),
+                          counts.get("all", 0))
     return out

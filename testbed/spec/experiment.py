@@ -21,10 +21,9 @@ from testbed.spec import rollout as rollout_spec
 from testbed.spec.durations import fmt_s as _fmt_s
 from testbed.spec.durations import seconds
 from testbed.spec.fields import Reader, choice, integer, name, text
-from testbed.spec.kube_proxy import read_variant_proxy_mode, with_proxy_mode
-from testbed.spec.model import LB_KINDS, MODES, Topology, placement, with_cni_routing
+from testbed.spec.kube_proxy import variant_dsr_problems, variant_network, with_data_plane
+from testbed.spec.model import LB_KINDS, MODES, Topology, placement
 from testbed.spec.scaling import check_sizes, read_sweeps
-from testbed.spec.sections import variant_cni
 from testbed.spec.topology import parse_topology
 from testbed.spec.yamldoc import Document, Path, nearest, read_document
 
@@ -83,6 +82,7 @@ class Variant:
     proxy_mode: str | None = None
     lb: str | None = None
     cni: str | None = None   # the pods' routing: bgp (docs/bgp.md); None: the topology's
+    bpf_lb_mode: str | None = None   # the ebpf mode's snat or dsr; None: the topology's
 
     def apply(self, topology: Topology) -> Topology:
         """The topology in this variant's mode, every LoadBalancer service's policy overridden.
@@ -102,7 +102,7 @@ class Variant:
                       else topology.kubernetes)
         topology = rollout_spec.with_variant_settings(topology, kubernetes, self.readiness_gates,
                                                       self.deregistration_delay_s)
-        topology = with_cni_routing(with_proxy_mode(topology, self.proxy_mode), self.cni)
+        topology = with_data_plane(topology, self.proxy_mode, self.bpf_lb_mode, self.cni)
         lb = replace(topology.load_balancer, targets=self.mode,
                      kind=self.lb or topology.load_balancer.kind)
         return replace(topology, mode=self.mode, services=tuple(services), load_balancer=lb)
@@ -373,7 +373,7 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "add '{mode: nodeport}' or '{mode: container-native}'")
             continue
         r.mapping(vpath, {"mode", "externalTrafficPolicy", "to", "timing", "lb", "cni",
-                          "proxyMode", *rollout_spec.VARIANT_KEYS},
+                          "proxyMode", "bpfLbMode", *rollout_spec.VARIANT_KEYS},
                   required=("mode",), what="mode: ...")
         if not isinstance(r.value(vpath), dict) or "mode" not in r.value(vpath):
             continue
@@ -395,13 +395,12 @@ def _variants(r: Reader, kind: str) -> tuple[Variant, ...]:
                       "from the client", "use 'mode: container-native' with 'to: pods'")
             continue
         if mode and policy and to:
-            out.append(Variant(vname, mode, policy, to, timing, lb=lb, cni=variant_cni(r, vpath),
-                               proxy_mode=read_variant_proxy_mode(r, vpath),
+            out.append(Variant(vname, mode, policy, to, timing, lb=lb, **variant_network(r, vpath),
                                **rollout_spec.read_variant_settings(r, vpath)))
     seen: dict[tuple[object, ...], str] = {}
     for v in out:
         key = (v.mode, v.external_traffic_policy, v.to, v.timing, v.readiness_gates, v.proxy_mode,
-               v.deregistration_delay_s, v.lb, v.cni)
+               v.deregistration_delay_s, v.lb, v.cni, v.bpf_lb_mode)
         if key in seen:
             r.problem(path + (v.name,), f"runs the same as variant '{seen[key]}' (mode {v.mode}, "
                       f"externalTrafficPolicy {v.external_traffic_policy}, to {v.to})",
@@ -577,6 +576,7 @@ def resolve(experiment: Experiment, topology: Topology) -> Resolved:
                                 for p in exc.problems)
         if not checked.get(v.mode):
             variants[v.name] = v.apply(topology)
+            problems += variant_dsr_problems(r, v.name, v.bpf_lb_mode, variants[v.name])
     problems += _size_problems(experiment, topology, service, variants)
     if experiment.kind == "rollout":
         problems += rollout_spec.rollout_problems(r.doc, topology, service,

@@ -298,9 +298,13 @@ class KubeProxyConfiguration:
     mode: the service data plane every node runs (a key of the data plane registry)
     algorithm: how the ebpf mode picks a backend, random or maglev (Cilium's
         loadBalancer.algorithm); the other modes keep their own
+    lb_mode: how the ebpf mode forwards NodePort and LB traffic to a pod on another node:
+        snat, or dsr (direct server return: the reply leaves the pod's node straight to the
+        client; Cilium's loadBalancer.mode, --bpf-lb-mode); the other modes SNAT
     """
     mode: str = "iptables"   # upstream's default on Linux
     algorithm: str = "random"   # Cilium's default
+    lb_mode: str = "snat"       # Cilium's default
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from testbed.errors import InputError, Problem
 from testbed.spec.checks import cross_checks
 from testbed.spec.fields import Reader, name
-from testbed.spec.kube_proxy import read_kube_proxy
+from testbed.spec.kube_proxy import check_dsr, read_kube_proxy
 from testbed.spec.model import MODE_HINT, Topology
 from testbed.spec.sections import (
     declared,
@@ -73,6 +73,7 @@ def parse_topology(doc: Document, mode: str | None = None,
     topo = Topology(topo_name, doc.file, mode or lb.targets, vpc, cni, nodes, deployments,
                     services, lb, clients, links, doc, kubernetes=timing, kube_proxy=kube_proxy)
     cross_checks(r, topo)
+    check_dsr(r, topo)
     r.raise_if_any()
     return topo
 

@@ -85,10 +85,12 @@ def test_compare_file_fields():
         ("classic-bgp", "nodeport", "Cluster", "vip"),
         ("container-native-bgp", "container-native", "Cluster", "vip"),
         ("classic-nftables", "nodeport", "Cluster", "vip"),
-        ("classic-ebpf", "nodeport", "Cluster", "vip")]
-    assert [v.lb for v in exp.variants] == [None] * 4 + ["l7", "l7"] + [None] * 4
-    assert [v.cni for v in exp.variants] == [None] * 6 + ["bgp", "bgp", None, None]
-    assert [v.proxy_mode for v in exp.variants] == [None] * 8 + ["nftables", "ebpf"]
+        ("classic-ebpf", "nodeport", "Cluster", "vip"),
+        ("classic-ebpf-dsr", "nodeport", "Cluster", "vip")]
+    assert [v.lb for v in exp.variants] == [None] * 4 + ["l7", "l7"] + [None] * 5
+    assert [v.cni for v in exp.variants] == [None] * 6 + ["bgp", "bgp", None, None, "bgp"]
+    assert [v.proxy_mode for v in exp.variants] == [None] * 8 + ["nftables", "ebpf", "ebpf"]
+    assert [v.bpf_lb_mode for v in exp.variants] == [None] * 10 + ["dsr"]
     load = exp.workload("load")
     assert (load.duration_s, load.connections, load.threads) == (5.0, 32, 2)
     assert exp.workload("latency").requests == 200 and exp.workload("nothing") is None

@@ -53,6 +53,10 @@ PROFILE = {
     "classic-ebpf": dict(lat=0.95, mbps=570, rps=5300, hops=3.0, cross=0.66, src=0.0,
                          pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
                          entry={"node1": 34, "node2": 33, "node3": 33}),
+    # eBPF with direct server return over BGP: the reply skips the first node
+    "classic-ebpf-dsr": dict(lat=0.7, mbps=880, rps=6000, hops=2.0, cross=0.3, src=1.0,
+                             pods={"web-0": 25, "web-1": 25, "web-2": 25, "web-3": 25},
+                             entry={"node1": 34, "node2": 33, "node3": 33}),
 }
 
 
@@ -126,9 +130,10 @@ def test_index_keeps_one_colour_per_variant_in_experiment_order(compare_run):
     index = json.load(open(os.path.join(run_dir, "figures", "index.json")))
     assert index["variants"] == ["nodeport-cluster", "nodeport-local", "container-native", "direct",
                                  "nodeport-l7", "container-native-l7", "classic-bgp",
-                                 "container-native-bgp", "classic-nftables", "classic-ebpf"]
+                                 "container-native-bgp", "classic-nftables", "classic-ebpf",
+                                 "classic-ebpf-dsr"]
     assert [index["colours"][v] for v in index["variants"]] == \
-        [PALETTE[i % len(PALETTE)] for i in range(10)]
+        [PALETTE[i % len(PALETTE)] for i in range(11)]
 
 
 def test_report_has_every_variant_figures_table_environment(compare_run):

@@ -6,6 +6,7 @@ A node's state is one line per map entry (bpf/lb.c defines the maps):
     config node_ip=192.168.0.2
     service 10.96.0.10:8000/TCP backends=4 flags=- affinity=0 algorithm=maglev m=1021  # ...
     backend 10.96.0.10:8000/TCP 0 10.244.1.2:8080
+    backend 192.168.0.2:30080/TCP 1 10.244.2.2:8080 remote   # (DSR: the pod is elsewhere)
     maglev 10.96.0.10:8000/TCP 1021 3,0,1,2,...
 
 A full sync writes every line; a partial one the lines that changed and `delete ...` lines for
@@ -31,6 +32,7 @@ from testbed.kubernetes.dataplane.model import (
 )
 
 ALGORITHMS = ("random", "maglev")
+LB_MODES = ("snat", "dsr")   # Cilium's loadBalancer.mode (--bpf-lb-mode); no "hybrid"
 MAGLEV_M_MAX = 1021          # bpf/lb.c's MAGLEV_M_MAX: the table's room in the map value
 DEFAULT_MAGLEV_M = 1021      # Cilium's smallest sizes are 251, 509, 1021 (default 16381)
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17}   # what cnlb_ingress translates (no SCTP)
@@ -38,8 +40,10 @@ FLAG_SNAT = 1                # externalTrafficPolicy Cluster: SNAT to the node (
 FLAG_DROP = 2                # endpoints elsewhere, none usable here: drop, not reject
 FLAG_SNAT_OUTSIDE = 4        # SNAT sources outside the cluster CIDR (a cluster IP)
 FLAG_SNAT_HOST = 8           # SNAT what the node itself sends
+FLAG_DSR = 16                # traffic from outside the cluster: no SNAT, DSR to remote pods
 FLAGS = {"snat": FLAG_SNAT, "drop": FLAG_DROP, "snat-outside": FLAG_SNAT_OUTSIDE,
-         "snat-host": FLAG_SNAT_HOST}
+         "snat-host": FLAG_SNAT_HOST, "dsr": FLAG_DSR}
+BACKEND_REMOTE = 1           # bpf/lb.c's: the pod is on another node (DSR carries the frontend)
 SCOPES = {"": 0, "internal": 1}   # bpf/lb.c SCOPE_ALL, SCOPE_INTERNAL
 MAPS = ("cnlb_config", "cnlb_services", "cnlb_backends", "cnlb_maglev")
 KINDS = {"config": "cnlb_config", "service": "cnlb_services", "backend": "cnlb_backends",
@@ -52,12 +56,19 @@ class Options:
 
     algorithm: random (Cilium's default) or maglev (consistent hashing over the 5-tuple)
     maglev_m: the Maglev table size, a prime above the number of backends
+    mode: snat (the first node SNATs and the reply comes back through it) or dsr (direct
+        server return for NodePort, LB and external IPs reached from outside the cluster: no
+        SNAT, the frontend rides to the pod's node in an IPv4 option, the reply leaves there)
     """
 
     algorithm: str = "random"
     maglev_m: int = DEFAULT_MAGLEV_M
+    mode: str = "snat"
 
     def __post_init__(self) -> None:
+        if self.mode not in LB_MODES:
+            raise ValueError(f"loadBalancer.mode {self.mode!r} is not one of "
+                             f"{', '.join(LB_MODES)}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"loadBalancer.algorithm {self.algorithm!r} is not one of "
                              f"{', '.join(ALGORITHMS)}")
@@ -115,20 +126,24 @@ def is_prime(n: int) -> bool:
     return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
-def frontends(services: Iterable[ServicePort], node: NodeContext) -> list[FrontendEntry]:
+def frontends(services: Iterable[ServicePort], node: NodeContext,
+              dsr: bool = False) -> list[FrontendEntry]:
     """Every frontend the node answers on, with the backends its traffic goes to there
     (CategorizeEndpoints, as the iptables proxier uses it): the cluster IP takes the internal
     policy's endpoints; the node port (on the node's address), LB and external IPs the external
     policy's, SNATed unless the policy is Local. A frontend with no endpoint anywhere has no
-    backend (rejected); one whose endpoints are all elsewhere under a Local policy drops."""
+    backend (rejected); one whose endpoints are all elsewhere under a Local policy drops.
+    dsr: the external frontends of a Cluster policy are marked dsr besides snat (the program
+    SNATs only pods' and the node's own traffic to them)."""
     out = []
     for svc in services:
         if svc.proxied and svc.protocol in PROTOCOL_NUMBERS:
-            out += _service_frontends(svc, node)
+            out += _service_frontends(svc, node, dsr)
     return out
 
 
-def _service_frontends(svc: ServicePort, node: NodeContext) -> list[FrontendEntry]:
+def _service_frontends(svc: ServicePort, node: NodeContext,
+                       dsr: bool = False) -> list[FrontendEntry]:
     eps = categorize_endpoints(svc, node.node_name)
     internal = eps.local_endpoints if svc.internal_policy_local else eps.cluster_endpoints
     external = eps.local_endpoints if svc.external_policy_local else eps.cluster_endpoints
@@ -150,7 +165,8 @@ def _service_frontends(svc: ServicePort, node: NodeContext) -> list[FrontendEntr
     for addr, port, kind in external_frontends:
         fe = Frontend(addr, port, svc.protocol)
         if not svc.external_policy_local:
-            out.append(entry(fe, kind, external, eps.has_external_endpoints, "snat"))
+            out.append(entry(fe, kind, external, eps.has_external_endpoints, "snat",
+                             *(("dsr",) if dsr else ())))
             continue
         out.append(entry(fe, kind, external, eps.has_external_endpoints))
         # pods and the node itself go to any endpoint, as if through the cloud LB (upstream's
@@ -206,8 +222,9 @@ def entries(services: Iterable[ServicePort], node: NodeContext,
     """(kind, key...) -> the line that writes it, for the node's whole state."""
     out: dict[tuple[str, ...], str] = {("config",): (
         f"config node_ip={node.node_ip} cluster_cidr={node.cluster_cidr or '-'}")}
-    for fe in frontends(services, node):
+    for fe in frontends(services, node, dsr=options.mode == "dsr"):
         key = str(fe.frontend)
+        dsr = "dsr" in fe.flags   # its backends elsewhere are marked remote
         maglev = options.algorithm == "maglev" and fe.backends
         m = options.maglev_m if maglev else 0
         flags = "|".join(f for f in FLAGS if f in fe.flags) or "-"
@@ -215,7 +232,8 @@ def entries(services: Iterable[ServicePort], node: NodeContext,
             f"service {key} backends={len(fe.backends)} flags={flags} affinity={fe.affinity_s} "
             f"algorithm={options.algorithm if maglev else 'random'} m={m}  # {fe.name} {fe.kind}")
         for slot, ep in enumerate(fe.backends):
-            out[("backend", key, str(slot))] = f"backend {key} {slot} {ep.ip}:{ep.port}"
+            where = " remote" if dsr and ep.node != node.node_name else ""
+            out[("backend", key, str(slot))] = f"backend {key} {slot} {ep.ip}:{ep.port}{where}"
         if maglev:
             table = maglev_table([str(ep) for ep in fe.backends], m)
             out[("maglev", key)] = f"maglev {key} {m} {','.join(map(str, table))}"
@@ -280,9 +298,10 @@ def _frontend_bytes(fe: Frontend) -> bytes:
             + bytes([PROTOCOL_NUMBERS[fe.proto], SCOPES[fe.scope]]))
 
 
-def _addr_port(text: str) -> bytes:
+def _addr_port(text: str, flags: int = 0) -> bytes:
     addr, port = text.rsplit(":", 1)
-    return ipaddress.IPv4Address(addr).packed + struct.pack(">H", int(port)) + b"\0\0"
+    return (ipaddress.IPv4Address(addr).packed + struct.pack(">H", int(port))
+            + struct.pack("<H", flags))
 
 
 def _kv(line: str) -> dict[str, str]:
@@ -317,7 +336,8 @@ def encode_line(line: str) -> tuple[str, str, bytes, bytes | None]:
                                 int(kv["affinity"]), int(kv["m"]), 0)
     elif kind == "backend":
         key = _frontend_bytes(Frontend.parse(words[1])) + struct.pack("<I", int(words[2]))
-        value = _addr_port(words[3]) if op == "update" else None
+        flags = BACKEND_REMOTE if words[4:5] == ["remote"] else 0
+        value = _addr_port(words[3], flags) if op == "update" else None
     elif kind == "maglev":
         key = _frontend_bytes(Frontend.parse(words[1]))
         value = None

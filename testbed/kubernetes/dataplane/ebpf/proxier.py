@@ -48,8 +48,8 @@ class EbpfKubeProxy(KubeProxy):
 
     cluster: the Cluster
     backend: unused (the iptables mode's backend)
-    options: backend selection (maps.Options); default: the topology's kubeProxy
-        loadBalancer.algorithm
+    options: backend selection and SNAT or DSR (maps.Options); default: the topology's
+        kubeProxy loadBalancer.algorithm and .mode
     """
 
     mode: ClassVar[str] = "ebpf"
@@ -57,7 +57,7 @@ class EbpfKubeProxy(KubeProxy):
     def __init__(self, cluster: ClusterView, backend: str = "auto",
                  min_sync_period_s: float | None = None, options: maps.Options | None = None):
         super().__init__(cluster, backend, min_sync_period_s)
-        self.options = options or maps.Options(algorithm=_topology_algorithm(cluster))
+        self.options = options or _topology_options(cluster)
         self.applied_options: dict[str, maps.Options] = {}   # node -> options of its maps
         self.attached: dict[str, set[str]] = {}   # node -> interfaces with the filter
         self.bpffs: str | None = None
@@ -236,12 +236,14 @@ class EbpfKubeProxy(KubeProxy):
         return [e.get("formatted", e) for e in json.loads(out)]
 
 
-def _topology_algorithm(cluster: ClusterView) -> str:
-    """The topology's kubeProxy.loadBalancer.algorithm (the cloud LB's loadBalancer section is
-    another thing)."""
+def _topology_options(cluster: ClusterView) -> maps.Options:
+    """The topology's kubeProxy.loadBalancer algorithm and mode (the cloud LB's loadBalancer
+    section is another thing)."""
     kube_proxy = getattr(getattr(cluster, "topo", None), "kube_proxy", None)
     algorithm = getattr(kube_proxy, "algorithm", None)
-    return str(algorithm) if algorithm in maps.ALGORITHMS else "random"
+    mode = getattr(kube_proxy, "lb_mode", None)
+    return maps.Options(algorithm=str(algorithm) if algorithm in maps.ALGORITHMS else "random",
+                        mode=str(mode) if mode in maps.LB_MODES else "snat")
 
 
 def _netns_of(cluster: ClusterView, node: str) -> str:
