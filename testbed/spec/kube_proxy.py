@@ -78,9 +78,9 @@ def dsr_problem(topology: Topology) -> str | None:
         return None
     if native_routing(topology):
         return None
-    return (f"direct server return needs native routing, this address plan has the "
-            f"{topology.cni.overlay} overlay (mode {topology.mode}): the request would cross "
-            f"nodes inside VXLAN and the reply could not leave the pod's node by itself")
+    return (f"direct server return needs native routing (as Cilium's: the pod's node must get "
+            f"the request as routed IP), this address plan has the {topology.cni.overlay} "
+            f"overlay (mode {topology.mode})")
 
 
 def check_dsr(r: Reader, topology: Topology) -> None:
