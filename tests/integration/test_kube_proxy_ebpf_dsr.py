@@ -83,7 +83,7 @@ def test_through_the_vip_the_reply_is_two_routed_hops_from_the_pod(cluster):
     where the SNAT path adds node1 (3: tests/integration/test_lb_hops.py)."""
     client = cluster.plan.attachment("client1").ip
     rows = probe(cluster, 30)
-    ok = [r for r in rows if r.get("ok", True) and r.get("syn_ack_ttl")]
+    ok = [r for r in rows if r.get("status") == 200 and r.get("error") is None]
     assert len(ok) == 30, rows[:3]
     assert {r["node"] for r in ok} == {"node2"}
     assert {r["client"] for r in ok} == {client}

@@ -193,3 +193,21 @@ def test_the_diagram_draws_dsr_replies_from_the_pods_node_only_for_requests_sent
     # web-3 (node2) gets node1's requests and web-0..2 (node1) node2's: one reply arrow each
     assert texts(with_dsr).count("reply (DSR)") == 2
     assert arrows(with_dsr) == arrows(without) + 2
+
+
+# --- the path experiment's counters -----------------------------------------------------------
+
+
+def test_cross_node_bytes_count_natively_routed_pod_traffic_too():
+    """DSR over BGP sends the request to another node's pod by its pod address (not the VPC's
+    range): the egress counters add the pod-range rule to the VPC-range one."""
+    from testbed.experiments.compare import ACCT_CHAIN, egress
+    listing = (f"Chain {ACCT_CHAIN} (1 references)\n"
+               "    pkts      bytes target prot opt in out source destination\n"
+               "      10     1000  all -- * * 0.0.0.0/0 192.168.0.0/16 /* cross-node */\n"
+               "       5      700  all -- * * 0.0.0.0/0 10.244.0.0/16 /* cross-node-pods */\n"
+               "      40     9000  all -- * * 0.0.0.0/0 0.0.0.0/0 /* all */\n")
+    cluster = SimpleNamespace(
+        plan=SimpleNamespace(nodes=[SimpleNamespace(name="node1")]), failed_nodes=set(),
+        exec=lambda host, argv: SimpleNamespace(stdout=listing))
+    assert egress(cluster) == {"node1": (1700, 9000)}
