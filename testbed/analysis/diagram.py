@@ -312,9 +312,9 @@ def _draw_fabric(ax: Axes, lay: Layout, p: PlanDict, nodes: Sequence[Entry]) -> 
 
 def _pod_network_label(p: PlanDict, crossing: float) -> str:
     """Classic mode's pod network: overlay or host-gw routes, and the traffic crossing it."""
-    cidr = p.get("pod_cidr", "")
+    cidr, overlay = p.get("pod_cidr", ""), p.get("overlay", "vxlan")   # vxlan, host-gw or bgp
     label = (f"pod network {cidr}: VXLAN overlay (flannel.{p.get('vxlan_vni', 1)})"
-             if p.get("overlay", "vxlan") == "vxlan" else f"pod network {cidr}: host-gw routes")
+             if overlay == "vxlan" else f"pod network {cidr}: {overlay} routes")
     return label + (f" — {crossing * 100:.0f}% of requests cross it" if crossing >= MIN_SHARE_DRAWN
                     else " — unused by this traffic")
 
