@@ -10,10 +10,11 @@ C_SOURCES := $(wildcard workloads/*.c workloads/*.h) workloads/build.sh
 setup:
 	@sh tools/setup.sh
 
-# The whole suite: lint, unit tests (pure) and integration tests (real clusters).
+# The whole suite: lint, unit tests (pure) and integration tests (real clusters), the two
+# side by side (tools/test.sh).
 test: setup
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest tests -q -rs --durations=30
+	sh tools/test.sh $(PY)
 
 # The pure parts only; no root needed (run `sudo make setup` once first).
 unit: $(PY)

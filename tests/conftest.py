@@ -5,7 +5,11 @@ One narrow allowance: a test of a kube-proxy mode this machine's kernel cannot r
 "not run: kernel lacks ip_vs" (tests/integration/proxy_modes.py; the reason is checked against
 the mode's own unavailable() here), stays skipped and is named in the summary. A test that ran
 and stopped at a known testbed bug (pytest.xfail with the bug named) is not a skip: it built
-its cluster and checked what works; it is named in the summary too."""
+its cluster and checked what works; it is named in the summary too.
+
+The verdicts are made where the test runs (pytest_runtest_makereport) and carried on the
+report to whoever prints the summary (pytest_runtest_logreport), so they hold under a
+distributing plugin too."""
 
 import os
 
@@ -37,15 +41,24 @@ def pytest_runtest_makereport(item, call):
         return
     if hasattr(report, "wasxfail"):   # ran up to a named known bug
         if report.when == "call":
-            KNOWN_BUGS.append((item.nodeid, report.wasxfail.removeprefix("reason: ")))
+            report.user_properties.append(
+                ("cnlb_known_bug", report.wasxfail.removeprefix("reason: ")))
         return
     reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     reason = reason.removeprefix("Skipped: ")
     if _not_run_allowed(reason):
-        NOT_RUN.append((item.nodeid, reason))
+        report.user_properties.append(("cnlb_not_run", reason))
     elif REQUIRE:
         report.outcome = "failed"
         report.longrepr = f"integration test skipped while CNLB_REQUIRE_INTEGRATION=1: {reason}"
+
+
+def pytest_runtest_logreport(report):
+    for key, reason in report.user_properties:
+        if key == "cnlb_known_bug":
+            KNOWN_BUGS.append((report.nodeid, reason))
+        elif key == "cnlb_not_run":
+            NOT_RUN.append((report.nodeid, reason))
 
 
 def pytest_terminal_summary(terminalreporter):
