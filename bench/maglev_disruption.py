@@ -10,9 +10,11 @@ on its backend only through the connection-tracking map; a new connection of the
 goes anywhere, so (N-1)/N of them land elsewhere whatever is removed.
 
     .venv/bin/python bench/maglev_disruption.py [--m 1021] [--max-n 16] [--out FILE]
+        [--figure PNG]
 
 Writes bench/results/maglev_disruption.json: per N, the mean and max fraction of flows moved
-(Maglev, modulo) and the part of it that was not the removed backend's own.
+(Maglev, modulo) and the part of it that was not the removed backend's own; with --figure,
+draws the same rows (docs/reference/figures/maglev-disruption.png is drawn so).
 """
 
 from __future__ import annotations
@@ -55,11 +57,38 @@ def measure(n: int, m: int) -> dict[str, float]:
             "modulo_mean": sum(modulo) / n, "random_new_connection": (n - 1) / n}
 
 
+def draw(rows: list[dict[str, float]], m: int, path: str) -> None:
+    """The share of flows that change backend against N: what must move (1/N), Maglev's
+    mean and max, hashing modulo N, and random selection's new connections."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = [r["n"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(n, [r["random_new_connection"] for r in rows], "s-", color="0.55",
+            label="random (a new connection)")
+    ax.plot(n, [r["modulo_mean"] for r in rows], "^-", color="tab:red", label="hash mod N")
+    ax.plot(n, [r["maglev_mean"] for r in rows], "o-", color="tab:blue",
+            label=f"Maglev, M = {m} (mean)")
+    ax.fill_between(n, [r["maglev_mean"] for r in rows], [r["maglev_max"] for r in rows],
+                    color="tab:blue", alpha=0.2, label="Maglev, worst backend removed")
+    ax.plot(n, [r["removed_share"] for r in rows], "k--", label="1/N (must move)")
+    ax.set_xlabel("backends N (one removed)")
+    ax.set_ylabel("share of flows that change backend")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=1021, help="Maglev table size (a prime)")
     ap.add_argument("--max-n", type=int, default=16, help="largest number of backends")
     ap.add_argument("--out", default=os.path.join(RESULTS, "maglev_disruption.json"))
+    ap.add_argument("--figure", help="also draw the rows into this PNG")
     args = ap.parse_args(argv)
     t0 = time.time()
     rows = [measure(n, args.m) for n in range(2, args.max_n + 1)]
@@ -75,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                    "meta": {"python": platform.python_version(), "time": time.time(),
                             "seconds": round(time.time() - t0, 3)}}, fh, indent=1)
     print(f"written {args.out}")
+    if args.figure:
+        draw(rows, args.m, args.figure)
+        print(f"written {args.figure}")
     return 0
 
 
