@@ -99,10 +99,8 @@ def cmd_render(args) -> int:
         print("\n".join(node_setup(plan, plan.node(node), offloads_off=False)))
     elif args.what == "kube-proxy":   # the node's first sync in the topology's (or given) mode
         node = _node_arg(args, plan)
-        from testbed.kubernetes.dataplane.model import node_context, service_ports
-        from testbed.kubernetes.dataplane.registry import dataplane_for
-        mode = dataplane_for(topo.kube_proxy.mode)
-        sys.stdout.write(mode.render_first(service_ports(plan), node_context(plan, node)))
+        from testbed.cli.render import kube_proxy_first_sync
+        sys.stdout.write(kube_proxy_first_sync(topo, plan, node))
     return 0
 
 
