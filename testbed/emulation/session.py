@@ -434,7 +434,23 @@ def format_status(status: dict) -> list[str]:
         for b in backends:
             state = "in service" if b.get("in_service") else b.get("state", "out of service")
             lines.append(f"  {b.get('name', '?'):<12} {b['ip']}:{b['port']:<6} {state}")
+    lines += bgp_lines(status.get("bgp"))
     lines += [progress_line(r) for r in status.get("rollouts") or []]
+    return lines
+
+
+def bgp_lines(bgp: dict | None) -> list[str]:
+    """`cnlb status`'s BGP part: the fabric's sessions with the nodes, the routes it learned."""
+    if not bgp:
+        return []
+    if "error" in bgp:
+        return [f"bgp: the controller did not answer ({bgp['error']})"]
+    lines = ["bgp (the VPC fabric's speaker):"]
+    for n in bgp.get("neighbors", []):
+        lines.append(f"  neighbour {n.get('node', '?'):<10} {n.get('address', '?'):<15} "
+                     f"{n.get('state', '?')} {n.get('info', '')}".rstrip())
+    for r in bgp.get("routes", []):
+        lines.append(f"  learned   {r['prefix']:<18} via {r.get('node', '?')} ({r['next_hop']})")
     return lines
 
 

@@ -43,6 +43,7 @@ def status_of(cluster: Any) -> dict[str, Any]:
         "rest_port": controller.rest_port,
         "timings": cluster.timings,
         "rollouts": rollouts_of(cluster.control),   # the latest of each deployment
+        "bgp": _bgp(cluster),   # cni.routing bgp: what the fabric's speaker learned
     }
 
 
@@ -90,6 +91,17 @@ def _load_balancers(plan: Plan, lb: CloudLoadBalancer) -> list[dict[str, Any]]:
         out.append({"service": lbp.service, "vip": lbp.vip, "port": lbp.port,
                     "targets": lbp.target_mode, "backends": backends})
     return out
+
+
+def _bgp(cluster: Any) -> dict[str, Any] | None:
+    """The controller's GET /v1/bgp (neighbours and learned routes) under cni.routing bgp;
+    None without BGP, or {"error": ...} when the controller does not answer."""
+    if getattr(cluster, "bgp", None) is None:
+        return None
+    try:
+        return dict(cluster.controller.api("GET", "/v1/bgp"))
+    except Exception as e:   # a dead controller is shown as such, not a failed status
+        return {"error": str(e)}
 
 
 def _hosts(net: Mininet) -> dict[str, str]:

@@ -11,6 +11,8 @@ import time
 import pytest
 
 from testbed.emulation.cluster import Cluster
+from testbed.emulation.session import format_status
+from testbed.emulation.status import status_of
 from testbed.paths import REPO
 from testbed.plan.calico_ipam import blocks_of
 from testbed.spec.topology import load_topology
@@ -71,6 +73,12 @@ class TestClassicOnBgp:
         assert blocks == {"10.244.0.0/26": "192.168.0.10", "10.244.0.64/26": "192.168.1.10"}
         assert {r.prefix: r.next_hop for r in classic.bgp.learned()} == blocks
         assert controller_routes(classic) == blocks
+        shown = format_status(status_of(classic))   # `cnlb status` lists what the fabric learned
+        assert {f"  learned   {b:<18} via {n}" for b, n in (("10.244.0.0/26", "node1"),
+                                                          ("10.244.0.64/26", "node2"))} <= \
+            {line.split(" (")[0] for line in shown}
+        assert sum(1 for line in shown if line.startswith("  neighbour ")
+                   and "Established" in line) == 3
         # each node holds a blackhole for its own block and a route to the others' blocks
         routes = classic.sh("node1", "ip route show root 10.244.0.0/16").stdout
         assert "blackhole 10.244.0.0/26 proto bird" in routes
