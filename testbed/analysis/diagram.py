@@ -10,7 +10,8 @@ address plan (a Plan or its to_dict()) and the observed {"pod_share", "entry_nod
 share not observed is assumed (even) and the caption says so. PNG and PDF, matplotlib patches.
 With direct server return (the eBPF kube-proxy's DSR) the replies of requests sent on to another
 node are drawn dotted, from the pod's node straight back up to the LB, past the node they
-entered.
+entered. The words (kube-proxy's mode on each node, the pods' ranges, the caption) come from
+testbed.analysis.diagram_labels; a run's variants from testbed.analysis.run_diagrams.
 """
 
 from __future__ import annotations
@@ -29,9 +30,23 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from matplotlib.path import Path  # noqa: E402
 
+from testbed.analysis.diagram_labels import (  # noqa: E402
+    CAPTION_CHARS,
+    MIN_SHARE_DRAWN,
+    Entry,
+    KubeProxyView,
+    PlanDict,
+    caption,
+    heading_text,
+    kube_proxy_label,
+    lb_text,
+    node_pods_label,
+    percent,
+    pod_network_label,
+)
+
 MAX_NODES_DRAWN = 6
 MAX_PODS_DRAWN = 6          # per node; more are summarised as "+k"
-MIN_SHARE_DRAWN = 0.005     # flows below this are not drawn
 
 INK = "#222222"
 GREY = "#9a9a9a"
@@ -40,8 +55,6 @@ FILL = {"client": "#f2f2f2", "lb": "#fff3d6", "fabric": "#eaf2fb", "switch": "#c
         "kube-proxy": "#fde2cf", "kube-proxy-off": "#eeeeee"}
 DASHED = (0, (3, 2))
 
-PlanDict = Mapping[str, Any]                  # an address plan as Plan.to_dict() gives it
-Entry = Mapping[str, Any]                     # one entry of a plan's list (node, pod, service...)
 Observed = Mapping[str, Mapping[str, float | None] | None]
 Flows = dict[str, Any]
 Point = tuple[float, float]
@@ -111,11 +124,6 @@ def flows(plan: Any, observed: Observed | None = None, service: str | None = Non
         out["hops"] = [(node, pod, e * share) for node, e in entry.items()
                        for pod, share in pods.items() if pod in pod_node]
     return out
-
-
-def _percent(share: float) -> str:
-    pct = share * 100
-    return f"{pct:.0f}%" if pct >= 9.95 or pct == 0 else f"{pct:.1f}%"
 
 
 def _width(share: float) -> float:
@@ -236,11 +244,8 @@ def _draw_heading(ax: Axes, lay: Layout, heading: str, mode: str, policy: str,
     """The title (left) and what the variant is (right)."""
     ax.text(lay.margin, lay.height - 0.07, heading, ha="left", va="top", fontsize=7.5,
             fontweight="bold", color=colour)
-    what = ("client → pod IP:targetPort\n(direct, no LB)" if direct else
-            "LB → pod IP:targetPort\n(container-native)" if mode == "container-native" else
-            f"LB → node IP:NodePort\nexternalTrafficPolicy {policy}")
-    ax.text(lay.width - lay.margin, lay.height - 0.07, what, ha="right", va="top", fontsize=5.2,
-            color="#333333", linespacing=1.15)
+    ax.text(lay.width - lay.margin, lay.height - 0.07, heading_text(mode, policy, direct),
+            ha="right", va="top", fontsize=5.2, color="#333333", linespacing=1.15)
 
 
 def _draw_clients(ax: Axes, lay: Layout, p: PlanDict) -> None:
@@ -260,14 +265,6 @@ def _measured_service(p: PlanDict, service: str | None) -> tuple[Entry | None, E
     lb = next((x for x in lbs if x["service"] == service), lbs[0] if lbs else None)
     svc = next((s for s in p.get("services", []) if s["name"] == service), None)
     return lb, svc
-
-
-def _lb_text(lb: Entry | None, svc: Entry | None, mode: str) -> str:
-    if not lb:
-        return "cloud load balancer (no LoadBalancer service)"
-    target = (f"targets: node IP:{svc['node_port']}" if mode == "nodeport" and svc
-              else f"targets: pod IP:{svc['target_port']}" if svc else "")
-    return f"cloud load balancer   VIP {lb['vip']}:{lb['port']}\n{target}"
 
 
 def _draw_load_balancer(ax: Axes, lay: Layout, text: str, colour: str,
@@ -310,32 +307,23 @@ def _draw_fabric(ax: Axes, lay: Layout, p: PlanDict, nodes: Sequence[Entry]) -> 
     return switch_at
 
 
-def _pod_network_label(p: PlanDict, crossing: float) -> str:
-    """Classic mode's pod network: overlay or host-gw routes, and the traffic crossing it."""
-    cidr, overlay = p.get("pod_cidr", ""), p.get("overlay", "vxlan")   # vxlan, host-gw or bgp
-    label = (f"pod network {cidr}: VXLAN overlay (flannel.{p.get('vxlan_vni', 1)})"
-             if overlay == "vxlan" else f"pod network {cidr}: {overlay} routes")
-    return label + (f" — {crossing * 100:.0f}% of requests cross it" if crossing >= MIN_SHARE_DRAWN
-                    else " — unused by this traffic")
-
-
 def _draw_pod_network(ax: Axes, lay: Layout, p: PlanDict, f: Flows, mode: str) -> None:
     """The band under the nodes: classic mode's overlay, or the note that there is none."""
     pod_node_of = {x["name"]: x["node"] for x in p.get("pods", [])}
     crossing = sum(share for node, pod, share in f["hops"] if pod_node_of.get(pod) != node)
     x, w = lay.margin * 0.5, lay.width - lay.margin
+    label = pod_network_label(p, mode, crossing)
     if mode == "nodeport":
-        label = _pod_network_label(p, crossing)
         _box(ax, x, lay.y_overlay, w, lay.h_overlay, FILL["overlay"], edge="#d9a27c", style=DASHED,
              round_=0.04)
     else:
-        label = "no overlay: pods hold VPC addresses, the fabric routes each pod's /32"
         _box(ax, x, lay.y_overlay, w, lay.h_overlay, "white", edge=GREY, style=DASHED, round_=0.04)
     _label(ax, lay.width - lay.margin, lay.y_overlay + 0.04, label, size=4.8,
            colour="#a0522d" if mode == "nodeport" else "#555555", ha="right", va="bottom")
 
 
-def _draw_node(ax: Axes, lay: Layout, nd: Entry, mode: str) -> KubeProxyAt:
+def _draw_node(ax: Axes, lay: Layout, p: PlanDict, nd: Entry, mode: str,
+               kube_proxy: KubeProxyView) -> KubeProxyAt:
     """A node's box, name, address, kube-proxy strip and pod range; returns the strip's place."""
     x = lay.node_x[nd["name"]]
     top = lay.y_node + lay.h_node
@@ -348,11 +336,10 @@ def _draw_node(ax: Axes, lay: Layout, nd: Entry, mode: str) -> KubeProxyAt:
     on_path = mode == "nodeport"
     _box(ax, x + 0.05, kp_y, lay.node_w - 0.1, 0.14,
          FILL["kube-proxy"] if on_path else FILL["kube-proxy-off"],
-         "kube-proxy (iptables)" if on_path else "kube-proxy (bypassed)",
+         kube_proxy_label(kube_proxy, on_path),
          size=4.6, edge="#c07a48" if on_path else GREY, colour=INK if on_path else GREY, lw=0.5)
-    where = f"pods {nd['pod_cidr']} on cni0" if on_path else "pods: VPC addresses (ENI)"
-    _label(ax, x + lay.node_w / 2, lay.y_node + 0.04, where, size=4.4, colour="#555555",
-           bg=FILL["node"], va="bottom")
+    _label(ax, x + lay.node_w / 2, lay.y_node + 0.04, node_pods_label(p, nd, mode), size=4.4,
+           colour="#555555", bg=FILL["node"], va="bottom")
     return (x + lay.node_w / 2, kp_y, kp_y + 0.14, x, x + lay.node_w)
 
 
@@ -394,7 +381,7 @@ def _draw_pod(ax: Axes, grid: PodGrid, k: int, pod: Entry, endpoints: set[str],
     if pw >= 0.5:
         label += f"\n{pod['ip']}"
     if pod["name"] in endpoints:
-        label += f"\n{_percent(share)}"
+        label += f"\n{percent(share)}"
     _box(ax, px, py, pw, ph, FILL["pod"] if active else FILL["idle"], label,
          size=4.6 if pw < 0.5 else 5, edge=INK if active else GREY, lw=0.5,
          colour=INK if active else GREY, round_=0.02)
@@ -417,7 +404,7 @@ def _draw_pods(ax: Axes, lay: Layout, kp: KubeProxyAt, pods: Sequence[Entry], mo
 
 
 def _draw_nodes(ax: Axes, lay: Layout, p: PlanDict, nodes: Sequence[Entry], mode: str,
-                endpoints: set[str], shares: Mapping[str, float],
+                endpoints: set[str], shares: Mapping[str, float], kube_proxy: KubeProxyView,
                 ) -> tuple[dict[str, PodAt], dict[str, KubeProxyAt]]:
     """Each drawn node with its pods; returns where each pod and kube-proxy strip is."""
     pods_on: dict[str, list[Entry]] = {}
@@ -426,7 +413,7 @@ def _draw_nodes(ax: Axes, lay: Layout, p: PlanDict, nodes: Sequence[Entry], mode
     pod_at: dict[str, PodAt] = {}
     kp_at: dict[str, KubeProxyAt] = {}
     for nd in nodes:
-        kp_at[nd["name"]] = _draw_node(ax, lay, nd, mode)
+        kp_at[nd["name"]] = _draw_node(ax, lay, p, nd, mode, kube_proxy)
         pod_at.update(_draw_pods(ax, lay, kp_at[nd["name"]], pods_on.get(nd["name"], []), mode,
                                  endpoints, shares))
     return pod_at, kp_at
@@ -524,19 +511,6 @@ def _draw_dsr_replies(ax: Axes, lay: Layout, p: PlanDict, f: Flows, colour: str,
                bg=FILL["node"], ha="right", va="bottom")
 
 
-def _caption(mode: str, f: Flows, dsr: bool = False) -> str:
-    caption = "arrow width ∝ share of requests"
-    if mode == "nodeport":
-        caption += "; dashed: to another node" if dsr else "; dashed: VXLAN to another node"
-        if dsr and f["policy"] == "Cluster":
-            caption += "; dotted: replies by DSR, no SNAT"
-        elif f["policy"] == "Cluster":
-            caption += "; SNAT to the node"
-    if f["assumed"]:
-        caption += "; assumed: " + ", ".join(f["assumed"])
-    return caption
-
-
 def _save_png_pdf(fig: Figure, out_base: str) -> list[str]:
     os.makedirs(os.path.dirname(os.path.abspath(out_base)), exist_ok=True)
     paths = []
@@ -552,7 +526,8 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
                          out_base: str | None = None, title: str | None = None,
                          colour: str = "#0072B2", service: str | None = None,
                          width_in: float | None = None, direct: bool = False,
-                         dsr: bool = False) -> Figure | list[str]:
+                         dsr: bool = False, kube_proxy: KubeProxyView | None = None,
+                         ) -> Figure | list[str]:
     """Draw one variant's cluster and measured path.
 
     plan: testbed.plan.addresses.Plan (build_plan(topology)) or its to_dict()
@@ -566,9 +541,14 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
     direct: the client sent to the pods' own addresses (container-native addressing), not
         through the LB
     dsr: kube-proxy's eBPF mode with direct server return (nodeport, Cluster): the replies of
-        requests sent on to another node are drawn from that node back to the LB
+        requests sent on to another node are drawn from that node back to the LB (also when
+        kube_proxy says so)
+    kube_proxy: what the variant's kube-proxy ran, named on each node (default: the plan's
+        "kube_proxy" if it has one, else iptables)
     """
     p = _as_dict(plan)
+    kube_proxy = kube_proxy or KubeProxyView.from_dict(p.get("kube_proxy"))
+    dsr = dsr or kube_proxy.dsr
     f = flows(p, observed, service)
     mode = p.get("mode", "nodeport")
     nodes_all = p.get("nodes", [])
@@ -579,11 +559,11 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
     lb, svc = _measured_service(p, f["service"])
     _draw_heading(ax, lay, title or mode, mode, f["policy"], colour, direct)
     _draw_clients(ax, lay, p)
-    _draw_load_balancer(ax, lay, _lb_text(lb, svc, mode), colour, direct)
+    _draw_load_balancer(ax, lay, lb_text(lb, svc, mode), colour, direct)
     switch_at = _draw_fabric(ax, lay, p, nodes)
     _draw_pod_network(ax, lay, p, f, mode)
     endpoints = set(svc["endpoints"]) if svc else set()
-    pod_at, kp_at = _draw_nodes(ax, lay, p, nodes, mode, endpoints, f["pods"])
+    pod_at, kp_at = _draw_nodes(ax, lay, p, nodes, mode, endpoints, f["pods"], kube_proxy)
     if hidden_nodes:
         _draw_hidden_nodes(ax, lay, len(nodes), hidden_nodes)
     node_subnet = {nd["name"]: nd["subnet"] for nd in nodes}
@@ -593,8 +573,10 @@ def draw_variant_diagram(plan: Any, observed: Observed | None = None,
         _draw_nodeport_path(ax, lay, p, f, colour, node_subnet, switch_at, pod_at, kp_at)
         if dsr and f["policy"] == "Cluster":
             _draw_dsr_replies(ax, lay, p, f, colour, node_subnet, switch_at, kp_at)
-    ax.text(lay.margin * 0.5, 0.1, _caption(mode, f, dsr), ha="left", va="center", fontsize=4.6,
-            color="#444444")
+    foot = caption(mode, f["policy"], f["assumed"], p.get("overlay", "vxlan"), dsr,
+                   max_chars=int(CAPTION_CHARS * lay.width / 3.5))
+    ax.text(lay.margin * 0.5, 0.1, foot, ha="left", va="center", fontsize=4.6, color="#444444",
+            linespacing=1.1)
     if out_base is None:
         return fig
     return _save_png_pdf(fig, out_base)

@@ -32,7 +32,6 @@ from testbed.analysis.rundata import (  # noqa: E402
     failover_events,
     latency_values,
     natural_key,
-    observed_paths,
     pod_shares,
 )
 from testbed.analysis.stats import MeanCI, ecdf, mean  # noqa: E402
@@ -133,28 +132,11 @@ def _replications_note(data: RunData) -> str:
 # -- the figures ------------------------------------------------------------------------------
 
 def fig_diagrams(data: RunData, out: str) -> list[str]:
-    """diagram-<variant>: the cluster and the measured path (testbed.analysis.diagram)."""
-    from testbed.analysis.diagram import draw_variant_diagram
-    plans = data.meta.get("plans") or {}
-    if not plans:
+    """diagram-<variant>: the cluster and the measured path (testbed.analysis.run_diagrams)."""
+    from testbed.analysis.run_diagrams import draw_run_diagrams
+    if not data.meta.get("plans"):
         raise Skip("meta.json holds no address plans (the runner passes variants= to RunWriter)")
-    direct = {v.get("name") for v in data.experiment.get("variants") or []
-              if isinstance(v, dict) and v.get("to") == "pods"}
-    dsr = {v.get("name") for v in data.experiment.get("variants") or []   # eBPF's DSR drawn
-           if isinstance(v, dict) and v.get("bpf_lb_mode") == "dsr"}
-    paths = []
-    for variant in data.variants:
-        plan = plans.get(variant)
-        if not plan or "error" in plan:
-            continue
-        observed = observed_paths(data, variant)
-        data.captions[f"diagram-{variant}"] = (
-            f"{variant}: the cluster and the path the measured requests took (arrow width ∝ share "
-            "of requests" + ("" if observed["pod_share"] else ", shares assumed") + ").")
-        paths += draw_variant_diagram(plan, observed, os.path.join(out, f"diagram-{variant}"),
-                                      title=variant, colour=data.colour[variant],
-                                      service=data.meta.get("service"),
-                                      direct=variant in direct, dsr=variant in dsr)
+    paths = draw_run_diagrams(data, out)
     if not paths:
         raise Skip("no usable address plan in meta.json")
     return paths
