@@ -12,13 +12,23 @@ the pod is gone), which is what an instant removal is.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from testbed.paths import HTTPPROBE
-from tests.integration.e2e_jig import cluster_from, node_ip, service, udp_client, wait_for
+from tests.integration.e2e_jig import (
+    cluster_from,
+    node_ip,
+    pod_ip,
+    service,
+    udp_client,
+    wait_for,
+)
 
 # upstream waits a minute for the client's log to show the new backend (UDP conntrack entries
 # live 30 s by default, and kube-proxy syncs within seconds); here kube-proxy syncs at most a
@@ -35,6 +45,7 @@ deployments:
   pod-client: {replicas: 1, placement: {node1: 1}}
   pod-server: {replicas: 1, placement: {node2: 1}}
   pod-local: {replicas: 0}
+  boom-server: {replicas: 1, placement: {node2: 1}}
 services:
   svc-udp:
     type: NodePort
@@ -45,6 +56,10 @@ services:
     selector: pod-local
     internalTrafficPolicy: Local
     ports: [{name: udp, port: 80, targetPort: 80, protocol: UDP}]
+  boom-server:
+    type: ClusterIP
+    selector: boom-server
+    ports: [{port: 9000, targetPort: 9000}]
 loadBalancer: {vip: 198.51.100.10, targets: nodeport}
 kubernetes: {timing: instant}
 """
@@ -149,3 +164,84 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clu
     assert not any(r.get("pod") == backend2 for r in client.rows), "Local sent to node2"
     for pod in (backend2, backend3):
         c.remove_pod(pod)
+
+
+# -- "should drop INVALID conntrack entries" --------------------------------------------------
+BOOM_SERVER = os.path.join(os.path.dirname(__file__), "boom_server.py")
+# upstream's client: `nc boom-server 9000 &` every 2 s; here a connection a second, each held
+# open 3 s (the boom server's segment arrives while it is open)
+CONNECT_EVERY_SECOND = """
+import socket, sys, threading, time
+def hold():
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2) as s:
+        s.settimeout(3)
+        try:
+            s.recv(100)
+        except OSError:
+            pass
+threads = []
+for _ in range(int(sys.argv[3])):
+    threads.append(threading.Thread(target=hold))
+    threads[-1].start()
+    time.sleep(1)
+for t in threads:
+    t.join()
+"""
+
+
+class Lines:
+    """A process started in a host, its output lines collected as they come."""
+
+    def __init__(self, cluster, host: str, argv: list[str]):
+        self.lines: list[str] = []
+        self.proc = cluster.host(host).popen(argv, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             text=True)
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout),
+                                       daemon=True)
+        self.reader.start()
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def stop(self) -> None:
+        """SIGTERM (tcpdump writes out what it holds), then wait; the pid was started here."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(timeout=5)
+
+
+# [Conntrack] "should drop INVALID conntrack entries [Privileged]" (kubernetes#74839)
+def test_should_drop_invalid_conntrack_entries(cluster):
+    """upstream: a client pod on one node connects to the boom server's service again and
+    again; the server (node2) answers each handshake with a segment out of the window. Were a
+    node to forward it INVALID, it would reach the client un-DNATed, from the pod's own
+    address, and the client would RST the connection, which the boom server reports as
+    ERROR. The test passes when the server injected its segments and saw no RST. Here it also
+    watches the client's side: no out-of-window segment may arrive from the pod's address
+    (kube-proxy's KUBE-FORWARD INVALID DROP rule, or a kernel whose conntrack keeps such a
+    segment on its connection and NATs it: Linux >= 6.1; docs/e2e.md)."""
+    svc, server_ip = service(cluster, "boom-server"), pod_ip(cluster, "boom-server-0")
+    port = svc.ports[0].port
+    boom = Lines(cluster, "boom-server-0", [sys.executable, BOOM_SERVER, server_ip, "9000"])
+    seen = Lines(cluster, "pod-client-0",
+                 ["tcpdump", "-l", "-n", "-i", "eth0", f"tcp src port {port} or "
+                  f"(src host {server_ip} and tcp src port 9000)"])
+    try:
+        wait_for("the boom server probing", lambda: boom.has("probing"), 10)
+        wait_for("tcpdump listening", lambda: seen.has("listening on"), 10)
+        client = cluster.exec("pod-client-0", [sys.executable, "-c", CONNECT_EVERY_SECOND,
+                                               svc.cluster_ip, str(port), "4"], timeout=30)
+        assert client.returncode == 0, client.stderr
+    finally:
+        boom.stop()
+        seen.stop()
+    assert boom.has("connection established") and boom.has("boom packet injected"), boom.lines
+    assert not boom.has("ERROR"), f"the client reset a connection: {boom.lines}"
+    booms = [line for line in seen.lines if "length 7" in line]   # b"boom!!!"
+    assert not [line for line in booms if f" {server_ip}.9000 >" in line], booms
