@@ -12,7 +12,8 @@ a process on another vCPU costs tens of microseconds, far more than the server's
 extra run puts wrk on the server's CPU to show that own cost.
 Records requests/s, wrk's latency percentiles, the server's CPU time per run, and its RSS idle
 and after load. Then starts 20 idle servers side by side and reads their PSS (shared libc
-pages split between them): the per-pod memory cost when a topology runs hundreds of pods. Writes bench/results/podserver.json and prints a Markdown table.
+pages split between them): the per-pod memory cost when a topology runs hundreds of pods.
+Writes bench/results/podserver.json and prints a Markdown table.
 
     python3 bench/podserver.py [--duration 5] [--out bench/results/podserver.json]
 
@@ -150,7 +151,7 @@ def parse_wrk(out):
         res[f"latency_p{pct}_ms"] = to_ms(value)
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     counts = map(int, m.groups()) if m else (0, 0, 0, 0)  # wrk prints the line only if any
-    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), counts))
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), counts, strict=True))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     res["non_2xx"] = int(m.group(1)) if m else 0
     return res

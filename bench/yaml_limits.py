@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What `cnlb validate` costs on hostile or huge files: time and peak memory, per file.
 
-The promise (README, "Bad input"): any file up to the size limit (testbed.spec.yamldoc.MAX_FILE_BYTES)
+The promise (README, "Bad input"): any file up to the size limit
+(testbed.spec.yamldoc.MAX_FILE_BYTES)
 is validated, or refused with one-line errors, in at most 2 s and 200 MB. This measures it on
 pathological inputs built at that limit: deep nesting (flow and block), a "billion laughs"
 alias bomb, an alias fanned out many times, chains of merges, very many values, one huge

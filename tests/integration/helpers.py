@@ -32,7 +32,8 @@ def probe(cluster, n, host="client1"):
 
 def entry_node(cluster, seen_client):
     """The node a classic-mode request entered through, from the SNAT address the pod saw."""
-    return next(n.name for n in cluster.plan.nodes if seen_client in node_addresses(cluster, n.name))
+    return next(n.name for n in cluster.plan.nodes
+                if seen_client in node_addresses(cluster, n.name))
 
 
 def wait_answering(cluster, host: str, url: str, timeout: float = 30.0,

@@ -1,6 +1,7 @@
 """What a test's clusters left on the machine: only what they made, never a name pattern.
 
-A cluster writes down everything before it makes it (testbed.emulation.journal's journal: processes by pid
+A cluster writes down everything before it makes it (testbed.emulation.journal's journal:
+processes by pid
 and start time, OVS bridges, root-namespace links, files), and teardown deletes the journal. So
 a watch keeps a hard link to every journal that appears while a test runs, and reads it at the
 end; it also notes the processes that descend from the test or from a journaled process while

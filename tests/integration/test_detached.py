@@ -31,7 +31,8 @@ def test_detached_session(no_leftovers):
         again = cnlb("up", TALK, "--detach", check=False)
         assert again.returncode == 3 and "another cluster is running" in again.stderr
         out = os.path.join(REPO, "results", "never-made")
-        run = cnlb("run", os.path.join(REPO, "experiments", "compare-quick.yaml"), "--out", out, check=False)
+        run = cnlb("run", os.path.join(REPO, "experiments", "compare-quick.yaml"), "--out", out,
+                   check=False)
         assert run.returncode == 3 and "another cluster is running" in run.stderr
         assert not os.path.exists(out)
 
@@ -56,7 +57,7 @@ def test_detached_session(no_leftovers):
         assert removed["removed"] == "web-1" and removed["timing"] == "instant", removed
         script = "for i in $(seq 40); do curl -s -m 2 http://198.51.100.10/; echo; done"
         out = cnlb("exec", "client1", "--", "sh", "-c", script).stdout
-        pods = [json.loads(l)["pod"] for l in out.splitlines() if l.startswith("{")]
+        pods = [json.loads(line)["pod"] for line in out.splitlines() if line.startswith("{")]
         assert len(pods) == 40 and "web-1" not in pods
         status = json.loads(cnlb("status", "--json").stdout)
         assert "web-1" not in [p["name"] for p in status["pods"]]

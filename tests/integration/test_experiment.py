@@ -16,8 +16,9 @@ from testbed.paths import REPO
 
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]
-METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",
-           "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors",
+METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s",
+           "throughput_mbps", "path_hops", "cross_node_bytes_fraction", "jain_fairness",
+           "source_ip_preserved", "errors",
            "p50_over_veth", "hop_cost_us"]
 # `direct` sends to the pods' own addresses: only the one-request-at-a-time workloads
 DIRECT_METRICS = set(METRICS) - {"requests_per_s", "throughput_mbps"}
@@ -63,7 +64,8 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
         assert key in meta["environment"]
     assert meta["git"]["revision"]
     figures = os.listdir(out / "figures")
-    for name in ("latency-cdf-latency", "throughput", "pod-share", "path", "diagram-container-native"):
+    for name in ("latency-cdf-latency", "throughput", "pod-share", "path",
+                 "diagram-container-native"):
         assert f"{name}.png" in figures and f"{name}.pdf" in figures, figures
     report = (out / "report.md").read_text()
     assert all(v in report for v in variants)
@@ -74,7 +76,8 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_run_keeps_records_and_leaves_nothing(no_leftovers, tmp_path, sig):
     out = tmp_path / "run"
-    proc = subprocess.Popen(CNLB + ["run", QUICK, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(CNLB + ["run", QUICK, "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []
     deadline = time.time() + 300

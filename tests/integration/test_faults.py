@@ -36,13 +36,15 @@ CNLB = [sys.executable, "-m", "testbed.cli"]
 
 def controller_pid():
     entries = read_journal(StateDir.for_cluster("current"))
-    return [e["pid"] for e in entries if e["kind"] == "process" and e["what"] == "vpc controller"][-1]
+    return [e["pid"] for e in entries
+            if e["kind"] == "process" and e["what"] == "vpc controller"][-1]
 
 
 def test_controller_dies_mid_run_is_recorded_and_recovered(no_leftovers, tmp_path):
     out = tmp_path / "run"
     (tmp_path / "e.yaml").write_text(QUICK_NATIVE)
-    proc = subprocess.Popen(CNLB + ["run", str(tmp_path / "e.yaml"), "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(CNLB + ["run", str(tmp_path / "e.yaml"), "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []
     killed = False
@@ -60,7 +62,8 @@ def test_controller_dies_mid_run_is_recorded_and_recovered(no_leftovers, tmp_pat
     assert any(f["kind"] == "controller-died" for f in meta["faults"]), meta["faults"]
     records = read_records(str(out))
     assert any(r["metric"] == "fault" and r.get("kind") == "controller-died" for r in records)
-    native = {r["metric"] for r in records if r["variant"] == "container-native" and r["value"] is not None}
+    native = {r["metric"] for r in records
+              if r["variant"] == "container-native" and r["value"] is not None}
     assert {"latency_p50_ms", "throughput_mbps", "path_hops"} <= native
 
 

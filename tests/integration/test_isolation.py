@@ -48,15 +48,15 @@ def test_host_unchanged_and_nothing_emulated_in_root_namespace(no_leftovers):
             assert net not in routes
         listening = sh("ss", "-Hltnp")
         pid = str(c.controller.proc.pid)
-        mine = [l for l in listening.splitlines() if f"pid={pid}," in l]
+        mine = [line for line in listening.splitlines() if f"pid={pid}," in line]
         assert len(mine) >= 2, listening          # OpenFlow and REST
-        assert all(l.split()[3].startswith("127.0.0.1:") for l in mine), mine
+        assert all(line.split()[3].startswith("127.0.0.1:") for line in mine), mine
         assert c.sh("client1", "curl -s -m 3 http://198.51.100.10/").returncode == 0
     after = host_view()
     for key in before:
         b, a = before[key], after[key]
         if key.startswith("iptables"):
             b, a = strip_counters(b), strip_counters(a)
-            b = "\n".join(l for l in b.splitlines() if not l.startswith("#"))
-            a = "\n".join(l for l in a.splitlines() if not l.startswith("#"))
+            b = "\n".join(line for line in b.splitlines() if not line.startswith("#"))
+            a = "\n".join(line for line in a.splitlines() if not line.startswith("#"))
         assert a == b, key

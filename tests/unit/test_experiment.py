@@ -60,7 +60,8 @@ def test_shipped_experiments_load_and_resolve(path):
         build_plan(topo)                      # every variant's cluster has an address plan
     json.dumps(exp.to_dict())                 # meta.json can hold it
     if exp.kind == "compare":
-        assert [w.name for w in exp.workloads] == ["latency", "keepalive", "load", "throughput", "path"]
+        assert [w.name for w in exp.workloads] == \
+            ["latency", "keepalive", "load", "throughput", "path"]
     assert validate_files([path]) == []
 
 
@@ -73,7 +74,8 @@ def test_shipped_kinds():
 
 def test_compare_file_fields():
     exp = load_experiment(os.path.join(REPO, "experiments", "compare.yaml"))
-    assert (exp.name, exp.kind, exp.seed, exp.repetitions, exp.warmup_s) == ("compare", "compare", 42, 3, 1.0)
+    assert (exp.name, exp.kind, exp.seed, exp.repetitions, exp.warmup_s) == \
+        ("compare", "compare", 42, 3, 1.0)
     assert exp.topology == os.path.normpath(TALK) or os.path.samefile(exp.topology, TALK)
     assert [(v.name, v.mode, v.external_traffic_policy, v.to) for v in exp.variants] == [
         ("nodeport-cluster", "nodeport", "Cluster", "vip"),
@@ -98,11 +100,14 @@ def test_compare_file_fields():
 
 def test_a_direct_variant_is_container_native_and_not_the_same_as_one_through_the_vip(tmp_path):
     f = write(tmp_path, f"topology: {TALK}\nvariants:\n  cn: {{mode: container-native}}\n"
-                        "  direct: {mode: container-native, to: pods}\n  again: {mode: container-native, to: vip}\n"
+                        "  direct: {mode: container-native, to: pods}\n"
+                        "  again: {mode: container-native, to: vip}\n"
                         "workloads: {latency: {}}\n")
     problems = problems_of(f)
-    assert len(problems) == 1 and "variants.again: runs the same as variant 'cn'" in problems[0], problems
-    exp = load_experiment(write(tmp_path, f"topology: {TALK}\nvariants: {{d: {{mode: container-native, to: pods}}}}\n"
+    assert len(problems) == 1, problems
+    assert "variants.again: runs the same as variant 'cn'" in problems[0], problems
+    exp = load_experiment(write(tmp_path, f"topology: {TALK}\n"
+                                          "variants: {d: {mode: container-native, to: pods}}\n"
                                           "workloads: {latency: {}}\n", "d.yaml"))
     assert exp.variant("d").to == "pods" and exp.to_dict()["variants"][0]["to"] == "pods"
 
@@ -139,7 +144,8 @@ def test_topology_override_and_relative_path(tmp_path):
 
 
 def test_events_are_sorted_by_time(tmp_path):
-    f = write(tmp_path, f"topology: {TALK}\nkind: failover\nduration: 20s\nvariants: {{a: {{mode: nodeport}}}}\n"
+    f = write(tmp_path, f"topology: {TALK}\nkind: failover\nduration: 20s\n"
+                        "variants: {a: {mode: nodeport}}\n"
                         "events:\n  - {at: 9s, action: fail-node, node: node3}\n"
                         "  - {at: 2s, action: remove-pod, pod: web-1}\n")
     exp = load_resolved(f).experiment
@@ -170,7 +176,8 @@ def test_variant_apply_sets_mode_and_policy_on_load_balancer_services():
     assert plan.services[0].health_check_node_port is not None     # the plan assigned one
     cn = Variant("cn", "container-native").apply(talk)
     assert cn.mode == "container-native" and cn.services[0].external_traffic_policy == "Cluster"
-    assert talk.services[0].external_traffic_policy == "Cluster" and talk.mode == "nodeport"  # untouched
+    # untouched
+    assert talk.services[0].external_traffic_policy == "Cluster" and talk.mode == "nodeport"
 
 
 def test_variant_apply_keeps_given_health_check_port_and_other_service_types(tmp_path):
@@ -188,7 +195,8 @@ def test_variant_apply_keeps_given_health_check_port_and_other_service_types(tmp
 
 
 def test_resolve_checks_each_mode_against_the_topology(tmp_path):
-    topo_file = write(tmp_path, open(TALK).read().replace("maxPodsPerNode: 17", "maxPodsPerNode: 2"), "t.yaml")
+    topo_file = write(tmp_path, open(TALK).read().replace("maxPodsPerNode: 17",
+                                                          "maxPodsPerNode: 2"), "t.yaml")
     exp_file = write(tmp_path, f"topology: {topo_file}\nvariants:\n  np: {{mode: nodeport}}\n"
                                "  cn: {mode: container-native}\nworkloads: {latency: {}}\n")
     with pytest.raises(InputError) as err:
@@ -203,7 +211,8 @@ def test_resolve_checks_each_mode_against_the_topology(tmp_path):
 def test_resolve_needs_a_load_balancer_service(tmp_path):
     topo_file = write(tmp_path, open(TALK).read().replace("type: LoadBalancer", "type: NodePort")
                       .replace("externalTrafficPolicy: Cluster", ""), "t.yaml")
-    exp = load_experiment(write(tmp_path, f"topology: {topo_file}\nvariants: {{a: {{mode: nodeport}}}}\n"
+    exp = load_experiment(write(tmp_path, f"topology: {topo_file}\n"
+                                          "variants: {a: {mode: nodeport}}\n"
                                           "workloads: {latency: {}}\n"))
     with pytest.raises(InputError, match="has no LoadBalancer service"):
         resolve(exp, load_topology(topo_file))
@@ -229,7 +238,8 @@ def test_broken_file_gets_one_line_naming_file_line_and_fix(path):
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    f = write(tmp_path, f"topology: {TALK}\nrepetitions: 0\nwarmup: 5\nvariants:\n  a: {{mode: x}}\n"
+    f = write(tmp_path, f"topology: {TALK}\nrepetitions: 0\nwarmup: 5\n"
+                        "variants:\n  a: {mode: x}\n"
                         "workloads:\n  load: {threads: 100}\n")
     problems = problems_of(f)
     assert len(problems) >= 4, problems
@@ -243,8 +253,10 @@ def test_missing_experiment_file_points_at_experiments():
 
 
 def test_datapath_is_auto_unless_the_file_asks_for_afxdp(tmp_path):
-    base = f"topology: {TALK}\nvariants: {{cn: {{mode: container-native}}}}\nworkloads: {{latency: {{}}}}\n"
+    base = (f"topology: {TALK}\nvariants: {{cn: {{mode: container-native}}}}\n"
+            "workloads: {latency: {}}\n")
     assert load_experiment(write(tmp_path, base)).datapath == "auto"
-    assert load_experiment(write(tmp_path, base + "datapath: afxdp\n", "x.yaml")).datapath == "afxdp"
+    exp = load_experiment(write(tmp_path, base + "datapath: afxdp\n", "x.yaml"))
+    assert exp.datapath == "afxdp"
     (problem,) = problems_of(write(tmp_path, base + "datapath: dpdk\n", "bad.yaml"))
     assert "bad.yaml:4: datapath:" in problem and "afxdp" in problem, problem
