@@ -34,7 +34,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("testbed.cli",),
 )
 MAX_MODULE, MAX_FUNCTION, MAX_CLASS = 600, 80, 300
-MODULE_STRING = re.compile(r"""["'](?:-m["'],\s*["'])?((?:testbed|controllers)(?:\.[a-z_]+)+)["']""")
+MODULE_STRING = re.compile(
+    r"""["'](?:-m["'],\s*["'])?((?:testbed|controllers)(?:\.[a-z_]+)+)["']""")
 
 
 def python_files(*roots: str) -> Iterator[str]:

@@ -47,7 +47,8 @@ def blocks_localnet(rules: str) -> bool:
 
 
 def node_scripts(plan) -> dict:
-    """What testbed.emulation.cluster runs in each node's namespace: its set-up and its pods' halves."""
+    """What testbed.emulation.cluster runs in each node's namespace: its set-up and its pods'
+    halves."""
     out = {}
     for node in plan.nodes:
         lines = node_setup(plan, node, offloads_off=True)

@@ -20,8 +20,9 @@ from testbed.analysis.records import (
 from testbed.paths import REPO
 from testbed.spec.experiment import load_resolved
 
-REQUIRED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s", "throughput_mbps",
-            "path_hops", "cross_node_bytes_fraction", "jain_fairness", "source_ip_preserved", "errors")
+REQUIRED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s",
+            "throughput_mbps", "path_hops", "cross_node_bytes_fraction", "jain_fairness",
+            "source_ip_preserved", "errors")
 
 
 class Clock:
@@ -140,7 +141,8 @@ def test_a_run_directory_is_never_reused(tmp_path):
 
 def test_samples_go_to_their_own_file(tmp_path):
     w = writer(tmp_path / "run")
-    path = w.samples("nodeport-local", 2, "latency", [{"t": 0.0, "latency_ms": 0.9, "pod": "web-0"}])
+    path = w.samples("nodeport-local", 2, "latency",
+                     [{"t": 0.0, "latency_ms": 0.9, "pod": "web-0"}])
     assert path.endswith(os.path.join("samples", "nodeport-local", "r2-latency.jsonl"))
     w.samples("nodeport-local", 2, "latency", [{"t": 0.1, "latency_ms": 1.1, "pod": "web-1"}])
     got = read_samples(str(tmp_path / "run"))

@@ -84,7 +84,7 @@ def test_each_missing_or_mistyped_field_is_named_with_its_line(tmp_path):
     d = with_meta(tmp_path / "bad", json.dumps(meta, indent=1))
     problems = [str(p) for p in check_run_dir(d).problems]
     lines = json.dumps(meta, indent=1).splitlines()
-    line_of = {k: next(i + 1 for i, l in enumerate(lines) if l.startswith(f' "{k}":'))
+    line_of = {k: next(i + 1 for i, line in enumerate(lines) if line.startswith(f' "{k}":'))
                for k in ("format", "variants")}
     path = os.path.join(d, "meta.json")
     problems = [p.split(" — ")[0] + " — " for p in problems]

@@ -48,10 +48,11 @@ def test_parse_iperf_csv():
 def test_request_rows_find_entry_node_and_hops():
     plan = build_plan(load_topology(TALK, mode="nodeport"))
     probe = [
-        {"t_start": 0.0, "total_ms": 1.0, "connect_ms": 0.5, "status": 200, "pod": "web-3", "node": "node2",
-         "client": "10.244.1.0", "syn_ack_ttl": 61, "error": None},       # SNAT to node1's flannel.1
-        {"t_start": 0.1, "total_ms": None, "connect_ms": None, "status": 0, "pod": None, "node": None,
-         "client": None, "syn_ack_ttl": None, "error": "connect timeout"},
+        {"t_start": 0.0, "total_ms": 1.0, "connect_ms": 0.5, "status": 200, "pod": "web-3",
+         "node": "node2", "client": "10.244.1.0", "syn_ack_ttl": 61,   # SNAT to node1's flannel.1
+         "error": None},
+        {"t_start": 0.1, "total_ms": None, "connect_ms": None, "status": 0, "pod": None,
+         "node": None, "client": None, "syn_ack_ttl": None, "error": "connect timeout"},
         {"summary": True, "requests": 2, "errors": 1},
     ]
     rows = request_rows(probe, plan, "203.0.113.10", "Cluster")
@@ -61,7 +62,8 @@ def test_request_rows_find_entry_node_and_hops():
 
 
 def test_recovery_time_is_last_failure_after_the_event():
-    rows = [{"t": 5.0, "ok": True}, {"t": 5.5, "ok": False}, {"t": 6.2, "ok": False}, {"t": 7.0, "ok": True}]
+    rows = [{"t": 5.0, "ok": True}, {"t": 5.5, "ok": False}, {"t": 6.2, "ok": False},
+            {"t": 7.0, "ok": True}]
     assert abs(recovery_time(rows, 5.0) - 1.2) < 1e-9
     assert recovery_time([{"t": 9.0, "ok": True}], 5.0) == 0.0
 
@@ -71,8 +73,9 @@ def test_iperf_service_rides_on_the_measured_services_pods():
     plan = build_plan(topo)
     iperf = next(s for s in plan.services if s.name == "iperf")
     assert iperf.endpoints == next(s for s in plan.services if s.name == "web").endpoints
-    lb = next(l for l in plan.load_balancers if l.service == "iperf")
-    assert {b.port for b in lb.backends} == {5001} and {b.health_port for b in lb.backends} == {8080}
+    lb = next(b for b in plan.load_balancers if b.service == "iperf")
+    assert {b.port for b in lb.backends} == {5001}
+    assert {b.health_port for b in lb.backends} == {8080}
 
 
 def test_synthetic_services_are_distinct():

@@ -299,8 +299,8 @@ def test_kind_is_decided_from_the_parsed_keys(text, experiment):
 
 def test_json_experiment_is_checked_as_an_experiment(tmp_path, capsys):
     f = tmp_path / "e.json"
-    f.write_text('{"topology": "%s", "repetitions": 0,\n "variants": {"a": {"mode": "nodeport"}},'
-                 '\n "workloads": {"latency": {}}}\n' % MINIMAL)
+    f.write_text(f'{{"topology": "{MINIMAL}", "repetitions": 0,\n'
+                 ' "variants": {"a": {"mode": "nodeport"}},\n "workloads": {"latency": {}}}\n')
     first = one_line_refusal(["validate", str(f)], capsys)
     assert first.startswith(f"{f}:1: repetitions:") and "1-100" in first, first
     f.write_text(f.read_text().replace('"repetitions": 0', '"repetitions": 2'))

@@ -59,7 +59,8 @@ def test_percentiles_linear_interpolation_type_7():
     assert percentile(xs, 0) == 15 and percentile(xs, 100) == 50 and percentile(xs, 50) == 35
     assert percentile([3, 1, 2], 50) == 2                       # unsorted input
     assert percentile([5], 99) == 5
-    assert percentiles(range(1, 101), (50, 90, 99)) == pytest.approx({50: 50.5, 90: 90.1, 99: 99.01})
+    assert percentiles(range(1, 101), (50, 90, 99)) == \
+        pytest.approx({50: 50.5, 90: 90.1, 99: 99.01})
     with pytest.raises(ValueError):
         percentile([], 50)
     with pytest.raises(ValueError):
@@ -92,7 +93,7 @@ def test_mean_ci_against_hand_computation():
     xs = [10.0, 12.0, 11.0, 13.0]
     m = 11.5
     s = math.sqrt(((10 - m) ** 2 + (12 - m) ** 2 + (11 - m) ** 2 + (13 - m) ** 2) / 3)   # 1.29099
-    half = 3.1824463053 * s / math.sqrt(4)                                                # t(0.975, 3)
+    half = 3.1824463053 * s / math.sqrt(4)   # t(0.975, 3)
     ci = mean_ci(xs)
     assert ci.n == 4 and ci.mean == pytest.approx(m) and ci.half == pytest.approx(half, rel=1e-9)
     assert ci.low == pytest.approx(m - half) and ci.high == pytest.approx(m + half)

@@ -91,12 +91,13 @@ POOLS = {
     "name": NAMES, "cidr": CIDRS, "subnet": CIDRS, "podCIDR": CIDRS, "serviceCIDR": CIDRS,
     "maxPodsPerNode": COUNTS, "nodePrefix": [15, 16, 20, 24, 25, 26, 27, 28, 29],
     "overlay": ["vxlan", "host-gw", "Host-gw", "flannel"], "vxlanPort": PORTS,
-    "vni": [0, 1, 4096, 9999999, 10000000, 16777215, 16777216], "mtu": [1279, 1280, 1450, 1500, 9000],
+    "vni": [0, 1, 4096, 9999999, 10000000, 16777215, 16777216],
+    "mtu": [1279, 1280, 1450, 1500, 9000],
     "nodes": [{}, {"subnet": "az-a"}, {"subnet": "az-b"}, None, "az-a"],
     "replicas": COUNTS, "port": PORTS, "targetPort": PORTS, "nodePort": PORTS,
     "healthCheckNodePort": PORTS,
-    "placement": ["spread", "Spread", "spred", ["node1"], {}, {"node1": 1}, {"node1": 2, "node2": 1},
-                  {"node1": 0}, {"node9": 1}, None],
+    "placement": ["spread", "Spread", "spred", ["node1"], {}, {"node1": 1},
+                  {"node1": 2, "node2": 1}, {"node1": 0}, {"node9": 1}, None],
     "deployments": [{}, {"replicas": 2}, {"replicas": 5000, "placement": "spread"}, None],
     "type": ["ClusterIP", "NodePort", "LoadBalancer", "loadbalancer", "ExternalName"],
     "selector": ["web", "api", "nothing", ""],
@@ -142,7 +143,8 @@ VALID = {
     "placement": ["spread"], "port": [1, 80, 8080, 65535],
     "nodes": [{}, {"subnet": "az-a"}],
     "deployments": [{"replicas": 2}, {}, {"replicas": 1000, "placement": "spread"}],
-    "type": ["ClusterIP", "NodePort", "LoadBalancer"], "externalTrafficPolicy": ["Cluster", "Local"],
+    "type": ["ClusterIP", "NodePort", "LoadBalancer"],
+    "externalTrafficPolicy": ["Cluster", "Local"],
     "healthCheckNodePort": [30090, 32767], "sessionAffinity": ["None", "ClientIP"],
     "sessionAffinityTimeout": [1, 86400],
     "protocol": ["TCP", "UDP"], "internalTrafficPolicy": ["Cluster", "Local"],
@@ -380,7 +382,8 @@ def check_buildable(topo: Topology) -> None:
     assert len({g.subnet for g in plan.gateways}) == len(plan.gateways)
 
     # addresses: unique, inside their networks, never a network, broadcast or gateway address
-    ips = [a.ip for a in plan.attachments] + [p.ip for p in plan.pods] + [g.ip for g in plan.gateways]
+    ips = ([a.ip for a in plan.attachments] + [p.ip for p in plan.pods]
+           + [g.ip for g in plan.gateways])
     assert len(ips) == len(set(ips)), sorted(i for i in ips if ips.count(i) > 1)
     macs = [a.mac for a in plan.attachments] + [p.mac for p in plan.pods] + \
         [p.veth_mac for p in plan.pods] + [g.mac for g in plan.gateways]
