@@ -255,6 +255,11 @@ def cmd_pod(args) -> int:
 
 def cmd_node(args) -> int:
     from testbed.emulation.session import request
+    if args.action == "restart-kube-proxy":
+        if args.instant:
+            raise UsageError("cnlb node restart-kube-proxy: --instant only goes with fail")
+        print(json.dumps(request("restart-kube-proxy", node=args.name)))
+        return 0
     print(json.dumps(request("fail-node", node=args.name, instant=args.instant)))
     return 0
 

@@ -98,8 +98,10 @@ def _lifecycle(sub) -> None:
 
     _services(sub)
 
-    node = sub.add_parser("node", help="node lifecycle on a running cluster: fail")
-    node.add_argument("action", choices=("fail",))
+    node = sub.add_parser("node", help="node lifecycle on a running cluster: fail, or "
+                          "restart-kube-proxy (a new process, its first sync over the rules in "
+                          "place)")
+    node.add_argument("action", choices=("fail", "restart-kube-proxy"))
     node.add_argument("name", metavar="NAME")
     _instant_option(node)
     node.set_defaults(func=c.cmd_node)

@@ -40,6 +40,7 @@ from testbed.errors import EnvironmentProblem
 from testbed.kubernetes.dataplane.base import ServerProcess, ServiceDataPlane
 from testbed.kubernetes.dataplane.model import EndpointConditions, service_ports
 from testbed.kubernetes.dataplane.registry import dataplane_for
+from testbed.kubernetes.kubelet import KubeletIptables
 from testbed.kubernetes.lifecycle import Step
 from testbed.paths import PODSERVER
 from testbed.plan.addresses import LB_HOST, Plan, build_plan
@@ -95,6 +96,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
         self.lock = Lock()
         self.control = ControlPlane(self)
         self.kube_proxy: ServiceDataPlane | None = None
+        self.kubelet_iptables: KubeletIptables | None = None   # the kubelets' own chains
         self.timings: dict[str, float] = {}
         self.offloads_off = False
         self._stopped = False
@@ -163,6 +165,8 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
                 self._first_sync.join(60)
         if self.kube_proxy is not None:
             self.kube_proxy.stop_sync_runner()   # nor a paced sync on nodes being removed
+        if self.kubelet_iptables is not None:   # the kubelets' KUBE-IPTABLES-HINT monitor
+            self.kubelet_iptables.stop()
         if self.controller:
             self.controller.stop()
         removed = clean(self.state, log=self.progress) if self.journal else {}
@@ -284,6 +288,7 @@ class Cluster(ServiceMethods):   # apply_service, set_service, delete_service
                     else self.sync_kube_proxy)
         self._stage("lb targets", self.wait_lb_ready)
         self.control.start_clock()   # the kubelets' probers, the control plane's scheduler
+        self.kubelet_iptables = KubeletIptables.started(self, self.iptables)
 
     def sync_kube_proxy(self) -> None:
         """Render and apply kube-proxy's rules on every node."""

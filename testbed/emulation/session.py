@@ -127,6 +127,8 @@ class Owner:
                 c.wait_lb_ready()
                 result = {"failed": request["node"], "rescheduled": moved,
                           **_clock(c, [], request)}
+            elif op == "restart-kube-proxy":   # kube-proxy.md: a new process on the node
+                result = {"restarted": c.kube_proxy.restart([request["node"]])}
             elif op in SERVICE_OPS:
                 result = _service_request(c, op, request)
             elif op in ROLLOUT_OPS:

@@ -7,6 +7,11 @@ container-native mode, its ip target at the load balancer: the control plane act
 ProbeTracker: one pod's probe results and the readiness they make (pure).
 ReadinessProber: the thread that probes every pod when it falls due and reports changes.
 http_ok: what counts as a success (an HTTP status of 200-399, as upstream's HTTP probe).
+KubeletIptables: the kubelet's own iptables chains on every node (upstream
+pkg/kubelet/kubelet_network_linux.go): KUBE-IPTABLES-HINT in mangle, which tells other
+components which iptables backend the node uses, and the KUBE-KUBELET-CANARY chains its
+canary monitor checks (testbed.kubernetes.dataplane.monitor), making the hint again after a
+flush.
 """
 
 from __future__ import annotations
@@ -21,8 +26,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from testbed.kubernetes.dataplane.monitor import (
+    CanaryMonitor,
+    ensure_chains_script,
+    iptables_binary,
+    iptables_monitor,
+    run_on,
+)
 from testbed.spec.model import Timing
 
+KUBE_IPTABLES_HINT = "KUBE-IPTABLES-HINT"
+KUBE_KUBELET_CANARY = "KUBE-KUBELET-CANARY"
+# upstream checks the kubelet's canary every minute, twice kube-proxy's default sync period
+# (30 s); the testbed keeps the ratio to the topology's kubeProxy.syncPeriod
+KUBELET_CANARY_PERIODS = 2.0
 READINESS_PATH = "/readyz"
 PROBE_TIMEOUT_S = 1.0          # upstream's timeoutSeconds default
 _CLONE_NEWNET = 0x40000000
@@ -247,3 +264,48 @@ class ReadinessProber:
         if b"\r\n" in probed.reply or not chunk:
             return http_ok(probed.reply.split(b"\r\n", 1)[0])
         return None
+
+
+class KubeletIptables:
+    """The kubelets' iptables chains on every live node of a running cluster: upstream's
+    syncIPTablesRules (KUBE-IPTABLES-HINT in mangle) at start and whenever the
+    KUBE-KUBELET-CANARY monitor finds its canary gone. IPv4 only; no KUBE-FIREWALL chain
+    (its rule guards against route_localnet, which the testbed's kube-proxy never sets).
+
+    cluster: the running cluster (plan, failed_nodes, host)
+    backend: the cluster's iptables backend (auto, legacy, nft)
+    interval: seconds between canary checks (KUBELET_CANARY_PERIODS x kubeProxy.syncPeriod)
+    """
+
+    def __init__(self, cluster: object, backend: str, interval: float):
+        self.cluster = cluster
+        self.iptables = iptables_binary(backend)
+        hint = [("mangle", KUBE_IPTABLES_HINT)]
+        self.monitor: CanaryMonitor = iptables_monitor(
+            "kubelet", KUBE_KUBELET_CANARY, interval, cluster, self.iptables, self.live_nodes,
+            self.sync_iptables_rules, also=hint)
+
+    def live_nodes(self) -> list[str]:
+        plan, failed = self.cluster.plan, self.cluster.failed_nodes   # type: ignore[attr-defined]
+        return [n.name for n in plan.nodes if n.name not in failed]
+
+    def sync_iptables_rules(self, node: str) -> None:
+        """upstream syncIPTablesRules: the hint chain (the canaries follow in the monitor)."""
+        run_on(self.cluster, node, ["sh", "-s"],
+               ensure_chains_script(self.iptables, [("mangle", KUBE_IPTABLES_HINT)]))
+
+    @classmethod
+    def started(cls, cluster: object, backend: str) -> KubeletIptables:
+        """Every node's chains made and watched (in the monitor's thread), every
+        KUBELET_CANARY_PERIODS x the topology's kubeProxy.syncPeriod."""
+        timing: Timing = cluster.topo.kubernetes   # type: ignore[attr-defined]
+        kubelets = cls(cluster, backend, KUBELET_CANARY_PERIODS * timing.sync_period_s)
+        kubelets.start()
+        return kubelets
+
+    def start(self) -> None:
+        """Make every node's chains and watch them, in the monitor's thread."""
+        self.monitor.start()
+
+    def stop(self) -> None:
+        self.monitor.stop()

@@ -252,6 +252,9 @@ class Timing:
         controller); its pods' endpoints go not ready
     not_ready_toleration_s: pods are evicted (and recreated elsewhere) this long after NotReady
     lb_registration_delay_s, lb_deregistration_lag_s: the cloud LB controller's lag to register
+    sync_period_s: kube-proxy's --iptables-sync-period: how often it checks its canary chain
+        (a full sync when it is gone) and when a failed sync is retried; the kubelet checks
+        its own canary every 2 x this (upstream: 1 min against the default 30 s)
         and deregister targets after endpoints change
     lb_deregistration_delay_s: the LB's connection draining: a deregistered target gets no new
         connections but keeps its open ones this long
@@ -269,6 +272,7 @@ class Timing:
     not_ready_toleration_s: float = 300.0
     lb_registration_delay_s: float = 0.0
     lb_deregistration_lag_s: float = 0.0
+    sync_period_s: float = 30.0
     lb_deregistration_delay_s: float = 300.0
 
     @property

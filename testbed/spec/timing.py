@@ -8,7 +8,8 @@ kubernetes:
                    successThreshold: 1}
   terminationGracePeriodSeconds: 30
   preStopSeconds: 0                 # the preStop hook's sleep
-  kubeProxy: {minSyncPeriod: 1s}    # --iptables-min-sync-period
+  kubeProxy: {minSyncPeriod: 1s,    # --iptables-min-sync-period
+              syncPeriod: 30s}      # --iptables-sync-period (canary checks, retries)
   endpointUpdatesBatchPeriod: 0s    # kube-controller-manager --endpointslice-updates-batch-period
   nodeMonitorGracePeriod: 50s       # kube-controller-manager --node-monitor-grace-period
   notReadyTolerationSeconds: 300    # the not-ready taint's toleration on every pod
@@ -63,9 +64,11 @@ def read_kubernetes(r: Reader) -> Timing:
     put("pre_stop_s", (), "preStopSeconds", number(0, HOUR),
         "seconds between 0 and 3600 (default 0)")
     proxy = ("kubeProxy",)
-    r.mapping(path + proxy, {"minSyncPeriod"})
+    r.mapping(path + proxy, {"minSyncPeriod", "syncPeriod"})
     put("min_sync_period_s", proxy, "minSyncPeriod", go_duration(HOUR / 6),
         "write a duration like 1s (kube-proxy's default) or 0s")
+    put("sync_period_s", proxy, "syncPeriod", go_duration(HOUR),
+        "write a duration like 30s (kube-proxy's default) or 2s")
     put("endpoint_updates_batch_period_s", (), "endpointUpdatesBatchPeriod", go_duration(60),
         "write a duration of at most 1m, like 500ms (default 0s: at once)")
     put("node_monitor_grace_period_s", (), "nodeMonitorGracePeriod", go_duration(HOUR),
@@ -82,6 +85,11 @@ def read_kubernetes(r: Reader) -> Timing:
     put("lb_deregistration_delay_s", lb, "deregistrationDelay", go_duration(HOUR),
         "write a duration of at most 1h, like 300s (AWS's default) or 0s")
     timing = Timing(**got)   # type: ignore[arg-type]
+    if "sync_period_s" in got and timing.sync_period_s < 0.1:
+        # upstream refuses 0 ("must be greater than 0"); checking a canary more often than
+        # ten times a second is only load
+        r.problem(path + proxy + ("syncPeriod",), f"{timing.sync_period_s:g}s is too short",
+                  "write a duration of at least 100ms, like 30s (kube-proxy's default) or 2s")
     both = {"pre_stop_s", "termination_grace_period_s"} <= got.keys()
     if both and timing.pre_stop_s > timing.termination_grace_period_s:
         # as the API server's check of a preStop sleep: it must fit in the grace period

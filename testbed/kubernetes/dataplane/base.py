@@ -131,6 +131,9 @@ class ServiceDataPlane(ABC):
             timing = getattr(getattr(cluster, "topo", None), "kubernetes", None)
             min_sync_period_s = float(getattr(timing, "min_sync_period_s", 1.0))
         self.min_sync_period_s = min_sync_period_s
+        # upstream --iptables-sync-period: canary checks and the retry after a failed sync
+        timing = getattr(getattr(cluster, "topo", None), "kubernetes", None)
+        self.sync_period_s = float(getattr(timing, "sync_period_s", 30.0))
         self.health_timeout_s = DEFAULT_HEALTH_TIMEOUT_S  # upstream: 2 x --sync-period
         self.metrics: dict[str, ProxyMetrics] = {}   # node -> its kube-proxy's metrics
         self.last_updated: dict[str, float] = {}     # node -> last successful sync (epoch s)
@@ -238,7 +241,7 @@ class ServiceDataPlane(ABC):
                 self.sync_all()
         except Exception:
             if self.runner is not None:   # upstream: RetryAfter(syncPeriod) on failure
-                self.runner.retry_after(30.0)
+                self.runner.retry_after(self.sync_period_s)
             raise
 
     def wait_synced(self, timeout: float = 10.0) -> bool:

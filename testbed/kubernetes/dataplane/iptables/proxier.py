@@ -39,6 +39,8 @@ from testbed.kubernetes.dataplane.model import (
     node_context,
     service_ports,
 )
+from testbed.kubernetes.dataplane.monitor import CanaryMonitor
+from testbed.kubernetes.dataplane.restart import RESYNC_MODES, restart_kube_proxy, start_canary
 from testbed.plan.addresses import Plan
 
 
@@ -63,6 +65,12 @@ class KubeProxy(ServiceDataPlane):
         self.applied: dict[str, list[ServicePort]] = {}  # node -> the service ports applied there
         self.services: list[ServicePort] = []   # what the last sync brought the nodes to
         self.listening: dict[str, frozenset[int]] = {}   # node -> ports its server opened
+        # nodes whose next sync is full over rules already there (a restarted kube-proxy, a
+        # deleted canary, a failed sync: upstream's needFullSync): no jumps in the text,
+        # ensured with -C/-I instead (restart.py)
+        self.existing_rules: set[str] = set()
+        self.restarts: dict[str, int] = {}   # node -> times its kube-proxy was restarted
+        self.canary: CanaryMonitor | None = None   # iptables mode: KUBE-PROXY-CANARY
 
     @staticmethod
     def render(services: Sequence[ServicePort], node: NodeContext) -> str:
@@ -79,7 +87,8 @@ class KubeProxy(ServiceDataPlane):
 
     def apply_text(self, node: str, text: str) -> None:
         """iptables-restore --noflush of `text` on `node`; raises RestoreError."""
-        apply(self._runner(node), text, backend=self.backend, ensure_jumps=False)
+        apply(self._runner(node), text, backend=self.backend,
+              ensure_jumps=node in self.existing_rules)
 
     def sync_all(self, services: Sequence[ServicePort] | None = None) -> None:
         with self.sync_lock:
@@ -91,6 +100,18 @@ class KubeProxy(ServiceDataPlane):
             finally:
                 self.services = services
                 self._sync_servers(services)
+            if self.canary is None:
+                self.canary = start_canary(self)
+
+    def restart(self, nodes: Sequence[str] | None = None) -> list[str]:
+        """Restart kube-proxy on `nodes` (default: every live node): restart.py."""
+        return restart_kube_proxy(self, nodes)
+
+    def stop_sync_runner(self) -> None:
+        super().stop_sync_runner()
+        if self.canary is not None:
+            self.canary.stop()
+            self.canary = None
 
     def sync_node(self, node: str, services: list[ServicePort]) -> None:
         """Bring one node to `services` (whole at its first sync, partially after)."""
@@ -111,7 +132,11 @@ class KubeProxy(ServiceDataPlane):
             if isinstance(result, ApplyError):
                 failed = failed or f"kube-proxy on {node}: {result}"
                 metrics.observe_failure(full)
+                if self.mode in RESYNC_MODES:   # upstream: needFullSync after a failed sync
+                    self.applied.pop(node, None)
+                    self.existing_rules.add(node)
                 continue
+            self.existing_rules.discard(node)
             now = time.time()
             self.sync_times.append((node, round(result, 4), kinds[node]))
             metrics.observe_sync(result + render_s[node], full, now)
@@ -159,14 +184,16 @@ class KubeProxy(ServiceDataPlane):
         """node -> what it loads now, node -> "full" or "partial", node -> seconds its text
         took to render (shared texts count whole for each node, as each kube-proxy renders)."""
         texts, kinds, seconds = {}, {}, {}
-        rendered: dict[tuple[int, tuple[str | None, bool, str]], tuple[str, float]] = {}
+        rendered: dict[tuple[object, ...], tuple[str, float]] = {}   # (old, over, render_key)
         for node in nodes:
             old, ctx = self.applied.get(node), self.context(node)
             # nodes synced together hold the same `old` list (or None): its id() groups them
-            key = (id(old), rules.render_key([*(old or ()), *services], ctx))
+            over = node in self.existing_rules   # a full sync over rules in place: no jumps
+            key = (id(old), over, rules.render_key([*(old or ()), *services], ctx))
             if key not in rendered:
                 t0 = time.time()
-                text = (with_jump_rules(self.render(services, ctx)) if old is None
+                text = (self.render(services, ctx) if old is None and over
+                        else with_jump_rules(self.render(services, ctx)) if old is None
                         else self.render_partial(old, services, ctx))
                 rendered[key] = text, time.time() - t0
             texts[node], seconds[node] = rendered[key]
