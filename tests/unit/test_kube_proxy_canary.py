@@ -230,3 +230,22 @@ def test_after_a_failed_sync_the_next_is_whole_over_the_rules_in_place(plan, tmp
     assert _restores(cluster, "node1")[-1] == rules.render(services, node_context(plan, "node1"))
     assert [k for n, _, k in kp.sync_times if n == "node1"] == ["full", "full"]
     assert [k for n, _, k in kp.sync_times if n == "node2"] == ["full", "partial", "partial"]
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+def test_cnlb_node_restart_kube_proxy_asks_the_detached_cluster(monkeypatch, capsys):
+    from testbed.cli import commands
+    from testbed.cli.parser import build_parser
+    from testbed.emulation import session
+    from testbed.errors import UsageError
+    asked: list[tuple[str, dict]] = []
+    monkeypatch.setattr(session, "request", lambda op, **kw: asked.append((op, kw)) or
+                        {"restarted": [kw["node"]]})
+    args = build_parser().parse_args(["node", "restart-kube-proxy", "node1"])
+    assert args.func(args) == 0
+    assert asked == [("restart-kube-proxy", {"node": "node1"})]
+    assert capsys.readouterr().out.strip() == '{"restarted": ["node1"]}'
+    with pytest.raises(UsageError, match="--instant only goes with fail"):
+        commands.cmd_node(build_parser().parse_args(
+            ["node", "restart-kube-proxy", "node1", "--instant"]))
