@@ -5,8 +5,10 @@ Everything runs in ONE scratch network namespace, cnlb-bench-<pid>, deleted at t
 Ctrl-C or SIGTERM); every iptables command runs inside it through `ip netns exec`, so the
 machine's own rules are never read or touched.
 
-For each backend (iptables-legacy-restore, iptables-nft-restore, and "nftables": kube-proxy's
-nftables mode, testbed.kubernetes.dataplane.nftables, loaded with one `nft -f -`) and each size
+For each backend (iptables-legacy-restore, iptables-nft-restore, "nftables": kube-proxy's
+nftables mode, testbed.kubernetes.dataplane.nftables, loaded with one `nft -f -`, and
+"nftables-steps": the same mode's cold start in steps, nftables/coldstart.py, its full sync
+into the empty namespace as several `nft -f -` in order) and each size
 (1,000 and 10,000 services x 5 endpoints, cluster IPs in 10.96.0.0/12, endpoints in 10.244.0.0/16, every
 fifth service also a NodePort):
 
@@ -50,11 +52,18 @@ sys.path.insert(0, str(ROOT))
 
 from testbed.kubernetes.dataplane.iptables import names, restore, rules  # noqa: E402
 from testbed.kubernetes.dataplane.model import Endpoint, NodeContext, ServicePort  # noqa: E402
+from testbed.kubernetes.dataplane.nftables import coldstart  # noqa: E402
 from testbed.kubernetes.dataplane.nftables import rules as nft_rules  # noqa: E402
 
 NS = f"cnlb-bench-{os.getpid()}"
-BACKENDS = ("legacy", "nft", "nftables")   # the two iptables backends, and nftables mode
+BACKENDS = ("legacy", "nft", "nftables", "nftables-steps")   # iptables' two, nftables mode's
 NFTABLES = "nftables"
+STEPS = "nftables-steps"   # nftables mode, a cold start in steps (coldstart.py)
+NFT_MODES = (NFTABLES, STEPS)
+STEP_LIMITS = {"max_lines": coldstart.DEFAULT_MAX_LINES, "max_vmaps": coldstart.DEFAULT_MAX_VMAPS}
+# services -> the table one transaction leaves (nft_state), kept from the nftables backend's
+# first full sync for the steps backend's check (or loaded by it when nftables did not run)
+ONE_TRANSACTION_STATE: dict = {}
 NODE = NodeContext("node1", "192.168.0.11", "10.244.0.0/16")
 NODES = ("node1", "node2", "node3")
 TARGET_FULL_S = 3.0  # 10,000 x 5 full sync
@@ -82,8 +91,8 @@ def ns_output(argv: list) -> str:
 def clean(backend: str) -> None:
     """Empty the filter and nat tables of this backend (nftables: remove the kube-proxy
     table), in the scratch namespace only."""
-    if backend == NFTABLES:
-        nft_apply("add table ip kube-proxy\ndelete table ip kube-proxy\n")
+    if backend in NFT_MODES:
+        nft_clean()
         return
     restore.apply(ns_run, "*filter\nCOMMIT\n*nat\nCOMMIT\n", backend, noflush=False,
                   ensure_jumps=False)
@@ -92,7 +101,7 @@ def clean(backend: str) -> None:
 def save_state(backend: str) -> dict:
     """table -> chain -> rules, from iptables-save (counters and comments lines dropped);
     nftables: nft_state()."""
-    if backend == NFTABLES:
+    if backend in NFT_MODES:
         return nft_state()
     text = ns_output([f"iptables-{backend}-save", "-t", "filter"])
     text += ns_output([f"iptables-{backend}-save", "-t", "nat"])
@@ -110,7 +119,7 @@ def save_state(backend: str) -> dict:
 
 
 def sep_chains(backend: str) -> set:
-    if backend == NFTABLES:
+    if backend in NFT_MODES:
         return {c for c in nft_state()["chain"] if c.startswith(ENDPOINT)}
     save = ns_output([f"iptables-{backend}-save", "-t", "nat"])
     return {c for c in restore.nat_chains_in_save(save) if c.startswith(names.SEP_PREFIX)}
@@ -125,6 +134,11 @@ def nft_apply(text: str) -> None:
     code, err = ns_run(["nft", "-f", "-"], text.encode())
     if code != 0:
         raise RuntimeError(f"nft -f - failed (exit {code}): {err.strip()[:2000]}")
+
+
+def nft_clean() -> None:
+    """Remove the kube-proxy table (of the scratch namespace)."""
+    nft_apply("add table ip kube-proxy\ndelete table ip kube-proxy\n")
 
 
 def nft_state() -> dict:
@@ -194,14 +208,22 @@ def timed_apply(backend: str, text_fn, ensure_jumps: bool, label: str) -> dict:
     t0 = time.perf_counter()
     text = text_fn()
     t1 = time.perf_counter()
-    if backend == NFTABLES:
-        nft_apply(text)
+    step_s = []
+    if backend in NFT_MODES:   # a cold start in steps: one `nft -f -` per step, in order
+        for step in coldstart.split(text):
+            a = time.perf_counter()
+            nft_apply(step)
+            step_s.append(time.perf_counter() - a)
     else:
         restore.apply(ns_run, text, backend, ensure_jumps=ensure_jumps)
     t2 = time.perf_counter()
-    print(f"  {label}: render {t1 - t0:.3f} s + apply {t2 - t1:.3f} s", flush=True)
-    return {"render_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0,
-            "restore_bytes": len(text.encode()), "restore_lines": text.count("\n")}
+    steps = f" in {len(step_s)} transactions" if len(step_s) > 1 else ""
+    print(f"  {label}: render {t1 - t0:.3f} s + apply {t2 - t1:.3f} s{steps}", flush=True)
+    sample = {"render_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0,
+              "restore_bytes": len(text.encode()), "restore_lines": text.count("\n")}
+    if len(step_s) > 1:
+        sample["step_apply_s"] = step_s
+    return sample
 
 
 def collect(samples: list) -> dict:
@@ -213,18 +235,41 @@ def median(values: list) -> float:
     return statistics.median(values)
 
 
+def render_full(backend: str, services: list) -> str:
+    """A full sync's text into empty tables (nftables-steps: coldstart's steps, joined)."""
+    if backend == STEPS:
+        return coldstart.join(coldstart.render(services, NODE, **STEP_LIMITS))
+    return (nft_rules if backend == NFTABLES else rules).render(services, NODE)
+
+
+def steps_equal_one_transaction(n: int, services: list, after_steps: dict) -> bool:
+    """Whether the table the steps left equals the one one `nft -f` of rules.render leaves
+    (the nftables backend's, when it ran at this size; else loaded here, into emptied tables)."""
+    if n not in ONE_TRANSACTION_STATE:
+        nft_clean()
+        nft_apply(nft_rules.render(services, NODE))
+        ONE_TRANSACTION_STATE[n] = nft_state()
+    return after_steps == ONE_TRANSACTION_STATE[n]
+
+
 def bench_size(backend: str, n: int, reps: int) -> dict:
     services = synthetic(n)
-    mode = nft_rules if backend == NFTABLES else rules
+    mode = nft_rules if backend in NFT_MODES else rules
     expected = endpoint_chains(backend, services)
     checks = []
 
-    full, slow = [], False
+    full, slow, after_steps = [], False, None
     for rep in range(reps):
         clean(backend)
-        full.append(timed_apply(backend, lambda: mode.render(services, NODE), ensure_jumps=True,
-                                label=f"full sync {rep + 1}/{reps}"))
+        full.append(timed_apply(backend, lambda: render_full(backend, services),
+                                ensure_jumps=True, label=f"full sync {rep + 1}/{reps}"))
         checks.append(sep_chains(backend) == expected)
+        if rep == 0 and backend in NFT_MODES:
+            state = nft_state()
+            if backend == NFTABLES:
+                ONE_TRANSACTION_STATE[n] = state
+            else:
+                after_steps = state
         if full[0]["total_s"] > SLOW_SYNC_S:
             slow, reps = True, 1
             print(f"  slower than {SLOW_SYNC_S:.0f} s: one repetition, no populated resync",
@@ -232,7 +277,8 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
             break
 
     warm = []
-    for rep in range(0 if slow else reps):
+    # nftables-steps over a table in place is the one transaction: the nftables row's resync
+    for rep in range(0 if slow or backend == STEPS else reps):
         warm.append(timed_apply(backend, lambda: mode.render(services, NODE), ensure_jumps=True,
                                 label=f"full resync {rep + 1}/{reps}"))
         checks.append(sep_chains(backend) == expected)
@@ -250,7 +296,9 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
     clean(backend)
     load_whole(backend, current)
     equal = after_partial == save_state(backend)
-    if backend == NFTABLES:   # one table: its rules and chains
+    steps_equal = (steps_equal_one_transaction(n, services, after_steps)
+                   if after_steps is not None else None)
+    if backend in NFT_MODES:   # one table: its rules and chains
         counts = {"nat_rules": nft_rule_count(after_partial),
                   "nat_chains": len(after_partial["chain"]), "filter_rules": None}
     else:
@@ -266,27 +314,30 @@ def bench_size(backend: str, n: int, reps: int) -> dict:
         "one_endpoint_change": collect(partial),
         "sep_chains_verified": all(checks),
         "partial_state_equals_full": equal,
+        "steps": dict(STEP_LIMITS) if backend == STEPS else None,
+        "steps_state_equals_one_transaction": steps_equal,
     }
 
 
 def endpoint_chains(backend: str, services: list) -> set:
     """The endpoint chains (KUBE-SEP- / endpoint-) the node should hold."""
-    if backend == NFTABLES:
+    if backend in NFT_MODES:
         return nft_rules.endpoint_chain_names(services, NODE)
     return rules.endpoint_chains(services, NODE)
 
 
 def load_whole(backend: str, services: list) -> None:
-    """A full sync of `services` (untimed)."""
-    if backend == NFTABLES:
-        nft_apply(nft_rules.render(services, NODE))
+    """A full sync of `services` (untimed), into empty tables."""
+    if backend in NFT_MODES:
+        for step in coldstart.split(render_full(backend, services)):
+            nft_apply(step)
     else:
         restore.apply(ns_run, rules.render(services, NODE), backend)
 
 
 def load_change(backend: str, old: list, new: list) -> None:
     """A partial sync from `old` to `new` (untimed)."""
-    if backend == NFTABLES:
+    if backend in NFT_MODES:
         text = nft_rules.render_partial(old, new, NODE)
         if text:
             nft_apply(text)
@@ -374,11 +425,13 @@ def table(results: list) -> str:
     for r in results:
         def cell(key: str) -> str:
             d = r[key]
+            if d is None and r["backend"] == STEPS and key == "full_resync_populated":
+                return "one transaction (the table is there): as nftables"
             if d is None:
                 return "not measured"
             return (f"{median(d['total_s']):.3f} s ({median(d['render_s']):.3f} + "
                     f"{median(d['apply_s']):.3f})")
-        ok = r["sep_chains_verified"] and r["partial_state_equals_full"]
+        ok = passed(r)
         rows.append(
             f"| {r['backend']} | {r['services']:,} × {r['endpoints_per_service']} "
             f"| {r['nat_rules']:,} | {cell('full_sync_empty_tables')} "
@@ -388,6 +441,12 @@ def table(results: list) -> str:
     return "\n".join(rows)
 
 
+def passed(r: dict) -> bool:
+    """Every check of one backend and size (steps: their table equals one transaction's)."""
+    return (r["sep_chains_verified"] and r["partial_state_equals_full"]
+            and r.get("steps_state_equals_one_transaction") is not False)
+
+
 def verdicts(results: list) -> list:
     lines = []
     for r in results:
@@ -395,6 +454,14 @@ def verdicts(results: list) -> list:
             full = median(r["full_sync_empty_tables"]["total_s"])
             lines.append(f"- {r['backend']}: 10,000×5 full sync {full:.3f} s "
                          f"(target ≤ {TARGET_FULL_S} s: {'met' if full <= TARGET_FULL_S else 'MISSED'})")
+        if r["backend"] == STEPS:
+            first = r["full_sync_empty_tables"]
+            steps = first.get("step_apply_s", [[0.0]])[0]
+            same = {True: "yes", False: "NO", None: "not checked"}[
+                r["steps_state_equals_one_transaction"]]
+            lines.append(f"- {STEPS}: {r['services']:,}×5 cold start in {len(steps)} "
+                         f"transactions, the last {steps[-1]:.3f} s, the slowest "
+                         f"{max(steps):.3f} s; table equal to one transaction's: {same}")
         change = median(r["one_endpoint_change"]["total_s"])
         lines.append(f"- {r['backend']}: {r['services']:,}×5 one-endpoint change {change:.3f} s "
                      f"(target ≤ {TARGET_CHANGE_S} s: "
@@ -415,7 +482,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--steps-max-lines", type=int, default=coldstart.DEFAULT_MAX_LINES,
+                        help="nftables-steps: lines per transaction before the last")
+    parser.add_argument("--steps-max-vmaps", type=int, default=coldstart.DEFAULT_MAX_VMAPS,
+                        help="nftables-steps: anonymous vmaps per transaction before the last")
     args = parser.parse_args()
+    STEP_LIMITS.update(max_lines=args.steps_max_lines, max_vmaps=args.steps_max_vmaps)
     if os.geteuid() != 0:
         print("kubeproxy_sync: needs root (it creates a network namespace)", file=sys.stderr)
         return 3
@@ -427,6 +499,7 @@ def main() -> int:
         record = {
             "benchmark": "kubeproxy_sync", "schema": 1, **meta,
             "namespace": NS, "repetitions": args.reps, "slow_sync_s": SLOW_SYNC_S,
+            "cold_start_steps": dict(STEP_LIMITS),
             "targets": {"full_sync_10000x5_s": TARGET_FULL_S,
                         "one_endpoint_change_s": TARGET_CHANGE_S},
             "node": {"name": NODE.node_name, "ip": NODE.node_ip,
@@ -456,7 +529,7 @@ def main() -> int:
     print()
     print("\n".join(verdicts(results)))
     print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
-    ok = all(r["sep_chains_verified"] and r["partial_state_equals_full"] for r in results)
+    ok = all(passed(r) for r in results)
     ok = ok and all(all(v.values()) for v in correctness.values())
     return 0 if ok else 1
 

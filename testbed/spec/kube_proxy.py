@@ -7,6 +7,9 @@ kubeProxy:
   loadBalancer: {algorithm: maglev}   # the ebpf mode's backend selection: random (default)
   # loadBalancer: {mode: dsr}          # the ebpf mode's direct server return (default snat);
                                        # needs native routing: host-gw, bgp or container-native
+  nftables: {coldStartInSteps: true}   # the nftables mode's first sync into a node without
+                                       # its table as several transactions (default false: one,
+                                       # as upstream; kubernetes#139328)
 ```
 
 The modes are the registry's, so a mode that plugs in is accepted here with nothing else to
@@ -21,7 +24,7 @@ from dataclasses import replace
 from typing import TypedDict
 
 from testbed.errors import Problem
-from testbed.spec.fields import Reader, choice
+from testbed.spec.fields import Reader, boolean, choice
 from testbed.spec.model import KubeProxyConfiguration, Topology, with_cni_routing
 from testbed.spec.sections import variant_cni
 
@@ -44,7 +47,7 @@ def proxy_modes() -> list[str]:
 def read_kube_proxy(r: Reader) -> KubeProxyConfiguration:
     """The `kubeProxy:` section (absent: iptables)."""
     path = ("kubeProxy",)
-    r.mapping(path, {"mode", "loadBalancer"})
+    r.mapping(path, {"mode", "loadBalancer", "nftables"})
     modes = proxy_modes()
     mode = r.get(path, "mode", choice(*modes), default=DEFAULT_MODE,
                  fix=f"use one of {', '.join(modes)}")
@@ -58,8 +61,12 @@ def read_kube_proxy(r: Reader) -> KubeProxyConfiguration:
     if lb_mode == "dsr" and mode and mode != "ebpf":
         r.problem((*lb, "mode"), f"direct server return is the ebpf mode's, kubeProxy.mode is "
                   f"{mode}", "set kubeProxy.mode: ebpf, or remove loadBalancer.mode")
+    nft = (*path, "nftables")
+    r.mapping(nft, {"coldStartInSteps"})
+    in_steps = r.get(nft, "coldStartInSteps", boolean, default=False,
+                     fix="use true or false (the nftables mode's cold start in steps)")
     return KubeProxyConfiguration(mode or DEFAULT_MODE, algorithm or DEFAULT_ALGORITHM,
-                                  lb_mode or "snat")
+                                  lb_mode or "snat", bool(in_steps))
 
 
 def native_routing(topology: Topology) -> bool:

@@ -305,10 +305,14 @@ class KubeProxyConfiguration:
     lb_mode: how the ebpf mode forwards NodePort and LB traffic to a pod on another node:
         snat, or dsr (direct server return: the reply leaves the pod's node straight to the
         client; Cilium's loadBalancer.mode, --bpf-lb-mode); the other modes SNAT
+    nftables_cold_start_in_steps: the nftables mode's full sync into a node without its table
+        as several transactions (kubernetes#139328's proposal, nftables/coldstart.py); off:
+        one transaction, as upstream's merged code
     """
     mode: str = "iptables"   # upstream's default on Linux
     algorithm: str = "random"   # Cilium's default
     lb_mode: str = "snat"       # Cilium's default
+    nftables_cold_start_in_steps: bool = False
 
 
 @dataclass(frozen=True)
