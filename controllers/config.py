@@ -1,8 +1,8 @@
 """The fabric config (fabric.json, see docs/fabric-config.md): what the controller is told.
 
 ConfigError: fabric.json (or a REST body) does not describe a VPC the controller can program
-Switch, Link, Subnet, Host, PodRoute, Backend, HealthCheck, LoadBalancer, Fabric: the validated
-    config, frozen dataclasses
+Switch, Link, Subnet, Host, PodRoute, ExternalIpRoute, Backend, HealthCheck, LoadBalancer,
+    Fabric: the validated config, frozen dataclasses
 parse_fabric: JSON-decoded fabric.json in, Fabric out (one small parser per section)
 parse_backend, parse_pod_route, check_pod, parse_seconds: the pieces the REST API validates on
     its own
@@ -128,6 +128,15 @@ class PodRoute:
 
 
 @dataclass(frozen=True)
+class ExternalIpRoute:
+    """A Service's external IP (spec.externalIPs) routed to node `node`, as a cluster admin's
+    static route does: the node's kube-proxy serves it. services: the Services that have it."""
+    ip: str
+    node: str
+    services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Backend:
     """An LB target: node IP:NodePort (nodeport) or pod IP:targetPort (container-native)."""
     name: str
@@ -208,6 +217,7 @@ class Fabric:
     load_balancers: tuple[LoadBalancer, ...]
     checker_host: str | None
     checker_netns: str | None
+    external_ips: tuple[ExternalIpRoute, ...] = ()
 
     @property
     def core(self) -> Switch:
@@ -253,10 +263,38 @@ def parse_fabric(d: Mapping, source: str = "fabric.json") -> Fabric:
     fabric = Fabric(cluster=str(d.get("cluster", "")), mode=mode, switches=tuple(switches),
                     links=tuple(links), subnets=tuple(subnets), hosts=tuple(hosts),
                     pod_routes=tuple(pod_routes), load_balancers=tuple(lbs),
-                    checker_host=checker_host, checker_netns=checker_netns)
+                    checker_host=checker_host, checker_netns=checker_netns,
+                    external_ips=tuple(_parse_external_ips(d, source, hosts)))
     for i, p in enumerate(fabric.pod_routes):
         check_pod(fabric, p, f"{source}.pod_routes[{i}]")
+    pod_ips = {p.ip: p.pod for p in fabric.pod_routes}
+    for i, e in enumerate(fabric.external_ips):
+        if e.ip in pod_ips:
+            raise ConfigError(f"{source}.external_ips[{i}].ip: {e.ip} is pod "
+                              f"{pod_ips[e.ip]}'s address")
     return fabric
+
+
+def _parse_external_ips(d: Mapping, source: str, hosts: list[Host]) -> list[ExternalIpRoute]:
+    """external_ips: [{ip, node, services}]: each address once, to a host of kind node, never
+    a host's own address."""
+    nodes = {h.name for h in hosts if h.kind == "node"}
+    host_ips = {h.ip: h.name for h in hosts}
+    out: list[ExternalIpRoute] = []
+    for i, e in enumerate(d.get("external_ips") or []):
+        w = f"{source}.external_ips[{i}]"
+        ip, node = _ip(_req(e, "ip", w), f"{w}.ip"), str(_req(e, "node", w))
+        if node not in nodes:
+            raise ConfigError(f"{w}.node: {node!r} is not a host of kind node")
+        if ip in host_ips:
+            raise ConfigError(f"{w}.ip: {ip} is host {host_ips[ip]}'s address")
+        if any(r.ip == ip for r in out):
+            raise ConfigError(f"{w}.ip: {ip} is given twice -- one entry per address")
+        services = e.get("services") or []
+        if not isinstance(services, list):
+            raise ConfigError(f"{w}.services: expected a list of service names")
+        out.append(ExternalIpRoute(ip, node, tuple(str(s) for s in services)))
+    return out
 
 
 def _check_listeners(lbs: list[LoadBalancer], source: str) -> None:

@@ -83,9 +83,10 @@ COOKIE_POD = 0x04       # a container-native pod route: ARP, /32 next hop via it
 COOKIE_LB = 0x05        # a load balancer: VIP capture, new-connection select, SNAT
 COOKIE_BACKEND = 0x06   # a backend (proto, ip, port): reply traffic un-NAT
 COOKIE_BGP = 0x07       # a prefix learned by BGP (controllers/bgp.py): next hop, its node
+COOKIE_EXTERNAL_IP = 0x08   # a Service's external IP: the /32 next hop to the node it is routed to
 COOKIE_KINDS = {COOKIE_BASE: "base", COOKIE_GATEWAY: "gateway", COOKIE_HOST: "host",
                 COOKIE_POD: "pod", COOKIE_LB: "lb", COOKIE_BACKEND: "backend",
-                COOKIE_BGP: "bgp"}
+                COOKIE_BGP: "bgp", COOKIE_EXTERNAL_IP: "external-ip"}
 COOKIE_KIND_MASK = 0xff << 56
 COOKIE_ALL = 0xffffffffffffffff
 

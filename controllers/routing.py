@@ -1,4 +1,5 @@
-"""The VPC router: ARP answers, /32 routes to hosts and pods, L2 forwarding, the pipeline glue.
+"""The VPC router: ARP answers, /32 routes to hosts, pods and Services' external IPs, L2
+forwarding, the pipeline glue.
 
 Router: the routing flows of a switch, and the container-native pod routes that change at run
     time (add_pod / remove_pod return the messages; routes_view is what GET /v1/routes shows);
@@ -13,9 +14,18 @@ from os_ken.ofproto import ether
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
-from controllers.config import ConfigError, Fabric, Host, PodRoute, Subnet, check_pod
+from controllers.config import (
+    ConfigError,
+    ExternalIpRoute,
+    Fabric,
+    Host,
+    PodRoute,
+    Subnet,
+    check_pod,
+)
 from controllers.openflow import (
     COOKIE_BASE,
+    COOKIE_EXTERNAL_IP,
     COOKIE_GATEWAY,
     COOKIE_HOST,
     COOKIE_POD,
@@ -70,6 +80,7 @@ class Router:
     def shared_flows(self) -> list:
         """The flows every switch gets alike (host and pod routes), built once and kept."""
         msgs = [m for host in self.fabric.hosts for m in self._host_routes(host)]
+        msgs += [m for e in self.fabric.external_ips for m in self._external_ip_flows(e)]
         return msgs + [m for pod in self.pods.values() for m in self._pod_flows(pod)]
 
     def flows(self, switch: str, ports: Ports) -> list:
@@ -79,6 +90,8 @@ class Router:
             msgs += self._gateway_flows(subnet)
         for host in self.fabric.hosts:
             msgs += self._host_flows(switch, ports, host)
+        for e in self.fabric.external_ips:
+            msgs += self._external_ip_flows(e)
         for pod in self.pods.values():
             msgs += self._pod_flows(pod)
         return msgs
@@ -155,6 +168,16 @@ class Router:
                 nexthop_flow(c, pod.ip, subnet.gateway_mac, node.mac)]
         return msgs
 
+    def _external_ip_flows(self, route: ExternalIpRoute) -> list:
+        """A Service's external IP: the /32 next hop to its node, as a cluster admin's static
+        route. No ARP answer: it is outside every subnet (the testbed checks), so hosts reach
+        it through their gateway. The node does not own it; kube-proxy's rules there DNAT it."""
+        node = self.fabric.host(route.node)
+        assert node is not None, "parse_fabric lets only nodes in as next hops"
+        subnet = self.fabric.subnet(node.subnet)
+        return [nexthop_flow(cookie(COOKIE_EXTERNAL_IP, route.ip), route.ip,
+                             subnet.gateway_mac, node.mac)]
+
     # ---- run-time changes (each returns the messages for the switches in ports_by_switch)
 
     def add_pod(self, pod: PodRoute, ports_by_switch: Mapping[str, Ports]) -> Messages:
@@ -193,4 +216,12 @@ class Router:
                          "next_hop_mac": node.mac, "via": node.name, "subnet": s.name,
                          "eth_src": s.gateway_mac,
                          "cookie": hex_cookie(cookie(COOKIE_POD, p.pod))})
+        for e in self.fabric.external_ips:
+            via = self.fabric.host(e.node)
+            assert via is not None, "parse_fabric lets only nodes in as next hops"
+            s = self.fabric.subnet(via.subnet)
+            rows.append({"prefix": f"{e.ip}/32", "kind": "external-ip",
+                         "name": ",".join(e.services) or e.ip, "next_hop_mac": via.mac,
+                         "via": via.name, "subnet": s.name, "eth_src": s.gateway_mac,
+                         "cookie": hex_cookie(cookie(COOKIE_EXTERNAL_IP, e.ip))})
         return rows

@@ -15,6 +15,7 @@ from testbed.plan.addresses import (
     Listener,
     Plan,
     ServicePlan,
+    external_ip_node,
     lb_backends,
 )
 from testbed.spec.model import HealthCheck, Timing
@@ -47,10 +48,25 @@ def render_fabric(plan: Plan, health: HealthCheck, lb_netns: str | None = None,
            for entry in _listener_entries(plan, lb, health, gone, timing)]
     out: dict[str, object] = {
         "cluster": plan.cluster, "mode": plan.mode, "switches": switches, "links": links,
-        "subnets": subnets, "hosts": hosts, "pod_routes": pod_routes, "load_balancers": lbs}
+        "subnets": subnets, "hosts": hosts, "pod_routes": pod_routes, "load_balancers": lbs,
+        "external_ips": external_ip_routes(plan)}
     if lb_netns is not None:
         out["health_checker"] = {"host": LB_HOST, "netns": lb_netns}
     return out
+
+
+def external_ip_routes(plan: Plan) -> list[dict[str, object]]:
+    """The VPC's route for each Services' external IP (spec.externalIPs): one per address, to
+    the first node, where kube-proxy serves it (a cluster admin's static route; a Service's
+    externalIPs are routed, never put on a node's interface)."""
+    node = external_ip_node(plan)
+    by_ip: dict[str, list[str]] = {}
+    for svc in plan.services:
+        for ip in svc.external_ips:
+            by_ip.setdefault(ip, []).append(svc.name)
+    if node is None:
+        return []
+    return [{"ip": ip, "node": node, "services": names} for ip, names in by_ip.items()]
 
 
 def listener_name(lb: LbPlan, listener: Listener, first: bool) -> str:

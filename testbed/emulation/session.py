@@ -427,6 +427,9 @@ def format_status(status: dict) -> list[str]:
         np_ = f" nodePort {s['node_port']}" if s["node_port"] else ""
         lines.append(f"  {s['name']:<10} {s['type']:<13} {s['cluster_ip']}:{s['port']}{np_} "
                      f"externalTrafficPolicy={s['external_traffic_policy']}")
+        if s.get("external_ips"):   # routed by the VPC, on no node's interface
+            lines.append(f"    externalIPs {' '.join(s['external_ips'])} "
+                         f"(the VPC routes them to {s.get('external_ips_via') or '?'})")
     for lb in status["load_balancers"]:
         lines.append(f"load balancer {lb['vip']}:{lb['port']} -> {lb['service']} "
                      f"({lb['targets']} targets, {status.get('load_balancer_kind', 'l4')}):")

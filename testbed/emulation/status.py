@@ -15,7 +15,7 @@ from testbed.cloud.lb import CloudLoadBalancer
 from testbed.cloud.vpc_controller import ControllerProcess
 from testbed.emulation.control_plane import ControlPlane
 from testbed.emulation.rollout import rollouts_of
-from testbed.plan.addresses import Plan
+from testbed.plan.addresses import Plan, external_ip_node
 
 STATUS_FILE = "status.json"
 
@@ -77,7 +77,10 @@ def _pods(plan: Plan, control: ControlPlane) -> list[dict[str, Any]]:
 def _services(plan: Plan) -> list[dict[str, Any]]:
     return [{"name": s.name, "type": s.type, "cluster_ip": s.cluster_ip, "port": s.port,
              "node_port": s.node_port, "external_traffic_policy": s.external_traffic_policy,
-             "vip": s.vip} for s in plan.services]
+             "vip": s.vip, "external_ips": list(s.external_ips),
+             # the node the VPC routes them to (testbed.cloud.fabric.external_ip_routes)
+             "external_ips_via": external_ip_node(plan) if s.external_ips else None}
+            for s in plan.services]
 
 
 def _load_balancers(plan: Plan, lb: CloudLoadBalancer) -> list[dict[str, Any]]:

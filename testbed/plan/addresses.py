@@ -169,6 +169,7 @@ class ServicePlan:
     internal_traffic_policy: str = "Cluster"
     publish_not_ready_addresses: bool = False
     labels: tuple[tuple[str, str], ...] = ()   # metadata.labels (kube-proxy reads two)
+    external_ips: tuple[str, ...] = ()   # spec.externalIPs: routed by the VPC to external_ip_node
 
     @property
     def all_ports(self) -> tuple[PortPlan, ...]:
@@ -436,6 +437,7 @@ def _services(plan: Plan, topo: Topology) -> None:
                          svc.session_affinity, svc.session_affinity_timeout, vip, svc.selector,
                          endpoints, first.protocol, svc.health_via, ports=ports,
                          internal_traffic_policy=svc.internal_traffic_policy,
+                         external_ips=svc.external_ips,
                          publish_not_ready_addresses=svc.publish_not_ready_addresses,
                          labels=svc.labels)
         plan.services.append(sp)
@@ -457,6 +459,12 @@ def listeners(mode: str, svc: ServicePlan) -> tuple[Listener, ...]:
         assert backend_port is not None   # a LoadBalancer service's ports have node ports
         out.append(Listener(p.name, p.port, p.protocol, backend_port))
     return tuple(out)
+
+
+def external_ip_node(plan: Plan) -> str | None:
+    """The node the VPC routes every external IP to: the first node, as a cluster admin's
+    static route names one next hop (the fabric has no ECMP routes; docs/yaml.md)."""
+    return plan.nodes[0].name if plan.nodes else None
 
 
 def lb_backends(plan: Plan, svc: ServicePlan) -> list[Backend]:

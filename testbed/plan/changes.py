@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 
+from testbed.errors import InputError, Problem
 from testbed.plan.addresses import (
     SERVICE_IP_OFFSET,
     LbPlan,
@@ -76,6 +77,7 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
     services' node ports as taken); the new topology and plan. Raises ValueError when a VIP,
     a ClusterIP or a node port is not to be had."""
     old = next((s for s in plan.services if s.name == svc.name), None)
+    _check_external_ips(topo, old, svc)
     svc = with_allocated_values(old, svc)
     ports, hc = _node_ports(plan, svc)
     svc = replace(svc, node_port=ports[0].node_port, health_check_node_port=hc,
@@ -88,6 +90,7 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
         svc.session_affinity, svc.session_affinity_timeout, vip, svc.selector,
         tuple(p.name for p in plan.pods if p.deployment == svc.selector), svc.protocol,
         svc.health_via, ports=ports, internal_traffic_policy=svc.internal_traffic_policy,
+        external_ips=svc.external_ips,
         publish_not_ready_addresses=svc.publish_not_ready_addresses, labels=svc.labels)
     services = [sp if s.name == svc.name else s for s in plan.services]
     if old is None:
@@ -105,6 +108,19 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
     if all(s.name != svc.name for s in topo.services):
         specs.append(svc)
     return replace(topo, services=tuple(specs)), new
+
+
+def _check_external_ips(topo: Topology, old: ServicePlan | None, svc: Service) -> None:
+    """A change's externalIPs: the VPC's routes to them are set when the cluster starts, so a
+    running cluster keeps each service's as they are (a new service has none); InputError."""
+    path = f"{svc.name}.externalIPs"
+    had = old.external_ips if old is not None else ()
+    if tuple(svc.external_ips) != tuple(had):
+        raise InputError([Problem(
+            "cnlb service", 0, path, f"externalIPs cannot change on a running cluster "
+            f"(they are {list(had)}): the VPC routes them from the start",
+            "keep them as they are, or write them in the topology and start the cluster "
+            "again")])
 
 
 def delete_service(plan: Plan, topo: Topology, name: str) -> tuple[Topology, Plan]:

@@ -196,6 +196,9 @@ class Service:
     internal_traffic_policy: str = "Cluster"
     publish_not_ready_addresses: bool = False
     labels: tuple[tuple[str, str], ...] = ()   # metadata.labels, sorted by key
+    # spec.externalIPs: addresses the cluster admin routes to a node, which kube-proxy serves
+    # the service's ports on (none is any node's own address)
+    external_ips: tuple[str, ...] = ()
     # the cloud LB health-checks this service's targets through another service's port (a
     # target group's "health check port" override); set by experiments, not by topology files
     health_via: str | None = None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from testbed.errors import InputError, Problem
+from testbed.spec.external_ips import read_external_ips
 from testbed.spec.fields import (
     Reader,
     address,
@@ -40,7 +41,7 @@ from testbed.spec.yamldoc import Document, Path, parse_document
 
 SERVICE_KEYS = {"type", "selector", "port", "targetPort", "nodePort", "protocol", "ports",
                 "externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity",
-                "sessionAffinityTimeout", "healthCheckNodePort", "loadBalancerIP",
+                "externalIPs", "sessionAffinityTimeout", "healthCheckNodePort", "loadBalancerIP",
                 "publishNotReadyAddresses", "labels"}
 PORT_KEYS = {"name", "port", "targetPort", "protocol", "nodePort"}
 SINGLE_PORT_KEYS = ("port", "targetPort", "nodePort", "protocol")
@@ -139,6 +140,7 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
         ports = _ports(r, path, body, stype, default_target, claim)
     else:
         ports = _single_port(r, path, body, stype, deploy, claim)
+    external_ips = read_external_ips(r, path, body)
     etp, hc_port = _external(r, path, body, stype, claim)
     itp = r.get(path, "internalTrafficPolicy", choice(*TRAFFIC_POLICIES), default="Cluster")
     affinity = r.get(path, "sessionAffinity", choice("None", "ClientIP"), default="None")
@@ -150,10 +152,12 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
     if ports is None or etp is None or labels is None or None in (
             stype, selector, itp, affinity, timeout, publish):
         return None
+    if external_ips is None:
+        return None
     first = ports[0]
     return Service(sname, stype, selector, first.port, first.target_port, first.node_port, etp,
                    affinity, timeout, hc_port, lb_ip, first.protocol,
-                   ports=ports if "ports" in body else (),
+                   ports=ports if "ports" in body else (), external_ips=external_ips,
                    internal_traffic_policy=itp, publish_not_ready_addresses=publish,
                    labels=labels)
 
@@ -305,7 +309,9 @@ def _external(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
     """A service's outside-facing policy fields, as its type allows them:
     (externalTrafficPolicy, healthCheckNodePort)."""
     # what is allowed depends on the type: with a wrong type, say nothing more about it
-    external = stype in ("NodePort", "LoadBalancer")
+    # (a ClusterIP service with externalIPs is externally accessible too, as upstream's
+    # ExternallyAccessible says: externalTrafficPolicy applies to its external IPs)
+    external = stype in ("NodePort", "LoadBalancer") or bool(body.get("externalIPs"))
     etp = r.get(path, "externalTrafficPolicy", choice(*TRAFFIC_POLICIES), default="Cluster")
     etp_ok = etp is not None and stype is not None
     if etp_ok and not external and "externalTrafficPolicy" in body:
@@ -373,7 +379,9 @@ def service_body(svc: Service) -> dict[str, Any]:
     else:
         body.update(_port_body(svc.all_ports[0], svc.type))
         del body["name"]
-    if svc.type != "ClusterIP":
+    if svc.external_ips:
+        body["externalIPs"] = list(svc.external_ips)
+    if svc.type != "ClusterIP" or svc.external_ips:
         body["externalTrafficPolicy"] = svc.external_traffic_policy
     if svc.health_check_node_port is not None:
         body["healthCheckNodePort"] = svc.health_check_node_port
@@ -408,7 +416,8 @@ def drop_type_dependent_fields(body: Mapping[str, Any], changed: Collection[str]
         if isinstance(out.get("ports"), list) and "ports" not in changed:
             out["ports"] = [{k: v for k, v in p.items() if k != "nodePort"}
                             if isinstance(p, dict) else p for p in out["ports"]]
-    if stype == "ClusterIP" and "externalTrafficPolicy" not in changed:
+    if stype == "ClusterIP" and not out.get("externalIPs") and \
+            "externalTrafficPolicy" not in changed:
         out.pop("externalTrafficPolicy", None)
     local_lb = stype == "LoadBalancer" and out.get("externalTrafficPolicy") == "Local"
     if not local_lb and "healthCheckNodePort" not in changed:

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from testbed.errors import InputError, Problem
 from testbed.spec.checks import cross_checks
+from testbed.spec.external_ips import check_external_ips
 from testbed.spec.fields import Reader, name
 from testbed.spec.kube_proxy import check_dsr, read_kube_proxy
 from testbed.spec.model import MODE_HINT, Topology
@@ -74,6 +75,7 @@ def parse_topology(doc: Document, mode: str | None = None,
                     services, lb, clients, links, doc, kubernetes=timing, kube_proxy=kube_proxy)
     cross_checks(r, topo)
     check_dsr(r, topo)
+    check_external_ips(r, topo)
     r.raise_if_any()
     return topo
 

@@ -380,6 +380,7 @@ def service_ports(plan: Plan, live_pods: Collection[str] | None = None,
                 external_traffic_policy=svc.external_traffic_policy,
                 session_affinity_seconds=affinity,
                 health_check_node_port=svc.health_check_node_port, endpoints=eps,
+                external_ips=svc.external_ips,
                 internal_traffic_policy=svc.internal_traffic_policy))
     return out
 
