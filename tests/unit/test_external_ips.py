@@ -14,6 +14,7 @@ from controllers.openflow import COOKIE_EXTERNAL_IP, T_NEXTHOP, cookie
 from controllers.vpc import Vpc
 from testbed.cli.render import kube_proxy_first_sync
 from testbed.cloud.fabric import render_fabric
+from testbed.emulation.session import format_status
 from testbed.errors import InputError
 from testbed.kubernetes.dataplane.iptables.names import service_chains
 from testbed.kubernetes.dataplane.model import service_ports
@@ -243,3 +244,19 @@ def test_the_controller_refuses_an_external_ip_given_twice():
     with pytest.raises(ConfigError, match="given twice"):
         parse_fabric(fab)
 
+
+
+def test_cnlb_status_lists_a_services_external_ips_and_their_node():
+    svc = {"name": "web", "type": "ClusterIP", "cluster_ip": "10.96.0.10", "port": 80,
+           "node_port": None, "external_traffic_policy": "Cluster",
+           "external_ips": [EXTERNAL_IP, "192.0.2.7"], "external_ips_via": "node1"}
+    status = {"cluster": "t", "mode": "nodeport", "file": "t.yaml", "holder": None,
+              "owner": {"pid": 1, "alive": True},
+              "controller": {"pid": 2, "alive": True, "rest": "http://127.0.0.1:1/v1/"},
+              "nodes": [], "pods": [], "services": [svc, {**svc, "name": "api",
+                                                          "external_ips": []}],
+              "load_balancers": []}
+    lines = format_status(status)
+    at = lines.index("services:")
+    assert lines[at + 2] == "    externalIPs 192.0.2.250 192.0.2.7 (the VPC routes them to node1)"
+    assert lines[at + 3].startswith("  api ") and len(lines) == at + 4
