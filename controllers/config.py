@@ -176,6 +176,8 @@ class LoadBalancer:
         through the LB, so replies of its backends are sent to the core to be un-NATed
     deregistration_delay_s: how long a deregistered backend keeps its established connections
         (connection draining) before they are cut
+    source_ranges: the service's loadBalancerSourceRanges, IPv4 CIDRs: only clients from them
+        reach the VIP (an NLB's security group, GCP's firewall rule); empty: every client
     """
     name: str
     index: int
@@ -190,6 +192,7 @@ class LoadBalancer:
     session_affinity: str = "none"
     address: str = "ip"
     deregistration_delay_s: float = DEREGISTRATION_DELAY_S
+    source_ranges: tuple[str, ...] = ()
 
     @property
     def sticky(self) -> bool:
@@ -463,7 +466,21 @@ def _parse_load_balancer(lb: Mapping, w: str, index: int, mode: str,
         address=_choice(lb, "address", ADDRESS_KINDS, w),
         deregistration_delay_s=parse_seconds(lb.get("deregistration_delay_s",
                                                     DEREGISTRATION_DELAY_S),
-                                             f"{w}.deregistration_delay_s"))
+                                             f"{w}.deregistration_delay_s"),
+        source_ranges=_cidrs(lb.get("source_ranges") or [], f"{w}.source_ranges"))
+
+
+def _cidrs(value: Any, where: str) -> tuple[str, ...]:
+    """A list of IPv4 CIDRs, normalized ("10.0.0.1/8" is 10.0.0.0/8)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {value!r} is not a list of CIDRs")
+    out = []
+    for i, cidr in enumerate(value):
+        try:
+            out.append(str(ipaddress.IPv4Network(str(cidr), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{where}[{i}]: {cidr!r} is not an IPv4 CIDR") from None
+    return tuple(out)
 
 
 def _choice(d: Mapping, key: str, choices: tuple[str, ...], where: str) -> str:

@@ -12,6 +12,7 @@ How an LB picks a backend (its group, hash slots, client-IP slots) is controller
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 
 from os_ken.ofproto import ether
@@ -40,6 +41,7 @@ from controllers.openflow import (
     P_FROM_CORE,
     P_LB_CUT,
     P_LB_REPLY,
+    P_LB_SOURCE,
     P_LB_VIP,
     T_DISPATCH,
     T_INGRESS,
@@ -128,10 +130,7 @@ class Balancer:
         vip = vip_match(lb)
         after_dnat = T_ROUTE if lb.preserve_client_ip else T_LB_SNAT
         msgs = [
-            # Tag the packet with the LB (reg0 survives recirculation and shows up in an
-            # invalid-TTL packet-in), then look it up with the existing NAT applied.
-            flow(T_INGRESS, P_LB_VIP, c, vip, [ofpp.OFPActionSetField(reg0=lb.tag),
-                                                ct(CT_ZONE_DNAT, T_LB_SELECT, nat=nat_reverse())]),
+            *_capture_flows(lb, c, vip),
             self.selection.select_flow(lb),
             # Anything else tracked (established, or a retransmitted SYN already DNATed): go on.
             flow(T_LB_SELECT, P_DEFAULT, c, {"reg0": lb.tag, "ct_state": (CT_TRK, CT_TRK | CT_INV)},
@@ -356,6 +355,7 @@ class Balancer:
                          "snat_ip": None if lb.preserve_client_ip else lb.snat_ip,
                          "session_affinity": lb.session_affinity, "address": lb.address,
                          "deregistration_delay_s": lb.deregistration_delay_s,
+                         "source_ranges": list(lb.source_ranges),
                          "selection": self.selection.kind(lb),
                          "group_id": lb.group_id if self.selection.uses_group(lb) else None,
                          "slots": self.selection.slot_count(lb),
@@ -435,6 +435,25 @@ def _cut_match(lb: LoadBalancer, ip: str, port: int) -> dict:
     proto, _, l4_dst = LB_PROTOCOLS[lb.protocol]
     return {"eth_type": ether.ETH_TYPE_IP, "ip_proto": proto, "reg0": lb.tag,
             "ct_state": (CT_TRK, CT_TRK), "ipv4_dst": ip, l4_dst: port}
+
+
+def _capture_flows(lb: LoadBalancer, c: int, vip: dict) -> list:
+    """Traffic to the VIP enters the LB: tagged with the LB (reg0 survives recirculation and
+    shows up in an invalid-TTL packet-in), then looked up with the existing NAT applied. With
+    source ranges (loadBalancerSourceRanges, an NLB's security group) only clients in them
+    enter; the rest of the VIP's traffic is dropped, as a security group drops it."""
+    enter = [ofpp.OFPActionSetField(reg0=lb.tag), ct(CT_ZONE_DNAT, T_LB_SELECT, nat=nat_reverse())]
+    if not lb.source_ranges:
+        return [flow(T_INGRESS, P_LB_VIP, c, vip, enter)]
+    allowed = [flow(T_INGRESS, P_LB_SOURCE, c, {**vip, "ipv4_src": _net_mask(cidr)}, enter)
+               for cidr in lb.source_ranges]
+    return [*allowed, flow(T_INGRESS, P_LB_VIP, c, vip, [])]
+
+
+def _net_mask(cidr: str) -> tuple[str, str]:
+    """A CIDR as an OpenFlow masked match: (address, netmask)."""
+    net = ipaddress.IPv4Network(cidr)
+    return str(net.network_address), str(net.netmask)
 
 
 def _cut_flow(lb: LoadBalancer, ip: str, port: int) -> ofpp.OFPFlowMod:

@@ -70,6 +70,7 @@ P_LB_REPLY = 150    # ingress: traffic from a backend (ip, port) -> un-NAT (subn
 P_LB_CUT = 150      # lb_select: an established connection to a backend whose draining ended: drop
 P_FROM_CORE = 160   # ingress (subnet switch): from the core -> dispatch, never back up
 P_LB_VIP = 200      # ingress: traffic to a VIP; lb_select: a new connection -> group
+P_LB_SOURCE = 210   # ingress: traffic to a VIP from one of its source ranges (the rest: P_LB_VIP)
 P_L2_HAIRPIN = 200  # l2: out the port it came in on (needs OFPP_IN_PORT)
 P_ARP = 300         # ingress: ARP goes to the responder table
 

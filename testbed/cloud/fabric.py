@@ -105,6 +105,8 @@ def _listener_entries(plan: Plan, lb: LbPlan, health: HealthCheck, gone: Collect
                              "healthy_threshold": health.healthy_threshold,
                              "unhealthy_threshold": health.unhealthy_threshold},
         })
+        if svc.load_balancer_source_ranges:   # loadBalancerSourceRanges: the LB's own filter
+            entries[-1]["source_ranges"] = list(svc.load_balancer_source_ranges)
     return entries
 
 

@@ -170,6 +170,7 @@ class ServicePlan:
     publish_not_ready_addresses: bool = False
     labels: tuple[tuple[str, str], ...] = ()   # metadata.labels (kube-proxy reads two)
     external_ips: tuple[str, ...] = ()   # spec.externalIPs: routed by the VPC to external_ip_node
+    load_balancer_source_ranges: tuple[str, ...] = ()   # CIDRs allowed to reach the LB
 
     @property
     def all_ports(self) -> tuple[PortPlan, ...]:
@@ -213,6 +214,7 @@ class LbPlan:
     address: how the cloud reports the LB: "ip" (GCP) or "hostname" (AWS NLB/ALB)
     health_port: where ip targets are health-checked (ip_target_health_port), known before
         any pod is (None: instance targets, checked where lb_backends says)
+    source_ranges: the service's loadBalancerSourceRanges: the only clients the LB admits
     """
     service: str
     vip: str
@@ -223,6 +225,7 @@ class LbPlan:
     listeners: tuple[Listener, ...] = ()
     address: str = "ip"
     health_port: int | None = None
+    source_ranges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -439,7 +442,8 @@ def _services(plan: Plan, topo: Topology) -> None:
                          internal_traffic_policy=svc.internal_traffic_policy,
                          external_ips=svc.external_ips,
                          publish_not_ready_addresses=svc.publish_not_ready_addresses,
-                         labels=svc.labels)
+                         labels=svc.labels,
+                         load_balancer_source_ranges=svc.load_balancer_source_ranges)
         plan.services.append(sp)
         if vip:
             plan.load_balancers.append(LbPlan(svc.name, vip, svc.port, plan.mode,
@@ -447,7 +451,8 @@ def _services(plan: Plan, topo: Topology) -> None:
                                               tuple(lb_backends(plan, sp)),
                                               listeners(plan.mode, sp),
                                               topo.load_balancer.address,
-                                              lb_health_port(plan, topo, sp)))
+                                              lb_health_port(plan, topo, sp),
+                                              svc.load_balancer_source_ranges))
 
 
 def listeners(mode: str, svc: ServicePlan) -> tuple[Listener, ...]:

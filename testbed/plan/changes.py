@@ -91,7 +91,8 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
         tuple(p.name for p in plan.pods if p.deployment == svc.selector), svc.protocol,
         svc.health_via, ports=ports, internal_traffic_policy=svc.internal_traffic_policy,
         external_ips=svc.external_ips,
-        publish_not_ready_addresses=svc.publish_not_ready_addresses, labels=svc.labels)
+        publish_not_ready_addresses=svc.publish_not_ready_addresses, labels=svc.labels,
+        load_balancer_source_ranges=svc.load_balancer_source_ranges)
     services = [sp if s.name == svc.name else s for s in plan.services]
     if old is None:
         services.append(sp)
@@ -100,7 +101,8 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
     if vip is not None:
         lb = LbPlan(svc.name, vip, svc.port, plan.mode, topo.load_balancer.preserve_client_ip,
                     tuple(lb_backends(new, sp)), listeners(plan.mode, sp),
-                    topo.load_balancer.address, lb_health_port(new, topo, sp))
+                    topo.load_balancer.address, lb_health_port(new, topo, sp),
+                    svc.load_balancer_source_ranges)
         at = next((i for i, x in enumerate(plan.load_balancers) if x.service == svc.name),
                   len(new.load_balancers))
         new.load_balancers.insert(at, lb)

@@ -199,6 +199,8 @@ class Service:
     # spec.externalIPs: addresses the cluster admin routes to a node, which kube-proxy serves
     # the service's ports on (none is any node's own address)
     external_ips: tuple[str, ...] = ()
+    # spec.loadBalancerSourceRanges: client CIDRs allowed to reach the LB (normalized, in order)
+    load_balancer_source_ranges: tuple[str, ...] = ()
     # the cloud LB health-checks this service's targets through another service's port (a
     # target group's "health check port" override); set by experiments, not by topology files
     health_via: str | None = None

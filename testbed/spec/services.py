@@ -42,7 +42,7 @@ from testbed.spec.yamldoc import Document, Path, parse_document
 SERVICE_KEYS = {"type", "selector", "port", "targetPort", "nodePort", "protocol", "ports",
                 "externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity",
                 "externalIPs", "sessionAffinityTimeout", "healthCheckNodePort", "loadBalancerIP",
-                "publishNotReadyAddresses", "labels"}
+                "publishNotReadyAddresses", "labels", "loadBalancerSourceRanges"}
 PORT_KEYS = {"name", "port", "targetPort", "protocol", "nodePort"}
 SINGLE_PORT_KEYS = ("port", "targetPort", "nodePort", "protocol")
 # a port's name: a DNS label (IsDNS1123Label: may start with a digit, at most 63 characters)
@@ -147,9 +147,10 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
     timeout = r.get(path, "sessionAffinityTimeout", integer(1, 86400), default=10800,
                     fix="seconds between 1 and 86400")
     lb_ip = _load_balancer_ip(r, path, stype)
+    source_ranges = _source_ranges(r, path, body, stype)
     publish = r.get(path, "publishNotReadyAddresses", boolean, default=False)
     labels = _labels(r, path, body)
-    if ports is None or etp is None or labels is None or None in (
+    if ports is None or etp is None or labels is None or source_ranges is None or None in (
             stype, selector, itp, affinity, timeout, publish):
         return None
     if external_ips is None:
@@ -159,7 +160,7 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
                    affinity, timeout, hc_port, lb_ip, first.protocol,
                    ports=ports if "ports" in body else (), external_ips=external_ips,
                    internal_traffic_policy=itp, publish_not_ready_addresses=publish,
-                   labels=labels)
+                   labels=labels, load_balancer_source_ranges=source_ranges)
 
 
 # a label key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters
@@ -349,6 +350,41 @@ def _load_balancer_ip(r: Reader, path: Path, stype: str | None) -> ipaddress.IPv
     return ip
 
 
+SOURCE_RANGES_FIX = "write IPv4 CIDRs like loadBalancerSourceRanges: [203.0.113.0/25]"
+
+
+def _source_ranges(r: Reader, path: Path, body: Mapping[str, Any],
+                   stype: str | None) -> tuple[str, ...] | None:
+    """spec.loadBalancerSourceRanges: the client CIDRs the cloud LB and kube-proxy let reach
+    the LB IP (empty: everyone), normalized as upstream's ParseIPNets ("10.0.0.1/8" is
+    10.0.0.0/8); only for type LoadBalancer, as the API server requires."""
+    raw = body.get("loadBalancerSourceRanges")
+    if raw is None:
+        return ()
+    fpath = path + ("loadBalancerSourceRanges",)
+    if not isinstance(raw, list):
+        r.problem(fpath, f"expected a list of CIDRs, got {kind_of(raw)}", SOURCE_RANGES_FIX)
+        return None
+    if stype is not None and stype != "LoadBalancer" and raw:
+        r.problem(fpath, f"may only be used when type is LoadBalancer, not {stype}",
+                  "remove loadBalancerSourceRanges or set type: LoadBalancer")
+        return None
+    out = []
+    for i, item in enumerate(raw):
+        ipath = fpath + (i,) if r.has(fpath + (i,)) else fpath
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            net = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            r.problem(ipath, f"{item!r} is not a CIDR", SOURCE_RANGES_FIX)
+            continue
+        if net.version != 4:
+            r.problem(ipath, f"'{item}' is IPv6; the testbed is IPv4 only", SOURCE_RANGES_FIX)
+            continue
+        out.append(str(net))
+    return tuple(out) if len(out) == len(raw) else None
+
 
 # -- one service on its own: `cnlb service apply FILE` and `cnlb service set NAME field=value` ----
 
@@ -393,6 +429,8 @@ def service_body(svc: Service) -> dict[str, Any]:
                 publishNotReadyAddresses=svc.publish_not_ready_addresses)
     if svc.labels:
         body["labels"] = dict(svc.labels)
+    if svc.load_balancer_source_ranges:
+        body["loadBalancerSourceRanges"] = list(svc.load_balancer_source_ranges)
     return body
 
 

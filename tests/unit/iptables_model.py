@@ -25,7 +25,7 @@ BUILTIN = {
 TERMINAL = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "MASQUERADE", "MARK", "SNAT"}
 KUBE_TOP_LEVEL = {
     "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FORWARD",
-    "KUBE-POSTROUTING", "KUBE-MARK-MASQ",
+    "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-PROXY-FIREWALL",
 }
 
 
@@ -237,7 +237,8 @@ def _run_chain(tables: Tables, table: str, chain: str, pkt: Packet, dst: str, ou
 
 
 def trace(tables: Tables, pkt: Packet, filter_chains: tuple[str, ...] = (
-        "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS")) -> Trace:
+        "KUBE-PROXY-FIREWALL", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS"),
+          ) -> Trace:
     """Where the first packet of a connection can go, and whether it is masqueraded."""
     out = Trace()
     entry = "OUTPUT" if pkt.local_origin else "PREROUTING"

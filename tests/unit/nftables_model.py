@@ -349,6 +349,11 @@ def _match(rs: Ruleset, rest: list[str], ctx: _Ctx) -> int:
         value = ctx.dst if rest[1] == "daddr" else ctx.pkt.src
         neg = rest[2] == "!="
         spec = rest[3] if neg else rest[2]
+        if spec == "{":   # an anonymous set: "ip saddr != { 10.0.0.0/8 , 1.2.3.4 }"
+            start = 4 if neg else 3
+            end = rest.index("}", start)
+            hit = any(_addr_match(a, value) for a in rest[start:end] if a != ",")
+            return end + 1 if hit != neg else 0
         if spec.startswith("@"):
             hit = value in rs.state.containers[spec[1:]].elements
         else:

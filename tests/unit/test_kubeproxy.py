@@ -108,6 +108,7 @@ GOLDEN_NODE1 = f"""\
 :KUBE-EXTERNAL-SERVICES - [0:0]
 :KUBE-FORWARD - [0:0]
 :KUBE-NODEPORTS - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
 -A KUBE-NODEPORTS -m comment --comment "default/api:http health check node port" -m tcp -p tcp --dport 32000 -j ACCEPT
 -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
@@ -363,23 +364,8 @@ COMMIT
 
 # What this renderer leaves out, on purpose, as edits to upstream's text: (old line, new line).
 # None as new line removes the line.
-_FW = "KUBE-FW-NUKIZ6OKUXPJNT4C"
 UPSTREAM_EDITS = [
-    # 1. No loadBalancerSourceRanges: ns5's LB IP goes straight to KUBE-EXT, no KUBE-FW chain,
-    #    no KUBE-PROXY-FIREWALL.
-    (":KUBE-PROXY-FIREWALL - [0:0]", None),
-    ('-A KUBE-PROXY-FIREWALL -m comment --comment "ns5/svc5:p80 traffic not accepted by '
-     f'{_FW}" -m tcp -p tcp -d 5.6.7.8 --dport 80 -j DROP', None),
-    (f":{_FW} - [0:0]", None),
-    (f'-A {_FW} -m comment --comment "ns5/svc5:p80 loadbalancer IP" -s 203.0.113.0/25 '
-     "-j KUBE-EXT-NUKIZ6OKUXPJNT4C", None),
-    (f'-A {_FW} -m comment --comment "other traffic to ns5/svc5:p80 will be dropped by '
-     'KUBE-PROXY-FIREWALL"', None),
-    ('-A KUBE-SERVICES -m comment --comment "ns5/svc5:p80 loadbalancer IP" -m tcp -p tcp '
-     f"-d 5.6.7.8 --dport 80 -j {_FW}",
-     '-A KUBE-SERVICES -m comment --comment "ns5/svc5:p80 loadbalancer IP" -m tcp -p tcp '
-     "-d 5.6.7.8 --dport 80 -j KUBE-EXT-NUKIZ6OKUXPJNT4C"),
-    # 2. --iptables-localhost-nodeports=false: no 127.0.0.0/8 NodePorts, no KUBE-FIREWALL,
+    # 1. --iptables-localhost-nodeports=false: no 127.0.0.0/8 NodePorts, no KUBE-FIREWALL,
     #    and the nodeports jump excludes loopback.
     (":KUBE-FIREWALL - [0:0]", None),
     ('-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" '
@@ -394,7 +380,7 @@ UPSTREAM_EDITS = [
      '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be '
      'the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 '
      "-j KUBE-NODEPORTS"),
-    # 3. No nfacct counters.
+    # 2. No nfacct counters.
     ("-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name "
      "ct_state_invalid_dropped_pkts -j DROP",
      "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"),
@@ -430,7 +416,8 @@ def _upstream_overall_services() -> list[ServicePort]:
         # only allocates one for Local, and upstream writes its ACCEPT rule only once (same
         # port as ns2), so it is left out here.
         sp(5, "172.30.0.45", node_port=3002, load_balancer_ips=("5.6.7.8",),
-           session_affinity_seconds=10800, endpoints=(Endpoint("10.180.0.3", 80),)),
+           session_affinity_seconds=10800, load_balancer_source_ranges=("203.0.113.0/25",),
+           endpoints=(Endpoint("10.180.0.3", 80),)),
         sp(6, "172.30.0.46"),
     ]
 

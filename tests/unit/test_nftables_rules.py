@@ -78,9 +78,9 @@ def _upstream_services() -> list[ServicePort]:
         ServicePort("ns4", "svc4", "p80", "TCP", "172.30.0.44", 80, 80,
                     external_ips=("192.168.99.33",),
                     endpoints=(ep("10.180.0.4"), ep("10.180.0.5", "test-node"))),
-        # upstream's svc5 also has loadBalancerSourceRanges (not rendered here: see docs)
         ServicePort("ns5", "svc5", "p80", "TCP", "172.30.0.45", 80, 80, node_port=3002,
                     load_balancer_ips=("5.6.7.8",), session_affinity_seconds=10800,
+                    load_balancer_source_ranges=("203.0.113.0/25",),
                     endpoints=(ep("10.180.0.3"),)),
         ServicePort("ns6", "svc6", "p80", "TCP", "172.30.0.46", 80, 80),
     ]
@@ -216,10 +216,13 @@ add chain ip kube-proxy endpoint-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80
 add rule ip kube-proxy endpoint-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 ip saddr 10.180.0.3 jump mark-for-masquerade
 add rule ip kube-proxy endpoint-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 update @affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 { ip saddr }
 add rule ip kube-proxy endpoint-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 meta l4proto tcp dnat to 10.180.0.3:80
+add chain ip kube-proxy firewall-HVFWP5L3-ns5/svc5/tcp/p80
+add rule ip kube-proxy firewall-HVFWP5L3-ns5/svc5/tcp/p80 ip saddr != { 203.0.113.0/25 } drop
 add element ip kube-proxy cluster-ips { 172.30.0.45 }
 add element ip kube-proxy service-ips { 172.30.0.45 . tcp . 80 : goto service-HVFWP5L3-ns5/svc5/tcp/p80 }
 add element ip kube-proxy service-ips { 5.6.7.8 . tcp . 80 : goto external-HVFWP5L3-ns5/svc5/tcp/p80 }
 add element ip kube-proxy service-nodeports { tcp . 3002 : goto external-HVFWP5L3-ns5/svc5/tcp/p80 }
+add element ip kube-proxy firewall-ips { 5.6.7.8 . tcp . 80 comment "ns5/svc5:p80" : goto firewall-HVFWP5L3-ns5/svc5/tcp/p80 }
 
 # svc6
 add element ip kube-proxy cluster-ips { 172.30.0.46 }
@@ -240,7 +243,7 @@ def _loaded(services, node=TEST_NODE) -> Ruleset:
 
 def test_overall_nftables_rules_as_upstream():
     """upstream TestOverallNFTablesRules, without what the testbed leaves out on purpose: the
-    ServiceCIDR drop rule and svc5's loadBalancerSourceRanges firewall chain."""
+    ServiceCIDR drop rule."""
     assert _loaded(_upstream_services()).dump() == _lines(BASE_RULES + SERVICE_RULES)
 
 

@@ -145,6 +145,7 @@ def render_config(lbs: Sequence[LbPlan], health: HealthCheck, socket: str,
                 f"frontend {p.backend}",
                 f"    mode {'http' if http else 'tcp'}",
                 f"    bind {p.vip}:{p.port}",
+                *_source_range_acl(lb),
                 f"    default_backend {p.backend}",
                 f"backend {p.backend}",
                 f"    mode {'http' if http else 'tcp'}",
@@ -169,6 +170,15 @@ def render_config(lbs: Sequence[LbPlan], health: HealthCheck, socket: str,
                 + (f" port {check.port}" if check.port else ""),
             ]
     return "\n".join(lines) + "\n"
+
+
+def _source_range_acl(lb: LbPlan) -> list[str]:
+    """loadBalancerSourceRanges at the LB (an ALB's security group, a GCP firewall rule): a
+    connection from any other client is refused before a request is read."""
+    if not lb.source_ranges:
+        return []
+    return [f"    acl load_balancer_source_ranges src {' '.join(lb.source_ranges)}",
+            "    tcp-request connection reject if !load_balancer_source_ranges"]
 
 
 def cut_sessions(proxy: Proxy, slot: str) -> str:

@@ -80,6 +80,8 @@ class ServicePort:
     external_ips: spec.externalIPs
     internal_traffic_policy: "Cluster" (any pod) or "Local" (only this node's pods) for
         traffic to the cluster IP
+    load_balancer_source_ranges: spec.loadBalancerSourceRanges, IPv4 CIDRs: only these
+        clients may reach the load_balancer_ips (empty: any)
     """
 
     namespace: str
@@ -97,6 +99,7 @@ class ServicePort:
     endpoints: tuple[Endpoint, ...] = ()
     external_ips: tuple[str, ...] = ()
     internal_traffic_policy: str = "Cluster"
+    load_balancer_source_ranges: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = service_port_name(self.namespace, self.name, self.port_name)
@@ -125,6 +128,9 @@ class ServicePort:
             object.__setattr__(self, label, tuple(getattr(self, label)))
         for ip in self.load_balancer_ips + self.external_ips:
             _check_ipv4(ip, f"{where}: load balancer / external IP")
+        object.__setattr__(self, "load_balancer_source_ranges", tuple(
+            _ipv4_cidr(c, f"{where}: load balancer source range")
+            for c in self.load_balancer_source_ranges))
 
     @cached_property
     def port_name_string(self) -> str:
@@ -147,6 +153,17 @@ class ServicePort:
     @property
     def external_policy_local(self) -> bool:
         return self.external_traffic_policy == "Local" and self.externally_accessible
+
+    @property
+    def uses_firewall(self) -> bool:
+        """Upstream's condition for a firewall (KUBE-FW-, firewall-...): LB IPs and source
+        ranges (the iptables mode also needs endpoints)."""
+        return bool(self.load_balancer_ips and self.load_balancer_source_ranges)
+
+    def source_ranges_contain(self, ip: str) -> bool:
+        """Whether a source range holds ip (upstream's allowFromNode, for the node's IP)."""
+        addr = ipaddress.IPv4Address(ip)
+        return any(addr in ipaddress.IPv4Network(c) for c in self.load_balancer_source_ranges)
 
     @property
     def internal_policy_local(self) -> bool:
@@ -205,6 +222,14 @@ def _check_ipv4(value: str, what: str) -> None:
         ipaddress.IPv4Address(value)
     except ValueError:
         raise ValueError(f"{what}: {value!r} is not an IPv4 address") from None
+
+
+def _ipv4_cidr(value: str, what: str) -> str:
+    """An IPv4 CIDR, normalized as upstream's ParseIPNets ("10.0.0.1/8" is 10.0.0.0/8)."""
+    try:
+        return str(ipaddress.IPv4Network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{what}: {value!r} is not an IPv4 CIDR") from None
 
 
 def _check_port(value: int, what: str) -> None:
@@ -381,7 +406,8 @@ def service_ports(plan: Plan, live_pods: Collection[str] | None = None,
                 session_affinity_seconds=affinity,
                 health_check_node_port=svc.health_check_node_port, endpoints=eps,
                 external_ips=svc.external_ips,
-                internal_traffic_policy=svc.internal_traffic_policy))
+                internal_traffic_policy=svc.internal_traffic_policy,
+                load_balancer_source_ranges=svc.load_balancer_source_ranges))
     return out
 
 

@@ -21,11 +21,13 @@ KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_POSTROUTING = "KUBE-POSTROUTING"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_FORWARD = "KUBE-FORWARD"
+# filter: drops what a KUBE-FW- chain let through un-DNATed (loadBalancerSourceRanges)
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 
 SVC_PREFIX = "KUBE-SVC-"  # Cluster policy: all ready endpoints
 SVL_PREFIX = "KUBE-SVL-"  # Local policy: this node's ready endpoints
 EXT_PREFIX = "KUBE-EXT-"  # external destinations (NodePort, LB IP, external IP)
-FW_PREFIX = "KUBE-FW-"  # loadBalancerSourceRanges (named for completeness; not rendered)
+FW_PREFIX = "KUBE-FW-"  # loadBalancerSourceRanges: the allowed sources of the LB IPs
 SEP_PREFIX = "KUBE-SEP-"  # one endpoint
 SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX)
 
@@ -61,7 +63,7 @@ def service_external_chain(service_port_name: str, protocol: str) -> str:
 
 
 def service_firewall_chain(service_port_name: str, protocol: str) -> str:
-    """KUBE-FW-...: upstream serviceFirewallChainName (not rendered here)."""
+    """KUBE-FW-...: upstream serviceFirewallChainName."""
     return FW_PREFIX + port_proto_hash(service_port_name, protocol)
 
 
@@ -85,16 +87,17 @@ class ServiceChains(NamedTuple):
     svc: str  # KUBE-SVC: every ready endpoint in the cluster
     svl: str  # KUBE-SVL: this node's ready endpoints (Local policy)
     ext: str  # KUBE-EXT: its NodePort, LB and external IP destinations
+    fw: str  # KUBE-FW: LB IP traffic from its loadBalancerSourceRanges goes on to KUBE-EXT
 
 
 @lru_cache(maxsize=1 << 18)
 def _service_chains(service_port_name: str, protocol: str) -> ServiceChains:
     h = port_proto_hash(service_port_name, protocol)
-    return ServiceChains(SVC_PREFIX + h, SVL_PREFIX + h, EXT_PREFIX + h)
+    return ServiceChains(SVC_PREFIX + h, SVL_PREFIX + h, EXT_PREFIX + h, FW_PREFIX + h)
 
 
 def service_chains(svc: ServicePort) -> ServiceChains:
-    """The KUBE-SVC, KUBE-SVL and KUBE-EXT chains of the service port."""
+    """The KUBE-SVC, KUBE-SVL, KUBE-EXT and KUBE-FW chains of the service port."""
     return _service_chains(svc.port_name_string, svc.proto)
 
 

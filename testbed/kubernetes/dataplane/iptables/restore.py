@@ -19,6 +19,7 @@ from testbed.kubernetes.dataplane.iptables.names import (
     KUBE_FORWARD,
     KUBE_NODEPORTS,
     KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL,
     KUBE_SERVICES,
 )
 
@@ -59,6 +60,8 @@ JUMP_RULES: tuple[JumpRule, ...] = (
     JumpRule("filter", "FORWARD", KUBE_SERVICES, "kubernetes service portals", _NEW),
     JumpRule("filter", "OUTPUT", KUBE_SERVICES, "kubernetes service portals", _NEW),
     JumpRule("filter", "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules"),
+    *(JumpRule("filter", chain, KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW)
+      for chain in ("INPUT", "OUTPUT", "FORWARD")),
     JumpRule("nat", "OUTPUT", KUBE_SERVICES, "kubernetes service portals"),
     JumpRule("nat", "PREROUTING", KUBE_SERVICES, "kubernetes service portals"),
     JumpRule("nat", "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules"),

@@ -17,6 +17,7 @@ from testbed.kubernetes.dataplane.iptables.names import (
     KUBE_MARK_MASQ,
     KUBE_NODEPORTS,
     KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL,
     KUBE_SERVICES,
     MASQUERADE_MARK,
     SEP_PREFIX,
@@ -52,12 +53,19 @@ def _service_chains(svc: ServicePort, on_node: NodeEndpoints) -> list[str]:
     ch = service_chains(svc)
     if on_node.has_any_endpoints and svc.externally_accessible:
         chains.append(ch.ext)
+    if _uses_fw_chain(svc, on_node):
+        chains.append(ch.fw)
     if on_node.cluster_endpoints:
         chains.append(ch.svc)
     if on_node.local_endpoints:
         chains.append(ch.svl)
     chains.extend(sep_chain(svc, ep) for ep in on_node.all_reachable_endpoints)
     return chains
+
+
+def _uses_fw_chain(svc: ServicePort, on_node: NodeEndpoints) -> bool:
+    """Upstream's usesFWChain: endpoints, LB IPs and loadBalancerSourceRanges."""
+    return on_node.has_any_endpoints and svc.uses_firewall
 
 
 def _internal_chain(svc: ServicePort, ch: ServiceChains) -> str:
@@ -101,7 +109,8 @@ def _chain_line(chain: str) -> str:
 
 
 def _write_top_level(buf: _Buffers, node: NodeContext) -> None:
-    for chain in (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS):
+    for chain in (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS,
+                  KUBE_PROXY_FIREWALL):
         buf.filter_chains.append(_chain_line(chain))
     for chain in (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ):
         buf.nat_chains.append(_chain_line(chain))
@@ -140,7 +149,7 @@ def _write_entry_rules(
             f"-A {KUBE_SERVICES} -m comment --comment {no_eps[0]} {match}"
             f" -d {svc.cluster_ip} --dport {svc.port} -j {no_eps[1]}"
         )
-    _write_external_entries(buf, svc, ch.ext, on_node, match, no_eps)
+    _write_external_entries(buf, svc, ch, on_node, match, no_eps)
     if svc.health_check_node_port:
         # Accepted whether or not this node has local endpoints: the LB must get its 503.
         buf.filter_rules.append(
@@ -150,11 +159,13 @@ def _write_entry_rules(
 
 
 def _write_external_entries(
-    buf: _Buffers, svc: ServicePort, ext: str, on_node: NodeEndpoints, match: str,
+    buf: _Buffers, svc: ServicePort, ch: ServiceChains, on_node: NodeEndpoints, match: str,
     no_ext: tuple[str, str],
 ) -> None:
-    """The jumps to KUBE-EXT for external IPs, LB IPs and the NodePort, or their verdicts."""
-    spn = svc.port_name_string
+    """The jumps to KUBE-EXT for external IPs, LB IPs (through KUBE-FW when the service has
+    loadBalancerSourceRanges) and the NodePort, or their verdicts."""
+    spn, ext = svc.port_name_string, ch.ext
+    uses_fw = _uses_fw_chain(svc, on_node)
     for ip in svc.external_ips:
         if on_node.has_any_endpoints:
             buf.nat_rules.append(
@@ -166,11 +177,17 @@ def _write_external_entries(
                 f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {no_ext[0]} {match}"
                 f" -d {ip} --dport {svc.port} -j {no_ext[1]}"
             )
-    if on_node.has_any_endpoints:
-        for ip in svc.load_balancer_ips:
+    for ip in svc.load_balancer_ips:
+        if on_node.has_any_endpoints:
             buf.nat_rules.append(
                 f'-A {KUBE_SERVICES} -m comment --comment "{spn} loadbalancer IP" {match}'
-                f" -d {ip} --dport {svc.port} -j {ext}"
+                f" -d {ip} --dport {svc.port} -j {ch.fw if uses_fw else ext}"
+            )
+        if uses_fw:
+            # What KUBE-FW did not send on is still addressed to the LB IP here: drop it.
+            buf.filter_rules.append(
+                f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{spn} traffic not accepted'
+                f' by {ch.fw}" {match} -d {ip} --dport {svc.port} -j DROP'
             )
     if not on_node.has_external_endpoints:
         for ip in svc.load_balancer_ips:
@@ -206,6 +223,8 @@ def _write_service_chains(
         )
     if on_node.has_any_endpoints and svc.externally_accessible:
         _write_external_chain(chains, rules, svc, ch, on_node, cidr)
+    if _uses_fw_chain(svc, on_node):
+        _write_firewall_chain(chains, rules, svc, ch, node)
     if on_node.cluster_endpoints:
         chains.append(_chain_line(ch.svc))
         _write_balancing(rules, svc, ch.svc, on_node.cluster_endpoints, large)
@@ -252,6 +271,23 @@ def _write_external_chain(
     if on_node.has_external_endpoints:
         target = ch.svl if svc.external_policy_local else svc_target
         rules.append(f"-A {ext} -j {target}")
+
+
+def _write_firewall_chain(
+    chains: list[str], rules: list[str], svc: ServicePort, ch: ServiceChains, node: NodeContext,
+) -> None:
+    """KUBE-FW: sources in loadBalancerSourceRanges go on to KUBE-EXT; the rest falls through
+    un-DNATed and meets KUBE-PROXY-FIREWALL's DROP in the filter table."""
+    spn = svc.port_name_string
+    chains.append(_chain_line(ch.fw))
+    head = f'-A {ch.fw} -m comment --comment "{spn} loadbalancer IP"'
+    rules.extend(f"{head} -s {cidr} -j {ch.ext}" for cidr in svc.load_balancer_source_ranges)
+    if svc.source_ranges_contain(node.node_ip):
+        # A node may reach a VIP that is one of its own addresses with the VIP as source
+        # (upstream's allowFromNode): let it through when the node itself is allowed.
+        rules.extend(f"{head} -s {ip} -j {ch.ext}" for ip in svc.load_balancer_ips)
+    rules.append(f'-A {ch.fw} -m comment --comment "other traffic to {spn} will be dropped by'
+                 f' {KUBE_PROXY_FIREWALL}"')
 
 
 def _write_balancing(
@@ -358,9 +394,17 @@ def render_key(
     """What of `node` render and render_partial read for these services: nodes with the same
     key get the same text, so a sync of many nodes renders it once. The node's name only picks
     its local endpoints, which only a Local traffic policy (external or internal) uses; its IP is
-    never written (LOCAL destinations are matched by addrtype)."""
-    local = any(s.uses_local_endpoints for s in services)
-    return node.cluster_cidr, node.random_fully, node.node_name if local else ""
+    read only where a source range holds it (reads_node_ip); LOCAL destinations are matched by
+    addrtype."""
+    services = list(services)
+    own = any(s.uses_local_endpoints for s in services) or reads_node_ip(services, node)
+    return node.cluster_cidr, node.random_fully, node.node_name if own else ""
+
+
+def reads_node_ip(services: Iterable[ServicePort], node: NodeContext) -> bool:
+    """Whether a firewall chain of these services holds the node's IP: a source range has it
+    (upstream's allowFromNode). Such a node gets a text of its own."""
+    return any(s.uses_firewall and s.source_ranges_contain(node.node_ip) for s in services)
 
 
 def changed_services(

@@ -116,6 +116,11 @@ def ip_port_ip(ip: str, protocol: str, port: int, ip2: str) -> str:
     return f"{ip},{protocol}:{port},{ip2}"
 
 
+def ip_port_net(ip: str, protocol: str, port: int, net: str) -> str:
+    """A hash:ip,port,net entry: "198.51.100.10,tcp:80,203.0.113.0/25"."""
+    return f"{ip},{protocol}:{port},{net}"
+
+
 Entries = Mapping[str, frozenset[str]]   # set name -> its entries
 
 

@@ -145,6 +145,8 @@ def node_state(services: Sequence[ServicePort], node: NodeContext,
             add_vs(svc, ip, svc.port, svc.external_policy_local)
             if ip != node.node_ip:
                 bound.add(ip)
+            if svc.load_balancer_source_ranges:
+                _source_range_entries(sets, svc, ip, node)
         if svc.node_port:
             every, local = S.NODE_PORT_SETS[proto]
             entry = (S.ip_port(node.node_ip, proto, svc.node_port) if proto == "sctp"
@@ -157,3 +159,17 @@ def node_state(services: Sequence[ServicePort], node: NodeContext,
             sets[S.KUBE_HEALTH_CHECK_NODE_PORT].add(str(svc.health_check_node_port))
     sets[S.KUBE_IPVS_IPS] = set(bound)
     return NodeState(vss, {k: frozenset(v) for k, v in sets.items()}, frozenset(bound), node)
+
+
+def _source_range_entries(sets: dict[str, set[str]], svc: ServicePort, ip: str,
+                          node: NodeContext) -> None:
+    """loadBalancerSourceRanges of one LB IP: the IP:port in KUBE-LOAD-BALANCER-FW (whose rule
+    sends it to KUBE-SOURCE-RANGES-FIREWALL), each allowed CIDR in -SOURCE-CIDR and, when a
+    range holds the node's IP, the VIP itself as a source in -SOURCE-IP (upstream's
+    allowFromNode: a node reaching a VIP bound to itself has it as source)."""
+    proto = svc.proto
+    sets[S.KUBE_LOAD_BALANCER_FW].add(S.ip_port(ip, proto, svc.port))
+    for cidr in svc.load_balancer_source_ranges:
+        sets[S.KUBE_LOAD_BALANCER_SOURCE_CIDR].add(S.ip_port_net(ip, proto, svc.port, cidr))
+    if svc.source_ranges_contain(node.node_ip):
+        sets[S.KUBE_LOAD_BALANCER_SOURCE_IP].add(S.ip_port_ip(ip, proto, svc.port, ip))

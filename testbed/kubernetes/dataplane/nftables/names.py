@@ -45,7 +45,7 @@ NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 REJECT_CHAIN = "reject-chain"
 CLUSTER_IPS_CHECK = "cluster-ips-check"
 
-# loadBalancerSourceRanges (the map and its check exist; nothing fills them here)
+# loadBalancerSourceRanges: LB IP . proto . port -> goto the service's firewall- chain
 FIREWALL_IPS = "firewall-ips"
 FIREWALL_CHECK = "firewall-check"
 
@@ -59,7 +59,7 @@ MASQUERADE_MARK = "0x4000"
 SERVICE_PREFIX = "service-"    # Cluster policy: every usable endpoint
 LOCAL_PREFIX = "local-"        # Local policy: this node's usable endpoints
 EXTERNAL_PREFIX = "external-"  # NodePort, LB IP and external IP destinations
-FIREWALL_PREFIX = "firewall-"  # loadBalancerSourceRanges (named for completeness)
+FIREWALL_PREFIX = "firewall-"  # loadBalancerSourceRanges: drops sources outside them
 ENDPOINT_PREFIX = "endpoint-"  # one endpoint
 AFFINITY_PREFIX = "affinity-"  # one endpoint's ClientIP affinity set
 
@@ -100,7 +100,7 @@ class ServiceChains(NamedTuple):
     cluster: str   # service-...: the Cluster policy chain
     local: str     # local-...: the Local policy chain
     external: str  # external-...: where external destinations go first
-    firewall: str  # firewall-...: loadBalancerSourceRanges (not written here)
+    firewall: str  # firewall-...: loadBalancerSourceRanges
 
 
 @lru_cache(maxsize=1 << 18)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from testbed.kubernetes.dataplane.iptables.rules import changed_services
+from testbed.kubernetes.dataplane.iptables.rules import changed_services, reads_node_ip
 from testbed.kubernetes.dataplane.model import (
     Endpoint,
     NodeContext,
@@ -211,6 +211,7 @@ class _Plan(NamedTuple):
     uses_cluster: bool
     uses_local: bool
     uses_external: bool
+    uses_firewall: bool   # upstream's usesFWChain: LB IPs and source ranges (endpoints or not)
 
 
 def _plan(svc: ServicePort, node_name: str) -> _Plan:
@@ -220,6 +221,7 @@ def _plan(svc: ServicePort, node_name: str) -> _Plan:
         uses_cluster=bool(on_node.cluster_endpoints) and svc.uses_cluster_endpoints,
         uses_local=bool(on_node.local_endpoints) and svc.uses_local_endpoints,
         uses_external=on_node.has_any_endpoints and svc.externally_accessible,
+        uses_firewall=svc.uses_firewall,
     )
 
 
@@ -232,6 +234,8 @@ def _chains_of(p: _Plan) -> list[str]:
         out.append(p.chains.local)
     if p.uses_external:
         out.append(p.chains.external)
+    if p.uses_firewall:
+        out.append(p.chains.firewall)
     return out
 
 
@@ -266,6 +270,9 @@ def _elements_of(p: _Plan) -> list[Element]:
     for ip in svc.load_balancer_ips:
         if on.has_any_endpoints:
             out.append(Element(SERVICE_IPS, f"{ip} . {proto} . {port}", f"goto {ch.external}"))
+        if p.uses_firewall:
+            out.append(Element(FIREWALL_IPS, f"{ip} . {proto} . {port}", f"goto {ch.firewall}",
+                               spn))
     if not on.has_external_endpoints:
         for ip in svc.load_balancer_ips:
             out.append(Element(NO_ENDPOINT_SERVICES, f"{ip} . {proto} . {port}",
@@ -309,6 +316,8 @@ def _write_chains(out: list[str], p: _Plan, node: NodeContext) -> None:
         if on.has_external_endpoints:
             target = ch.local if svc.external_policy_local else ch.cluster
             out.append(f"add rule {T} {ext} goto {target}")
+    if p.uses_firewall:
+        _write_firewall(out, svc, ch.firewall, node)
     if svc.session_affinity_seconds:
         for name in _affinity_sets_of(p):
             # "dynamic": the kernel adds it anyway, and then a later add without it would fail
@@ -325,6 +334,16 @@ def _write_chains(out: list[str], p: _Plan, node: NodeContext) -> None:
         if svc.session_affinity_seconds:
             out.append(f"add rule {T} {chain} update @{affinity_set(svc, ep)} {{ ip saddr }}")
         out.append(f"add rule {T} {chain} meta l4proto {proto} dnat to {ep}")
+
+
+def _write_firewall(out: list[str], svc: ServicePort, chain: str, node: NodeContext) -> None:
+    """firewall-...: reached from firewall-check (before DNAT) for the LB IPs; drops a new
+    connection whose source is in none of the loadBalancerSourceRanges."""
+    sources = list(svc.load_balancer_source_ranges)
+    if svc.source_ranges_contain(node.node_ip):
+        # upstream's allowFromNode: a node reaching a VIP bound to itself has the VIP as source
+        sources += svc.load_balancer_ips
+    out.append(f"add rule {T} {chain} ip saddr != {{ {' , '.join(sources)} }} drop")
 
 
 def _write_balancing(out: list[str], svc: ServicePort, chain: str,
@@ -486,13 +505,16 @@ def render_key(services: Iterable[ServicePort], node: NodeContext
                ) -> tuple[str | None, bool, str]:
     """What of `node` render_services and render_partial read: nodes with the same key get the
     same text (render_setup adds the node's own address to a full sync). The node's name only
-    picks its local endpoints, which only a Local traffic policy uses."""
-    local = any(s.uses_local_endpoints for s in services)
-    return node.cluster_cidr, node.random_fully, node.node_name if local else ""
+    picks its local endpoints, which only a Local traffic policy uses, and its IP is read where
+    a source range holds it (reads_node_ip)."""
+    services = list(services)
+    own = any(s.uses_local_endpoints for s in services) or reads_node_ip(services, node)
+    return node.cluster_cidr, node.random_fully, node.node_name if own else ""
 
 
 def service_chain_names(services: Iterable[ServicePort], node: NodeContext) -> set[str]:
-    """Every per-service chain (service-, local-, external-, endpoint-) the node has."""
+    """Every per-service chain (service-, local-, external-, firewall-, endpoint-) the node
+    has."""
     return {c for s in _sorted_services(services) for c in _chains_of(_plan(s, node.node_name))}
 
 
