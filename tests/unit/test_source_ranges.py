@@ -99,6 +99,14 @@ def test_the_ebpf_mode_refuses_them():
     _topology("{type: LoadBalancer}", proxy_mode="ebpf")   # without ranges it runs
 
 
+def test_the_ebpf_data_plane_refuses_to_render_them():
+    """An experiment variant may switch a topology to the ebpf mode: its sync fails loudly
+    rather than leave the LB IP open."""
+    with pytest.raises(ValueError, match="loadBalancerSourceRanges are not enforced by the ebpf"):
+        DATAPLANES["ebpf"].render([FIREWALLED], NODE1)
+    DATAPLANES["ebpf"].render([WEB], NODE1)
+
+
 def test_cnlb_service_set_changes_them_and_the_lb_is_replaced():
     topo = _topology("{type: LoadBalancer}")
     plan = build_plan(topo)

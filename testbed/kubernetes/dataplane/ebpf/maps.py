@@ -219,7 +219,15 @@ def maglev_table(backends: Sequence[str], m: int) -> list[int]:
 
 def entries(services: Iterable[ServicePort], node: NodeContext,
             options: Options = Options()) -> dict[tuple[str, ...], str]:
-    """(kind, key...) -> the line that writes it, for the node's whole state."""
+    """(kind, key...) -> the line that writes it, for the node's whole state. ValueError for a
+    service with loadBalancerSourceRanges: the programs have no source-range map (Cilium's
+    lb4_src_range), and a firewall left out would let everyone in."""
+    services = list(services)
+    for svc in services:
+        if svc.uses_firewall:
+            raise ValueError(f"{svc.port_name_string}: loadBalancerSourceRanges are not enforced "
+                             "by the ebpf mode (no source-range map) — use iptables, nftables "
+                             "or ipvs")
     out: dict[tuple[str, ...], str] = {("config",): (
         f"config node_ip={node.node_ip} cluster_cidr={node.cluster_cidr or '-'}")}
     for fe in frontends(services, node, dsr=options.mode == "dsr"):
