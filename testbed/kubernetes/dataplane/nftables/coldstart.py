@@ -29,7 +29,7 @@ from testbed.kubernetes.dataplane.nftables.names import MARK_MASQ, MASQUERADE_MA
 STEP = "# kube-proxy cold start: next transaction"
 # Bounds of a transaction before the last: lines, and anonymous sets (service chains' numgen
 # vmaps: binding each walks the transaction). At 10,000 services x 5 endpoints the full sync
-# is about 270,000 lines and 10,000 vmaps; bench/kubeproxy_sync.py --backends nftables-steps
+# is about 250,000 lines and 10,000 vmaps; bench/kubeproxy_sync.py --backends nftables-steps
 # measures the choice (--steps-max-lines, --steps-max-vmaps).
 DEFAULT_MAX_LINES = 20_000
 DEFAULT_MAX_VMAPS = 500
