@@ -164,6 +164,7 @@ def test_proxier_cold_starts_in_steps_when_asked_and_the_table_is_absent(tmp_pat
         for text in loads:
             rs.load(text)
         assert rs.snapshot() == _one_transaction(services, ctx)
+        assert kp.cold_starts[node] == len(loads) >= 2
     before = len(_nft_runs(cluster))
     cluster.dead.add("web-2")
     kp.sync_all()   # partial syncs: one transaction each, as without the option

@@ -62,6 +62,7 @@ class NFTablesProxy(KubeProxy):
             kube_proxy = getattr(getattr(cluster, "topo", None), "kube_proxy", None)
             cold_start_in_steps = getattr(kube_proxy, "nftables_cold_start_in_steps", False)
         self.cold_start_in_steps = bool(cold_start_in_steps)
+        self.cold_starts: dict[str, int] = {}   # node -> transactions of its cold start in steps
 
     @staticmethod
     def render(services: Sequence[ServicePort], node: NodeContext) -> str:
@@ -112,6 +113,7 @@ class NFTablesProxy(KubeProxy):
             if old is None and self.cold_start_in_steps and not self.has_table(node):
                 texts[node], seconds[node] = self._cold_start(stepped, services, ctx)
                 kinds[node] = "full"
+                self.cold_starts[node] = len(coldstart.split(texts[node]))
                 continue
             key = (id(old), rules.render_key([*(old or ()), *services], ctx))
             if key not in rendered:
