@@ -80,6 +80,7 @@ def apply_service(plan: Plan, topo: Topology, svc: Service) -> tuple[Topology, P
     _check_external_ips(topo, old, svc)
     svc = with_allocated_values(old, svc)
     ports, hc = _node_ports(plan, svc)
+    _check_instance_targets(plan, svc, ports)
     svc = replace(svc, node_port=ports[0].node_port, health_check_node_port=hc,
                   ports=tuple(ServicePortSpec(p.name, p.port, p.target_port, p.protocol,
                                               p.node_port) for p in ports) if svc.ports else ())
@@ -123,6 +124,18 @@ def _check_external_ips(topo: Topology, old: ServicePlan | None, svc: Service) -
             f"(they are {list(had)}): the VPC routes them from the start",
             "keep them as they are, or write them in the topology and start the cluster "
             "again")])
+
+
+def _check_instance_targets(plan: Plan, svc: Service, ports: tuple[PortPlan, ...]) -> None:
+    """A LoadBalancer service left without a node port (allocateLoadBalancerNodePorts false)
+    cannot have instance targets: InputError in mode nodeport."""
+    if plan.mode == "nodeport" and svc.type == "LoadBalancer" and \
+            any(p.node_port is None for p in ports):
+        raise InputError([Problem(
+            "cnlb service", 0, f"{svc.name}.allocateLoadBalancerNodePorts",
+            "false leaves ports without a nodePort, and in mode nodeport the load balancer's "
+            "instance targets are the nodes' node ports",
+            "write a nodePort on each port, or leave allocateLoadBalancerNodePorts true")])
 
 
 def delete_service(plan: Plan, topo: Topology, name: str) -> tuple[Topology, Plan]:

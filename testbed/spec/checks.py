@@ -33,12 +33,28 @@ def cross_checks(r: Reader, topo: Topology) -> None:
         return   # capacity below assumes ranges that make sense
     _capacity(r, topo)
     _vips(r, topo)
+    _instance_targets_have_node_ports(r, topo)
     # auto-assigned node ports must fit the range
     try:
         node_ports(topo)
     except ValueError as exc:
         r.problem(("services",), str(exc),
                   "set some nodePorts by hand or use fewer NodePort services")
+
+
+def _instance_targets_have_node_ports(r: Reader, topo: Topology) -> None:
+    """Instance targets (mode nodeport) are every node's IP:NodePort, so a LoadBalancer service
+    with allocateLoadBalancerNodePorts false needs a nodePort written on each port there."""
+    if topo.mode != "nodeport":
+        return
+    for svc in topo.services:
+        if svc.type == "LoadBalancer" and not svc.allocate_load_balancer_node_ports and \
+                any(p.node_port is None for p in svc.all_ports):
+            r.problem(("services", svc.name, "allocateLoadBalancerNodePorts"),
+                      "false leaves ports without a nodePort, and in mode nodeport the load "
+                      "balancer's instance targets are the nodes' node ports",
+                      "run it in mode container-native (ip targets need no node ports), "
+                      "write a nodePort on each port, or remove the field")
 
 
 def _name_clashes(r: Reader, topo: Topology) -> None:

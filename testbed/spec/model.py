@@ -201,6 +201,9 @@ class Service:
     external_ips: tuple[str, ...] = ()
     # spec.loadBalancerSourceRanges: client CIDRs allowed to reach the LB (normalized, in order)
     load_balancer_source_ranges: tuple[str, ...] = ()
+    # spec.allocateLoadBalancerNodePorts: False gives a LoadBalancer service no node ports but
+    # the ones written (the LB's ip targets need none; instance targets do)
+    allocate_load_balancer_node_ports: bool = True
     # the cloud LB health-checks this service's targets through another service's port (a
     # target group's "health check port" override); set by experiments, not by topology files
     health_via: str | None = None
@@ -421,7 +424,7 @@ def port_node_ports(svc: Service, free: Iterator[int]) -> list[int | None]:
     by_port: dict[int, int] = {}
     for i, sp in enumerate(svc.all_ports):
         np_ = sp.node_port
-        if svc.type in ("NodePort", "LoadBalancer") and np_ is None:
+        if needs_node_ports(svc) and np_ is None:
             written = next((q.node_port for q in svc.all_ports[i + 1:]
                             if q.port == sp.port and q.node_port), None)
             np_ = by_port.get(sp.port) or written or next(free)
@@ -429,6 +432,14 @@ def port_node_ports(svc: Service, free: Iterator[int]) -> list[int | None]:
             by_port.setdefault(sp.port, np_)
         ports.append(np_)
     return ports
+
+
+def needs_node_ports(svc: Service) -> bool:
+    """Whether the unset node ports of a service are allocated: NodePort services, and
+    LoadBalancer services unless allocateLoadBalancerNodePorts is false (upstream's
+    shouldAllocateNodePorts)."""
+    return svc.type == "NodePort" or (svc.type == "LoadBalancer"
+                                      and svc.allocate_load_balancer_node_ports)
 
 
 def _written_node_ports(svc: Service) -> list[int | None]:

@@ -42,7 +42,8 @@ from testbed.spec.yamldoc import Document, Path, parse_document
 SERVICE_KEYS = {"type", "selector", "port", "targetPort", "nodePort", "protocol", "ports",
                 "externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity",
                 "externalIPs", "sessionAffinityTimeout", "healthCheckNodePort", "loadBalancerIP",
-                "publishNotReadyAddresses", "labels", "loadBalancerSourceRanges"}
+                "publishNotReadyAddresses", "labels", "loadBalancerSourceRanges",
+                "allocateLoadBalancerNodePorts"}
 PORT_KEYS = {"name", "port", "targetPort", "protocol", "nodePort"}
 SINGLE_PORT_KEYS = ("port", "targetPort", "nodePort", "protocol")
 # a port's name: a DNS label (IsDNS1123Label: may start with a digit, at most 63 characters)
@@ -148,10 +149,11 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
                     fix="seconds between 1 and 86400")
     lb_ip = _load_balancer_ip(r, path, stype)
     source_ranges = _source_ranges(r, path, body, stype)
+    allocate = _allocate_node_ports(r, path, body, stype)
     publish = r.get(path, "publishNotReadyAddresses", boolean, default=False)
     labels = _labels(r, path, body)
     if ports is None or etp is None or labels is None or source_ranges is None or None in (
-            stype, selector, itp, affinity, timeout, publish):
+            stype, selector, itp, affinity, timeout, publish, allocate):
         return None
     if external_ips is None:
         return None
@@ -160,7 +162,8 @@ def read_service(r: Reader, path: Path, sname: str, deployments: Sequence[Deploy
                    affinity, timeout, hc_port, lb_ip, first.protocol,
                    ports=ports if "ports" in body else (), external_ips=external_ips,
                    internal_traffic_policy=itp, publish_not_ready_addresses=publish,
-                   labels=labels, load_balancer_source_ranges=source_ranges)
+                   labels=labels, load_balancer_source_ranges=source_ranges,
+                   allocate_load_balancer_node_ports=bool(allocate))
 
 
 # a label key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters
@@ -336,6 +339,19 @@ def _external(r: Reader, path: Path, body: Mapping[str, Any], stype: str | None,
     return etp, hc_port
 
 
+def _allocate_node_ports(r: Reader, path: Path, body: Mapping[str, Any],
+                         stype: str | None) -> bool | None:
+    """spec.allocateLoadBalancerNodePorts (true); upstream allows it on LoadBalancer services
+    only. None when wrong (the problem is in r)."""
+    allocate = r.get(path, "allocateLoadBalancerNodePorts", boolean, default=True)
+    if "allocateLoadBalancerNodePorts" in body and stype not in (None, "LoadBalancer"):
+        r.problem(path + ("allocateLoadBalancerNodePorts",),
+                  f"may only be used when type is LoadBalancer (this is {stype})",
+                  "remove it, or make the service 'type: LoadBalancer'")
+        return None
+    return allocate
+
+
 def _load_balancer_ip(r: Reader, path: Path, stype: str | None) -> ipaddress.IPv4Address | None:
     ip = r.get(path, "loadBalancerIP", address, default=None,
                fix="write an address in 198.51.100.10-198.51.100.250")
@@ -431,6 +447,8 @@ def service_body(svc: Service) -> dict[str, Any]:
         body["labels"] = dict(svc.labels)
     if svc.load_balancer_source_ranges:
         body["loadBalancerSourceRanges"] = list(svc.load_balancer_source_ranges)
+    if not svc.allocate_load_balancer_node_ports:
+        body["allocateLoadBalancerNodePorts"] = False
     return body
 
 
@@ -462,6 +480,8 @@ def drop_type_dependent_fields(body: Mapping[str, Any], changed: Collection[str]
         out.pop("healthCheckNodePort", None)
     if stype != "LoadBalancer" and "loadBalancerIP" not in changed:
         out.pop("loadBalancerIP", None)
+    if stype != "LoadBalancer" and "allocateLoadBalancerNodePorts" not in changed:
+        out.pop("allocateLoadBalancerNodePorts", None)
     return out
 
 

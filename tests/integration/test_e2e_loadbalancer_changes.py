@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import pytest
 
+from testbed.errors import InputError
 from tests.integration.e2e_jig import (
     affinity_holds,
     apply,
     check_affinity,
     cluster_from,
+    hostnames,
     node_ip,
+    service,
     udp_answers,
     udp_client,
     wait_for,
@@ -206,3 +209,33 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_loa
 def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_loadbalancer_service_on_the_same_nodes(cluster):  # noqa: E501
     _server_cycles(cluster, "node1")
 
+
+
+# [LoadBalancers] "should be able to create LoadBalancer Service without NodePort and change it
+# [Slow]"
+def test_should_be_able_to_create_loadbalancer_service_without_nodeport_and_change_it(cluster):
+    """upstream: a ClusterIP service over one pod, changed to type LoadBalancer with
+    allocateLoadBalancerNodePorts false, gets its LB and no node port and answers through the
+    LB; allocateLoadBalancerNodePorts true then allocates a node port, the LB's address stays
+    and it still answers. In classic mode the LB's instance targets are the nodes' node ports,
+    so the testbed refuses the first change in one line and the service stays as it was."""
+    c = cluster
+    name = "reallocate-nodeport"   # upstream: reallocate-nodeport-test (20 characters here)
+    apply(c, f"{name}: {{type: ClusterIP, selector: exec, port: 80, targetPort: 8080}}\n")
+    no_node_ports = {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": False}
+    if c.plan.mode == "nodeport":
+        with pytest.raises(InputError, match="allocateLoadBalancerNodePorts: false leaves"):
+            c.set_service(name, no_node_ports)
+        assert service(c, name).type == "ClusterIP"
+        c.delete_service(name)
+        return
+    got = c.set_service(name, no_node_ports)
+    vip = got["vip"]
+    assert vip and got["node_port"] is None, got
+    url = f"http://{vip}:80/"
+    wait_for("the LB answering", lambda: "exec-0" in hostnames(c, CLIENT, url, 3), LAG_S)
+
+    got = c.set_service(name, {"allocateLoadBalancerNodePorts": True})
+    assert got["node_port"] and got["vip"] == vip, got
+    wait_for("the LB answering", lambda: "exec-0" in hostnames(c, CLIENT, url, 3), LAG_S)
+    c.delete_service(name)
