@@ -255,14 +255,14 @@ class Timing:
     termination_grace_period_s, pre_stop_s: pod deletion: preStop sleep, then SIGTERM, SIGKILL
         at the grace period's end; the endpoint is ready=false serving=true terminating=true
     min_sync_period_s: kube-proxy's --iptables-min-sync-period (at most one sync per period)
+    sync_period_s: kube-proxy's --iptables-sync-period: how often it checks its canary chain
+        (a full sync when it is gone) and when a failed sync is retried; the kubelet checks
+        its own canary every 2 x this (upstream: 1 min against the default 30 s)
     endpoint_updates_batch_period_s: the EndpointSlice controller's batching (0: at once)
     node_monitor_grace_period_s: a silent node becomes NotReady after this (node lifecycle
         controller); its pods' endpoints go not ready
     not_ready_toleration_s: pods are evicted (and recreated elsewhere) this long after NotReady
     lb_registration_delay_s, lb_deregistration_lag_s: the cloud LB controller's lag to register
-    sync_period_s: kube-proxy's --iptables-sync-period: how often it checks its canary chain
-        (a full sync when it is gone) and when a failed sync is retried; the kubelet checks
-        its own canary every 2 x this (upstream: 1 min against the default 30 s)
         and deregister targets after endpoints change
     lb_deregistration_delay_s: the LB's connection draining: a deregistered target gets no new
         connections but keeps its open ones this long
@@ -275,12 +275,12 @@ class Timing:
     termination_grace_period_s: float = 30.0
     pre_stop_s: float = 0.0
     min_sync_period_s: float = 1.0
+    sync_period_s: float = 30.0
     endpoint_updates_batch_period_s: float = 0.0
     node_monitor_grace_period_s: float = 50.0   # 40s before Kubernetes 1.32
     not_ready_toleration_s: float = 300.0
     lb_registration_delay_s: float = 0.0
     lb_deregistration_lag_s: float = 0.0
-    sync_period_s: float = 30.0
     lb_deregistration_delay_s: float = 300.0
 
     @property
