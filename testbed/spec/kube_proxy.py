@@ -10,6 +10,9 @@ kubeProxy:
   nftables: {coldStartInSteps: true}   # the nftables mode's first sync into a node without
                                        # its table as several transactions (default false: one,
                                        # as upstream; kubernetes#139328)
+  conntrack: {tcpBeLiberal: true}      # kube-proxy sets nf_conntrack_tcp_be_liberal=1 on its
+                                       # node (default false); the iptables mode then drops no
+                                       # INVALID packets (kubernetes#117924)
 ```
 
 The modes are the registry's, so a mode that plugs in is accepted here with nothing else to
@@ -47,7 +50,7 @@ def proxy_modes() -> list[str]:
 def read_kube_proxy(r: Reader) -> KubeProxyConfiguration:
     """The `kubeProxy:` section (absent: iptables)."""
     path = ("kubeProxy",)
-    r.mapping(path, {"mode", "loadBalancer", "nftables"})
+    r.mapping(path, {"mode", "loadBalancer", "nftables", "conntrack"})
     modes = proxy_modes()
     mode = r.get(path, "mode", choice(*modes), default=DEFAULT_MODE,
                  fix=f"use one of {', '.join(modes)}")
@@ -65,8 +68,13 @@ def read_kube_proxy(r: Reader) -> KubeProxyConfiguration:
     r.mapping(nft, {"coldStartInSteps"})
     in_steps = r.get(nft, "coldStartInSteps", boolean, default=False,
                      fix="use true or false (the nftables mode's cold start in steps)")
+    conntrack = (*path, "conntrack")
+    r.mapping(conntrack, {"tcpBeLiberal"})
+    liberal = r.get(conntrack, "tcpBeLiberal", boolean, default=False,
+                    fix="use true (kube-proxy sets nf_conntrack_tcp_be_liberal on its node) or "
+                        "false")
     return KubeProxyConfiguration(mode or DEFAULT_MODE, algorithm or DEFAULT_ALGORITHM,
-                                  lb_mode or "snat", bool(in_steps))
+                                  lb_mode or "snat", bool(in_steps), bool(liberal))
 
 
 def native_routing(topology: Topology) -> bool:

@@ -316,11 +316,15 @@ class KubeProxyConfiguration:
     nftables_cold_start_in_steps: the nftables mode's full sync into a node without its table
         as several transactions (kubernetes#139328's proposal, nftables/coldstart.py); off:
         one transaction, as upstream's merged code
+    conntrack_tcp_be_liberal: kube-proxy sets net.netfilter.nf_conntrack_tcp_be_liberal=1 on
+        its node (KubeProxyConntrackConfiguration.tcpBeLiberal); the iptables mode then writes
+        no INVALID DROP rule, as it does on any node where the sysctl is set
     """
     mode: str = "iptables"   # upstream's default on Linux
     algorithm: str = "random"   # Cilium's default
     lb_mode: str = "snat"       # Cilium's default
     nftables_cold_start_in_steps: bool = False
+    conntrack_tcp_be_liberal: bool = False   # upstream's default
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,11 @@ def test_should_drop_invalid_conntrack_entries(cluster):
     segment on its connection and NATs it: Linux >= 6.1; docs/e2e.md)."""
     svc, server_ip = service(cluster, "boom-server"), pod_ip(cluster, "boom-server-0")
     port = svc.ports[0].port
+    for node in ("node1", "node2"):   # conntrack strict (the default): the rule is written
+        assert cluster.sh(node, "sysctl -n net.netfilter.nf_conntrack_tcp_be_liberal"
+                          ).stdout.strip() == "0"
+        assert "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP" in cluster.sh(
+            node, "iptables -S KUBE-FORWARD").stdout
     boom = Lines(cluster, "boom-server-0", [sys.executable, BOOM_SERVER, server_ip, "9000"])
     seen = Lines(cluster, "pod-client-0",
                  ["tcpdump", "-l", "-n", "-i", "eth0", f"tcp src port {port} or "

@@ -201,12 +201,15 @@ class NodeContext:
     cluster_cidr: the pod CIDR (upstream --cluster-cidr, LocalDetector "ClusterCIDR"); None turns
         off the rules that need to tell pod traffic from other traffic
     random_fully: add --random-fully to MASQUERADE (upstream does when iptables >= 1.6.2)
+    conntrack_tcp_liberal: the node's nf_conntrack_tcp_be_liberal is set (upstream's
+        conntrackTCPLiberal, read when kube-proxy starts): no INVALID DROP rule is written
     """
 
     node_name: str
     node_ip: str
     cluster_cidr: str | None = None
     random_fully: bool = True
+    conntrack_tcp_liberal: bool = False
 
     def __post_init__(self) -> None:
         _check_ipv4(self.node_ip, "node_ip")

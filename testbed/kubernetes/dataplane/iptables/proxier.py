@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from testbed.errors import EnvironmentProblem
@@ -50,6 +51,9 @@ def render_node_rules(plan: Plan, node: str) -> str:
     return with_jump_rules(rules.render(service_ports(plan), ctx))
 
 
+TCP_BE_LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"   # per network namespace
+
+
 class KubeProxy(ServiceDataPlane):
     """kube-proxy in iptables mode on every node of a running cluster.
 
@@ -71,6 +75,15 @@ class KubeProxy(ServiceDataPlane):
         self.existing_rules: set[str] = set()
         self.restarts: dict[str, int] = {}   # node -> times its kube-proxy was restarted
         self.canary: CanaryMonitor | None = None   # iptables mode: KUBE-PROXY-CANARY
+        # kubeProxy.conntrack.tcpBeLiberal: set on each node when its kube-proxy starts
+        kube_proxy = getattr(getattr(cluster, "topo", None), "kube_proxy", None)
+        self.tcp_be_liberal = bool(getattr(kube_proxy, "conntrack_tcp_be_liberal", False))
+
+    def context(self, node: str) -> NodeContext:
+        """The node as render sees it; conntrack_tcp_liberal is what this kube-proxy set there
+        when it started (upstream reads the sysctl back; nothing else sets it in a node the
+        testbed made)."""
+        return replace(super().context(node), conntrack_tcp_liberal=self.tcp_be_liberal)
 
     @staticmethod
     def render(services: Sequence[ServicePort], node: NodeContext) -> str:
@@ -253,6 +266,12 @@ class KubeProxy(ServiceDataPlane):
         into its node from one warm interpreter (the cluster's launcher of node servers)."""
         if not nodes:
             return
+        if self.tcp_be_liberal:   # upstream's conntrack setup (server_linux.go), every mode
+            for node in nodes:
+                done = self.cluster.sh(node, f"sysctl -qw {TCP_BE_LIBERAL}=1")
+                if done.returncode != 0:
+                    raise EnvironmentProblem(f"kube-proxy on {node}: cannot set {TCP_BE_LIBERAL}"
+                                             f" (conntrack.tcpBeLiberal): {done.stderr.strip()}")
         self.write_states(nodes)
         self.health_servers.update(self.cluster.launch_node_servers(
             "testbed.kubernetes.dataplane.healthserver",

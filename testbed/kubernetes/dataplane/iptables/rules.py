@@ -312,7 +312,7 @@ def _write_balancing(
         rules.append(f"{head(ep)}{spread if i < n - 1 else ''} -j {sep_chain(svc, ep)}")
 
 
-def _write_tail(buf: _Buffers, stale_chains: Iterable[str]) -> None:
+def _write_tail(buf: _Buffers, stale_chains: Iterable[str], node: NodeContext) -> None:
     for chain in sorted(stale_chains):
         # Declaring the chain flushes it; then it can be deleted.
         buf.nat_chains.append(_chain_line(chain))
@@ -321,8 +321,11 @@ def _write_tail(buf: _Buffers, stale_chains: Iterable[str]) -> None:
         f'-A {KUBE_SERVICES} -m comment --comment "{NODEPORTS_COMMENT}"'
         f" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j {KUBE_NODEPORTS}"
     )
+    # conntrack cannot place a packet out of the window (kubernetes#74839): dropped, unless
+    # nf_conntrack_tcp_be_liberal lets conntrack accept it (kubernetes#117924)
+    if not node.conntrack_tcp_liberal:
+        buf.filter_rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
     buf.filter_rules += [
-        f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP",
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules"'
         f" -m mark --mark {MASQUERADE_MARK}/{MASQUERADE_MARK} -j ACCEPT",
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
@@ -345,7 +348,7 @@ def _sync(
         _write_entry_rules(buf, svc, ch, on_node)
         if rewrite(svc):
             _write_service_chains(buf.nat_chains, buf.nat_rules, svc, ch, on_node, node, large)
-    _write_tail(buf, stale_chains)
+    _write_tail(buf, stale_chains, node)
     return buf.text()
 
 
@@ -390,7 +393,7 @@ def render_partial(
 
 def render_key(
     services: Iterable[ServicePort], node: NodeContext
-) -> tuple[str | None, bool, str]:
+) -> tuple[str | None, bool, bool, str]:
     """What of `node` render and render_partial read for these services: nodes with the same
     key get the same text, so a sync of many nodes renders it once. The node's name only picks
     its local endpoints, which only a Local traffic policy (external or internal) uses; its IP is
@@ -398,7 +401,8 @@ def render_key(
     addrtype."""
     services = list(services)
     own = any(s.uses_local_endpoints for s in services) or reads_node_ip(services, node)
-    return node.cluster_cidr, node.random_fully, node.node_name if own else ""
+    return (node.cluster_cidr, node.random_fully, node.conntrack_tcp_liberal,
+            node.node_name if own else "")
 
 
 def reads_node_ip(services: Iterable[ServicePort], node: NodeContext) -> bool:
