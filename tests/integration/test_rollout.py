@@ -95,7 +95,9 @@ def test_rollout_replaces_every_pod_and_the_service_answers_throughout(cluster):
     loads: dict[str, list[dict]] = {"new": [], "kept-alive": []}
 
     def load(rows: list[dict], *flags: str) -> None:
-        out = cluster.exec(CLIENT, [HTTPPROBE, "--url", URL, "--duration", "25", "--rate", "50",
+        # 16 s of load: the rollout takes about 5 s here (3 pods, each registered after 1 s
+        # and two checks 500 ms apart), so the load outlasts it threefold
+        out = cluster.exec(CLIENT, [HTTPPROBE, "--url", URL, "--duration", "16", "--rate", "50",
                                     "--timeout-ms", "1000", *flags], timeout=60).stdout
         rows.extend(r for r in map(json.loads, filter(None, out.splitlines()))
                     if not r.get("summary"))
