@@ -16,6 +16,21 @@ from testbed.paths import REPO
 
 QUICK = os.path.join(REPO, "experiments", "compare-quick.yaml")
 CNLB = [sys.executable, "-m", "testbed.cli"]
+# compare-quick cut to what the interrupted runs need: a first variant measured whole (its
+# throughput recorded), a second one the signal arrives in
+INTERRUPTED = f"""
+name: interrupted
+topology: {os.path.join(REPO, "topologies", "minimal.yaml")}
+seed: 42
+repetitions: 1
+warmup: 500ms
+variants:
+  nodeport-cluster: {{mode: nodeport, externalTrafficPolicy: Cluster}}
+  nodeport-local:   {{mode: nodeport, externalTrafficPolicy: Local}}
+workloads:
+  latency: {{requests: 50}}
+  throughput: {{duration: 1s}}
+"""
 METRICS = ["latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "requests_per_s",
            "throughput_mbps", "path_hops", "cross_node_bytes_fraction", "jain_fairness",
            "source_ip_preserved", "errors",
@@ -76,9 +91,10 @@ def test_compare_quick_run_records_every_variant_and_metric(no_leftovers, tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_run_keeps_records_and_leaves_nothing(no_leftovers, tmp_path, sig):
     out = tmp_path / "run"
-    proc = subprocess.Popen(CNLB + ["run", QUICK, "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    (tmp_path / "e.yaml").write_text(INTERRUPTED)
+    proc = subprocess.Popen(CNLB + ["run", str(tmp_path / "e.yaml"), "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     seen = []
     deadline = time.time() + 300
     while time.time() < deadline:
