@@ -86,6 +86,12 @@ def test_should_work_after_restarting_kube_proxy(cluster):
     old_pids = {n: s.pid for n, s in proxy.health_servers.items()}
     full_before = sum(1 for _, _, kind in proxy.sync_times if kind == "full")
 
+    # a service chain kube-proxy left and no service uses any more (a service deleted while it
+    # was down): the new kube-proxy's first sync reads iptables-save and deletes it
+    stale = "KUBE-SVC-STALESTALESTALE1"
+    if cluster.proxy_mode == "iptables":
+        assert cluster.sh("node1", f"iptables -t nat -N {stale}").returncode == 0
+
     assert proxy.restart() == ["node1", "node2"]
 
     # new processes, each with a first sync that was full, over the rules the old one left
@@ -99,6 +105,7 @@ def test_should_work_after_restarting_kube_proxy(cluster):
         assert listening_ports(proxy.health_servers[node]) >= {10256, 10249}
         if cluster.proxy_mode == "iptables":   # the jumps were ensured, not added twice
             assert _jumps(cluster, node) == 2, cluster.sh(node, "iptables-save -t nat").stdout
+            assert f":{stale} " not in cluster.sh(node, "iptables-save -t nat").stdout
     _verify_both_up(cluster)
 
 

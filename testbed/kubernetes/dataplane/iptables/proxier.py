@@ -31,7 +31,12 @@ from testbed.kubernetes.dataplane.base import (
 )
 from testbed.kubernetes.dataplane.healthserver import METRICS_PORT, PROXY_HEALTHZ_PORT
 from testbed.kubernetes.dataplane.iptables import rules
-from testbed.kubernetes.dataplane.iptables.restore import apply, with_jump_rules
+from testbed.kubernetes.dataplane.iptables.restore import (
+    apply,
+    nat_chains_in_save,
+    save_argv,
+    with_jump_rules,
+)
 from testbed.kubernetes.dataplane.metrics import ProxyMetrics, rule_counts
 from testbed.kubernetes.dataplane.model import (
     NodeContext,
@@ -202,16 +207,32 @@ class KubeProxy(ServiceDataPlane):
             old, ctx = self.applied.get(node), self.context(node)
             # nodes synced together hold the same `old` list (or None): its id() groups them
             over = node in self.existing_rules   # a full sync over rules in place: no jumps
-            key = (id(old), over, rules.render_key([*(old or ()), *services], ctx))
+            # over rules in place, upstream's full sync reads iptables-save and deletes the
+            # service chains nothing uses any more: that node's text is its own
+            existing = self._nat_chains(node) if old is None and over else None
+            key = (id(old), over, node if existing else "",
+                   rules.render_key([*(old or ()), *services], ctx))
             if key not in rendered:
                 t0 = time.time()
-                text = (self.render(services, ctx) if old is None and over
+                text = (rules.render(services, ctx, existing or ()) if old is None and over
                         else with_jump_rules(self.render(services, ctx)) if old is None
                         else self.render_partial(old, services, ctx))
                 rendered[key] = text, time.time() - t0
             texts[node], seconds[node] = rendered[key]
             kinds[node] = "full" if old is None else "partial"
         return texts, kinds, seconds
+
+    def _nat_chains(self, node: str) -> set[str]:
+        """The chains the node's nat table has now (iptables-save; none if it fails: the
+        sync then deletes nothing stale, and its restore reports what is wrong)."""
+        code, out = self._output(node, save_argv(self.backend))
+        return nat_chains_in_save(out) if code == 0 else set()
+
+    def _output(self, node: str, argv: Sequence[str]) -> tuple[int, str]:
+        proc = self.cluster.host(node).popen(list(argv), stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        out, _ = proc.communicate(timeout=120)
+        return proc.returncode, out.decode(errors="replace")
 
     def _runner(self, node: str) -> CommandRunner:
         host = self.cluster.host(node)

@@ -112,6 +112,11 @@ def _tool(backend: str, tool: str) -> str:
     return tool if backend == "auto" else tool.replace("iptables", f"iptables-{backend}", 1)
 
 
+def save_argv(backend: str = "auto", table: str = "nat") -> list[str]:
+    """iptables-save (or its legacy / nft flavour) of one table."""
+    return [_tool(backend, "iptables-save"), "-t", table]
+
+
 def restore_argv(backend: str = "auto", noflush: bool = True) -> list[str]:
     """iptables-restore / iptables-legacy-restore / iptables-nft-restore with its flags."""
     argv = [_tool(backend, "iptables-restore")]
