@@ -10,6 +10,10 @@
  *   cnlb_ct        the client's tuple -> the rewrite its packets get (DNAT, maybe SNAT)
  *   cnlb_revnat    the backend's reply tuple -> the rewrite back to what the client sent to
  *   cnlb_affinity  (frontend, client address) -> the backend ClientIP affinity keeps
+ *   cnlb_src_range (frontend, client CIDR) -> allowed: a service's loadBalancerSourceRanges
+ *                  (Cilium's lb4_src_range map, an LPM trie keyed by the frontend, not its
+ *                  rev_nat_id); a frontend flagged SVC_SOURCE_RANGE admits a new connection
+ *                  only from a source it holds (its LB IPs: node ports, cluster IPs are open)
  *
  * Replies are translated where they enter the node (a local pod's veth, flannel.1, the
  * uplink), before the kernel routes them: every way back passes one of those ingresses.
@@ -49,6 +53,7 @@
 #define ALGO_RANDOM 0
 #define ALGO_MAGLEV 1
 #define SVC_DSR 16                /* outside sources: no SNAT, DSR to a remote backend */
+#define SVC_SOURCE_RANGE 32       /* loadBalancerSourceRanges: Cilium's SVC_FLAG_SOURCE_RANGE */
 #define BACKEND_REMOTE 1          /* the backend is on another node (backend.flags) */
 #define CT_DSR 1                  /* cnlb_ct value's pad[0]: the connection goes by DSR */
 /* Cilium's DSR_IPV4_OPT_TYPE (IPOPT_COPY | 0x1a) and its 8 bytes: type, length, port, address */
@@ -108,6 +113,16 @@ struct affinity_key {
 	__be32 client;
 };
 
+/* Cilium's struct lb4_src_range_key with the frontend for its rev_nat_id: prefixlen counts
+ * the frontend's 64 bits (always matched whole) plus the CIDR's length */
+struct src_range_key {
+	__u32 prefixlen;
+	struct frontend fe;  /* its scope is always SCOPE_ALL: one set for both scopes */
+	__be32 addr;
+};
+
+#define SRC_RANGE_STATIC_PREFIX (8 * sizeof(struct frontend))
+
 struct affinity {
 	struct backend be;
 	__u64 last_ns;
@@ -164,6 +179,14 @@ struct {
 	__type(key, struct affinity_key);
 	__type(value, struct affinity);
 } cnlb_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct src_range_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cnlb_src_range SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -356,6 +379,18 @@ static __always_inline int backend_valid(const struct frontend *fe, const struct
 	return svc->count > AFFINITY_CHECK_MAX;   /* past what is checked: trust it */
 }
 
+/* Cilium's lb4_src_range_ok: may a new connection from saddr use this frontend? */
+static __always_inline int src_range_ok(const struct frontend *fe, const struct service *svc,
+					__be32 saddr)
+{
+	if (!(svc->flags & SVC_SOURCE_RANGE))
+		return 1;
+	struct src_range_key k = {.prefixlen = SRC_RANGE_STATIC_PREFIX + 32, .fe = *fe,
+				  .addr = saddr};
+	k.fe.scope = SCOPE_ALL;
+	return bpf_map_lookup_elem(&cnlb_src_range, &k) != 0;
+}
+
 static __always_inline struct backend *select_backend(const struct frontend *fe,
 						      const struct service *svc,
 						      const struct tuple *t)
@@ -486,6 +521,11 @@ static __always_inline int lb(struct __sk_buff *skb, int from_host)
 	}
 	if (!svc)
 		return TC_ACT_OK_;
+	/* a source outside loadBalancerSourceRanges is dropped before anything else, as
+	 * Cilium's nodeport_lb4 and kube-proxy's firewall chains drop it (a tracked connection
+	 * went by above: conntrack keeps it, as the iptables mode's nat table does) */
+	if (!src_range_ok(&fe, svc, t.saddr))
+		return TC_ACT_SHOT_;
 	if (svc->count == 0) {
 		if (svc->flags & SVC_DROP || t.proto != IPPROTO_TCP_)
 			return TC_ACT_SHOT_;

@@ -38,7 +38,6 @@ from testbed.plan.addresses import LB_HOST, Plan, ServicePlan
 from testbed.plan.changes import apply_service, delete_service, taken_node_ports
 from testbed.spec.model import Service, Topology
 from testbed.spec.services import read_one_service, service_body, set_fields_document
-from testbed.spec.source_ranges import EBPF_FIX, ebpf_problem
 from testbed.spec.yamldoc import Document
 
 SET_SOURCE = "cnlb service set"
@@ -243,12 +242,6 @@ class ServiceChanges:
         old_services = list(c.plan.services)
         lbs = lb_changes(lb_entries(self._fabric(c.plan), name), lb_entries(self._fabric(plan),
                                                                             name))
-        ranges = next((s.load_balancer_source_ranges for s in plan.services
-                       if s.name == name), ())
-        why = ranges and ebpf_problem(c.proxy_mode, ranges)
-        if why:
-            raise UsageError(f"cnlb: service {name}: loadBalancerSourceRanges: {why} — "
-                             f"{EBPF_FIX}")
         if lbs and c.lb_kind == "l7":
             raise UsageError(f"cnlb: service {name}: its cloud LB would change, which the l7 "
                              "load balancer cannot do while it runs — restart the cluster with "

@@ -30,7 +30,6 @@ from testbed.spec.sections import (
     read_vpc,
 )
 from testbed.spec.services import read_services
-from testbed.spec.source_ranges import check_source_ranges
 from testbed.spec.timing import read_kubernetes
 from testbed.spec.yamldoc import Document, read_document
 
@@ -76,7 +75,6 @@ def parse_topology(doc: Document, mode: str | None = None,
                     services, lb, clients, links, doc, kubernetes=timing, kube_proxy=kube_proxy)
     cross_checks(r, topo)
     check_dsr(r, topo)
-    check_source_ranges(r, topo)
     check_external_ips(r, topo)
     r.raise_if_any()
     return topo

@@ -1,13 +1,14 @@
 """Upstream's [sig-network] LoadBalancers e2e test of spec.loadBalancerSourceRanges
 (kubernetes/kubernetes test/e2e/network/loadbalancer.go), in both LB modes (classic: instance
-targets; container-native: ip targets) and with kube-proxy's iptables and nftables modes.
+targets; container-native: ip targets) and with kube-proxy's iptables, nftables and eBPF modes.
 
 Upstream's clients are two pods on different nodes; a pod calling the LB IP is caught by
 kube-proxy on its own node (the VIP is reported as an IP), so they test kube-proxy's firewall
-(KUBE-FW- / firewall-). Here the test itself calls too, from two clients on the internet side:
-their connections go through the cloud LB, which filters the VIP's traffic as an NLB's security
-group does (the VPC controller's flows). The ranges are changed with `cnlb service set`
-(Cluster.set_service), as upstream's jig updates the Service.
+(KUBE-FW- / firewall-, the eBPF mode's cnlb_src_range map). Here the test itself calls too,
+from two clients on the internet side: their connections go through the cloud LB, which
+filters the VIP's traffic as an NLB's security group does (the VPC controller's flows). The
+ranges are changed with `cnlb service set` (Cluster.set_service), as upstream's jig updates
+the Service.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ kubernetes: {{timing: instant}}
 clients: {{client1: {{}}, client2: {{}}}}
 """
 
-# kube-proxy's firewall (the pods' calls) is each proxy mode's; the cloud LB's filter (the
-# clients') each LB mode's: three clusters cover both axes
-PARAMS = [("nodeport", "iptables"), ("nodeport", "nftables"), ("container-native", "iptables")]
+# kube-proxy's firewall (the pods' calls) is each proxy mode's (the ebpf mode's cnlb_src_range
+# map); the cloud LB's filter (the clients') each LB mode's: four clusters cover both axes
+PARAMS = [("nodeport", "iptables"), ("nodeport", "nftables"), ("nodeport", "ebpf"),
+          ("container-native", "iptables")]
 
 
 @pytest.fixture(scope="module", params=PARAMS, ids=[f"{lb}-{p}" for lb, p in PARAMS])

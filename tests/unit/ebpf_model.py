@@ -6,10 +6,13 @@
   bpftool's batch does);
 - `trace(packet)`: the program's lookups on those bytes: the internal scope first for pods (the
   cluster CIDR in cnlb_config) and the node's own traffic, then the frontend for everyone;
-  no backend: REJECT (a RST), or DROP when flagged; the backends a random pick can reach (every
-  slot, or every Maglev table entry); SNAT as the flags say, or for a pod reaching itself;
+  a source no prefix of a flagged frontend's cnlb_src_range holds (an LPM trie on frontend
+  + source) is dropped first; no backend: REJECT (a RST), or DROP when flagged; the backends
+  a random pick can reach (every slot, or every Maglev table entry); SNAT as the flags say,
+  or for a pod reaching itself;
 - `check(text)`: slots 0..n-1 exist for each service, each Maglev table has a prime size and
-  points at existing slots only, drop only where there is no backend.
+  points at existing slots only, drop only where there is no backend, source ranges exactly
+  for the frontends flagged source-range.
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ class EbpfNode:
         count, flags, algorithm, m = svc
         out.matched.append(f"service {maps.Frontend(pkt.dst, pkt.dport, pkt.protocol.upper())} "
                            f"count={count} flags={flags} scope={key[-1]}")
+        if flags & maps.FLAG_SOURCE_RANGE and not self._src_range_ok(base, pkt.src):
+            out.verdicts.append("DROP")
+            return out
         if count == 0:
             out.verdicts.append("DROP" if flags & maps.FLAG_DROP or pkt.protocol != "tcp"
                                 else "REJECT")
@@ -116,6 +122,17 @@ class EbpfNode:
             or (flags & maps.FLAG_SNAT_OUTSIDE and cidr is not None and not from_pod))
         return out
 
+    def _src_range_ok(self, frontend: bytes, src: str) -> bool:
+        """bpf/lb.c's src_range_ok: does an entry's prefix (the frontend's 64 bits, whole, and
+        the CIDR's) hold this frontend and source?"""
+        want = int.from_bytes(frontend + b"\0" + ipaddress.IPv4Address(src).packed, "big")
+        for key in self.maps["cnlb_src_range"]:
+            bits = struct.unpack("<I", key[:4])[0]
+            have = int.from_bytes(key[4:], "big")
+            if bits >= maps.SRC_RANGE_STATIC_PREFIX and (want ^ have) >> (96 - bits) == 0:
+                return True
+        return False
+
     @staticmethod
     def check(text: str) -> None:
         node = EbpfNode()
@@ -132,3 +149,6 @@ class EbpfNode:
                 table = struct.unpack(f"<{maps.MAGLEV_M_MAX}H", node.maps["cnlb_maglev"][key])
                 assert set(table[:m]) == set(range(count)), key
         assert set(node.maps["cnlb_maglev"]) <= set(services)
+        flagged = {key[:7] for key, raw in services.items()
+                   if struct.unpack("<HBBIHH", raw)[1] & maps.FLAG_SOURCE_RANGE}
+        assert {key[4:11] for key in node.maps["cnlb_src_range"]} == flagged

@@ -160,7 +160,8 @@ def test_registry_mode_renders_maps():
 
 
 def test_encoded_keys_and_values_have_the_sizes_of_the_c_structs():
-    text = maps.render([WEB, API], NODE1, maps.Options("maglev", 509))
+    ranged = _replace(WEB, load_balancer_source_ranges=("203.0.113.0/25",))
+    text = maps.render([ranged, API], NODE1, maps.Options("maglev", 509))
     sizes = Counter()
     for line in text.splitlines():
         if line.startswith("#"):
@@ -170,7 +171,19 @@ def test_encoded_keys_and_values_have_the_sizes_of_the_c_structs():
         sizes[(name, len(key), len(value))] += 1
     assert {k[0]: k[1:] for k in sizes} == {
         "cnlb_config": (4, 16), "cnlb_services": (8, 12), "cnlb_backends": (12, 8),
-        "cnlb_maglev": (8, 2 * maps.MAGLEV_M_MAX)}
+        "cnlb_maglev": (8, 2 * maps.MAGLEV_M_MAX), "cnlb_src_range": (16, 1)}
+
+
+def test_a_range_key_is_cilium_lpm_key_with_the_frontend_for_the_rev_nat_id():
+    """{prefixlen, frontend, client addr}: the prefix length counts the frontend's 64 bits
+    (matched whole) and the CIDR's; the frontend's scope byte is always 0."""
+    _op, name, key, value = maps.encode_line(f"range {WEB.load_balancer_ips[0]}:80/TCP "
+                                             "203.0.113.0/25")
+    assert name == "cnlb_src_range" and value == b"\0"
+    assert key == (bytes([64 + 25, 0, 0, 0]) + bytes([198, 51, 100, 10, 0, 80, 6, 0])
+                   + bytes([203, 0, 113, 0]))
+    op, _name, key2, value2 = maps.encode_line("delete range 198.51.100.10:80/TCP 203.0.113.0/25")
+    assert (op, key2, value2) == ("delete", key, None)
 
 
 def test_bpf_source_agrees_on_the_table_room_and_the_flags():
@@ -184,6 +197,8 @@ def test_bpf_source_agrees_on_the_table_room_and_the_flags():
     assert define("MAGLEV_M_MAX") == maps.MAGLEV_M_MAX
     assert {f: define(f"SVC_{f.upper().replace('-', '_')}") for f in maps.FLAGS} == maps.FLAGS
     assert define("SCOPE_INTERNAL") == maps.SCOPES["internal"]
+    assert re.search(r"#define SRC_RANGE_STATIC_PREFIX \(8 \* sizeof\(struct frontend\)\)",
+                     source) and maps.SRC_RANGE_STATIC_PREFIX == 8 * 8
 
 
 def test_a_maglev_line_fits_one_bpftool_batch_line():

@@ -91,20 +91,12 @@ def test_bad_ranges_are_one_line_naming_file_field_and_fix(service, want):
     assert want in problem and " — " in problem and "\n" not in problem
 
 
-def test_the_ebpf_mode_refuses_them():
-    (problem,) = _problems("{type: LoadBalancer, loadBalancerSourceRanges: [203.0.113.0/25]}",
-                           proxy_mode="ebpf")
-    assert "services.web.loadBalancerSourceRanges: the ebpf kube-proxy mode has no" in problem
-    assert "use --proxy-mode iptables, nftables or ipvs" in problem
-    _topology("{type: LoadBalancer}", proxy_mode="ebpf")   # without ranges it runs
-
-
-def test_the_ebpf_data_plane_refuses_to_render_them():
-    """An experiment variant may switch a topology to the ebpf mode: its sync fails loudly
-    rather than leave the LB IP open."""
-    with pytest.raises(ValueError, match="loadBalancerSourceRanges are not enforced by the ebpf"):
-        DATAPLANES["ebpf"].render([FIREWALLED], NODE1)
-    DATAPLANES["ebpf"].render([WEB], NODE1)
+def test_every_proxy_mode_takes_them():
+    """The ebpf mode enforces them too (cnlb_src_range): no mode refuses a topology."""
+    for mode in ("iptables", "nftables", "ipvs", "ebpf"):
+        topo = _topology("{type: LoadBalancer, loadBalancerSourceRanges: [203.0.113.0/25]}",
+                         proxy_mode=mode)
+        assert topo.services[0].load_balancer_source_ranges == (RANGE,)
 
 
 def test_cnlb_service_set_changes_them_and_the_lb_is_replaced():
@@ -136,7 +128,7 @@ def test_the_model_refuses_what_is_not_an_ipv4_cidr():
 # --- kube-proxy: packets, per mode with a packet model ----------------------------------------
 
 FIREWALLED = _replace(WEB, load_balancer_source_ranges=(RANGE,))
-MODES = ("iptables", "nftables")
+MODES = ("iptables", "nftables", "ebpf")
 
 
 def _trace(mode: str, services, src: str, dst: str = WEB_VIP, dport: int = 80,
@@ -156,7 +148,7 @@ def test_only_sources_in_the_ranges_reach_the_lb_ip(mode):
     assert _trace(mode, [FIREWALLED], OTHER, NODE1.node_ip, 30080).destinations == WEB_PODS
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ("iptables", "nftables"))
 def test_the_node_itself_passes_when_a_range_holds_its_ip(mode):
     """upstream's allowFromNode: a node reaching a VIP bound to itself has the VIP as source."""
     with_node = _replace(WEB, load_balancer_source_ranges=(RANGE, "192.168.0.0/24"))
@@ -183,6 +175,70 @@ def test_partial_sync_of_a_range_change_equals_a_full_sync(mode, old, new):
     full = MODELS[mode]()
     full.load(plane.render(new, NODE1))
     assert partial.snapshot() == full.snapshot()
+
+
+# --- the ebpf mode: cnlb_src_range (Cilium's lb4_src_range) -------------------------------------
+
+
+def _ebpf_lines(services, kind: str, node: NodeContext = NODE1) -> list[str]:
+    text = DATAPLANES["ebpf"].render(list(services), node)
+    return [ln for ln in text.splitlines() if ln.split()[0] == kind]
+
+
+def test_ebpf_flags_only_the_lb_ip_and_writes_its_ranges():
+    """upstream: "nodeports are not subject to loadBalancerSourceRanges"; Cilium flags only its
+    LoadBalancer frontends."""
+    flagged = [ln.split()[1] for ln in _ebpf_lines([FIREWALLED], "service")
+               if "source-range" in ln]
+    assert flagged == [f"{WEB_VIP}:80/TCP"]
+    assert _ebpf_lines([FIREWALLED], "range") == [f"range {WEB_VIP}:80/TCP {RANGE}  # "
+                                                  f"{WEB.port_name_string}"]
+    assert _ebpf_lines([WEB], "range") == []
+    assert _trace("ebpf", [FIREWALLED], OTHER, "10.96.0.10", 80).destinations == WEB_PODS
+
+
+def test_ebpf_a_pod_outside_the_ranges_is_dropped_under_either_scope():
+    """A Local policy's LB IP has an internal entry for pods and the node (any endpoint):
+    it carries the flag too, and shares the external entry's ranges (Cilium's rev_nat_id)."""
+    local = _replace(FIREWALLED, external_traffic_policy="Local")
+    assert len([ln for ln in _ebpf_lines([local], "service") if "source-range" in ln]) == 2
+    assert len(_ebpf_lines([local], "range")) == 1
+    denied = _trace("ebpf", [local], "10.244.1.9")   # a pod on node1
+    assert denied.verdicts == ["DROP"] and "scope=1" in denied.matched[0]
+    pods_ok = _replace(local, load_balancer_source_ranges=(RANGE, "10.244.0.0/16"))
+    assert _trace("ebpf", [pods_ok], "10.244.1.9").destinations == WEB_PODS
+
+
+def test_ebpf_the_node_itself_passes_when_a_range_holds_its_ip():
+    """The node's own connection to the LB IP leaves from its address (cnlb_host): a range
+    holding the node's IP admits it, as upstream's allowFromNode does for the iptables mode."""
+    with_node = _replace(WEB, load_balancer_source_ranges=(RANGE, "192.168.0.0/24"))
+    assert _trace("ebpf", [with_node], NODE1.node_ip, local=True).destinations == WEB_PODS
+    assert _trace("ebpf", [FIREWALLED], NODE1.node_ip, local=True).verdicts == ["DROP"]
+
+
+def test_ebpf_any_prefix_of_several_ranges_admits():
+    two = _replace(WEB, load_balancer_source_ranges=("203.0.113.7/32", "10.0.0.0/8"))
+    assert _trace("ebpf", [two], "203.0.113.7").destinations == WEB_PODS
+    assert _trace("ebpf", [two], "10.9.8.7").destinations == WEB_PODS
+    assert _trace("ebpf", [two], "203.0.113.8").verdicts == ["DROP"]
+    # another service's ranges are not this one's
+    api = _replace(WEB, name="api", cluster_ip="10.96.0.11", node_port=30081,
+                   load_balancer_ips=("198.51.100.11",),
+                   load_balancer_source_ranges=("203.0.113.8/32",))
+    assert _trace("ebpf", [two, api], "203.0.113.8").verdicts == ["DROP"]
+    assert _trace("ebpf", [two, api], "203.0.113.8", "198.51.100.11").destinations == WEB_PODS
+
+
+def test_ebpf_a_flag_is_written_after_its_ranges_and_cleared_before_they_go():
+    """A partial sync never leaves the LB IP open: the flag after its ranges, and gone before
+    them."""
+    added = DATAPLANES["ebpf"].render_partial([WEB], [FIREWALLED], NODE1).splitlines()
+    assert [ln.split()[0] for ln in added] == ["range", "service"]
+    removed = DATAPLANES["ebpf"].render_partial([FIREWALLED], [WEB], NODE1).splitlines()
+    assert [ln.split()[:2] for ln in removed] == [["service", f"{WEB_VIP}:80/TCP"],
+                                                  ["delete", "range"]]
+    assert "source-range" not in removed[0]
 
 
 def test_iptables_without_endpoints_writes_no_firewall_chain():

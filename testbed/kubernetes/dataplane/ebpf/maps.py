@@ -8,6 +8,7 @@ A node's state is one line per map entry (bpf/lb.c defines the maps):
     backend 10.96.0.10:8000/TCP 0 10.244.1.2:8080
     backend 192.168.0.2:30080/TCP 1 10.244.2.2:8080 remote   # (DSR: the pod is elsewhere)
     maglev 10.96.0.10:8000/TCP 1021 3,0,1,2,...
+    range 198.51.100.10:80/TCP 203.0.113.0/25  # (loadBalancerSourceRanges, per LB IP)
 
 A full sync writes every line; a partial one the lines that changed and `delete ...` lines for
 the entries that went (render_partial), ordered so that a service never points at a slot not
@@ -41,13 +42,17 @@ FLAG_DROP = 2                # endpoints elsewhere, none usable here: drop, not 
 FLAG_SNAT_OUTSIDE = 4        # SNAT sources outside the cluster CIDR (a cluster IP)
 FLAG_SNAT_HOST = 8           # SNAT what the node itself sends
 FLAG_DSR = 16                # traffic from outside the cluster: no SNAT, DSR to remote pods
+FLAG_SOURCE_RANGE = 32       # new connections only from cnlb_src_range's CIDRs (an LB IP)
 FLAGS = {"snat": FLAG_SNAT, "drop": FLAG_DROP, "snat-outside": FLAG_SNAT_OUTSIDE,
-         "snat-host": FLAG_SNAT_HOST, "dsr": FLAG_DSR}
+         "snat-host": FLAG_SNAT_HOST, "dsr": FLAG_DSR, "source-range": FLAG_SOURCE_RANGE}
 BACKEND_REMOTE = 1           # bpf/lb.c's: the pod is on another node (DSR carries the frontend)
 SCOPES = {"": 0, "internal": 1}   # bpf/lb.c SCOPE_ALL, SCOPE_INTERNAL
-MAPS = ("cnlb_config", "cnlb_services", "cnlb_backends", "cnlb_maglev")
+# bpf/lb.c's SRC_RANGE_STATIC_PREFIX: a cnlb_src_range key's prefix length counts the frontend's
+# bits before the CIDR's (Cilium's lpmPrefixLen4 counts its rev_nat_id and pad)
+SRC_RANGE_STATIC_PREFIX = 64
+MAPS = ("cnlb_config", "cnlb_services", "cnlb_backends", "cnlb_maglev", "cnlb_src_range")
 KINDS = {"config": "cnlb_config", "service": "cnlb_services", "backend": "cnlb_backends",
-         "maglev": "cnlb_maglev"}
+         "maglev": "cnlb_maglev", "range": "cnlb_src_range"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class FrontendEntry:
     affinity_s: ClientIP affinity timeout (0: none)
     kind: cluster-ip, node-port, load-balancer or external-ip (for the reader)
     name: the service port ("ns/name:port")
+    source_ranges: the CIDRs a new connection may come from (flag source-range: an LB IP of a
+        service with loadBalancerSourceRanges); () for every other frontend
     """
 
     frontend: Frontend
@@ -120,6 +127,7 @@ class FrontendEntry:
     affinity_s: int
     kind: str
     name: str
+    source_ranges: tuple[str, ...] = ()
 
 
 def is_prime(n: int) -> bool:
@@ -151,8 +159,13 @@ def _service_frontends(svc: ServicePort, node: NodeContext,
     def entry(fe: Frontend, kind: str, backends: tuple[Endpoint, ...], usable: bool,
               *flags: str) -> FrontendEntry:
         drop = ("drop",) if eps.has_any_endpoints and not usable else ()
-        return FrontendEntry(fe, backends if usable else (), frozenset(flags + drop),
-                             svc.session_affinity_seconds or 0, kind, svc.port_name_string)
+        # only the LB IPs are filtered (upstream: node ports are not subject to the ranges;
+        # Cilium flags its LoadBalancer frontends only)
+        ranges = svc.load_balancer_source_ranges if kind == "load-balancer" else ()
+        return FrontendEntry(fe, backends if usable else (),
+                             frozenset(flags + drop + (("source-range",) if ranges else ())),
+                             svc.session_affinity_seconds or 0, kind, svc.port_name_string,
+                             ranges)
 
     assert svc.cluster_ip is not None   # proxied
     outside = ("snat-outside",) if node.cluster_cidr else ()
@@ -219,15 +232,9 @@ def maglev_table(backends: Sequence[str], m: int) -> list[int]:
 
 def entries(services: Iterable[ServicePort], node: NodeContext,
             options: Options = Options()) -> dict[tuple[str, ...], str]:
-    """(kind, key...) -> the line that writes it, for the node's whole state. ValueError for a
-    service with loadBalancerSourceRanges: the programs have no source-range map (Cilium's
-    lb4_src_range), and a firewall left out would let everyone in."""
-    services = list(services)
-    for svc in services:
-        if svc.uses_firewall:
-            raise ValueError(f"{svc.port_name_string}: loadBalancerSourceRanges are not enforced "
-                             "by the ebpf mode (no source-range map) — use iptables, nftables "
-                             "or ipvs")
+    """(kind, key...) -> the line that writes it, for the node's whole state. An LB IP with
+    loadBalancerSourceRanges has one range line per CIDR, keyed by the frontend without its
+    scope (both scopes of a Local policy's LB IP share them, as Cilium's rev_nat_id does)."""
     out: dict[tuple[str, ...], str] = {("config",): (
         f"config node_ip={node.node_ip} cluster_cidr={node.cluster_cidr or '-'}")}
     for fe in frontends(services, node, dsr=options.mode == "dsr"):
@@ -245,12 +252,15 @@ def entries(services: Iterable[ServicePort], node: NodeContext,
         if maglev:
             table = maglev_table([str(ep) for ep in fe.backends], m)
             out[("maglev", key)] = f"maglev {key} {m} {','.join(map(str, table))}"
+        ranged = str(Frontend(fe.frontend.addr, fe.frontend.port, fe.frontend.proto))
+        for cidr in fe.source_ranges:
+            out[("range", ranged, cidr)] = f"range {ranged} {cidr}  # {fe.name}"
     return out
 
 
 def _header(node: NodeContext) -> str:
     return (f"# kube-proxy ebpf on {node.node_name}: one line per map entry "
-            "(cnlb_services, cnlb_backends, cnlb_maglev, cnlb_config)\n")
+            "(cnlb_services, cnlb_backends, cnlb_maglev, cnlb_src_range, cnlb_config)\n")
 
 
 def render(services: Sequence[ServicePort], node: NodeContext,
@@ -260,7 +270,9 @@ def render(services: Sequence[ServicePort], node: NodeContext,
     return _header(node) + "".join(line + "\n" for line in lines.values())
 
 
-_WRITE_ORDER = {"config": 0, "backend": 1, "maglev": 2, "service": 3}
+# a service's flag is written after the ranges it checks and cleared before they go: a partial
+# sync never leaves an LB IP open (a change of ranges admits the old and the new ones meanwhile)
+_WRITE_ORDER = {"config": 0, "backend": 1, "range": 1, "maglev": 2, "service": 3}
 
 
 def render_partial(old: Sequence[ServicePort], new: Sequence[ServicePort], node: NodeContext,
@@ -352,6 +364,11 @@ def encode_line(line: str) -> tuple[str, str, bytes, bytes | None]:
         if op == "update":
             table = [int(x) for x in words[3].split(",")]
             value = struct.pack(f"<{MAGLEV_M_MAX}H", *table, *[0] * (MAGLEV_M_MAX - len(table)))
+    elif kind == "range":
+        net = ipaddress.IPv4Network(words[2])
+        key = (struct.pack("<I", SRC_RANGE_STATIC_PREFIX + net.prefixlen)
+               + _frontend_bytes(Frontend.parse(words[1])) + net.network_address.packed)
+        value = b"\0" if op == "update" else None   # Cilium's SourceRangeValue: a pad byte
     else:
         raise ValueError(f"not a map entry: {line!r}")
     return op, KINDS[kind], key, value
