@@ -89,8 +89,14 @@ def test_should_work_after_restarting_kube_proxy(cluster):
     # a service chain kube-proxy left and no service uses any more (a service deleted while it
     # was down): the new kube-proxy's first sync reads iptables-save and deletes it
     stale = "KUBE-SVC-STALESTALESTALE1"
+    stale_nft = ("service-STALE001-default/gone/tcp/p80",
+                 "affinity-STALE002-default/gone/tcp/p80__10.244.9.9/80")
     if cluster.proxy_mode == "iptables":
         assert cluster.sh("node1", f"iptables -t nat -N {stale}").returncode == 0
+    else:   # nftables: a service chain and an affinity set (upstream lists both on a sync)
+        plant = (f"add chain ip kube-proxy {stale_nft[0]}\n"
+                 f"add set ip kube-proxy {stale_nft[1]} {{ type ipv4_addr ; }}\n")
+        assert cluster.sh("node1", f"printf '{plant}' | nft -f -").returncode == 0
 
     assert proxy.restart() == ["node1", "node2"]
 
@@ -106,6 +112,9 @@ def test_should_work_after_restarting_kube_proxy(cluster):
         if cluster.proxy_mode == "iptables":   # the jumps were ensured, not added twice
             assert _jumps(cluster, node) == 2, cluster.sh(node, "iptables-save -t nat").stdout
             assert f":{stale} " not in cluster.sh(node, "iptables-save -t nat").stdout
+        else:
+            table = cluster.sh(node, "nft -t list table ip kube-proxy").stdout
+            assert not [name for name in stale_nft if name in table], table
     _verify_both_up(cluster)
 
 

@@ -13,6 +13,7 @@ from the built-in chains is written (the CNI's own iptables rules stay, as in a 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Hashable, Sequence
@@ -91,6 +92,17 @@ class NFTablesProxy(KubeProxy):
             if code != 0:
                 raise NFTablesError(node, code, err)
 
+    def existing_names(self, node: str) -> tuple[set[str], set[str]]:
+        """The chains and the sets kube-proxy's table on `node` holds now (`nft -j -t list
+        chains|sets ip`; none where nft fails: nothing stale is deleted then)."""
+        found: list[set[str]] = []
+        for what in ("chains", "sets"):
+            code, out = self._output(node, ["nft", "-j", "-t", "list", what, FAMILY])
+            items = json.loads(out).get("nftables", []) if code == 0 and out.strip() else []
+            found.append({obj["name"] for item in items
+                          if (obj := item.get(what[:-1])) and obj.get("table") == TABLE})
+        return found[0], found[1]
+
     def has_table(self, node: str) -> bool:
         """Whether `node` has kube-proxy's table: `nft -c` (check, nothing applied) of adding a
         chain to it, which fails with ENOENT without the table. Cheap either way: no cache to
@@ -115,11 +127,17 @@ class NFTablesProxy(KubeProxy):
                 kinds[node] = "full"
                 self.cold_starts[node] = len(coldstart.split(texts[node]))
                 continue
-            key = (id(old), rules.render_key([*(old or ()), *services], ctx))
+            # a full sync over a table in place (a restart, a failed sync) lists its chains
+            # and sets, as upstream's sync does, so the per-service ones nothing uses any more
+            # go: that node's text is its own
+            existing = (self.existing_names(node) if old is None and node in self.existing_rules
+                        else None)
+            key = (id(old), node if existing else "",
+                   rules.render_key([*(old or ()), *services], ctx))
             if key not in rendered:
                 t0 = time.time()
-                text = (rules.render_services(services, ctx) if old is None
-                        else rules.render_partial(old, services, ctx))
+                text = (rules.render_services(services, ctx, *(existing or ((), ())))
+                        if old is None else rules.render_partial(old, services, ctx))
                 rendered[key] = text, time.time() - t0
             text, seconds[node] = rendered[key]
             if old is None:
