@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from testbed.kubernetes.dataplane.iptables import names, restore, rules  # noqa: E402
 from testbed.kubernetes.dataplane.model import Endpoint, NodeContext, ServicePort  # noqa: E402
-from testbed.kubernetes.dataplane.nftables import coldstart  # noqa: E402
+from testbed.kubernetes.dataplane.nftables import coldstart, listing  # noqa: E402
 from testbed.kubernetes.dataplane.nftables import rules as nft_rules  # noqa: E402
 
 NS = f"cnlb-bench-{os.getpid()}"
@@ -146,20 +146,7 @@ def nft_state() -> dict:
     chain in order, elements of a set sorted), handles left out: comparable across loads."""
     proc = subprocess.run(["ip", "netns", "exec", NS, "nft", "-j", "list", "table", "ip",
                            "kube-proxy"], capture_output=True)
-    state: dict = {"chain": {}, "set": {}, "map": {}}
-    if proc.returncode != 0:
-        return state
-    for item in json.loads(proc.stdout)["nftables"]:
-        (kind, body), = item.items()
-        if kind in ("chain", "set", "map"):
-            body = {k: v for k, v in body.items() if k != "handle"}
-            if "elem" in body:
-                body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
-            state[kind].setdefault(body["name"], {}).update(body)
-        elif kind == "rule":
-            rules_ = state["chain"].setdefault(body["chain"], {}).setdefault("rules", [])
-            rules_.append(json.dumps(body["expr"], sort_keys=True))
-    return state
+    return listing.table_state(proc.stdout.decode() if proc.returncode == 0 else "")
 
 
 def nft_rule_count(state: dict) -> int:

@@ -6,12 +6,12 @@ on the nft model (tests/unit/test_nftables_coldstart.py) and measured at 10,000 
 bench/kubeproxy_sync.py --backends nftables-steps."""
 
 import dataclasses
-import json
 import os
 
 import pytest
 
 from testbed.emulation.cluster import Cluster
+from testbed.kubernetes.dataplane.nftables import listing
 from testbed.paths import REPO
 from testbed.spec.topology import load_topology
 from tests.integration.helpers import answers
@@ -34,19 +34,7 @@ def cluster(machine_ready):
 
 def _state(cluster, node: str) -> dict:
     """The table as `nft -j` lists it, handles left out, elements sorted (the bench's form)."""
-    out = cluster.sh(node, "nft -j list table ip kube-proxy").stdout
-    state: dict = {"chain": {}, "set": {}, "map": {}}
-    for item in json.loads(out)["nftables"]:
-        (kind, body), = item.items()
-        if kind in ("chain", "set", "map"):
-            body = {k: v for k, v in body.items() if k != "handle"}
-            if "elem" in body:
-                body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
-            state[kind].setdefault(body["name"], {}).update(body)
-        elif kind == "rule":
-            chain = state["chain"].setdefault(body["chain"], {})
-            chain.setdefault("rules", []).append(json.dumps(body["expr"], sort_keys=True))
-    return state
+    return listing.table_state(cluster.sh(node, "nft -j list table ip kube-proxy").stdout)
 
 
 def test_each_node_cold_started_in_steps_to_the_one_transaction_table(cluster):

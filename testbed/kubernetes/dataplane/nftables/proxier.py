@@ -13,7 +13,6 @@ from the built-in chains is written (the CNI's own iptables rules stay, as in a 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Hashable, Sequence
@@ -23,7 +22,7 @@ from testbed.kubernetes.dataplane.base import ApplyError, ClusterView
 from testbed.kubernetes.dataplane.iptables.proxier import KubeProxy
 from testbed.kubernetes.dataplane.metrics import ProxyMetrics
 from testbed.kubernetes.dataplane.model import NodeContext, ServicePort
-from testbed.kubernetes.dataplane.nftables import coldstart, rules
+from testbed.kubernetes.dataplane.nftables import coldstart, listing, rules
 from testbed.kubernetes.dataplane.nftables.names import FAMILY, MARK_MASQ, TABLE
 
 NFT_ARGV = ("nft", "-f", "-")
@@ -98,9 +97,7 @@ class NFTablesProxy(KubeProxy):
         found: list[set[str]] = []
         for what in ("chains", "sets"):
             code, out = self._output(node, ["nft", "-j", "-t", "list", what, FAMILY])
-            items = json.loads(out).get("nftables", []) if code == 0 and out.strip() else []
-            found.append({obj["name"] for item in items
-                          if (obj := item.get(what[:-1])) and obj.get("table") == TABLE})
+            found.append(listing.names(out, what[:-1]) if code == 0 else set())
         return found[0], found[1]
 
     def has_table(self, node: str) -> bool:
