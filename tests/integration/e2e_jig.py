@@ -124,13 +124,13 @@ def check_affinity(cluster: Cluster, host: str, url: str, should_hold: bool,
 
 
 def udp_answers(cluster: Cluster, host: str, ip: str, port: int, n: int,
-                payload: str | None = None, timeout_ms: int = 1000) -> list[dict]:
+                payload: str | None = None) -> list[dict]:
     """n datagrams from a host, a new source port each (upstream's `nc -u` dials); the pod
-    servers' JSON answers (a datagram nobody answered within timeout_ms is left out). With a
-    payload, a few lines of Python send it (1 s timeout); else httpprobe sends its own."""
+    servers' JSON answers (a datagram nobody answered within a second is left out). With a
+    payload, a few lines of Python send it; else httpprobe sends its own."""
     if payload is None:
         out = cluster.exec(host, [HTTPPROBE, "--url", f"udp://{ip}:{port}", "--requests", str(n),
-                                  "--timeout-ms", str(timeout_ms)], timeout=n * 2 + 10).stdout
+                                  "--timeout-ms", "1000"], timeout=n * 2 + 10).stdout
         rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         return [r for r in rows if not r.get("summary") and r.get("pod")]
     out = cluster.exec(host, [sys.executable, "-c", UDP_DIAL, ip, str(port), str(n), payload],
