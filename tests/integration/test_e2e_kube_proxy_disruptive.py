@@ -147,7 +147,8 @@ def test_should_recreate_its_iptables_rules_if_they_are_deleted(cluster):
         assert f":{KUBE_PROXY_CANARY}" in save
     script = _delete_kube_chains_commands(save)
     assert cluster.sh("node1", script).returncode == 0
-    assert ":KUBE-" not in cluster.sh("node1", "iptables-save").stdout
+    # (no check that every KUBE- chain is gone now: kube-proxy's canary may already have seen
+    # them go and written them again; the checks below are what upstream waits for)
 
     _verify_both_up(cluster)   # upstream: verifyServeHostnameServiceUp, retried
     if cluster.proxy_mode == "iptables":   # the canary noticed, and a full sync rewrote them
