@@ -54,8 +54,17 @@ def test_servers_crash_restart_grow_and_leave_nothing(no_leftovers):
         pod = c.plan.pod(new)
         got = c.sh("client1", f"curl -s -m 3 http://{pod.ip}:{pod.port}/").stdout
         assert f'"pod":"{new}","node":"node3"' in got, got
+        # the LB registers the new pod once it is Ready: its first readiness probe can be a
+        # whole period (10 s, upstream's default) away, so wait for that, then for the LB
+        deadline = time.time() + 30
+        while not getattr(c.endpoint_conditions().get(new), "ready", False) \
+                and time.time() < deadline:
+            time.sleep(0.2)
         c.wait_lb_ready()
-        assert new in {a["pod"] for a in answers(c, "client1", "http://198.51.100.10/", 40)}
+        seen: set[str] = set()
+        while new not in seen and time.time() < deadline:
+            seen |= {a["pod"] for a in answers(c, "client1", "http://198.51.100.10/", 20)}
+        assert new in seen, seen
         pids = [s.pid for s in c.pod_servers.values()] + [launcher]
     assert [_state(pid) for pid in pids] == [None] * len(pids)   # gone, and collected
 
