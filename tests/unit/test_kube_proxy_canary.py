@@ -21,24 +21,15 @@ from testbed.kubernetes.dataplane.monitor import (
     iptables_binary,
 )
 from testbed.kubernetes.dataplane.restart import KUBE_PROXY_CANARY, RESYNC_MODES
-from testbed.plan.addresses import Plan, build_plan
-from testbed.spec.topology import load_topology
-from tests.unit.test_proxier import TOPOLOGY, FakeCluster, FakeProcess
+from tests.unit import test_proxier
+from tests.unit.test_proxier import FakeCluster, FakeProcess
 from tests.unit.test_service_spec import one_problem, topo
 
-
-@pytest.fixture(autouse=True)
-def servers_listen(monkeypatch):
-    """Every fake server listens on whatever kube-proxy waits for (no /proc to read)."""
-    from testbed.kubernetes.dataplane.iptables import proxier
-    monkeypatch.setattr(proxier, "listening_ports", lambda proc: set(range(1, 65536)))
+# test_proxier's fixtures: its plan, and fake servers that listen on any port
+plan = test_proxier.plan
+servers_listen = test_proxier.servers_listen
 
 
-@pytest.fixture
-def plan(tmp_path) -> Plan:
-    path = tmp_path / "local.yaml"
-    path.write_text(TOPOLOGY)
-    return build_plan(load_topology(str(path), mode="nodeport"))
 
 
 class FakeTables:
